@@ -1,0 +1,3 @@
+//! The blog example.
+
+fn main() {}

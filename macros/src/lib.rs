@@ -1,0 +1,1 @@
+//! Declaration macros of walflow. Use them through the `walflow` crate.

@@ -1,0 +1,5 @@
+//! Runtime configuration.
+
+/// Runtime configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Config {}

@@ -1,0 +1,21 @@
+//! Runtime of [walflow](https://docs.rs/walflow): the WAL listener, pgoutput
+//! decoding, configuration and the registry of declared entities and
+//! operators.
+//!
+//! Applications depend on the `walflow` facade crate, which re-exports this
+//! crate together with the declaration macros.
+
+#![doc(test(attr(deny(warnings))))]
+
+pub mod config;
+pub mod decode;
+#[cfg(feature = "embedded")]
+pub mod embedded;
+pub mod lsn;
+pub mod raw;
+pub mod value;
+
+pub use config::Config;
+pub use lsn::Lsn;
+pub use raw::{Change, Changes, ColumnType, EventKind, RawEvent};
+pub use value::{Interval, Numeric, Record, RecordError, Value};

@@ -1,0 +1,133 @@
+//! Log sequence numbers.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A position in PostgreSQL's write-ahead log.
+///
+/// Displayed and parsed in PostgreSQL's own `16/B374D848` form (two hexadecimal
+/// halves), ordered like the WAL itself. `Lsn::ZERO` is "no position".
+///
+/// ```
+/// use walflow_runtime::Lsn;
+/// let lsn: Lsn = "16/B374D848".parse().unwrap();
+/// assert_eq!(lsn.to_string(), "16/B374D848");
+/// assert_eq!(u64::from(lsn), 0x16_B374_D848);
+/// ```
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// The zero position.
+    pub const ZERO: Lsn = Lsn(0);
+
+    /// The position as a plain integer (byte offset in the WAL).
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl From<u64> for Lsn {
+    fn from(v: u64) -> Self {
+        Lsn(v)
+    }
+}
+
+impl From<Lsn> for u64 {
+    fn from(v: Lsn) -> Self {
+        v.0
+    }
+}
+
+impl From<pgwire_replication::Lsn> for Lsn {
+    fn from(v: pgwire_replication::Lsn) -> Self {
+        Lsn(v.as_u64())
+    }
+}
+
+impl From<Lsn> for pgwire_replication::Lsn {
+    fn from(v: Lsn) -> Self {
+        pgwire_replication::Lsn::from_u64(v.0)
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl fmt::Debug for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Lsn({self})")
+    }
+}
+
+/// The text could not be read as an LSN.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid LSN `{0}`: expected two hexadecimal numbers separated by `/`, such as `16/B374D848`")]
+pub struct ParseLsnError(String);
+
+impl FromStr for Lsn {
+    type Err = ParseLsnError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseLsnError(s.to_owned());
+        let (hi, lo) = s.split_once('/').ok_or_else(err)?;
+        if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
+            return Err(err());
+        }
+        let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
+        let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
+        Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))
+    }
+}
+
+impl Serialize for Lsn {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_u64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Lsn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            u64::deserialize(d).map(Lsn)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_postgres_form() {
+        for s in ["0/0", "16/B374D848", "FFFFFFFF/FFFFFFFF", "0/1"] {
+            let lsn: Lsn = s.parse().unwrap();
+            assert_eq!(lsn.to_string(), s);
+        }
+        assert!("16B374D848".parse::<Lsn>().is_err());
+        assert!("/1".parse::<Lsn>().is_err());
+        assert!("x/1".parse::<Lsn>().is_err());
+        assert!("123456789/0".parse::<Lsn>().is_err());
+        assert!(Lsn(1) < Lsn(0x1_0000_0000));
+    }
+
+    #[test]
+    fn serializes_as_text_in_json() {
+        let lsn: Lsn = "1/2A".parse().unwrap();
+        let json = serde_json::to_string(&lsn).unwrap();
+        assert_eq!(json, "\"1/2A\"");
+        assert_eq!(serde_json::from_str::<Lsn>(&json).unwrap(), lsn);
+    }
+}

@@ -1,0 +1,228 @@
+//! Typed column values and records.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// An exact `numeric` value, kept as PostgreSQL's text (never through `f64`).
+///
+/// Also holds `NaN`, `Infinity` and `-Infinity`. Deserializes into
+/// `rust_decimal::Decimal`, `bigdecimal::BigDecimal` or `String` fields.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Numeric(pub String);
+
+impl Numeric {
+    /// The value as PostgreSQL prints it, e.g. `"12345.678900"`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Numeric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A PostgreSQL `interval`, in its three independent parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Interval {
+    /// Months (years are 12 months).
+    pub months: i32,
+    /// Days.
+    pub days: i32,
+    /// Microseconds (hours, minutes, seconds).
+    pub microseconds: i64,
+}
+
+/// A column value decoded from the WAL, typed by the column's type OID.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// SQL `NULL`.
+    Null,
+    /// `bool`.
+    Bool(bool),
+    /// `int2` / `smallint`.
+    Int2(i16),
+    /// `int4` / `integer`.
+    Int4(i32),
+    /// `int8` / `bigint`.
+    Int8(i64),
+    /// `float4` / `real`.
+    Float4(f32),
+    /// `float8` / `double precision`.
+    Float8(f64),
+    /// `numeric`, exact.
+    Numeric(Numeric),
+    /// `text`, `varchar`, `bpchar`, `name`, enums and types without a
+    /// dedicated variant (their text form).
+    Text(String),
+    /// `uuid`.
+    Uuid(Uuid),
+    /// `date`.
+    Date(NaiveDate),
+    /// `time` (microseconds kept).
+    Time(NaiveTime),
+    /// `timestamp` without time zone (microseconds kept).
+    Timestamp(NaiveDateTime),
+    /// `timestamptz` (microseconds kept).
+    TimestampTz(DateTime<Utc>),
+    /// `interval`.
+    Interval(Interval),
+    /// `json` / `jsonb`.
+    Json(serde_json::Value),
+    /// `bytea`.
+    Bytea(Vec<u8>),
+    /// A one-dimensional array of one of the above (`NULL` elements allowed).
+    Array(Vec<Value>),
+    /// A TOASTed value the update did not change, on a table without
+    /// `REPLICA IDENTITY FULL`: PostgreSQL did not send it and there is no
+    /// old row to take it from. Never present on tables with full identity
+    /// (the default walflow sets up).
+    UnchangedToast,
+}
+
+/// A row: column names (shared by every row of a relation) and values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    names: Arc<[Arc<str>]>,
+    values: Vec<Value>,
+}
+
+impl Record {
+    /// A record from column names and their values (same length).
+    pub fn new(names: Arc<[Arc<str>]>, values: Vec<Value>) -> Self {
+        debug_assert_eq!(names.len(), values.len());
+        Record { names, values }
+    }
+
+    /// The value of column `name`, if the record has that column.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.names
+            .iter()
+            .position(|n| &**n == name)
+            .map(|i| &self.values[i])
+    }
+
+    /// Column names, in table order.
+    pub fn names(&self) -> &[Arc<str>] {
+        &self.names
+    }
+
+    /// Values, in table order.
+    pub fn values(&self) -> &[Value] {
+        &self.values
+    }
+
+    /// `(name, value)` pairs in table order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.names.iter().map(|n| &**n).zip(self.values.iter())
+    }
+
+    /// Number of columns.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether the record has no columns.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+impl Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.values.len()))?;
+        for (name, value) in self.iter() {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RecordVisitor;
+        impl<'de> serde::de::Visitor<'de> for RecordVisitor {
+            type Value = Record;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of column names to values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
+                let mut names = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                let mut values = Vec::with_capacity(names.capacity());
+                while let Some((name, value)) = map.next_entry::<Arc<str>, Value>()? {
+                    names.push(name);
+                    values.push(value);
+                }
+                Ok(Record::new(names.into(), values))
+            }
+        }
+        d.deserialize_map(RecordVisitor)
+    }
+}
+
+/// A record did not deserialize into the application's struct.
+///
+/// Names the table, the column at fault (when known) and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("table `{table}`{}: {message}", column.as_ref().map(|c| format!(", column `{c}`")).unwrap_or_default())]
+pub struct RecordError {
+    /// The table the record belongs to.
+    pub table: String,
+    /// The column whose value did not fit, when known.
+    pub column: Option<String>,
+    /// What went wrong, e.g. `invalid type: string "x", expected i64`.
+    pub message: String,
+}
+
+impl Record {
+    /// Deserializes the record into `T` (usually the struct marked
+    /// `#[event_source]`). `table` is named in the error.
+    pub fn deserialize_into<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &str,
+    ) -> Result<T, RecordError> {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .iter()
+            .map(|(n, v)| (n.to_owned(), v.to_plain_json()))
+            .collect();
+        serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| RecordError {
+            table: table.to_owned(),
+            column: None,
+            message: e.to_string(),
+        })
+    }
+}
+
+impl Value {
+    /// The value as plain JSON (numbers, strings, arrays; dates and times as
+    /// ISO 8601 text, bytea as an array of bytes, numeric as text).
+    pub fn to_plain_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Null | Value::UnchangedToast => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int2(v) => J::from(*v),
+            Value::Int4(v) => J::from(*v),
+            Value::Int8(v) => J::from(*v),
+            Value::Float4(v) => J::from(*v),
+            Value::Float8(v) => J::from(*v),
+            Value::Numeric(n) => J::String(n.0.clone()),
+            Value::Text(s) => J::String(s.clone()),
+            Value::Uuid(u) => J::String(u.to_string()),
+            Value::Date(d) => J::String(d.to_string()),
+            Value::Time(t) => J::String(t.to_string()),
+            Value::Timestamp(t) => J::String(t.format("%Y-%m-%dT%H:%M:%S%.f").to_string()),
+            Value::TimestampTz(t) => J::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            Value::Interval(i) => serde_json::to_value(i).unwrap_or(J::Null),
+            Value::Json(j) => j.clone(),
+            Value::Bytea(b) => J::Array(b.iter().map(|x| J::from(*x)).collect()),
+            Value::Array(a) => J::Array(a.iter().map(Value::to_plain_json).collect()),
+        }
+    }
+}

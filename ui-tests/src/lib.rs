@@ -1,0 +1,1 @@
+//! Compile tests of walflow's macros live in `tests/`.
