@@ -7,5 +7,4 @@
 
 #![doc(test(attr(deny(warnings))))]
 
-pub use walflow_macros::*;
 pub use walflow_runtime::*;

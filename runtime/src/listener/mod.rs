@@ -1,0 +1,798 @@
+//! The WAL listener: streams a logical replication slot, decodes pgoutput and
+//! hands transactions on in commit order.
+//!
+//! The listener never holds a whole transaction: it delivers
+//! [`ListenerMessage::Begin`], each change, then [`ListenerMessage::Commit`]
+//! through a bounded channel, so a transaction of any size streams through in
+//! bounded memory.
+//!
+//! # Acknowledgement
+//!
+//! The slot's `confirmed_flush_lsn` moves only when the consumer calls
+//! [`Listener::ack`] with a transaction's [`end_lsn`](TxCommit::end_lsn),
+//! after durably handing the transaction on. A crash re-delivers exactly the
+//! transactions that were not acknowledged. [`Listener::shutdown`] sends the
+//! last acknowledgement before closing the session.
+//!
+//! When the published tables are idle, the listener still advances the slot:
+//! it acknowledges the server's keepalive positions (and a periodic
+//! `pg_logical_emit_message` heartbeat) whenever everything delivered has been
+//! acknowledged, so retained WAL stays bounded.
+//!
+//! # Reconnection
+//!
+//! A lost connection or a PostgreSQL restart is retried with capped
+//! exponential backoff, resuming from the acknowledged position. Transactions
+//! (and the part of a transaction) already delivered are not delivered again.
+
+mod error;
+mod transport;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::decode::{Decoder, TxInfo, pg_epoch_micros_to_utc};
+use crate::lsn::Lsn;
+use crate::raw::RawEvent;
+
+pub use error::ListenerError;
+pub use transport::{
+    Connector, PgWireConnector, PgWireTransport, SessionSpec, Transport, TransportEvent,
+};
+
+/// Prefix of the heartbeat messages the listener emits to keep the slot
+/// moving while the published tables are idle. Never delivered.
+pub const HEARTBEAT_PREFIX: &str = "walflow.heartbeat";
+
+/// Quotes an SQL identifier.
+pub(crate) fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A transaction starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxBegin {
+    /// Transaction id.
+    pub xid: u32,
+    /// LSN of the commit record (orders transactions).
+    pub commit_lsn: Lsn,
+    /// Commit time.
+    pub commit_time: DateTime<Utc>,
+}
+
+/// A transaction ends: all its changes have been delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxCommit {
+    /// Transaction id.
+    pub xid: u32,
+    /// LSN of the commit record.
+    pub commit_lsn: Lsn,
+    /// End of the commit record: pass it to [`Listener::ack`] once the
+    /// transaction is durably handed on.
+    pub end_lsn: Lsn,
+    /// Commit time.
+    pub commit_time: DateTime<Utc>,
+    /// Number of changes delivered for the transaction.
+    pub changes: u32,
+}
+
+/// A logical decoding message (`pg_logical_emit_message`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicalMessage {
+    /// Emitted inside a transaction (then delivered between its Begin and
+    /// Commit) or not.
+    pub transactional: bool,
+    /// Its WAL position.
+    pub lsn: Lsn,
+    /// Its prefix.
+    pub prefix: String,
+    /// Its content.
+    pub content: Bytes,
+}
+
+/// What the listener delivers, in commit order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListenerMessage {
+    /// A transaction starts.
+    Begin(TxBegin),
+    /// A row change (or a truncate) of the transaction.
+    Change(RawEvent),
+    /// A logical decoding message.
+    Message(LogicalMessage),
+    /// The transaction ends.
+    Commit(TxCommit),
+}
+
+/// Listener settings.
+#[derive(Debug, Clone)]
+pub struct ListenerOptions {
+    /// Replication slot.
+    pub slot: String,
+    /// Publication.
+    pub publication: String,
+    /// `false`: create a temporary slot on the session (changes made while no
+    /// listener runs are lost, as with EventStreamex's `durable_slot: false`).
+    pub durable_slot: bool,
+    /// How often a heartbeat message is written so the slot advances while
+    /// the published tables are idle. `None` disables it.
+    pub heartbeat_interval: Option<Duration>,
+    /// Capacity of the channel between the connection and the consumer, in
+    /// messages.
+    pub buffer: usize,
+    /// First wait before reconnecting after a connection loss.
+    pub reconnect_min: Duration,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_max: Duration,
+}
+
+impl ListenerOptions {
+    /// Options for `slot` and `publication` with the defaults: durable slot,
+    /// heartbeat every 10 s, 4096 buffered messages, reconnecting after
+    /// 100 ms doubling up to 5 s.
+    pub fn new(slot: impl Into<String>, publication: impl Into<String>) -> Self {
+        ListenerOptions {
+            slot: slot.into(),
+            publication: publication.into(),
+            durable_slot: true,
+            heartbeat_interval: Some(Duration::from_secs(10)),
+            buffer: 4096,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Shared {
+    /// Highest position the consumer acknowledged.
+    acked: AtomicU64,
+    /// Highest position handed to the transport (consumer acks and idle
+    /// keepalive positions).
+    confirmed: AtomicU64,
+    /// Highest position received from the server.
+    received: AtomicU64,
+    ack_notify: Notify,
+    connected: AtomicBool,
+    reconnects: AtomicU64,
+}
+
+/// A running listener. See the [module documentation](self).
+pub struct Listener {
+    rx: mpsc::Receiver<Result<ListenerMessage, ListenerError>>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    heartbeat: Option<JoinHandle<()>>,
+    pool: PgPool,
+    slot: String,
+    durable: bool,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("slot", &self.slot)
+            .field("acked", &self.acked())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// Starts streaming the slot through `connector`. Returns once the server
+    /// accepted the replication session, or with the reason it did not
+    /// (e.g. [`ListenerError::SlotInUse`]).
+    ///
+    /// `pool` is an ordinary connection pool to the same database, used for
+    /// heartbeats and slot statistics.
+    pub async fn start<C: Connector>(
+        connector: C,
+        options: ListenerOptions,
+        pool: PgPool,
+    ) -> Result<Listener, ListenerError> {
+        let start_lsn = if options.durable_slot {
+            slot_confirmed_lsn(&pool, &options.slot).await?
+        } else {
+            Lsn::ZERO
+        };
+        let shared = Arc::new(Shared {
+            acked: AtomicU64::new(start_lsn.0),
+            confirmed: AtomicU64::new(start_lsn.0),
+            received: AtomicU64::new(start_lsn.0),
+            ack_notify: Notify::new(),
+            connected: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel(options.buffer.max(1));
+        let (stop, stop_rx) = watch::channel(false);
+        let (started_tx, started_rx) = oneshot::channel();
+        let pump = Pump {
+            connector,
+            spec: SessionSpec {
+                slot: options.slot.clone(),
+                publication: options.publication.clone(),
+                start_lsn,
+                create_temporary_slot: !options.durable_slot,
+            },
+            options: options.clone(),
+            shared: Arc::clone(&shared),
+            tx,
+            stop: stop_rx.clone(),
+            decoder: Decoder::new(),
+            tx_info: None,
+            open: None,
+            delivered_commit: Lsn::ZERO,
+            delivered_end: start_lsn,
+            last_message: start_lsn,
+            batch: Vec::new(),
+        };
+        let task = tokio::spawn(pump.run(started_tx));
+        match started_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = task.await;
+                return Err(e);
+            }
+            Err(_) => return Err(ListenerError::Stopped),
+        }
+        let heartbeat = options
+            .heartbeat_interval
+            .map(|every| tokio::spawn(heartbeat(pool.clone(), every, stop_rx)));
+        Ok(Listener {
+            rx,
+            shared,
+            stop,
+            task: Some(task),
+            heartbeat,
+            pool,
+            slot: options.slot,
+            durable: options.durable_slot,
+        })
+    }
+
+    /// The next message, in commit order. `Ok(None)` once the listener has
+    /// stopped; `Err` when it stopped because of an error that reconnecting
+    /// cannot fix (the error says which).
+    pub async fn recv(&mut self) -> Result<Option<ListenerMessage>, ListenerError> {
+        match self.rx.recv().await {
+            Some(Ok(m)) => Ok(Some(m)),
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// Receives up to `limit` already-available messages into `out` (waiting
+    /// for the first one). Returns how many were added; 0 once stopped.
+    pub async fn recv_many(
+        &mut self,
+        out: &mut Vec<ListenerMessage>,
+        limit: usize,
+    ) -> Result<usize, ListenerError> {
+        let mut buf = Vec::with_capacity(limit.min(1024));
+        let n = self.rx.recv_many(&mut buf, limit).await;
+        for m in buf {
+            match m {
+                Ok(m) => out.push(m),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Acknowledges everything up to `lsn` (a [`TxCommit::end_lsn`]) as
+    /// durably handed on. Monotonic and cheap; the position reaches the
+    /// server with the next status update.
+    pub fn ack(&self, lsn: Lsn) {
+        let prev = self.shared.acked.fetch_max(lsn.0, Ordering::AcqRel);
+        if lsn.0 > prev {
+            self.shared.ack_notify.notify_one();
+        }
+    }
+
+    /// The highest position acknowledged with [`ack`](Self::ack) (or the
+    /// slot's confirmed position at start).
+    pub fn acked(&self) -> Lsn {
+        Lsn(self.shared.acked.load(Ordering::Acquire))
+    }
+
+    /// The highest WAL position received from the server.
+    pub fn received(&self) -> Lsn {
+        Lsn(self.shared.received.load(Ordering::Acquire))
+    }
+
+    /// Whether a replication session is currently open.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// How many times the session was re-established after a loss.
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Acquire)
+    }
+
+    /// The slot's positions and how much WAL it holds back.
+    pub async fn slot_status(&self) -> Result<SlotStatus, ListenerError> {
+        slot_status(&self.pool, &self.slot).await
+    }
+
+    /// Stops cleanly: sends the last acknowledgement, closes the session and
+    /// returns the acknowledged position. Messages not yet received are
+    /// delivered again by the next listener on the slot.
+    pub async fn shutdown(mut self) -> Result<Lsn, ListenerError> {
+        let _ = self.stop.send(true);
+        self.rx.close();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        if let Some(hb) = self.heartbeat.take() {
+            let _ = hb.await;
+        }
+        let acked = self.acked();
+        if self.durable {
+            // The session reported its last position before closing; if the
+            // server did not record it (the session was already broken),
+            // advance the inactive slot to it.
+            let confirmed = slot_confirmed_lsn(&self.pool, &self.slot).await?;
+            if confirmed < acked {
+                advance_slot(&self.pool, &self.slot, acked).await?;
+            }
+        }
+        Ok(acked)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A replication slot's positions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotStatus {
+    /// Whether a session is streaming the slot.
+    pub active: bool,
+    /// The position acknowledged to the server.
+    pub confirmed_flush_lsn: Lsn,
+    /// The server's current WAL position.
+    pub current_lsn: Lsn,
+    /// Bytes of WAL written since the confirmed position (how far the
+    /// listener lags).
+    pub lag_bytes: i64,
+    /// Bytes of WAL the slot keeps from being recycled.
+    pub retained_bytes: i64,
+}
+
+async fn slot_status(pool: &PgPool, slot: &str) -> Result<SlotStatus, ListenerError> {
+    type Row = (bool, Option<String>, String, Option<i64>, Option<i64>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT active, confirmed_flush_lsn::text, pg_current_wal_lsn()::text, \
+         pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8, \
+         pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 \
+         FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(slot)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| ListenerError::sql(format!("reading slot \"{slot}\""), e))?;
+    let (active, confirmed, current, lag, retained) =
+        row.ok_or_else(|| ListenerError::SlotMissing {
+            slot: slot.to_owned(),
+        })?;
+    Ok(SlotStatus {
+        active,
+        confirmed_flush_lsn: confirmed.and_then(|s| s.parse().ok()).unwrap_or(Lsn::ZERO),
+        current_lsn: current.parse().unwrap_or(Lsn::ZERO),
+        lag_bytes: lag.unwrap_or(0),
+        retained_bytes: retained.unwrap_or(0),
+    })
+}
+
+async fn slot_confirmed_lsn(pool: &PgPool, slot: &str) -> Result<Lsn, ListenerError> {
+    Ok(slot_status(pool, slot).await?.confirmed_flush_lsn)
+}
+
+async fn advance_slot(pool: &PgPool, slot: &str, lsn: Lsn) -> Result<(), ListenerError> {
+    sqlx::query("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)")
+        .bind(slot)
+        .bind(lsn.to_string())
+        .execute(pool)
+        .await
+        .map_err(|e| ListenerError::sql(format!("advancing slot \"{slot}\" to {lsn}"), e))?;
+    Ok(())
+}
+
+async fn heartbeat(pool: PgPool, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut warned = false;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let res = sqlx::query("SELECT pg_logical_emit_message(false, $1, ''::text)")
+            .bind(HEARTBEAT_PREFIX)
+            .execute(&pool)
+            .await;
+        match res {
+            Ok(_) => warned = false,
+            Err(e) if !warned => {
+                tracing::warn!(error = %e, "walflow heartbeat failed; the slot advances only with keepalives");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The transaction being delivered.
+struct OpenTx {
+    begin: TxBegin,
+    /// Messages delivered so far (across sessions).
+    delivered: u32,
+    /// Messages seen in the current session.
+    seen: u32,
+    /// Delivered completely in an earlier session: skip it.
+    skip: bool,
+    changes: u32,
+}
+
+enum SessionEnd {
+    Stopped,
+    Lost(ListenerError),
+    Fatal(ListenerError),
+}
+
+struct Pump<C: Connector> {
+    connector: C,
+    spec: SessionSpec,
+    options: ListenerOptions,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Result<ListenerMessage, ListenerError>>,
+    stop: watch::Receiver<bool>,
+    decoder: Decoder,
+    tx_info: Option<TxInfo>,
+    open: Option<OpenTx>,
+    /// Commit LSN of the last transaction delivered completely.
+    delivered_commit: Lsn,
+    /// End LSN of the last transaction delivered completely.
+    delivered_end: Lsn,
+    /// Position of the last non-transactional message delivered.
+    last_message: Lsn,
+    batch: Vec<RawEvent>,
+}
+
+impl<C: Connector> Pump<C> {
+    async fn run(mut self, started: oneshot::Sender<Result<(), ListenerError>>) {
+        let mut started = Some(started);
+        let mut backoff = self.options.reconnect_min;
+        loop {
+            let stopped = *self.stop.borrow();
+            if stopped {
+                return;
+            }
+            self.spec.start_lsn = Lsn(self.shared.confirmed.load(Ordering::Acquire))
+                .max(Lsn(self.shared.acked.load(Ordering::Acquire)));
+            let connected = tokio::select! {
+                r = self.connector.connect(&self.spec) => r,
+                _ = self.stop.wait_for(|s| *s) => return,
+            };
+            let transport = match connected {
+                Ok(t) => t,
+                Err(e) => {
+                    if let Some(s) = started.take() {
+                        // The first session decides whether start() succeeds:
+                        // report configuration problems at once.
+                        if !e.is_transient() {
+                            let _ = s.send(Err(e));
+                            return;
+                        }
+                        started = Some(s);
+                    } else if !e.is_transient() && !matches!(e, ListenerError::SlotInUse { .. }) {
+                        // After a loss, our own previous walsender may still
+                        // hold the slot for a moment: retry that; give up on
+                        // anything else that reconnecting cannot fix.
+                        let _ = self.tx.send(Err(e)).await;
+                        return;
+                    }
+                    tracing::warn!(
+                        slot = %self.spec.slot,
+                        error = %e,
+                        retry_in = ?backoff,
+                        "walflow replication connection failed; retrying"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.stop.wait_for(|s| *s) => return,
+                    }
+                    backoff = (backoff * 2).min(self.options.reconnect_max);
+                    continue;
+                }
+            };
+            if let Some(s) = started.take() {
+                let _ = s.send(Ok(()));
+            } else {
+                self.shared.reconnects.fetch_add(1, Ordering::AcqRel);
+                tracing::info!(slot = %self.spec.slot, from = %self.spec.start_lsn, "walflow replication session re-established");
+            }
+            self.shared.connected.store(true, Ordering::Release);
+            backoff = self.options.reconnect_min;
+            // A new session re-sends Relation messages before first use.
+            self.decoder = Decoder::new();
+            if let Some(open) = &mut self.open {
+                open.seen = 0;
+            }
+            let end = self.session(transport).await;
+            self.shared.connected.store(false, Ordering::Release);
+            match end {
+                SessionEnd::Stopped => return,
+                SessionEnd::Fatal(e) => {
+                    let _ = self.tx.send(Err(e)).await;
+                    return;
+                }
+                SessionEnd::Lost(e) => {
+                    tracing::warn!(
+                        slot = %self.spec.slot,
+                        error = %e,
+                        "walflow replication connection lost; reconnecting"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Forwards the consumer's acknowledgement to the session.
+    fn forward_ack(&self, transport: &mut C::Transport) {
+        let acked = self.shared.acked.load(Ordering::Acquire);
+        let prev = self.shared.confirmed.fetch_max(acked, Ordering::AcqRel);
+        transport.ack(Lsn(acked.max(prev)));
+    }
+
+    /// Reports the last acknowledgement and ends the session.
+    async fn close(&mut self, mut transport: C::Transport) -> SessionEnd {
+        self.forward_ack(&mut transport);
+        if let Err(e) = transport.close().await {
+            tracing::warn!(error = %e, "walflow replication session did not close cleanly");
+        }
+        SessionEnd::Stopped
+    }
+
+    async fn session(&mut self, mut transport: C::Transport) -> SessionEnd {
+        self.forward_ack(&mut transport);
+        let mut stop = self.stop.clone();
+        let shared = Arc::clone(&self.shared);
+        loop {
+            let ev = tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => None,
+                _ = shared.ack_notify.notified() => {
+                    self.forward_ack(&mut transport);
+                    continue;
+                }
+                ev = transport.recv() => Some(ev),
+            };
+            let Some(ev) = ev else {
+                return self.close(transport).await;
+            };
+            let ev = match ev {
+                Ok(Some(ev)) => ev,
+                Ok(None) => {
+                    return SessionEnd::Lost(ListenerError::Connection(
+                        "the server ended the replication stream".into(),
+                    ));
+                }
+                Err(e) if e.is_transient() => return SessionEnd::Lost(e),
+                Err(e) => return SessionEnd::Fatal(e),
+            };
+            match self.handle(ev, &mut transport).await {
+                Ok(()) => {}
+                Err(SessionEnd::Stopped) => return self.close(transport).await,
+                Err(end) => return end,
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        ev: TransportEvent,
+        transport: &mut C::Transport,
+    ) -> Result<(), SessionEnd> {
+        match ev {
+            TransportEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
+                let commit_time = pg_epoch_micros_to_utc(commit_time_micros);
+                self.tx_info = Some(TxInfo {
+                    commit_lsn: final_lsn,
+                    commit_time,
+                    xid,
+                    next_seq: 0,
+                });
+                self.note_received(final_lsn);
+                if let Some(open) = &self.open
+                    && open.begin.commit_lsn == final_lsn
+                {
+                    // The session was lost mid-transaction: the same
+                    // transaction comes again; skip what was delivered.
+                    return Ok(());
+                }
+                if self.open.is_some() {
+                    tracing::error!(
+                        "walflow: a partially delivered transaction was not re-sent after reconnecting"
+                    );
+                }
+                let begin = TxBegin {
+                    xid,
+                    commit_lsn: final_lsn,
+                    commit_time,
+                };
+                let skip = final_lsn <= self.delivered_commit;
+                self.open = Some(OpenTx {
+                    begin: begin.clone(),
+                    delivered: 0,
+                    seen: 0,
+                    skip,
+                    changes: 0,
+                });
+                if !skip {
+                    self.send(ListenerMessage::Begin(begin), transport).await?;
+                }
+            }
+            TransportEvent::Data { wal_start, data } => {
+                self.note_received(wal_start);
+                let mut tx = self.tx_info.take().unwrap_or(TxInfo {
+                    commit_lsn: Lsn::ZERO,
+                    commit_time: DateTime::<Utc>::UNIX_EPOCH,
+                    xid: 0,
+                    next_seq: 0,
+                });
+                let mut batch = std::mem::take(&mut self.batch);
+                let res = self.decoder.decode(&mut tx, wal_start, &data, &mut batch);
+                self.tx_info = Some(tx);
+                if let Err(source) = res {
+                    return Err(SessionEnd::Fatal(ListenerError::Decode {
+                        lsn: wal_start,
+                        source,
+                    }));
+                }
+                for ev in batch.drain(..) {
+                    if self.take_slot() {
+                        if let Some(open) = &mut self.open {
+                            open.changes += 1;
+                        }
+                        self.send(ListenerMessage::Change(ev), transport).await?;
+                    }
+                }
+                self.batch = batch;
+            }
+            TransportEvent::Commit {
+                lsn,
+                end_lsn,
+                commit_time_micros,
+            } => {
+                self.note_received(end_lsn);
+                self.tx_info = None;
+                let open = self.open.take();
+                let skip = open.as_ref().is_some_and(|o| o.skip);
+                if !skip {
+                    let (xid, changes) = open.map(|o| (o.begin.xid, o.changes)).unwrap_or((0, 0));
+                    let commit = TxCommit {
+                        xid,
+                        commit_lsn: lsn,
+                        end_lsn,
+                        commit_time: pg_epoch_micros_to_utc(commit_time_micros),
+                        changes,
+                    };
+                    // Recorded before sending: once sent, it is delivered.
+                    self.send(ListenerMessage::Commit(commit), transport)
+                        .await?;
+                }
+                self.delivered_commit = self.delivered_commit.max(lsn);
+                self.delivered_end = self.delivered_end.max(end_lsn);
+            }
+            TransportEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => {
+                self.note_received(lsn);
+                if prefix == HEARTBEAT_PREFIX {
+                    if !transactional {
+                        self.ack_if_idle(lsn, transport);
+                    }
+                    return Ok(());
+                }
+                let msg = ListenerMessage::Message(LogicalMessage {
+                    transactional,
+                    lsn,
+                    prefix,
+                    content,
+                });
+                if transactional && self.open.is_some() {
+                    if self.take_slot() {
+                        self.send(msg, transport).await?;
+                    }
+                } else if lsn > self.last_message {
+                    self.send(msg, transport).await?;
+                    self.last_message = lsn;
+                }
+            }
+            TransportEvent::KeepAlive { wal_end } => {
+                self.note_received(wal_end);
+                self.ack_if_idle(wal_end, transport);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts one message of the open transaction; whether to deliver it
+    /// (not delivered before a reconnection, not part of a skipped one).
+    fn take_slot(&mut self) -> bool {
+        match &mut self.open {
+            Some(open) => {
+                open.seen += 1;
+                if open.skip || open.seen <= open.delivered {
+                    false
+                } else {
+                    open.delivered += 1;
+                    true
+                }
+            }
+            None => true,
+        }
+    }
+
+    fn note_received(&self, lsn: Lsn) {
+        self.shared.received.fetch_max(lsn.0, Ordering::AcqRel);
+    }
+
+    /// With nothing delivered left unacknowledged, the server may recycle WAL
+    /// up to `lsn`: everything before it has been received.
+    fn ack_if_idle(&self, lsn: Lsn, transport: &mut C::Transport) {
+        if self.open.is_none() && self.shared.acked.load(Ordering::Acquire) >= self.delivered_end.0
+        {
+            let prev = self.shared.confirmed.fetch_max(lsn.0, Ordering::AcqRel);
+            if lsn.0 > prev {
+                transport.ack(lsn);
+            }
+        }
+    }
+
+    async fn send(
+        &mut self,
+        msg: ListenerMessage,
+        transport: &mut C::Transport,
+    ) -> Result<(), SessionEnd> {
+        let mut stop = self.stop.clone();
+        let shared = Arc::clone(&self.shared);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return Err(SessionEnd::Stopped),
+                _ = shared.ack_notify.notified() => {
+                    self.forward_ack(transport);
+                }
+                permit = self.tx.reserve() => {
+                    return match permit {
+                        Ok(permit) => {
+                            permit.send(Ok(msg));
+                            Ok(())
+                        }
+                        // The consumer dropped the listener.
+                        Err(_) => Err(SessionEnd::Stopped),
+                    };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Shared test support: a fresh database per test on a logical-replication
+//! PostgreSQL, and a listener wired to it.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use walflow::listener::{
+    Listener, ListenerError, ListenerMessage, ListenerOptions, PgWireConnector,
+};
+use walflow::setup::{SetupSpec, TableSpec, prepare};
+
+/// A fresh database.
+pub struct Db {
+    pub url: String,
+    pub pool: PgPool,
+    pub name: String,
+}
+
+static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A fresh database on the test server.
+pub async fn db() -> Db {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&base)
+        .await
+        .unwrap();
+    let name = format!(
+        "t_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        chrono::Utc::now().timestamp_micros()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&name);
+    let url = url.to_string();
+    let pool = PgPoolOptions::new()
+        .max_connections(5)
+        .connect(&url)
+        .await
+        .unwrap();
+    Db { url, pool, name }
+}
+
+impl Db {
+    /// A slot name unique to this database (slots are cluster-wide).
+    pub fn slot(&self, prefix: &str) -> String {
+        format!("{prefix}_{}", self.name)
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Publishes `tables` (in `public`) on publication `events` and slot `slot`.
+    pub async fn setup(&self, slot: &str, tables: &[&str]) {
+        prepare(
+            &self.pool,
+            &SetupSpec {
+                publication: "events".into(),
+                slot: slot.into(),
+                durable_slot: true,
+                tables: tables
+                    .iter()
+                    .map(|t| TableSpec::new("public", *t))
+                    .collect(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    pub async fn listener(&self, slot: &str) -> Result<Listener, ListenerError> {
+        let mut opts = ListenerOptions::new(slot, "events");
+        opts.heartbeat_interval = Some(Duration::from_millis(200));
+        Listener::start(
+            PgWireConnector::from_url(&self.url).unwrap(),
+            opts,
+            self.pool.clone(),
+        )
+        .await
+    }
+}
+
+/// Receives the next message within `timeout`.
+pub async fn next(l: &mut Listener, timeout: Duration) -> ListenerMessage {
+    tokio::time::timeout(timeout, l.recv())
+        .await
+        .expect("no message in time")
+        .expect("listener failed")
+        .expect("listener stopped")
+}
+
+/// Receives messages until `n` transactions have committed.
+pub async fn transactions(l: &mut Listener, n: usize) -> Vec<Vec<ListenerMessage>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    while out.len() < n {
+        let m = next(l, Duration::from_secs(20)).await;
+        let end = matches!(m, ListenerMessage::Commit(_));
+        cur.push(m);
+        if end {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    out
+}
