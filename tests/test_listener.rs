@@ -75,3 +75,146 @@ async fn second_consumer_on_a_slot_gets_a_clear_error() {
     )));
     l.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn slot_advances_while_published_tables_are_idle() {
+    let db = common::db().await;
+    db.exec("CREATE TABLE t (id int8 primary key)").await;
+    db.exec("CREATE TABLE other (id int8 primary key, pad text)")
+        .await;
+    let slot = db.slot("idle");
+    db.setup(&slot, &["t"]).await;
+    let l = db.listener(&slot).await.unwrap();
+    let before = l.slot_status().await.unwrap();
+    // Only an unpublished table is written.
+    db.exec("INSERT INTO other SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g")
+        .await;
+    let written: (String,) = sqlx::query_as("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let written: walflow::Lsn = written.0.parse().unwrap();
+    assert!(written > before.confirmed_flush_lsn);
+    common::wait_until(Duration::from_secs(30), || async {
+        l.slot_status().await.unwrap().confirmed_flush_lsn >= written
+    })
+    .await;
+    let after = l.slot_status().await.unwrap();
+    assert!(after.lag_bytes >= 0);
+    assert!(
+        after.retained_bytes
+            < (written.as_u64() - before.confirmed_flush_lsn.as_u64()) as i64 + (1 << 20),
+        "retained WAL stays bounded: {after:?}"
+    );
+    l.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn hostile_identifiers_are_quoted() {
+    let db = common::db().await;
+    db.exec(r#"CREATE SCHEMA "Odd ""Schema""; --""#).await;
+    db.exec(r#"CREATE TABLE "Odd ""Schema""; --"."t; DROP TABLE x; --" (id int8 primary key)"#)
+        .await;
+    let slot = db.slot("hostile");
+    walflow::setup::prepare(
+        &db.pool,
+        &walflow::setup::SetupSpec {
+            publication: "pub \"quoted\"".into(),
+            slot: slot.clone(),
+            durable_slot: true,
+            tables: vec![walflow::setup::TableSpec::new(
+                "Odd \"Schema\"; --",
+                "t; DROP TABLE x; --",
+            )],
+        },
+    )
+    .await
+    .unwrap();
+    let identity: (String,) = sqlx::query_as(
+        r#"SELECT relreplident::text FROM pg_class WHERE relname = 't; DROP TABLE x; --'"#,
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        identity.0, "f",
+        "REPLICA IDENTITY FULL set on the quoted table"
+    );
+    let mut opts = walflow::listener::ListenerOptions::new(&slot, "pub \"quoted\"");
+    opts.heartbeat_interval = None;
+    let mut l = walflow::listener::Listener::start(
+        walflow::listener::PgWireConnector::from_url(&db.url).unwrap(),
+        opts,
+        db.pool.clone(),
+    )
+    .await
+    .unwrap();
+    db.exec(r#"INSERT INTO "Odd ""Schema""; --"."t; DROP TABLE x; --" VALUES (1)"#)
+        .await;
+    let txs = common::transactions(&mut l, 1).await;
+    assert!(matches!(txs[0][0], ListenerMessage::Begin(_)));
+    l.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn publication_follows_the_declared_tables() {
+    let db = common::db().await;
+    db.exec("CREATE TABLE a (id int8 primary key)").await;
+    db.exec("CREATE TABLE b (id int8 primary key)").await;
+    db.exec("CREATE TABLE c (id int8 primary key)").await;
+    let slot = db.slot("pubs");
+    db.setup(&slot, &["a", "b"]).await;
+    let report = walflow::setup::prepare(
+        &db.pool,
+        &walflow::setup::SetupSpec {
+            publication: "events".into(),
+            slot: slot.clone(),
+            durable_slot: true,
+            tables: vec![
+                walflow::setup::TableSpec::new("public", "b"),
+                walflow::setup::TableSpec {
+                    replica_identity_full: false,
+                    ..walflow::setup::TableSpec::new("public", "c")
+                },
+            ],
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.tables_added, vec!["public.c"]);
+    assert_eq!(report.tables_removed, vec!["public.a"]);
+    assert!(!report.slot_created);
+    let tables: Vec<(String,)> = sqlx::query_as(
+        "SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'events' ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, vec![("b".to_owned(),), ("c".to_owned(),)]);
+    let identity: Vec<(String, String)> = sqlx::query_as(
+        "SELECT relname::text, relreplident::text FROM pg_class WHERE relname IN ('b', 'c') ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        identity,
+        vec![("b".into(), "f".into()), ("c".into(), "d".into())],
+        "opt-out leaves the identity as it is"
+    );
+    let missing = walflow::setup::prepare(
+        &db.pool,
+        &walflow::setup::SetupSpec {
+            publication: "events".into(),
+            slot,
+            durable_slot: true,
+            tables: vec![walflow::setup::TableSpec::new("public", "nope")],
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        missing.to_string(),
+        "table `public.nope` does not exist; create it (or fix the `table`/`schema` of its `#[event_source]`) before starting walflow"
+    );
+}

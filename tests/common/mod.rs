@@ -51,6 +51,25 @@ pub async fn db() -> Db {
 }
 
 impl Db {
+    /// A database that already exists.
+    pub async fn connect(url: &str) -> Db {
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .connect(url)
+            .await
+            .unwrap();
+        let name = url::Url::parse(url)
+            .unwrap()
+            .path()
+            .trim_start_matches('/')
+            .to_owned();
+        Db {
+            url: url.to_owned(),
+            pool,
+            name,
+        }
+    }
+
     /// A slot name unique to this database (slots are cluster-wide).
     pub fn slot(&self, prefix: &str) -> String {
         format!("{prefix}_{}", self.name)
@@ -115,4 +134,23 @@ pub async fn transactions(l: &mut Listener, n: usize) -> Vec<Vec<ListenerMessage
         }
     }
     out
+}
+
+/// Polls `cond` until it holds, failing the test after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

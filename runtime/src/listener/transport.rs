@@ -207,7 +207,9 @@ impl Connector for PgWireConnector {
             self.password.clone(),
             self.database.clone(),
             spec.slot.clone(),
-            spec.publication.clone(),
+            // `publication_names` is a list of identifiers: quote the name so
+            // case, spaces and quotes survive.
+            crate::listener::quote_ident(&spec.publication),
         )
         .with_port(self.port)
         .with_tls(tls)
