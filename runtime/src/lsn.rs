@@ -67,7 +67,9 @@ impl fmt::Debug for Lsn {
 
 /// The text could not be read as an LSN.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid LSN `{0}`: expected two hexadecimal numbers separated by `/`, such as `16/B374D848`")]
+#[error(
+    "invalid LSN `{0}`: expected two hexadecimal numbers separated by `/`, such as `16/B374D848`"
+)]
 pub struct ParseLsnError(String);
 
 impl FromStr for Lsn {

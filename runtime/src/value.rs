@@ -152,7 +152,10 @@ impl<'de> Deserialize<'de> for Record {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a map of column names to values")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Record, A::Error> {
                 let mut names = Vec::with_capacity(map.size_hint().unwrap_or(0));
                 let mut values = Vec::with_capacity(names.capacity());
                 while let Some((name, value)) = map.next_entry::<Arc<str>, Value>()? {
@@ -218,7 +221,9 @@ impl Value {
             Value::Date(d) => J::String(d.to_string()),
             Value::Time(t) => J::String(t.to_string()),
             Value::Timestamp(t) => J::String(t.format("%Y-%m-%dT%H:%M:%S%.f").to_string()),
-            Value::TimestampTz(t) => J::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            Value::TimestampTz(t) => {
+                J::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+            }
             Value::Interval(i) => serde_json::to_value(i).unwrap_or(J::Null),
             Value::Json(j) => j.clone(),
             Value::Bytea(b) => J::Array(b.iter().map(|x| J::from(*x)).collect()),
