@@ -211,7 +211,8 @@ impl Record {
     /// use std::sync::Arc;
     /// use walflow_runtime::{Record, Value};
     ///
-    /// #[derive(serde::Deserialize)]
+    /// #[derive(Debug, serde::Deserialize)]
+    /// #[allow(dead_code)]
     /// struct Comment {
     ///     post_id: i64,
     ///     body: Option<String>,
@@ -366,3 +367,6 @@ mod float_serde {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
