@@ -232,7 +232,8 @@ pub struct RelationInfo {
     pub columns: Arc<[ColumnType]>,
     /// Column names, in order (shared by every record of the table).
     pub names: Arc<[Arc<str>]>,
-    /// Names of the key (replica identity) columns, in order.
+    /// Names of the key (replica identity) columns, in order. With `REPLICA
+    /// IDENTITY FULL`, PostgreSQL flags every column as part of the key.
     pub key_names: Arc<[Arc<str>]>,
     /// Positions of the key columns in `columns`.
     pub key_indices: Box<[usize]>,
