@@ -110,6 +110,7 @@ impl<'de> MapAccess<'de> for RecordMap<'de> {
                 self.current = Some((name, value));
                 seed.deserialize(BorrowedStrDeserializer::new(name))
                     .map(Some)
+                    .map_err(|e: DeError| e.in_column(name))
             }
             _ => Ok(None),
         }

@@ -252,6 +252,23 @@ fn error_names_table_column_and_expected_type() {
 }
 
 #[test]
+fn unknown_fields_are_named() {
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Strict {
+        a: i32,
+    }
+    let err = record(vec![("a", Value::Int4(1)), ("b", Value::Int4(2))])
+        .deserialize_into::<Strict>("t")
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "table `t`, column `b`: unknown field `b`, expected `a`"
+    );
+}
+
+#[test]
 fn flatten_and_newtypes_work() {
     #[derive(Debug, Deserialize, PartialEq)]
     struct Inner {
