@@ -335,8 +335,10 @@ impl Cursor<'_> {
 const BAD_DATE: Reason = "not a date (expected YYYY-MM-DD)";
 const BAD_TIME: Reason = "not a time (expected HH:MM:SS[.ffffff])";
 
-/// `YYYY-MM-DD`; `Ok(None)` for a valid-looking date chrono cannot hold.
+/// `YYYY-MM-DD`; `Ok(None)` for a valid-looking date chrono cannot hold
+/// (years beyond its range, or BC dates: their leap years differ).
 fn date_part(c: &mut Cursor<'_>) -> Result<Option<NaiveDate>, Reason> {
+    let bc = c.s.ends_with(b" BC");
     let start = c.pos;
     let year = c.number(BAD_DATE)?;
     if c.pos - start < 4 {
@@ -352,7 +354,7 @@ fn date_part(c: &mut Cursor<'_>) -> Result<Option<NaiveDate>, Reason> {
     let year = i32::try_from(year).map_err(|_| "date out of range")?;
     match NaiveDate::from_ymd_opt(year, month, day) {
         Some(d) => Ok(Some(d)),
-        None if year > 9999 => Ok(None),
+        None if year > 9999 || bc => Ok(None),
         None => Err("date out of range"),
     }
 }
