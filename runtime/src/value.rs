@@ -6,6 +6,8 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod de;
+
 /// An exact `numeric` value, kept as PostgreSQL's text (never through `f64`).
 ///
 /// Also holds `NaN`, `Infinity` and `-Infinity`. Deserializes into
@@ -52,9 +54,9 @@ pub enum Value {
     /// `int8` / `bigint`.
     Int8(i64),
     /// `float4` / `real`.
-    Float4(f32),
+    Float4(#[serde(with = "float_serde")] f32),
     /// `float8` / `double precision`.
-    Float8(f64),
+    Float8(#[serde(with = "float_serde")] f64),
     /// `numeric`, exact.
     Numeric(Numeric),
     /// `text`, `varchar`, `bpchar`, `name`, enums and types without a
@@ -186,18 +188,52 @@ pub struct RecordError {
 impl Record {
     /// Deserializes the record into `T` (usually the struct marked
     /// `#[event_source]`). `table` is named in the error.
+    ///
+    /// Reads the record directly (no intermediate JSON) and honours serde
+    /// attributes. Column values map to serde as follows:
+    ///
+    /// | value                         | serde                                              |
+    /// |-------------------------------|----------------------------------------------------|
+    /// | `Null`, `UnchangedToast`      | none / unit                                        |
+    /// | `Bool`, `Int2/4/8`, `Float4/8`| bool, i16/i32/i64 (range-checked into other ints), f32/f64 |
+    /// | `Numeric`                     | string (for `Decimal`, `BigDecimal`, `String`); also read by integer and float fields when it fits |
+    /// | `Text`                        | string; unit variant name for enum fields          |
+    /// | `Uuid`                        | hyphenated string                                  |
+    /// | `Date`, `Time`                | `2024-01-02`, `03:04:05.123456`                    |
+    /// | `Timestamp`                   | `2024-01-02T03:04:05.123456` (`NaiveDateTime`)     |
+    /// | `TimestampTz`                 | `2024-01-02T03:04:05.123456Z` (`DateTime<Utc>`)    |
+    /// | `Interval`                    | map `{months, days, microseconds}`                 |
+    /// | `Json`                        | the JSON value itself (any `Deserialize` type)     |
+    /// | `Bytea`                       | bytes (`serde_bytes`), or a sequence of `u8` (`Vec<u8>`) |
+    /// | `Array`                       | sequence                                           |
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use walflow_runtime::{Record, Value};
+    ///
+    /// #[derive(Debug, serde::Deserialize)]
+    /// #[allow(dead_code)]
+    /// struct Comment {
+    ///     post_id: i64,
+    ///     body: Option<String>,
+    /// }
+    ///
+    /// let names: Arc<[Arc<str>]> = vec![Arc::from("post_id"), Arc::from("body")].into();
+    /// let record = Record::new(names, vec![Value::Text("abc".into()), Value::Null]);
+    /// let err = record.deserialize_into::<Comment>("comments").unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "table `comments`, column `post_id`: invalid type: string \"abc\", expected i64"
+    /// );
+    /// ```
     pub fn deserialize_into<T: serde::de::DeserializeOwned>(
         &self,
         table: &str,
     ) -> Result<T, RecordError> {
-        let map: serde_json::Map<String, serde_json::Value> = self
-            .iter()
-            .map(|(n, v)| (n.to_owned(), v.to_plain_json()))
-            .collect();
-        serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| RecordError {
+        T::deserialize(de::RecordDeserializer(self)).map_err(|e| RecordError {
             table: table.to_owned(),
-            column: None,
-            message: e.to_string(),
+            column: e.column,
+            message: e.message,
         })
     }
 }
@@ -231,3 +267,106 @@ impl Value {
         }
     }
 }
+
+/// Floats serialize as numbers, except `NaN`, `Infinity` and `-Infinity`,
+/// which human-readable formats (JSON) cannot hold as numbers: those are
+/// strings there, so queued values round-trip exactly.
+mod float_serde {
+    use serde::{Deserializer, Serializer, de};
+
+    pub(super) trait Float: Copy + Sized {
+        fn is_finite(self) -> bool;
+        fn is_nan(self) -> bool;
+        fn is_sign_positive(self) -> bool;
+        fn from_f64(v: f64) -> Self;
+        fn serialize<S: Serializer>(self, s: S) -> Result<S::Ok, S::Error>;
+        fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+            v: FloatVisitor<Self>,
+        ) -> Result<Self, D::Error>;
+    }
+
+    macro_rules! float {
+        ($t:ty, $ser:ident, $de:ident) => {
+            impl Float for $t {
+                fn is_finite(self) -> bool {
+                    <$t>::is_finite(self)
+                }
+                fn is_nan(self) -> bool {
+                    <$t>::is_nan(self)
+                }
+                fn is_sign_positive(self) -> bool {
+                    <$t>::is_sign_positive(self)
+                }
+                fn from_f64(v: f64) -> Self {
+                    v as $t
+                }
+                fn serialize<S: Serializer>(self, s: S) -> Result<S::Ok, S::Error> {
+                    s.$ser(self)
+                }
+                fn deserialize<'de, D: Deserializer<'de>>(
+                    d: D,
+                    v: FloatVisitor<Self>,
+                ) -> Result<Self, D::Error> {
+                    if d.is_human_readable() {
+                        // JSON reports strings to `deserialize_any` only.
+                        d.deserialize_any(v)
+                    } else {
+                        d.$de(v)
+                    }
+                }
+            }
+        };
+    }
+    float!(f32, serialize_f32, deserialize_f32);
+    float!(f64, serialize_f64, deserialize_f64);
+
+    pub(super) fn serialize<T: Float, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        let v = *v;
+        if v.is_finite() || !s.is_human_readable() {
+            v.serialize(s)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if v.is_sign_positive() {
+            s.serialize_str("Infinity")
+        } else {
+            s.serialize_str("-Infinity")
+        }
+    }
+
+    pub(super) fn deserialize<'de, T: Float, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        T::deserialize(d, FloatVisitor(std::marker::PhantomData))
+    }
+
+    pub(super) struct FloatVisitor<T>(std::marker::PhantomData<T>);
+
+    impl<T: Float> de::Visitor<'_> for FloatVisitor<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a number, \"NaN\", \"Infinity\" or \"-Infinity\"")
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+            Ok(T::from_f64(v))
+        }
+        fn visit_f32<E: de::Error>(self, v: f32) -> Result<T, E> {
+            Ok(T::from_f64(f64::from(v)))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            Ok(T::from_f64(v as f64))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            Ok(T::from_f64(v as f64))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            match v {
+                "NaN" => Ok(T::from_f64(f64::NAN)),
+                "Infinity" => Ok(T::from_f64(f64::INFINITY)),
+                "-Infinity" => Ok(T::from_f64(f64::NEG_INFINITY)),
+                _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
