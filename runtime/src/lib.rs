@@ -11,6 +11,7 @@ pub mod config;
 pub mod decode;
 #[cfg(feature = "embedded")]
 pub mod embedded;
+pub mod ident;
 pub mod lsn;
 pub mod raw;
 pub mod value;
