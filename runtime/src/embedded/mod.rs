@@ -41,6 +41,8 @@
 //! small, so it is written directly on `std::process`.
 
 mod bins;
+#[cfg(test)]
+mod cluster_tests;
 mod test_db;
 
 use std::fs;

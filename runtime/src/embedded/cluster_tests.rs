@@ -1,23 +1,15 @@
-//! The embedded cluster: start-up, authentication, restarts, clean-up.
-#![cfg(feature = "embedded")]
+//! Tests of the embedded cluster against real servers: start-up,
+//! authentication, restarts, clean-up.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::embedded::{EmbeddedPostgres, ShutdownMode, shared_cluster, test_database};
 use sqlx::{Connection, PgConnection};
-use walflow_runtime::embedded::{EmbeddedPostgres, ShutdownMode, shared_cluster, test_database};
 
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|s| s != "Z" && s != "X"),
-        Err(_) => false,
-    }
-}
+use super::process_alive as alive;
 
 /// Polls `cond` every 20 ms for at most `limit`.
 fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -284,7 +276,7 @@ fn child_leaks_shared_cluster() {
 fn run_child(mode: &str) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
-            "child_leaks_shared_cluster",
+            "embedded::cluster_tests::child_leaks_shared_cluster",
             "--exact",
             "--nocapture",
             "--test-threads=1",
