@@ -13,6 +13,7 @@ pub mod decode;
 pub mod embedded;
 pub mod ident;
 pub mod lsn;
+pub mod preflight;
 pub mod raw;
 pub mod value;
 

@@ -37,13 +37,24 @@ pub async fn shared_cluster() -> Result<&'static EmbeddedPostgres, EmbeddedError
 /// A fresh database for one test, dropped (with its replication slots) when
 /// this value is dropped.
 ///
+/// In an integration test (`tests/*.rs`, with the `embedded` feature):
+///
 /// ```no_run
-/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// let db = walflow_runtime::embedded::test_database().await?;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use walflow_runtime::embedded::test_database;
+///
+/// // Inside `#[tokio::test] async fn ...`:
+/// let db = test_database().await?; // fresh database, dropped at the end
 /// let pool = db.pool().await?;
-/// sqlx::query("CREATE TABLE posts (id bigint PRIMARY KEY)").execute(&pool).await?;
-/// let config = db.config(); // url of this database, slot named after it
-/// # let _ = config; Ok(()) }
+/// sqlx::query("CREATE TABLE posts (id bigint PRIMARY KEY)")
+///     .execute(&pool)
+///     .await?;
+/// // URL of this database, replication slot named after it.
+/// let config = db.config_builder().publication("events").build()?;
+/// # let _ = config;
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Debug)]
 pub struct TestDatabase {
