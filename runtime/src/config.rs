@@ -293,6 +293,7 @@ struct Conn {
     username: String,
     password: String,
     database: String,
+    ssl_mode: Option<String>,
 }
 
 /// Runtime configuration; see the [module documentation](self) for the
@@ -334,6 +335,7 @@ impl Default for Config {
             username: "postgres".into(),
             password: "postgres".into(),
             database: "postgres".into(),
+            ssl_mode: None,
         };
         Self {
             url: None,
@@ -371,6 +373,7 @@ impl fmt::Debug for Config {
             .field("database", &self.conn.database)
             .field("username", &self.conn.username)
             .field("password", &"<redacted>")
+            .field("ssl_mode", &self.conn.ssl_mode)
             .field("app_name", &self.app_name)
             .field("durable_slot", &self.durable_slot)
             .field("slot_name", &self.slot_name)
@@ -453,6 +456,12 @@ impl Config {
     /// one).
     pub fn password(&self) -> &str {
         &self.conn.password
+    }
+
+    /// The URL's `sslmode` parameter (`disable`, `prefer`, `require`,
+    /// `verify-ca`, `verify-full`), if the URL has one.
+    pub fn ssl_mode(&self) -> Option<&str> {
+        self.conn.ssl_mode.as_deref()
     }
 
     /// The application name, already sanitised (printable ASCII, at most 63
@@ -640,6 +649,7 @@ impl Config {
             username: self.username.clone(),
             password: self.password.clone(),
             database: self.database.clone(),
+            ssl_mode: None,
         };
         let Some(raw) = self.url.as_deref() else {
             return Ok(conn);
@@ -674,6 +684,10 @@ impl Config {
             conn.password = decode(password)
                 .map_err(|_| invalid("the password is not valid percent-encoded UTF-8".into()))?;
         }
+        conn.ssl_mode = url
+            .query_pairs()
+            .find(|(k, _)| k == "sslmode" || k == "ssl-mode")
+            .map(|(_, v)| v.into_owned());
         let path = url.path().trim_start_matches('/');
         if !path.is_empty() {
             conn.database = decode(path).map_err(|e| invalid(format!("database: {e}")))?;
@@ -1133,6 +1147,7 @@ mod tests {
         assert_eq!(c.username(), "us@er");
         assert_eq!(c.password(), "p@ss:w/d");
         assert_eq!(c.database(), "my db");
+        assert_eq!(c.ssl_mode(), Some("disable"));
 
         let c = Config::builder()
             .database("fallback_db")

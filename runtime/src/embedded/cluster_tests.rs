@@ -66,6 +66,7 @@ async fn starts_configured_for_logical_replication() {
     )
     .await;
     assert_eq!(stored, "SCRAM-SHA-256");
+    assert!(!format!("{pg:?}").contains(pg.password()));
     let wrong = url.replace(pg.password(), "wrong");
     let err = PgConnection::connect(&wrong).await.unwrap_err();
     assert!(
@@ -164,6 +165,12 @@ async fn test_databases_are_fresh_and_dropped() {
     let a = test_database().await.unwrap();
     let b = test_database().await.unwrap();
     assert_ne!(a.name(), b.name());
+    let password = url::Url::parse(a.url())
+        .unwrap()
+        .password()
+        .unwrap()
+        .to_string();
+    assert!(!format!("{a:?}").contains(&password), "{a:?}");
     assert_eq!(a.config().slot_name(), a.name());
     assert_eq!(a.config().database(), a.name());
 

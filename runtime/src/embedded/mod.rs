@@ -336,7 +336,10 @@ impl EmbeddedPostgresBuilder {
 
 /// A running throwaway PostgreSQL cluster. Dropping it stops the server
 /// (fast shutdown) and removes its directory, also during a panic.
-#[derive(Debug)]
+///
+/// Clones are handles to the same cluster; it stops when the last one is
+/// dropped.
+#[derive(Clone)]
 pub struct EmbeddedPostgres {
     inner: Arc<Inner>,
 }
@@ -486,6 +489,20 @@ impl EmbeddedPostgres {
     }
 }
 
+impl std::fmt::Debug for EmbeddedPostgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedPostgres")
+            .field("port", &self.port())
+            .field("data_dir", &self.inner.data_dir)
+            .field("bin_dir", &self.inner.bin_dir)
+            .field("version", &self.inner.version)
+            .field("username", &self.inner.username)
+            .field("password", &"<redacted>")
+            .field("postmaster_pid", &self.postmaster_pid())
+            .finish()
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, EmbeddedError> + Send + 'static,
 ) -> Result<T, EmbeddedError> {
@@ -501,7 +518,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-#[derive(Debug)]
 struct Inner {
     tmp: Mutex<Option<tempfile::TempDir>>,
     root: PathBuf,

@@ -56,7 +56,6 @@ pub async fn shared_cluster() -> Result<&'static EmbeddedPostgres, EmbeddedError
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug)]
 pub struct TestDatabase {
     url: String,
     name: String,
@@ -125,6 +124,15 @@ fn database_url(admin_url: &str, name: &str) -> Result<String, EmbeddedError> {
     })?;
     url.set_path(&format!("/{name}"));
     Ok(url.into())
+}
+
+impl std::fmt::Debug for TestDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestDatabase")
+            .field("url", &redact_url(&self.url))
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 impl TestDatabase {
