@@ -76,9 +76,21 @@ async fn starts_configured_for_logical_replication() {
     // The unix socket lives in the temporary directory.
     assert!(
         pg.socket_dir()
+            .unwrap()
             .join(format!(".s.PGSQL.{}", pg.port()))
             .exists()
     );
+    let via_socket = sqlx::postgres::PgConnectOptions::new_without_pgpass()
+        .socket(pg.socket_dir().unwrap())
+        .port(pg.port())
+        .username("postgres")
+        .database("postgres");
+    PgConnection::connect_with(&via_socket)
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
 
     let db_url = pg.create_database("Odd \"name\"").await.unwrap();
     let mut c = PgConnection::connect(&db_url).await.unwrap();
@@ -90,7 +102,7 @@ async fn starts_configured_for_logical_replication() {
     c.close().await.unwrap();
 
     let pid = pg.postmaster_pid().unwrap();
-    let root = pg.socket_dir().to_path_buf();
+    let root = pg.root_dir().to_path_buf();
     drop(pg);
     assert!(!alive(pid), "postmaster still running after drop");
     assert!(!root.exists(), "directory left behind: {}", root.display());
@@ -267,7 +279,7 @@ fn child_leaks_shared_cluster() {
         let cluster = shared_cluster().await.unwrap();
         (
             cluster.postmaster_pid().unwrap(),
-            cluster.socket_dir().to_path_buf(),
+            cluster.root_dir().to_path_buf(),
         )
     });
     println!("CLUSTER {pid} {}", root.display());

@@ -223,7 +223,7 @@ impl EmbeddedPostgresBuilder {
         };
         let tmp = tempfile::Builder::new()
             .prefix("walflow-pg-")
-            .tempdir()
+            .tempdir_in(temp_parent(run_as.is_some()))
             .map_err(io_err("create a temporary directory"))?;
         let root = tmp.path().to_path_buf();
         let data_dir = root.join("data");
@@ -395,9 +395,17 @@ impl EmbeddedPostgres {
         &self.inner.data_dir
     }
 
-    /// The directory holding the unix socket (`.s.PGSQL.<port>`).
-    pub fn socket_dir(&self) -> &Path {
+    /// The temporary directory holding everything (data directory, log,
+    /// socket); removed when the cluster is dropped.
+    pub fn root_dir(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// The directory holding the unix socket (`.s.PGSQL.<port>`), the
+    /// [`root_dir`](Self::root_dir); `None` if its path is too long for a
+    /// socket address, in which case only TCP is available.
+    pub fn socket_dir(&self) -> Option<&Path> {
+        socket_fits(&self.inner.root).then_some(self.inner.root.as_path())
     }
 
     /// The directory of the `postgres` and `initdb` binaries used.
@@ -548,7 +556,12 @@ impl Inner {
         port: u16,
         overrides: &[(String, String)],
     ) -> Result<(), EmbeddedError> {
-        let root = self.root.display().to_string();
+        // An empty list disables the socket when its path would not fit.
+        let root = if socket_fits(&self.root) {
+            self.root.display().to_string()
+        } else {
+            String::new()
+        };
         let port = port.to_string();
         let defaults: [(&str, &str); 15] = [
             ("listen_addresses", "127.0.0.1"),
@@ -789,6 +802,31 @@ impl Drop for Reaper {
     fn drop(&mut self) {
         drop(self.stdin.take());
         let _ = wait_exit(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+/// Whether `<dir>/.s.PGSQL.65535` fits in a unix socket address (107
+/// bytes on Linux).
+fn socket_fits(dir: &Path) -> bool {
+    dir.as_os_str().len() + "/.s.PGSQL.65535".len() < 107
+}
+
+/// Where to create the temporary directory: the system's, unless it is not
+/// reachable by the `postgres` user we switch to, then `/tmp`.
+fn temp_parent(as_other_user: bool) -> PathBuf {
+    let dir = std::env::temp_dir();
+    if !as_other_user {
+        return dir;
+    }
+    let traversable = dir.ancestors().all(|p| {
+        p.metadata()
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false)
+    });
+    if traversable {
+        dir
+    } else {
+        PathBuf::from("/tmp")
     }
 }
 
