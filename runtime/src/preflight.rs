@@ -746,13 +746,14 @@ mod server_tests {
             .execute(&pool)
             .await
             .unwrap();
-        let cluster = crate::embedded::shared_cluster().await;
-        let Ok(cluster) = cluster else {
-            // DATABASE_URL given: no local pg_recvlogical to drive.
+        // pg_recvlogical must run next to the server: only on the embedded one.
+        if std::env::var("DATABASE_URL").is_ok_and(|u| !u.trim().is_empty()) {
             return;
-        };
+        }
+        let cluster = crate::embedded::shared_cluster().await.unwrap();
         let bin = cluster.bin_dir().join("pg_recvlogical");
-        if !bin.exists() || std::env::var_os("DATABASE_URL").is_some() {
+        if !bin.exists() {
+            eprintln!("pg_recvlogical not found next to postgres; slot-in-use case not exercised");
             return;
         }
         let mut receiver = Command::new(bin)
@@ -806,23 +807,23 @@ mod server_tests {
         assert!(!msg.contains("s3cret"), "{msg}");
         assert!(!format!("{err:?}").contains("s3cret"));
 
-        let db = test_database().await.unwrap();
-        let cfg = db
-            .config_builder()
-            .url(
-                url::Url::parse(db.url())
-                    .map(|mut u| {
-                        u.set_password(Some("s3cret-wrong")).unwrap();
-                        u.to_string()
-                    })
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
+        // Wrong password (refused by a SCRAM server) and a missing database
+        // (refused by a trusting one).
+        let mut url = url::Url::parse(&crate::embedded::test_server_url().await.unwrap()).unwrap();
+        url.set_password(Some("s3cret-wrong")).unwrap();
+        url.set_path("/walflow_no_such_database");
+        let cfg = Config::from_url(url.to_string()).unwrap();
         let err = check(&cfg).await.unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, PreflightError::Refused { .. }), "{msg}");
-        assert!(msg.contains("password authentication failed"), "{msg}");
+        assert!(
+            msg.contains("password authentication failed") || msg.contains("does not exist"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("to database `walflow_no_such_database`: "),
+            "{msg}"
+        );
         assert!(!msg.contains("s3cret"), "{msg}");
     }
 }

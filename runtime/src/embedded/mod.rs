@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 
 pub use bins::BIN_DIR_ENV;
-pub use test_db::{TestDatabase, shared_cluster, test_database};
+pub use test_db::{TestDatabase, shared_cluster, test_database, test_server_url};
 
 use crate::ident::quote_ident;
 

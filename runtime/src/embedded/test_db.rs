@@ -72,10 +72,7 @@ pub struct TestDatabase {
 /// [`TestDatabase::config`] uses (slots are cluster-wide, so tests running in
 /// parallel must not share one).
 pub async fn test_database() -> Result<TestDatabase, EmbeddedError> {
-    let admin_url = match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.trim().is_empty() => url,
-        _ => shared_cluster().await?.url(),
-    };
+    let admin_url = test_server_url().await?;
     let name = unique_name();
     let url = database_url(&admin_url, &name)?;
     let mut conn =
@@ -101,6 +98,15 @@ pub async fn test_database() -> Result<TestDatabase, EmbeddedError> {
         admin_url,
         dropped: false,
     })
+}
+
+/// The server [`test_database`] creates databases on: `DATABASE_URL` if it
+/// is set (and not empty), otherwise the [`shared_cluster`]'s URL.
+pub async fn test_server_url() -> Result<String, EmbeddedError> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => Ok(url),
+        _ => Ok(shared_cluster().await?.url()),
+    }
 }
 
 fn unique_name() -> String {
