@@ -339,3 +339,31 @@ fn server_does_not_outlive_the_process() {
     run_child("exit");
     run_child("kill");
 }
+
+#[tokio::test]
+async fn failed_start_reports_the_server_log() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let err = EmbeddedPostgres::builder()
+        .setting("port", port.to_string())
+        .start()
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("PostgreSQL did not start: the postmaster exited"),
+        "{msg}"
+    );
+    assert!(msg.contains("could not bind"), "{msg}");
+    // Nothing is left behind.
+    assert!(wait_until(Duration::from_secs(10), || {
+        !std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path().join("data/walflow.conf"))
+                    .is_ok_and(|c| c.contains(&format!("port = '{port}'")))
+            })
+    }));
+    drop(taken);
+}

@@ -212,10 +212,11 @@ impl EmbeddedPostgresBuilder {
             })?
     }
 
-    /// Creates and starts the cluster, blocking the current thread (about a
-    /// second).
+    /// Creates and starts the cluster, blocking the current thread (a second
+    /// or two, mostly `initdb`).
     pub fn start_blocking(self) -> Result<EmbeddedPostgres, EmbeddedError> {
         let bins = bins::find(self.bin_dir.as_deref())?;
+        // SAFETY: geteuid has no preconditions.
         let run_as = if unsafe { libc::geteuid() } == 0 {
             Some(lookup_user("postgres").ok_or(EmbeddedError::NoPostgresUser)?)
         } else {
@@ -288,6 +289,7 @@ impl EmbeddedPostgresBuilder {
              host replication all 127.0.0.1/32 scram-sha-256\n",
         )
         .map_err(io_err("write pg_hba.conf"))?;
+        chown(&data_dir.join("pg_hba.conf"))?;
         let mut conf = fs::OpenOptions::new()
             .append(true)
             .open(data_dir.join("postgresql.conf"))
@@ -324,7 +326,8 @@ impl EmbeddedPostgresBuilder {
                 Ok(()) => break,
                 Err(EmbeddedError::Start { ref log, .. })
                     if attempt < 5
-                        && (log.contains("could not bind") || log.contains("already in use")) => {}
+                        && (log.contains("could not bind")
+                            || log.contains("could not create any TCP/IP sockets")) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -563,7 +566,7 @@ impl Inner {
             String::new()
         };
         let port = port.to_string();
-        let defaults: [(&str, &str); 15] = [
+        let defaults: [(&str, &str); 14] = [
             ("listen_addresses", "127.0.0.1"),
             ("port", &port),
             ("unix_socket_directories", &root),
@@ -578,7 +581,6 @@ impl Inner {
             ("timezone", "UTC"),
             ("log_timezone", "UTC"),
             ("logging_collector", "off"),
-            ("log_min_messages", "warning"),
         ];
         let mut text = String::from("# written by walflow's embedded cluster\n");
         for (k, v) in defaults
@@ -588,7 +590,13 @@ impl Inner {
         {
             text.push_str(&format!("{k} = {}\n", conf_value(v)));
         }
-        fs::write(self.data_dir.join("walflow.conf"), text).map_err(io_err("write walflow.conf"))
+        let path = self.data_dir.join("walflow.conf");
+        fs::write(&path, text).map_err(io_err("write walflow.conf"))?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(io_err("hand walflow.conf to the postgres user"))?;
+        }
+        Ok(())
     }
 
     fn log_tail(&self) -> String {
