@@ -431,7 +431,8 @@ impl Config {
         self.url.as_deref().map(redact_url)
     }
 
-    /// Host to connect to (from the URL if it has one).
+    /// Host to connect to (from the URL if it has one); a path starting
+    /// with `/` is the directory of a unix socket.
     pub fn host(&self) -> &str {
         &self.conn.host
     }
@@ -576,7 +577,15 @@ impl Config {
             .url
             .as_deref()
             .and_then(|u| u.parse::<PgConnectOptions>().ok())
-            .unwrap_or_else(|| PgConnectOptions::new_without_pgpass().host(&self.conn.host));
+            .unwrap_or_else(|| {
+                let base = PgConnectOptions::new_without_pgpass();
+                if self.conn.host.starts_with('/') {
+                    // A directory: connect through its unix socket.
+                    base.socket(&self.conn.host)
+                } else {
+                    base.host(&self.conn.host)
+                }
+            });
         base.port(self.conn.port)
             .username(&self.conn.username)
             .password(&self.conn.password)
@@ -1184,6 +1193,16 @@ mod tests {
         assert_eq!(o.get_username(), "postgres");
         assert_eq!(o.get_database(), Some("postgres"));
         assert_eq!(o.get_application_name(), Some("walflow"));
+
+        let c = Config::builder()
+            .host("/var/run/postgresql")
+            .build()
+            .unwrap();
+        let o = c.connect_options();
+        assert_eq!(
+            o.get_socket().map(|p| p.to_str().unwrap()),
+            Some("/var/run/postgresql")
+        );
     }
 
     #[test]
