@@ -667,11 +667,16 @@ impl Inner {
     }
 
     fn stop(&self, mode: ShutdownMode) -> Result<(), EmbeddedError> {
+        self.stop_within(mode, self.timeout)
+    }
+
+    /// Stops with `mode`, escalating to immediate after `limit`.
+    fn stop_within(&self, mode: ShutdownMode, limit: Duration) -> Result<(), EmbeddedError> {
         let mut pm = lock(&self.postmaster);
         let Some(mut child) = pm.take() else {
             return Ok(());
         };
-        let mut plan = vec![(mode, self.timeout)];
+        let mut plan = vec![(mode, limit)];
         if mode != ShutdownMode::Immediate {
             plan.push((ShutdownMode::Immediate, Duration::from_secs(15)));
         }
@@ -690,7 +695,10 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let _ = self.stop(ShutdownMode::Fast);
+        // The data is thrown away: do not wait long for a fast shutdown (a
+        // logical WAL sender whose client does not acknowledge can hold it up
+        // to `wal_sender_timeout`).
+        let _ = self.stop_within(ShutdownMode::Fast, Duration::from_secs(5));
         // Closing the pipe lets the reaper remove the directory.
         drop(lock(&self.reaper).take());
         if let Some(tmp) = lock(&self.tmp).take() {
