@@ -11,8 +11,10 @@ pub mod config;
 pub mod decode;
 #[cfg(feature = "embedded")]
 pub mod embedded;
+pub mod ident;
 pub mod listener;
 pub mod lsn;
+pub mod preflight;
 pub mod raw;
 pub mod setup;
 pub mod value;

@@ -1,1 +1,0 @@
-//! Throwaway PostgreSQL clusters.
