@@ -7,47 +7,31 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use walflow::embedded::{TestDatabase, test_database};
 use walflow::listener::{
     Listener, ListenerError, ListenerMessage, ListenerOptions, PgWireConnector,
 };
 use walflow::setup::{SetupSpec, TableSpec, prepare};
 
-/// A fresh database.
+/// A fresh database, dropped (with its slots) when the test ends.
 pub struct Db {
     pub url: String,
     pub pool: PgPool,
     pub name: String,
+    _guard: Option<TestDatabase>,
 }
 
-static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// A fresh database on the test server.
+/// A fresh database on the test server: `DATABASE_URL`'s, or the throwaway
+/// cluster this test binary starts.
 pub async fn db() -> Db {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&base)
-        .await
-        .unwrap();
-    let name = format!(
-        "t_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        chrono::Utc::now().timestamp_micros()
-    );
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(&name);
-    let url = url.to_string();
-    let pool = PgPoolOptions::new()
-        .max_connections(5)
-        .connect(&url)
-        .await
-        .unwrap();
-    Db { url, pool, name }
+    let guard = test_database().await.expect("test database");
+    let pool = guard.pool().await.expect("connect to the test database");
+    Db {
+        url: guard.url().to_owned(),
+        name: guard.name().to_owned(),
+        pool,
+        _guard: Some(guard),
+    }
 }
 
 impl Db {
@@ -67,12 +51,14 @@ impl Db {
             url: url.to_owned(),
             pool,
             name,
+            _guard: None,
         }
     }
 
     /// A slot name unique to this database (slots are cluster-wide).
     pub fn slot(&self, prefix: &str) -> String {
-        format!("{prefix}_{}", self.name)
+        let name = format!("{prefix}_{}", self.name);
+        name[..name.len().min(63)].to_owned()
     }
 
     pub async fn exec(&self, sql: &str) {
