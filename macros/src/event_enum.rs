@@ -7,7 +7,7 @@ use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, GenericArgument, Ident, PathArguments, Type};
 
 use crate::ctxt::Ctxt;
-use crate::private;
+use crate::{private, private_at};
 
 struct Variant<'a> {
     ident: &'a Ident,
@@ -125,14 +125,11 @@ fn generate(item: &DeriveInput, variants: &[Variant<'_>]) -> TokenStream {
             impl #p::Carries<#entity> for #ident {}
         }
     });
-    let asserts = variants.iter().map(|Variant { entity, .. }| {
-        quote_spanned! {entity.span()=>
-            #p::assert_event_source::<#entity>();
-        }
-    });
     let decode = variants.iter().map(|Variant { ident: v, entity }| {
+        let pe = private_at(entity.span());
+        let is_table = quote_spanned!(entity.span()=> <#entity as #pe::EventSource>::is_table);
         quote! {
-            if <#entity as #p::EventSource>::is_table(raw) {
+            if #is_table(raw) {
                 return #p::Event::<#entity>::from_raw(raw).map(#ident::#v);
             }
         }
@@ -148,11 +145,6 @@ fn generate(item: &DeriveInput, variants: &[Variant<'_>]) -> TokenStream {
 
         #[doc(hidden)]
         const _: () = {
-            #[allow(dead_code)]
-            fn __walflow_check() {
-                #(#asserts)*
-            }
-
             #(#impls)*
 
             #[automatically_derived]

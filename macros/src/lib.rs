@@ -22,6 +22,12 @@ fn private() -> proc_macro2::TokenStream {
     quote::quote!(::walflow::__private)
 }
 
+/// The same path, spanned at a user's token (so that errors in generated
+/// code land on it).
+fn private_at(span: proc_macro2::Span) -> proc_macro2::TokenStream {
+    quote::quote_spanned!(span=> ::walflow::__private)
+}
+
 /// Declares a struct as the Rust side of a table. See the `walflow` crate.
 #[proc_macro_attribute]
 pub fn event_source(args: TokenStream, input: TokenStream) -> TokenStream {

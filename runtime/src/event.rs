@@ -273,12 +273,17 @@ pub enum EventDecodeError {
 ///
 /// Implemented for [`Event<T>`] of every `#[event_source]` type and by
 /// `#[event_enum]` for enums of them.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event type a handler can take",
+    label = "this handler's first argument is `{Self}`",
+    note = "a handler takes `Event<T>` of an `#[event_source]` type `T`, or an `#[event_enum]`"
+)]
 pub trait FromRawEvent: Sized {
     /// Decodes the raw event.
     fn from_raw_event(raw: &RawEvent) -> Result<Self, EventDecodeError>;
 }
 
-impl<T: EventSource> FromRawEvent for Event<T> {
+impl<T: EventSource + DeserializeOwned> FromRawEvent for Event<T> {
     fn from_raw_event(raw: &RawEvent) -> Result<Self, EventDecodeError> {
         if !T::is_table(raw) {
             return Err(EventDecodeError::UnexpectedTable {
@@ -311,4 +316,146 @@ pub trait EventEnum: FromRawEvent {
     fn kind(&self) -> EventKind;
     /// Where and when it happened.
     fn meta(&self) -> &EventMeta;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Value;
+
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    struct Post {
+        id: i64,
+        title: String,
+    }
+
+    fn record(id: i64, title: &str) -> Record {
+        Record::new(
+            vec![Arc::from("id"), Arc::from("title")].into(),
+            vec![Value::Int8(id), Value::Text(title.into())],
+        )
+    }
+
+    fn raw(kind: EventKind, new: Option<Record>, old: Option<Record>) -> RawEvent {
+        RawEvent {
+            schema: "public".into(),
+            table: "posts".into(),
+            kind,
+            new,
+            old,
+            changes: None,
+            columns: Arc::from(Vec::new()),
+            lsn: Lsn(0x10),
+            commit_lsn: Lsn(0x1_0000_0020),
+            commit_time: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            xid: 7,
+            seq: 3,
+        }
+    }
+
+    #[test]
+    fn decodes_each_kind() {
+        let insert =
+            Event::<Post>::from_raw(&raw(EventKind::Insert, Some(record(1, "a")), None)).unwrap();
+        assert_eq!(insert.kind(), EventKind::Insert);
+        assert_eq!(insert.record().unwrap().title, "a");
+        assert!(insert.changes().is_empty());
+
+        let mut update = raw(
+            EventKind::Update,
+            Some(record(1, "b")),
+            Some(record(1, "a")),
+        );
+        update.changes = Some(Changes::from([(
+            Arc::from("title"),
+            Change {
+                old: Value::Text("a".into()),
+                new: Value::Text("b".into()),
+            },
+        )]));
+        let update = Event::<Post>::from_raw(&update).unwrap();
+        let Event::Update { old, new, .. } = &update else {
+            panic!("expected an update")
+        };
+        assert_eq!(old.as_ref().unwrap().title, "a");
+        assert_eq!(new.title, "b");
+        assert_eq!(
+            update.changes().get("title").unwrap().new,
+            Value::Text("b".into())
+        );
+        assert!(update.changed("id").is_none());
+
+        let delete =
+            Event::<Post>::from_raw(&raw(EventKind::Delete, None, Some(record(1, "a")))).unwrap();
+        assert_eq!(delete.into_record().unwrap().id, 1);
+
+        let truncate = Event::<Post>::from_raw(&raw(EventKind::Truncate, None, None)).unwrap();
+        assert!(truncate.record().is_none());
+        assert_eq!(truncate.meta().table.as_ref(), "posts");
+    }
+
+    #[test]
+    fn update_with_partial_old_row_has_no_old() {
+        let key_only = Record::new(vec![Arc::from("id")].into(), vec![Value::Int8(1)]);
+        let event = Event::<Post>::from_raw(&raw(
+            EventKind::Update,
+            Some(record(1, "b")),
+            Some(key_only),
+        ))
+        .unwrap();
+        assert!(matches!(event, Event::Update { old: None, .. }));
+    }
+
+    #[test]
+    fn errors_name_type_table_and_row() {
+        let err = Event::<Post>::from_raw(&raw(EventKind::Delete, None, None)).unwrap_err();
+        assert!(matches!(
+            err,
+            EventDecodeError::MissingRow { row: "old", .. }
+        ));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("delete event of table `posts` has no old row"),
+            "{msg}"
+        );
+        assert!(msg.contains("Post"), "{msg}");
+
+        let bad = Record::new(vec![Arc::from("id")].into(), vec![Value::Text("x".into())]);
+        let err = Event::<Post>::from_raw(&raw(EventKind::Insert, Some(bad), None)).unwrap_err();
+        let EventDecodeError::Record { source, .. } = &err else {
+            panic!("expected a record error, got {err}")
+        };
+        assert_eq!(source.table, "posts");
+    }
+
+    #[test]
+    fn position_orders_and_displays() {
+        let event = raw(EventKind::Insert, Some(record(1, "a")), None);
+        let meta = EventMeta::from_raw(&event);
+        let position = meta.position();
+        assert_eq!(position, Position::from(&event));
+        assert_eq!(position.to_string(), "1/20#3");
+        let later = Position {
+            commit_lsn: position.commit_lsn,
+            seq: 4,
+        };
+        assert!(position < later);
+        assert!(
+            later
+                < Position {
+                    commit_lsn: Lsn(0x1_0000_0021),
+                    seq: 0
+                }
+        );
+    }
+
+    #[test]
+    fn serializes_with_a_kind_tag() {
+        let event =
+            Event::<Post>::from_raw(&raw(EventKind::Insert, Some(record(1, "a")), None)).unwrap();
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["kind"], "insert");
+        assert_eq!(json["new"]["title"], "a");
+        assert_eq!(json["meta"]["table"], "posts");
+    }
 }

@@ -44,7 +44,7 @@ pub enum HandlerError {
     label = "not declared with `#[event_source]`",
     note = "add `#[event_source(table = \"...\")]` to `{Self}`"
 )]
-pub trait EventSource: DeserializeOwned + Send + Sync + 'static {
+pub trait EventSource: Sized + Send + Sync + 'static {
     /// The Rust name of the struct.
     const RUST_NAME: &'static str;
     /// Schema of the table (`public` unless given).
@@ -546,39 +546,33 @@ pub mod support {
     /// Compiles only when both arguments have one type.
     pub fn same_type<T: ?Sized>(_: &T, _: &T) {}
 
-    /// Compiles only when `T` is an `#[event_source]`.
-    pub fn assert_event_source<T: EventSource>() {}
-
-    /// The type a handler takes as its event.
-    pub fn handler_input<F, E, Fut>(_: &F) -> PhantomData<E>
-    where
-        F: FnOnce(E, Ctx) -> Fut,
-    {
-        PhantomData
-    }
+    /// Compiles only when `T` derives `serde::Deserialize`.
+    pub fn assert_deserialize<T: DeserializeOwned>() {}
 
     /// Compiles only when `E` carries the events of `T`.
     pub fn assert_carries<T, E: Carries<T>>(_: PhantomData<E>) {}
 
-    /// Decodes the raw event into what `handler` takes and calls it.
+    /// Decodes the raw event into what `handler` takes and calls it. Also
+    /// returns the type the handler takes, for `assert_carries`.
     pub fn call_handler<F, E, Fut, Er>(
         handler: F,
         raw: &RawEvent,
         ctx: Ctx,
-    ) -> BoxFuture<'static, Result<(), HandlerError>>
+    ) -> (BoxFuture<'static, Result<(), HandlerError>>, PhantomData<E>)
     where
         F: FnOnce(E, Ctx) -> Fut,
         E: FromRawEvent,
         Fut: Future<Output = Result<(), Er>> + Send + 'static,
         Er: Into<BoxError>,
     {
-        match E::from_raw_event(raw) {
+        let future: BoxFuture<'static, _> = match E::from_raw_event(raw) {
             Ok(event) => {
                 let fut = handler(event, ctx);
                 Box::pin(async move { fut.await.map_err(|e| HandlerError::Handler(e.into())) })
             }
             Err(e) => Box::pin(std::future::ready(Err(HandlerError::Decode(e)))),
-        }
+        };
+        (future, PhantomData)
     }
 }
 

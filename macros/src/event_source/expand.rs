@@ -1,12 +1,12 @@
 //! The code `#[event_source]` generates.
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
 use syn::DeriveInput;
 use syn::ext::IdentExt;
 
 use super::attr::Source;
-use crate::private;
+use crate::{private, private_at};
 
 pub fn expand(item: &DeriveInput, source: &Source) -> TokenStream {
     let p = private();
@@ -37,6 +37,13 @@ pub fn expand(item: &DeriveInput, source: &Source) -> TokenStream {
         }
     });
 
+    let pi = private_at(ident.span());
+    let assert_deserialize = quote_spanned! {ident.span()=>
+        #[allow(dead_code)]
+        fn __walflow_check() {
+            #pi::assert_deserialize::<#ident>();
+        }
+    };
     quote! {
         #item
 
@@ -59,13 +66,16 @@ pub fn expand(item: &DeriveInput, source: &Source) -> TokenStream {
                 }
             }
 
-            #p::inventory::submit! {
+            #assert_deserialize
+
+            const __WALFLOW_ENTITY: #p::EntityRegistration =
                 #p::EntityRegistration::of::<#ident>(#p::Location {
                     module_path: ::core::module_path!(),
                     file: ::core::file!(),
                     line: ::core::line!(),
-                })
-            }
+                });
+
+            #p::inventory::submit! { __WALFLOW_ENTITY }
         };
 
         impl #ident {

@@ -26,6 +26,9 @@ pub struct Operator {
     pub coalesce: Option<Keyed<LitBool>>,
     pub query: Option<Keyed<LitStr>>,
     pub handler: Option<Keyed<Path>>,
+    /// Whether a key was not recognised (then a missing key may be that one
+    /// misspelt, and is not reported).
+    pub unknown_key: bool,
 }
 
 /// A value with the key it was given under (for error spans).
@@ -173,6 +176,7 @@ impl Operator {
             coalesce: None,
             query: None,
             handler: None,
+            unknown_key: false,
         };
         while !body.is_empty() {
             let key = body.call(Ident::parse_any)?;
@@ -228,13 +232,16 @@ impl Operator {
                     });
                     set(cx, &mut op.handler, key, v);
                 }
-                _ => cx.error_spanned_by(
-                    &key,
-                    format!(
-                        "unknown key `{key}`, expected one of {}",
-                        one_of(OPERATOR_KEYS)
-                    ),
-                ),
+                _ => {
+                    op.unknown_key = true;
+                    cx.error_spanned_by(
+                        &key,
+                        format!(
+                            "unknown key `{key}`, expected one of {}",
+                            one_of(OPERATOR_KEYS)
+                        ),
+                    );
+                }
             }
         }
         Ok(op)

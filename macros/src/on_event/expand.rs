@@ -1,62 +1,92 @@
 //! The code `on_event!` generates for one operator: a unit struct carrying
 //! its name and docs, compile-time checks at the user's tokens, and the
 //! registration submitted to `inventory`.
+//!
+//! Every use of an entity type is spanned at the user's token and goes
+//! through `<Entity as EventSource>::...`, so a type that is not an event
+//! source gives one error (identical ones are merged) under the type.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
+use syn::Path;
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
 use super::ast::{Events, Operator};
 use super::valid::key;
-use crate::private;
 use crate::symbol::*;
+use crate::{private, private_at};
 
-/// `register` is false when the invocation has mistakes: then only the
-/// struct and the type checks are emitted, so every mistake shows up once.
-pub fn operator(op: &Operator, register: bool) -> TokenStream {
+/// `emit_struct` is false for an operator whose name an earlier operator of
+/// the invocation took. `register` is false when the invocation has
+/// mistakes: then only the struct and the type checks are emitted, so every
+/// mistake shows up once.
+pub fn operator(op: &Operator, emit_struct: bool, register: bool) -> TokenStream {
     let name = &op.name;
     let vis = &op.vis;
     let name_str = name.unraw().to_string();
     let docs = op.attrs.iter().filter(|a| a.path().is_ident("doc"));
+    let item = if emit_struct {
+        quote! {
+            #(#docs)*
+            #vis struct #name;
+
+            impl #name {
+                /// The name this operator is registered under.
+                #vis const NAME: &'static str = #name_str;
+            }
+        }
+    } else {
+        TokenStream::new()
+    };
     let checks = checks(op);
+    let handler = handler_fn(op);
     let registration = if register {
         registration(op)
     } else {
         TokenStream::new()
     };
     quote! {
-        #(#docs)*
-        #vis struct #name;
-
-        impl #name {
-            /// The name this operator is registered under.
-            #vis const NAME: &'static str = #name_str;
-        }
+        #item
 
         #[doc(hidden)]
         const _: () = {
             #checks
+            #handler
             #registration
         };
     }
 }
 
+/// `<Entity as EventSource>::ITEM`, spanned at the entity.
+fn source_item(entity: &Path, item: &str) -> TokenStream {
+    let p = private_at(entity.span());
+    let item = proc_macro2::Ident::new(item, entity.span());
+    quote_spanned!(entity.span()=> <#entity as #p::EventSource>::#item)
+}
+
+/// `TableRef { schema, table }` of an entity, spanned at it.
+fn table_ref(entity: &Path) -> TokenStream {
+    let p = private_at(entity.span());
+    let schema = source_item(entity, "SCHEMA");
+    let table = source_item(entity, "TABLE");
+    quote_spanned! {entity.span()=>
+        #p::TableRef { schema: #schema, table: #table }
+    }
+}
+
+fn entities(op: &Operator) -> &[Path] {
+    op.entities.as_ref().map_or(&[], |e| &e.value)
+}
+
 fn checks(op: &Operator) -> TokenStream {
-    let p = private();
     let mut body = TokenStream::new();
-    let entities: &[syn::Path] = op.entities.as_ref().map_or(&[], |e| &e.value);
+    let entities = entities(op);
     let id_entries = op.id.as_ref().map_or(&[][..], |i| &i.value[..]);
 
-    for entity in entities {
-        body.extend(quote_spanned! {entity.span()=>
-            #p::assert_event_source::<#entity>();
-        });
-    }
-    if let Some(target) = &op.target {
-        body.extend(quote_spanned! {target.span()=>
-            #p::assert_event_source::<#target>();
-        });
+    for ty in entities.iter().chain(&op.target) {
+        let table = source_item(ty, "TABLE");
+        body.extend(quote! { let _ = #table; });
     }
     for entry in id_entries {
         let entity = &entry.entity;
@@ -74,36 +104,36 @@ fn checks(op: &Operator) -> TokenStream {
     // The id types: every entity's mapped field against the target's id, or,
     // without a target, every explicit `id` entry against the first one.
     if let Some(target) = &op.target {
+        let target_id = source_item(target, "Id");
+        let target_param = quote_spanned!(target.span()=> __target: &#target_id);
         for entity in entities {
             let explicit = id_entries.iter().find(|e| key(&e.entity) == key(entity));
             body.extend(match explicit {
                 Some(entry) => {
                     let entity = &entry.entity;
                     let field = &entry.field;
+                    let pf = private_at(field.span());
                     let call = quote_spanned! {field.span()=>
-                        #p::same_type(__target, &__entity.#field)
+                        #pf::same_type(__target, &__entity.#field)
                     };
                     quote! {
                         {
-                            fn __walflow_id(
-                                __target: &<#target as #p::EventSource>::Id,
-                                __entity: &#entity,
-                            ) {
+                            fn __walflow_id(#target_param, __entity: &#entity) {
                                 #call;
                             }
                         }
                     }
                 }
                 None => {
+                    let entity_id = source_item(entity, "Id");
+                    let entity_param = quote_spanned!(entity.span()=> __entity: &#entity_id);
+                    let pe = private_at(entity.span());
                     let call = quote_spanned! {entity.span()=>
-                        #p::same_type(__target, __entity)
+                        #pe::same_type(__target, __entity)
                     };
                     quote! {
                         {
-                            fn __walflow_id(
-                                __target: &<#target as #p::EventSource>::Id,
-                                __entity: &<#entity as #p::EventSource>::Id,
-                            ) {
+                            fn __walflow_id(#target_param, #entity_param) {
                                 #call;
                             }
                         }
@@ -116,8 +146,9 @@ fn checks(op: &Operator) -> TokenStream {
         for entry in rest {
             let entity = &entry.entity;
             let field = &entry.field;
+            let pf = private_at(field.span());
             let call = quote_spanned! {field.span()=>
-                #p::same_type(&__first.#first_field, &__entity.#field)
+                #pf::same_type(&__first.#first_field, &__entity.#field)
             };
             body.extend(quote! {
                 {
@@ -125,18 +156,6 @@ fn checks(op: &Operator) -> TokenStream {
                         #call;
                     }
                 }
-            });
-        }
-    }
-
-    if let Some(handler) = &op.handler {
-        let handler = &handler.value;
-        body.extend(quote_spanned! {handler.span()=>
-            let __input = #p::handler_input(&#handler);
-        });
-        for entity in entities {
-            body.extend(quote_spanned! {handler.span()=>
-                #p::assert_carries::<#entity, _>(__input);
             });
         }
     }
@@ -149,15 +168,58 @@ fn checks(op: &Operator) -> TokenStream {
     }
 }
 
+/// The `fn` pointer a handler operator registers: decodes the raw event into
+/// what the handler takes (which must carry every entity's events) and calls
+/// it. Its type errors land on the handler's name.
+fn handler_fn(op: &Operator) -> TokenStream {
+    let Some(handler) = &op.handler else {
+        return TokenStream::new();
+    };
+    let p = private();
+    let handler = &handler.value;
+    let span = handler.span();
+    let ph = private_at(span);
+    let call = quote_spanned! {span=>
+        #ph::call_handler(#handler, __raw, __ctx)
+    };
+    let carries = entities(op).iter().map(|entity| {
+        quote_spanned! {span=>
+            #ph::assert_carries::<#entity, _>(__input);
+        }
+    });
+    quote! {
+        #[allow(dead_code)]
+        fn __walflow_handler(
+            __raw: &#p::RawEvent,
+            __ctx: #p::Ctx,
+        ) -> #p::BoxFuture<'static, ::core::result::Result<(), #p::HandlerError>> {
+            let (__future, __input) = #call;
+            #(#carries)*
+            __future
+        }
+    }
+}
+
 fn registration(op: &Operator) -> TokenStream {
     let p = private();
     let name_str = op.name.unraw().to_string();
-    let entities: &[syn::Path] = op.entities.as_ref().map_or(&[], |e| &e.value);
+    let entities = entities(op);
     let id_entries = op.id.as_ref().map_or(&[][..], |i| &i.value[..]);
     let line = quote_spanned!(op.name.span()=> ::core::line!());
 
     let target = match &op.target {
-        Some(target) => quote!(::core::option::Option::Some(#p::TargetRef::of::<#target>())),
+        Some(target) => {
+            let rust_name = source_item(target, "RUST_NAME");
+            let table = table_ref(target);
+            let id_column = source_item(target, "ID_COLUMN");
+            quote! {
+                ::core::option::Option::Some(#p::TargetRef {
+                    rust_name: #rust_name,
+                    table: #table,
+                    id_column: #id_column,
+                })
+            }
+        }
         None => quote!(::core::option::Option::None),
     };
     let kinds: Vec<&str> = match op.events.as_ref().map(|e| &e.value) {
@@ -174,54 +236,39 @@ fn registration(op: &Operator) -> TokenStream {
         DELETE => quote!(#p::EventKind::Delete),
         _ => quote!(#p::EventKind::Truncate),
     });
+    let tables = entities.iter().map(table_ref);
     let id_mapping = entities.iter().map(|entity| {
         let column = match id_entries.iter().find(|e| key(&e.entity) == key(entity)) {
             Some(entry) => {
                 let field = entry.field.unraw().to_string();
-                quote!(#p::column_of(<#entity as #p::EventSource>::FIELDS, #field))
+                let fields = source_item(entity, "FIELDS");
+                quote!(#p::column_of(#fields, #field))
             }
-            None => quote!(<#entity as #p::EventSource>::ID_COLUMN),
+            None => source_item(entity, "ID_COLUMN"),
         };
+        let table = table_ref(entity);
         quote! {
             #p::IdMapping {
-                table: #p::TableRef::of::<#entity>(),
+                table: #table,
                 column: #column,
             }
         }
     });
-    let delete_with = op.delete_with.iter().flat_map(|d| &d.value);
+    let delete_with = op.delete_with.iter().flat_map(|d| &d.value).map(table_ref);
     let coalesce = op.coalesce.as_ref().is_some_and(|c| c.value.value);
-
-    let (handler_fn, action) = match (&op.query, &op.handler) {
+    let action = match (&op.query, &op.handler) {
         (Some(query), _) => {
             let sql = &query.value;
-            (TokenStream::new(), quote!(#p::OperatorAction::Query(#sql)))
+            quote!(#p::OperatorAction::Query(#sql))
         }
-        (None, Some(handler)) => {
-            let handler = &handler.value;
-            let call = quote_spanned! {handler.span()=>
-                #p::call_handler(#handler, __raw, __ctx)
-            };
-            (
-                quote! {
-                    fn __walflow_handler(
-                        __raw: &#p::RawEvent,
-                        __ctx: #p::Ctx,
-                    ) -> #p::BoxFuture<'static, ::core::result::Result<(), #p::HandlerError>> {
-                        #call
-                    }
-                },
-                quote!(#p::OperatorAction::Handler(__walflow_handler as #p::HandlerFn)),
-            )
+        (None, Some(_)) => {
+            quote!(#p::OperatorAction::Handler(__walflow_handler as #p::HandlerFn))
         }
         (None, None) => return TokenStream::new(),
     };
 
     quote! {
-        #handler_fn
-
-        #p::inventory::submit! {
-            #p::OperatorRegistration {
+        const __WALFLOW_OPERATOR: #p::OperatorRegistration = #p::OperatorRegistration {
                 name: #name_str,
                 location: #p::Location {
                     module_path: ::core::module_path!(),
@@ -230,12 +277,13 @@ fn registration(op: &Operator) -> TokenStream {
                 },
                 target: #target,
                 events: &[#(#kinds),*],
-                entities: &[#(#p::TableRef::of::<#entities>()),*],
+                entities: &[#(#tables),*],
                 id_mapping: &[#(#id_mapping),*],
-                delete_with: &[#(#p::TableRef::of::<#delete_with>()),*],
+                delete_with: &[#(#delete_with),*],
                 coalesce: #coalesce,
                 action: #action,
-            }
-        }
+        };
+
+        #p::inventory::submit! { __WALFLOW_OPERATOR }
     }
 }

@@ -22,10 +22,16 @@ pub fn expand(input: TokenStream) -> TokenStream {
         }
     }
     let register = cx.is_ok();
-    let items = operators.iter().map(|op| expand::operator(op, register));
+    let items = operators.iter().enumerate().map(|(i, op)| {
+        let first = !operators[..i].iter().any(|other| other.name == op.name);
+        expand::operator(op, first, register)
+    });
     let errors = cx.into_compile_errors();
     quote! {
         #(#items)*
         #errors
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -29,6 +29,7 @@ pub fn check(cx: &mut Ctxt, op: &Operator) {
     }
 
     match &op.events {
+        None if op.unknown_key => {}
         None => cx.error_spanned_by(
             name,
             format!("operator `{name}` has no `events`; add `events: all` or a list such as `events: [insert]`"),
@@ -67,6 +68,7 @@ pub fn check(cx: &mut Ctxt, op: &Operator) {
     }
 
     let entities: Vec<String> = match &op.entities {
+        None if op.unknown_key => Vec::new(),
         None => {
             cx.error_spanned_by(
                 name,
@@ -150,6 +152,7 @@ pub fn check(cx: &mut Ctxt, op: &Operator) {
             &handler.key,
             "an operator runs either a `query` or a `handler`, not both; remove one",
         ),
+        (None, None) if op.unknown_key => {}
         (None, None) => cx.error_spanned_by(
             name,
             format!("operator `{name}` has neither `query` nor `handler`; add one"),
