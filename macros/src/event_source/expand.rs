@@ -78,6 +78,7 @@ pub fn expand(item: &DeriveInput, source: &Source) -> TokenStream {
             #p::inventory::submit! { __WALFLOW_ENTITY }
         };
 
+        #[allow(dead_code)]
         impl #ident {
             #(#descriptors)*
         }

@@ -35,6 +35,9 @@ pub fn operator(op: &Operator, emit_struct: bool, register: bool) -> TokenStream
                 /// The name this operator is registered under.
                 #vis const NAME: &'static str = #name_str;
             }
+
+            // The operator runs without the application naming it.
+            const _: (#name, &str) = (#name, #name::NAME);
         }
     } else {
         TokenStream::new()

@@ -4,6 +4,10 @@ impl PostWithCommentsCountOperator {
     /// The name this operator is registered under.
     pub const NAME: &'static str = "PostWithCommentsCountOperator";
 }
+const _: (PostWithCommentsCountOperator, &str) = (
+    PostWithCommentsCountOperator,
+    PostWithCommentsCountOperator::NAME,
+);
 #[doc(hidden)]
 const _: () = {
     #[allow(dead_code, unused_variables, clippy::all)]
@@ -108,6 +112,7 @@ impl Audit {
     /// The name this operator is registered under.
     const NAME: &'static str = "Audit";
 }
+const _: (Audit, &str) = (Audit, Audit::NAME);
 #[doc(hidden)]
 const _: () = {
     #[allow(dead_code, unused_variables, clippy::all)]
