@@ -104,7 +104,7 @@ async fn run(
 
 #[tokio::test]
 async fn handlers_run_through_their_registration() {
-    let registry = Registry::from_inventory().unwrap();
+    let registry = Registry::global().unwrap();
     let post = raw(
         "posts",
         &["id", "title"],
@@ -122,11 +122,11 @@ async fn handlers_run_through_their_registration() {
         .collect();
     assert_eq!(on_post, ["Audit", "TitleWatcher"]);
 
-    run(&registry, "TitleWatcher", &post).await.unwrap();
+    run(registry, "TitleWatcher", &post).await.unwrap();
     assert_eq!(TITLES.load(Ordering::SeqCst), 1);
 
-    run(&registry, "Audit", &post).await.unwrap();
-    run(&registry, "Audit", &comment).await.unwrap();
+    run(registry, "Audit", &post).await.unwrap();
+    run(registry, "Audit", &comment).await.unwrap();
     assert_eq!(AUDITED.load(Ordering::SeqCst), 2);
 
     let audit = registry.operator("Audit").unwrap();
@@ -139,14 +139,14 @@ async fn handlers_run_through_their_registration() {
 
 #[tokio::test]
 async fn decode_and_handler_errors_are_told_apart() {
-    let registry = Registry::from_inventory().unwrap();
+    let registry = &Registry::from_inventory().unwrap();
 
     let bad = raw(
         "posts",
         &["id", "title"],
         vec![Value::Text("x".into()), Value::Text("t".into())],
     );
-    let err = run(&registry, "TitleWatcher", &bad).await.unwrap_err();
+    let err = run(registry, "TitleWatcher", &bad).await.unwrap_err();
     assert!(matches!(err, HandlerError::Decode(_)), "{err}");
     assert!(err.to_string().contains("posts"), "{err}");
 
@@ -155,12 +155,12 @@ async fn decode_and_handler_errors_are_told_apart() {
         &["id", "title"],
         vec![Value::Int8(2), Value::Text("fail".into())],
     );
-    let err = run(&registry, "TitleWatcher", &refused).await.unwrap_err();
+    let err = run(registry, "TitleWatcher", &refused).await.unwrap_err();
     assert!(matches!(err, HandlerError::Handler(_)), "{err}");
     assert_eq!(err.to_string(), "the handler failed: refused");
 
     let other = raw("tags", &["id"], vec![Value::Int8(1)]);
-    let err = run(&registry, "Audit", &other).await.unwrap_err();
+    let err = run(registry, "Audit", &other).await.unwrap_err();
     assert!(
         err.to_string()
             .contains("does not carry events of table `public.tags`"),

@@ -23,5 +23,5 @@ pub use ctx::Ctx;
 pub use event::{Event, EventDecodeError, EventMeta, Position};
 pub use lsn::Lsn;
 pub use raw::{Change, Changes, ColumnType, EventKind, RawEvent};
-pub use registry::{EventSource, Field, Registry, RegistryError};
+pub use registry::{EventSource, Field, Registry, RegistryError, RegistryProblem, TableRef};
 pub use value::{Interval, Numeric, Record, RecordError, Value};

@@ -377,6 +377,17 @@ impl Registry {
         )
     }
 
+    /// The registry of this program, collected from inventory on first use
+    /// and kept for its lifetime.
+    pub fn global() -> Result<&'static Registry, RegistryError> {
+        static REGISTRY: std::sync::OnceLock<Result<Registry, RegistryError>> =
+            std::sync::OnceLock::new();
+        REGISTRY
+            .get_or_init(Registry::from_inventory)
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
     /// Builds a registry from the given registrations, checking them.
     pub fn new(
         entities: impl IntoIterator<Item = &'static EntityRegistration>,
