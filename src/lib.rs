@@ -94,7 +94,7 @@
 //! | `table` | the table (required) | |
 //! | `schema` | its schema | `"public"` |
 //! | `id` | the field holding the row's id; any type (integers, `Uuid`, `String`, ...) | `"id"` |
-//! | `replica_identity` | `"full"`: walflow sets `REPLICA IDENTITY FULL` so updates and deletes carry the whole old row; `"default"`: leave the table alone (deletes then carry only the key) | `"full"` |
+//! | `replica_identity` | `"full"`: walflow sets `REPLICA IDENTITY FULL` so updates and deletes carry the whole old row; `"default"`: leave the table alone (deletes then carry only the key columns, so a handler taking `Event<T>` needs the other fields to be `Option` or `#[serde(default)]`) | `"full"` |
 //!
 //! A field reads the column named like it, or its `#[serde(rename = "...")]`
 //! (`#[serde(rename_all = "...")]` on the struct is honoured too). The struct

@@ -35,6 +35,9 @@ struct Args {
     schema: Option<LitStr>,
     id: Option<LitStr>,
     replica_identity: Option<LitStr>,
+    /// Whether a key was not recognised (then a missing `table` may be that
+    /// key misspelt, and is not reported).
+    unknown_key: bool,
 }
 
 fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Args {
@@ -47,6 +50,7 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Args {
             Some(ID) => &mut out.id,
             Some(REPLICA_IDENTITY) => &mut out.replica_identity,
             _ => {
+                out.unknown_key = true;
                 let name =
                     key.unwrap_or_else(|| quote::ToTokens::to_token_stream(&meta.path).to_string());
                 cx.error_spanned_by(
@@ -158,7 +162,7 @@ impl Source {
         let args = parse_args(cx, args);
         let name = &item.ident;
 
-        if args.table.is_none() {
+        if args.table.is_none() && !args.unknown_key {
             cx.error_at(
                 Span::call_site(),
                 "missing `table`; write `#[event_source(table = \"...\")]`",
