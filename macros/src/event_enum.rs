@@ -7,6 +7,7 @@ use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, GenericArgument, Ident, PathArguments, Type};
 
 use crate::ctxt::Ctxt;
+use crate::symbol::EVENT;
 use crate::{private, private_at};
 
 struct Variant<'a> {
@@ -98,7 +99,7 @@ fn entity_of(fields: &Fields) -> Option<&Type> {
         return None;
     };
     let last = ty.path.segments.last()?;
-    if last.ident != "Event" {
+    if last.ident != EVENT {
         return None;
     }
     let PathArguments::AngleBracketed(args) = &last.arguments else {

@@ -34,6 +34,12 @@ pub const QUERY: &str = "query";
 pub const HANDLER: &str = "handler";
 pub const OPERATOR_KEYS: &[&str] = &[EVENTS, ENTITIES, ID, DELETE_WITH, COALESCE, QUERY, HANDLER];
 
+/// The only attribute allowed on an operator.
+pub const DOC: &str = "doc";
+
+/// The type each `#[event_enum]` variant holds.
+pub const EVENT: &str = "Event";
+
 /// Event kinds, and `all` (every kind but `truncate`).
 pub const ALL: &str = "all";
 pub const INSERT: &str = "insert";

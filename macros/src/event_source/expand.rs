@@ -30,7 +30,7 @@ pub fn expand(item: &DeriveInput, source: &Source) -> TokenStream {
         let ty = &f.ty;
         let column = &f.column;
         let name = format_ident!("{}", f.ident.unraw().to_string().to_uppercase());
-        let doc = format!("Column `{column}` of `{schema}.{table}`.");
+        let doc = format!(" Column `{column}` of `{schema}.{table}`.");
         quote! {
             #[doc = #doc]
             #vis const #name: #p::Field<#ident, #ty> = #p::Field::new(#column);

@@ -30,3 +30,27 @@ pub fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use expect_test::expect_file;
+    use quote::quote;
+
+    #[test]
+    fn expansion() {
+        let args = quote!(table = "comments", schema = "blog");
+        let input = quote! {
+            #[derive(Debug, serde::Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            pub struct Comment {
+                pub id: i64,
+                pub post_id: i64,
+                #[serde(rename = "text")]
+                body: String,
+            }
+        };
+        let out = super::expand(args, input);
+        let pretty = prettyplease::unparse(&syn::parse2(out).expect("the expansion parses"));
+        expect_file!["expansion.expanded.rs"].assert_eq(&pretty);
+    }
+}

@@ -25,7 +25,7 @@ pub fn operator(op: &Operator, emit_struct: bool, register: bool) -> TokenStream
     let name = &op.name;
     let vis = &op.vis;
     let name_str = name.unraw().to_string();
-    let docs = op.attrs.iter().filter(|a| a.path().is_ident("doc"));
+    let docs = op.attrs.iter().filter(|a| a.path().is_ident(DOC));
     let item = if emit_struct {
         quote! {
             #(#docs)*

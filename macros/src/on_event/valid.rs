@@ -23,7 +23,7 @@ pub fn check(cx: &mut Ctxt, op: &Operator) {
     let name = &op.name;
 
     for attr in &op.attrs {
-        if !attr.path().is_ident("doc") {
+        if !attr.path().is_ident(DOC) {
             cx.error_spanned_by(attr, "only doc comments can be put on an operator");
         }
     }
