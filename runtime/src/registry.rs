@@ -516,6 +516,16 @@ impl Registry {
     pub fn tables(&self) -> Vec<TableRef> {
         self.entities.keys().copied().collect()
     }
+
+    /// The tables walflow sets `REPLICA IDENTITY FULL` on: every entity's
+    /// but those declared with `replica_identity = "default"`, sorted.
+    pub fn replica_identity_full_tables(&self) -> Vec<TableRef> {
+        self.entities
+            .values()
+            .filter(|e| e.replica_identity_full)
+            .map(|e| e.table)
+            .collect()
+    }
 }
 
 /// Helpers for the code the macros generate. Not part of the API.
@@ -706,6 +716,7 @@ mod tests {
         assert_eq!(names, ["Audit", "Count", "Touch"]);
         let tables: Vec<_> = registry.tables().iter().map(|t| t.table).collect();
         assert_eq!(tables, ["comments", "counts", "posts"]);
+        assert_eq!(registry.replica_identity_full_tables().len(), 3);
         assert_eq!(
             registry.entity("public", "posts").unwrap().rust_name,
             "Post"

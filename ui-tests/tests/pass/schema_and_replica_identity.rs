@@ -22,4 +22,7 @@ fn main() {
     let public = registry.entity("public", "events").unwrap();
     assert!(public.replica_identity_full);
     assert_eq!(registry.tables().len(), 2);
+    let full: Vec<_> = registry.replica_identity_full_tables();
+    assert_eq!(full.len(), 1);
+    assert_eq!(full[0].schema, "public");
 }
