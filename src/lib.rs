@@ -3,8 +3,162 @@
 //! Application code marks structs with `#[event_source]`, declares operators
 //! with `on_event!`, and walflow keeps derived tables in step in the
 //! background, with durable per-operator queues, retries with backoff and
-//! realtime subscriptions.
+//! realtime subscriptions. A declaration that cannot work does not compile,
+//! with the error under the token at fault.
+//!
+//! # Example
+//!
+//! ```
+//! # #![allow(dead_code)] // the example reads only some fields
+//! use walflow::prelude::*;
+//!
+//! #[event_source(table = "posts")] // optional: schema = "public", id = "id"
+//! #[derive(Debug, Clone, serde::Deserialize)]
+//! pub struct Post { pub id: i64, pub title: String, pub updated_at: DateTime<Utc> }
+//!
+//! #[event_source(table = "comments")]
+//! #[derive(Debug, Clone, serde::Deserialize)]
+//! pub struct Comment { pub id: i64, pub post_id: i64, pub body: String, pub updated_at: DateTime<Utc> }
+//!
+//! #[event_source(table = "post_with_comments_counts")]
+//! #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+//! pub struct PostWithCommentsCount { pub id: i64, pub title: String, pub comments_count: i64 }
+//!
+//! on_event! {
+//!     /// Keeps post_with_comments_counts in step with posts and comments.
+//!     operator PostWithCommentsCountOperator for PostWithCommentsCount {
+//!         events: all,
+//!         entities: [Comment, Post],
+//!         id: [Comment.post_id, Post.id],
+//!         delete_with: [Post],
+//!         coalesce: true,
+//!         query: "MERGE INTO post_with_comments_counts dest
+//!                 USING (SELECT p.id, p.title, count(c.id) AS comments_count
+//!                        FROM posts p LEFT JOIN comments c ON c.post_id = p.id
+//!                        WHERE p.id = $1 GROUP BY p.id) src
+//!                 ON dest.id = src.id
+//!                 WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
+//!                 WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
+//!                      VALUES (src.id, src.title, src.comments_count)",
+//!     }
+//!
+//!     operator CommentNotifier {
+//!         events: [insert],
+//!         entities: [Comment],
+//!         handler: notify_author,
+//!     }
+//!
+//!     operator Audit {
+//!         events: all,
+//!         entities: [Comment, Post],
+//!         handler: audit,
+//!     }
+//! }
+//!
+//! #[event_enum]
+//! pub enum BlogEvent { Comment(Event<Comment>), Post(Event<Post>) }
+//!
+//! async fn notify_author(event: Event<Comment>, ctx: Ctx) -> Result<(), std::io::Error> {
+//!     if let Some(comment) = event.record() {
+//!         println!("{}: new comment on post {}: {}", ctx.operator(), comment.post_id, comment.body);
+//!     }
+//!     Ok(())
+//! }
+//!
+//! async fn audit(event: BlogEvent, ctx: Ctx) -> Result<(), walflow::BoxError> {
+//!     let title_changed = match &event {
+//!         BlogEvent::Post(e) => e.changes().get("title").is_some(),
+//!         BlogEvent::Comment(_) => false,
+//!     };
+//!     println!("{} {} at {} (title changed: {title_changed})", event.kind(), event.meta().table, ctx.position());
+//!     Ok(())
+//! }
+//!
+//! // Typed columns, for subscriptions:
+//! assert_eq!(Comment::POST_ID.column(), "post_id");
+//!
+//! // What the runtime reads at start-up:
+//! let registry = walflow::Registry::from_inventory().unwrap();
+//! let names: Vec<_> = registry.operators().map(|o| o.name).collect();
+//! assert_eq!(names, ["Audit", "CommentNotifier", "PostWithCommentsCountOperator"]);
+//! assert_eq!(PostWithCommentsCountOperator::NAME, "PostWithCommentsCountOperator");
+//! ```
+//!
+//! # Declaring entities
+//!
+//! `#[event_source(table = "...")]` goes on a struct with named fields that
+//! derives `serde::Deserialize`. Keys:
+//!
+//! | key | meaning | default |
+//! | --- | --- | --- |
+//! | `table` | the table (required) | |
+//! | `schema` | its schema | `"public"` |
+//! | `id` | the field holding the row's id; any type (integers, `Uuid`, `String`, ...) | `"id"` |
+//! | `replica_identity` | `"full"`: walflow sets `REPLICA IDENTITY FULL` so updates and deletes carry the whole old row; `"default"`: leave the table alone (deletes then carry only the key columns, so a handler taking `Event<T>` needs the other fields to be `Option` or `#[serde(default)]`) | `"full"` |
+//!
+//! A field reads the column named like it, or its `#[serde(rename = "...")]`
+//! (`#[serde(rename_all = "...")]` on the struct is honoured too). The struct
+//! gets [`EventSource`] and one typed [`Field`] constant per field, named
+//! after it in upper case: `Comment::POST_ID: Field<Comment, i64>`.
+//!
+//! # Declaring operators
+//!
+//! `on_event! { ... }` holds any number of operators, each
+//! `[doc comments] [pub] operator Name [for Target] { key: value, ... }`:
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `events` | `all` (insert, update and delete) or a non-empty list of `insert`, `update`, `delete`, `truncate` |
+//! | `entities` | the `#[event_source]` types it listens to, such as `[Comment, Post]` |
+//! | `id` | optional: `[Entity.field, ...]`, which field of each entity gives the id; an entity without an entry maps through its own id field |
+//! | `query` | SQL run with the mapped id as `$1` (and no other parameter); needs `for Target`, whose id column `delete_with` deletes by |
+//! | `handler` | an `async fn(E, Ctx) -> Result<(), Err>` with `Err: Into<BoxError>`; `E` is `Event<T>` when the operator lists only `T`, otherwise an `#[event_enum]` with a variant per entity |
+//! | `delete_with` | query operators only, optional: entities whose deletes delete the target row instead of running the query |
+//! | `coalesce` | query operators only, optional: `true` when the query recomputes from current state, so pending events for one id may run it once |
+//!
+//! Each operator becomes a unit struct (with its doc comments and
+//! visibility) whose `NAME` is the name it is registered under. The types are
+//! checked where they are written: every entity and the target are event
+//! sources, the `id` fields exist and have the target's id type (without a
+//! target: one type across the `id` entries), and the handler takes events of
+//! every entity.
+//!
+//! `#[event_enum]` on `enum BlogEvent { Comment(Event<Comment>), Post(Event<Post>) }`
+//! generates `From<Event<T>>` per variant, decoding from a raw event by table
+//! and [`EventEnum`] (`kind()`, `meta()`).
+//!
+//! [`Registry::from_inventory`] collects every declaration linked into the
+//! program and reports tables declared twice, operators named twice, query
+//! operators listening to their own target, and tables no `#[event_source]`
+//! declares.
 
 #![doc(test(attr(deny(warnings))))]
 
 pub use walflow_runtime::*;
+
+pub use chrono;
+pub use walflow_runtime::event::{Carries, EventEnum, FromRawEvent};
+pub use walflow_runtime::registry::{
+    BoxError, EntityRegistration, HandlerError, HandlerFn, OperatorAction, OperatorRegistration,
+};
+
+/// What declarations need: `use walflow::prelude::*;`.
+pub mod prelude {
+    pub use chrono::{DateTime, Utc};
+    pub use walflow_macros::{event_enum, event_source, on_event};
+    pub use walflow_runtime::event::EventEnum as _;
+    pub use walflow_runtime::{Ctx, Event, EventKind, EventMeta, EventSource, Field};
+}
+
+/// What the macros' generated code uses. Not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+    pub use walflow_runtime::event::{Carries, EventEnum, FromRawEvent};
+    pub use walflow_runtime::registry::support::*;
+    pub use walflow_runtime::registry::{
+        BoxFuture, EntityRegistration, EventSource, Field, HandlerError, HandlerFn, IdMapping,
+        Location, OperatorAction, OperatorRegistration, TableRef, TargetRef,
+    };
+    pub use walflow_runtime::{Ctx, Event, EventDecodeError, EventKind, EventMeta, RawEvent};
+}

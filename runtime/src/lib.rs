@@ -8,18 +8,24 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod config;
+pub mod ctx;
 pub mod decode;
 #[cfg(feature = "embedded")]
 pub mod embedded;
+pub mod event;
 pub mod ident;
 pub mod listener;
 pub mod lsn;
 pub mod preflight;
 pub mod raw;
+pub mod registry;
 pub mod setup;
 pub mod value;
 
 pub use config::Config;
+pub use ctx::Ctx;
+pub use event::{Event, EventDecodeError, EventMeta, Position};
 pub use lsn::Lsn;
 pub use raw::{Change, Changes, ColumnType, EventKind, RawEvent};
+pub use registry::{EventSource, Field, Registry, RegistryError, RegistryProblem, TableRef};
 pub use value::{Interval, Numeric, Record, RecordError, Value};

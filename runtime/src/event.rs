@@ -1,0 +1,461 @@
+//! Typed change events: a [`RawEvent`] decoded into the application's struct.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::lsn::Lsn;
+use crate::raw::{Change, Changes, EventKind, RawEvent};
+use crate::registry::EventSource;
+use crate::value::{Record, RecordError};
+
+/// A stable identifier of one change: the commit position of its transaction
+/// and its index within the transaction.
+///
+/// Ordered like the WAL (commit order, then order within the transaction), so
+/// it can be stored as an idempotency key: a handler that records the
+/// position of the last event it applied can skip events at or before it.
+/// Displayed as `16/B374D848#3`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Position {
+    /// Commit position (`end_lsn`) of the enclosing transaction.
+    pub commit_lsn: Lsn,
+    /// Index of the change within its transaction, from 0.
+    pub seq: u32,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.commit_lsn, self.seq)
+    }
+}
+
+impl From<&RawEvent> for Position {
+    fn from(raw: &RawEvent) -> Self {
+        Position {
+            commit_lsn: raw.commit_lsn,
+            seq: raw.seq,
+        }
+    }
+}
+
+/// Where and when a change happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMeta {
+    /// Schema of the table.
+    pub schema: Arc<str>,
+    /// Table name.
+    pub table: Arc<str>,
+    /// Position of the change in the WAL.
+    pub lsn: Lsn,
+    /// Commit position of the enclosing transaction.
+    pub commit_lsn: Lsn,
+    /// Commit time of the enclosing transaction.
+    pub commit_time: DateTime<Utc>,
+    /// Transaction id.
+    pub xid: u32,
+    /// Index of the change within its transaction, from 0.
+    pub seq: u32,
+}
+
+impl EventMeta {
+    /// The metadata of a raw event.
+    pub fn from_raw(raw: &RawEvent) -> Self {
+        EventMeta {
+            schema: raw.schema.clone(),
+            table: raw.table.clone(),
+            lsn: raw.lsn,
+            commit_lsn: raw.commit_lsn,
+            commit_time: raw.commit_time,
+            xid: raw.xid,
+            seq: raw.seq,
+        }
+    }
+
+    /// The change's [`Position`], usable as an idempotency key.
+    pub fn position(&self) -> Position {
+        Position {
+            commit_lsn: self.commit_lsn,
+            seq: self.seq,
+        }
+    }
+}
+
+/// A change to a row of an `#[event_source]` table, with the row decoded
+/// into `T`.
+///
+/// Serializes with a `kind` tag (`"insert"`, `"update"`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Event<T> {
+    /// A row was inserted.
+    Insert {
+        /// The inserted row.
+        new: T,
+        /// Where and when.
+        meta: EventMeta,
+    },
+    /// A row was updated.
+    Update {
+        /// The row before the update, when PostgreSQL sent all of it (tables
+        /// with `REPLICA IDENTITY FULL`, which walflow sets up by default).
+        old: Option<T>,
+        /// The row after the update.
+        new: T,
+        /// The columns whose value changed (empty when the old row is unknown).
+        changes: Changes,
+        /// Where and when.
+        meta: EventMeta,
+    },
+    /// A row was deleted.
+    Delete {
+        /// The deleted row.
+        old: T,
+        /// Where and when.
+        meta: EventMeta,
+    },
+    /// The table was truncated (only for operators that list `truncate`).
+    Truncate {
+        /// Where and when.
+        meta: EventMeta,
+    },
+}
+
+static NO_CHANGES: Changes = Changes::new();
+
+impl<T> Event<T> {
+    /// The row an operator reads: the new row for inserts and updates, the
+    /// old row for deletes, none for truncates.
+    pub fn record(&self) -> Option<&T> {
+        match self {
+            Event::Insert { new, .. } | Event::Update { new, .. } => Some(new),
+            Event::Delete { old, .. } => Some(old),
+            Event::Truncate { .. } => None,
+        }
+    }
+
+    /// Like [`record`](Self::record), by value.
+    pub fn into_record(self) -> Option<T> {
+        match self {
+            Event::Insert { new, .. } | Event::Update { new, .. } => Some(new),
+            Event::Delete { old, .. } => Some(old),
+            Event::Truncate { .. } => None,
+        }
+    }
+
+    /// What happened.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::Insert { .. } => EventKind::Insert,
+            Event::Update { .. } => EventKind::Update,
+            Event::Delete { .. } => EventKind::Delete,
+            Event::Truncate { .. } => EventKind::Truncate,
+        }
+    }
+
+    /// Where and when it happened.
+    pub fn meta(&self) -> &EventMeta {
+        match self {
+            Event::Insert { meta, .. }
+            | Event::Update { meta, .. }
+            | Event::Delete { meta, .. }
+            | Event::Truncate { meta } => meta,
+        }
+    }
+
+    /// The columns an update changed, by column name: `changes().get("title")`.
+    /// Empty for other kinds of events.
+    pub fn changes(&self) -> &Changes {
+        match self {
+            Event::Update { changes, .. } => changes,
+            _ => &NO_CHANGES,
+        }
+    }
+
+    /// Whether an update changed `column`.
+    pub fn changed(&self, column: &str) -> Option<&Change> {
+        self.changes().get(column)
+    }
+}
+
+impl<T: DeserializeOwned> Event<T> {
+    /// Decodes a raw event's rows into `T`, without checking its table.
+    ///
+    /// The old row of an update is `None` when it is absent or incomplete
+    /// (tables without `REPLICA IDENTITY FULL` send only the key columns).
+    pub fn from_raw(raw: &RawEvent) -> Result<Self, EventDecodeError> {
+        let meta = EventMeta::from_raw(raw);
+        let decode = |record: Option<&Record>, row: &'static str| -> Result<T, EventDecodeError> {
+            let record = record.ok_or_else(|| EventDecodeError::MissingRow {
+                rust_type: std::any::type_name::<T>(),
+                table: raw.table.to_string(),
+                kind: raw.kind,
+                row,
+            })?;
+            record
+                .deserialize_into(&raw.table)
+                .map_err(|source| EventDecodeError::Record {
+                    rust_type: std::any::type_name::<T>(),
+                    kind: raw.kind,
+                    source,
+                })
+        };
+        Ok(match raw.kind {
+            EventKind::Insert => Event::Insert {
+                new: decode(raw.new.as_ref(), "new")?,
+                meta,
+            },
+            EventKind::Update => Event::Update {
+                old: raw
+                    .old
+                    .as_ref()
+                    .and_then(|old| old.deserialize_into(&raw.table).ok()),
+                new: decode(raw.new.as_ref(), "new")?,
+                changes: raw.changes.clone().unwrap_or_default(),
+                meta,
+            },
+            EventKind::Delete => Event::Delete {
+                old: decode(raw.old.as_ref(), "old")?,
+                meta,
+            },
+            EventKind::Truncate => Event::Truncate { meta },
+        })
+    }
+}
+
+/// A raw event could not be turned into the typed event a handler takes.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventDecodeError {
+    /// A row did not deserialize into the struct.
+    #[error("cannot decode the {kind} event into `{rust_type}`: {source}")]
+    Record {
+        /// The Rust type the row was decoded into.
+        rust_type: &'static str,
+        /// The kind of event.
+        kind: EventKind,
+        /// Which table and column, and what went wrong.
+        #[source]
+        source: RecordError,
+    },
+    /// The event carries no row where one was expected.
+    #[error("the {kind} event of table `{table}` has no {row} row to decode into `{rust_type}`")]
+    MissingRow {
+        /// The Rust type the row was to be decoded into.
+        rust_type: &'static str,
+        /// The table.
+        table: String,
+        /// The kind of event.
+        kind: EventKind,
+        /// `"new"` or `"old"`.
+        row: &'static str,
+    },
+    /// The event belongs to a table the type does not stand for.
+    #[error(
+        "`{rust_type}` does not carry events of table `{schema}.{table}`; \
+         list the table's `#[event_source]` type in the operator's `entities`"
+    )]
+    UnexpectedTable {
+        /// The Rust type the event was to be decoded into.
+        rust_type: &'static str,
+        /// Schema of the event's table.
+        schema: String,
+        /// The event's table.
+        table: String,
+    },
+}
+
+/// A type a handler can take: built from a raw event by table.
+///
+/// Implemented for [`Event<T>`] of every `#[event_source]` type and by
+/// `#[event_enum]` for enums of them.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event type a handler can take",
+    label = "this handler's first argument is `{Self}`",
+    note = "a handler takes `Event<T>` of an `#[event_source]` type `T`, or an `#[event_enum]`"
+)]
+pub trait FromRawEvent: Sized {
+    /// Decodes the raw event.
+    fn from_raw_event(raw: &RawEvent) -> Result<Self, EventDecodeError>;
+}
+
+impl<T: EventSource + DeserializeOwned> FromRawEvent for Event<T> {
+    fn from_raw_event(raw: &RawEvent) -> Result<Self, EventDecodeError> {
+        if !T::is_table(raw) {
+            return Err(EventDecodeError::UnexpectedTable {
+                rust_type: std::any::type_name::<Self>(),
+                schema: raw.schema.to_string(),
+                table: raw.table.to_string(),
+            });
+        }
+        Event::from_raw(raw)
+    }
+}
+
+/// `Self` can carry the events of entity `T`: [`Event<T>`] itself, or an
+/// `#[event_enum]` with a variant `T(Event<T>)`.
+///
+/// The handler of an operator must take a type that carries the events of
+/// every entity the operator lists.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not carry events of `{T}`",
+    label = "this handler cannot take events of `{T}`",
+    note = "a handler takes `Event<{T}>` when its operator lists only `{T}`, or an `#[event_enum]` with a variant `{T}(Event<{T}>)`"
+)]
+pub trait Carries<T> {}
+
+impl<T: EventSource> Carries<T> for Event<T> {}
+
+/// An enum generated from `#[event_enum]`: one variant per entity.
+pub trait EventEnum: FromRawEvent {
+    /// What happened.
+    fn kind(&self) -> EventKind;
+    /// Where and when it happened.
+    fn meta(&self) -> &EventMeta;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Value;
+
+    #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+    struct Post {
+        id: i64,
+        title: String,
+    }
+
+    fn record(id: i64, title: &str) -> Record {
+        Record::new(
+            vec![Arc::from("id"), Arc::from("title")].into(),
+            vec![Value::Int8(id), Value::Text(title.into())],
+        )
+    }
+
+    fn raw(kind: EventKind, new: Option<Record>, old: Option<Record>) -> RawEvent {
+        RawEvent {
+            schema: "public".into(),
+            table: "posts".into(),
+            kind,
+            new,
+            old,
+            changes: None,
+            columns: Arc::from(Vec::new()),
+            lsn: Lsn(0x10),
+            commit_lsn: Lsn(0x1_0000_0020),
+            commit_time: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            xid: 7,
+            seq: 3,
+        }
+    }
+
+    #[test]
+    fn decodes_each_kind() {
+        let insert =
+            Event::<Post>::from_raw(&raw(EventKind::Insert, Some(record(1, "a")), None)).unwrap();
+        assert_eq!(insert.kind(), EventKind::Insert);
+        assert_eq!(insert.record().unwrap().title, "a");
+        assert!(insert.changes().is_empty());
+
+        let mut update = raw(
+            EventKind::Update,
+            Some(record(1, "b")),
+            Some(record(1, "a")),
+        );
+        update.changes = Some(Changes::from([(
+            Arc::from("title"),
+            Change {
+                old: Value::Text("a".into()),
+                new: Value::Text("b".into()),
+            },
+        )]));
+        let update = Event::<Post>::from_raw(&update).unwrap();
+        let Event::Update { old, new, .. } = &update else {
+            panic!("expected an update")
+        };
+        assert_eq!(old.as_ref().unwrap().title, "a");
+        assert_eq!(new.title, "b");
+        assert_eq!(
+            update.changes().get("title").unwrap().new,
+            Value::Text("b".into())
+        );
+        assert!(update.changed("id").is_none());
+
+        let delete =
+            Event::<Post>::from_raw(&raw(EventKind::Delete, None, Some(record(1, "a")))).unwrap();
+        assert_eq!(delete.into_record().unwrap().id, 1);
+
+        let truncate = Event::<Post>::from_raw(&raw(EventKind::Truncate, None, None)).unwrap();
+        assert!(truncate.record().is_none());
+        assert_eq!(truncate.meta().table.as_ref(), "posts");
+    }
+
+    #[test]
+    fn update_with_partial_old_row_has_no_old() {
+        let key_only = Record::new(vec![Arc::from("id")].into(), vec![Value::Int8(1)]);
+        let event = Event::<Post>::from_raw(&raw(
+            EventKind::Update,
+            Some(record(1, "b")),
+            Some(key_only),
+        ))
+        .unwrap();
+        assert!(matches!(event, Event::Update { old: None, .. }));
+    }
+
+    #[test]
+    fn errors_name_type_table_and_row() {
+        let err = Event::<Post>::from_raw(&raw(EventKind::Delete, None, None)).unwrap_err();
+        assert!(matches!(
+            err,
+            EventDecodeError::MissingRow { row: "old", .. }
+        ));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("delete event of table `posts` has no old row"),
+            "{msg}"
+        );
+        assert!(msg.contains("Post"), "{msg}");
+
+        let bad = Record::new(vec![Arc::from("id")].into(), vec![Value::Text("x".into())]);
+        let err = Event::<Post>::from_raw(&raw(EventKind::Insert, Some(bad), None)).unwrap_err();
+        let EventDecodeError::Record { source, .. } = &err else {
+            panic!("expected a record error, got {err}")
+        };
+        assert_eq!(source.table, "posts");
+    }
+
+    #[test]
+    fn position_orders_and_displays() {
+        let event = raw(EventKind::Insert, Some(record(1, "a")), None);
+        let meta = EventMeta::from_raw(&event);
+        let position = meta.position();
+        assert_eq!(position, Position::from(&event));
+        assert_eq!(position.to_string(), "1/20#3");
+        let later = Position {
+            commit_lsn: position.commit_lsn,
+            seq: 4,
+        };
+        assert!(position < later);
+        assert!(
+            later
+                < Position {
+                    commit_lsn: Lsn(0x1_0000_0021),
+                    seq: 0
+                }
+        );
+    }
+
+    #[test]
+    fn serializes_with_a_kind_tag() {
+        let event =
+            Event::<Post>::from_raw(&raw(EventKind::Insert, Some(record(1, "a")), None)).unwrap();
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["kind"], "insert");
+        assert_eq!(json["new"]["title"], "a");
+        assert_eq!(json["meta"]["table"], "posts");
+    }
+}

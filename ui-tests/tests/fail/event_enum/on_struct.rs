@@ -1,0 +1,21 @@
+use walflow::prelude::*;
+
+#[event_source(table = "posts")]
+#[derive(serde::Deserialize)]
+pub struct Post {
+    pub id: i64,
+}
+
+#[event_source(table = "comments")]
+#[derive(serde::Deserialize)]
+pub struct Comment {
+    pub id: i64,
+    pub post_id: i64,
+}
+
+#[event_enum]
+pub struct BlogEvent {
+    pub comment: Event<Comment>,
+}
+
+fn main() {}
