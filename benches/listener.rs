@@ -75,7 +75,10 @@ async fn async_main() {
     )
     .await;
 
-    println!("walflow listener benchmark (PostgreSQL on loopback, {} cores)", num_cpus());
+    println!(
+        "walflow listener benchmark (PostgreSQL on loopback, {} cores)",
+        num_cpus()
+    );
     println!();
 
     let multi = run_backlog(&url, &pool, "multi", |pool| async move {
@@ -162,13 +165,9 @@ where
     let mut opts = ListenerOptions::new(&slot_listener, "bench");
     opts.heartbeat_interval = None;
     let t = Instant::now();
-    let mut listener = Listener::start(
-        PgWireConnector::from_url(url).unwrap(),
-        opts,
-        pool.clone(),
-    )
-    .await
-    .unwrap();
+    let mut listener = Listener::start(PgWireConnector::from_url(url).unwrap(), opts, pool.clone())
+        .await
+        .unwrap();
     let mut rows = 0u64;
     let mut buf = Vec::with_capacity(1024);
     'drain: loop {
