@@ -20,6 +20,7 @@ pub mod preflight;
 pub mod raw;
 pub mod registry;
 pub mod setup;
+pub mod subscribe;
 pub mod value;
 
 pub use config::Config;

@@ -1,0 +1,953 @@
+//! The subscription hub: routes published changes to subscriptions.
+
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_util::Stream;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use super::scope::{Scope, ScopeKey, record_key};
+use crate::event::{Event, Position};
+use crate::lsn::Lsn;
+use crate::raw::{EventKind, RawEvent};
+use crate::registry::EventSource;
+
+/// How much the hub keeps and buffers.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// Changes kept for resuming ([`SubscriptionBuilder::after`],
+    /// [`Subscription::resume`]): at most this many (default 10,000)...
+    pub retain_events: usize,
+    /// ...and none older than this (default 5 minutes).
+    pub retain_for: Duration,
+    /// Default per-subscription buffer, in changes (default 1,024).
+    pub buffer: usize,
+    /// Everything committed after this LSN is published to the hub (the
+    /// slot's confirmed position at start-up). When unset, the retained
+    /// window starts at the first published change.
+    pub start: Option<Lsn>,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        HubOptions {
+            retain_events: 10_000,
+            retain_for: Duration::from_secs(300),
+            buffer: 1024,
+            start: None,
+        }
+    }
+}
+
+/// What a change means to one subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// A row in scope was inserted.
+    Insert,
+    /// A row in scope was updated and is still in scope.
+    Update,
+    /// A row in scope was deleted.
+    Delete,
+    /// The table was truncated (sent to every scope of the table).
+    Truncate,
+    /// An update moved a row into the scope (insert-like: add the row).
+    Entered,
+    /// An update moved a row out of the scope (delete-like: remove the row).
+    Left,
+}
+
+/// A change delivered to a subscription: the typed event and what it means
+/// for the subscription's scope.
+///
+/// An update that changes a scoped column is delivered as [`Action::Left`]
+/// to the subscriptions of the old value and as [`Action::Entered`] to those
+/// of the new value (both carry the same update event, with the old and new
+/// rows); subscriptions matching both, and unscoped ones, get
+/// [`Action::Update`].
+#[derive(Debug, Serialize)]
+pub struct Delivery<T> {
+    /// What the change means for this subscription.
+    pub action: Action,
+    /// The change.
+    pub event: Arc<Event<T>>,
+}
+
+impl<T> Clone for Delivery<T> {
+    fn clone(&self) -> Self {
+        Delivery {
+            action: self.action,
+            event: self.event.clone(),
+        }
+    }
+}
+
+impl<T> Delivery<T> {
+    /// The row as the subscription should see it: the new row, except for
+    /// deletes and [`Action::Left`] (the old row when known).
+    pub fn row(&self) -> Option<&T> {
+        match (&*self.event, self.action) {
+            (Event::Update { old: Some(old), .. }, Action::Left) => Some(old),
+            (event, _) => event.record(),
+        }
+    }
+
+    /// Where the change is in the WAL; resume after it with
+    /// [`SubscriptionBuilder::after`].
+    pub fn position(&self) -> Position {
+        self.event.meta().position()
+    }
+
+    /// Whether the subscription should drop the row (delete or left).
+    pub fn removes(&self) -> bool {
+        matches!(self.action, Action::Delete | Action::Left)
+    }
+}
+
+/// A subscription's buffer overflowed: `missed` changes in its scope were not
+/// delivered. Everything up to and including `resume_from` was; call
+/// [`Subscription::resume`] with it to receive the rest from the retained
+/// window, or reload the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the subscription fell behind and missed {missed} changes after {resume_from}")]
+pub struct Lagged {
+    /// How many changes were dropped.
+    pub missed: u64,
+    /// The position of the last change delivered before the gap.
+    pub resume_from: Position,
+}
+
+/// Resuming from a position the hub no longer retains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot resume after {requested}: changes are retained only after {oldest}; \
+     reload the current state and subscribe again"
+)]
+pub struct TooOld {
+    /// The position asked for.
+    pub requested: Position,
+    /// The oldest position the hub can resume after (`None`: nothing
+    /// published yet and no start position configured).
+    pub oldest: OldestPosition,
+}
+
+/// The oldest position a hub can resume after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OldestPosition(pub Option<Position>);
+
+impl fmt::Display for OldestPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, "{p}"),
+            None => f.write_str("the next change"),
+        }
+    }
+}
+
+/// Why [`Subscriptions::wait_for`] did not resolve with a change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WaitError {
+    /// No change in scope within the timeout.
+    #[error("no change in scope within {0:?}")]
+    Timeout(Duration),
+    /// The position to wait after is no longer retained.
+    #[error(transparent)]
+    TooOld(#[from] TooOld),
+    /// The hub's subscription fell behind (buffer overflow).
+    #[error(transparent)]
+    Lagged(#[from] Lagged),
+}
+
+/// The position just after every change of transaction `lsn` (its commit
+/// `end_lsn`): resuming after it delivers the transactions committed later.
+pub fn after_commit(lsn: Lsn) -> Position {
+    Position {
+        commit_lsn: lsn,
+        seq: u32::MAX,
+    }
+}
+
+/// Parses a [`Position`] as displayed (`16/B374D848#3`) or a bare LSN
+/// (`16/B374D848`, meaning after that whole transaction).
+pub fn parse_position(s: &str) -> Option<Position> {
+    match s.split_once('#') {
+        Some((lsn, seq)) => Some(Position {
+            commit_lsn: lsn.trim().parse().ok()?,
+            seq: seq.trim().parse().ok()?,
+        }),
+        None => Some(after_commit(s.trim().parse().ok()?)),
+    }
+}
+
+type SubId = u64;
+type Decoded = Option<Arc<dyn Any + Send + Sync>>;
+
+/// The hub: receives changes in commit order ([`publish`](Self::publish),
+/// [`publish_commit`](Self::publish_commit)) and delivers them to the
+/// subscriptions whose scope they touch.
+///
+/// Routing is indexed: by table, then by the scope's key (the values of the
+/// scoped columns), so a change costs one lookup per distinct set of scoped
+/// columns of its table, not one test per subscription. Each change is
+/// decoded into `T` once per change and type, shared by every subscription
+/// (as an `Arc<Event<T>>`). Publishing never waits for a subscriber: each has
+/// a bounded buffer, and one that overflows is told with [`Lagged`].
+///
+/// The hub retains the latest changes (by count and age, [`HubOptions`]) so a
+/// subscription can start after a position (an SSE `Last-Event-ID`, the
+/// LSN a page was rendered at) and first receive what it missed.
+///
+/// Cheap to clone: clones share the hub.
+#[derive(Clone)]
+pub struct Subscriptions {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    options: HubOptions,
+    processed: watch::Sender<Option<Lsn>>,
+}
+
+#[derive(Default)]
+struct State {
+    tables: HashMap<(Arc<str>, Arc<str>), TableSubs>,
+    subs: HashMap<SubId, SubEntry>,
+    next_id: SubId,
+    window: VecDeque<(Instant, Arc<RawEvent>)>,
+    /// Changes at or before this position are not retained.
+    floor: Option<Position>,
+    last: Option<Position>,
+}
+
+#[derive(Default)]
+struct TableSubs {
+    all: HashSet<SubId>,
+    by_key: HashMap<String, HashSet<SubId>>,
+    /// Column sets scoped on, with how many subscriptions use each.
+    column_sets: HashMap<Vec<&'static str>, usize>,
+}
+
+struct SubEntry {
+    table: (Arc<str>, Arc<str>),
+    scope: IndexedScope,
+    sink: Arc<dyn Sink>,
+}
+
+#[derive(Clone)]
+enum IndexedScope {
+    All,
+    Key(ScopeKey),
+    Nothing,
+}
+
+impl<T> From<&Scope<T>> for IndexedScope {
+    fn from(scope: &Scope<T>) -> Self {
+        match scope {
+            Scope::All => IndexedScope::All,
+            Scope::Where(filter) => IndexedScope::Key(filter.key()),
+            Scope::Nothing => IndexedScope::Nothing,
+        }
+    }
+}
+
+impl TableSubs {
+    fn add(&mut self, id: SubId, scope: &IndexedScope) {
+        match scope {
+            IndexedScope::All => {
+                self.all.insert(id);
+            }
+            IndexedScope::Key(key) => {
+                self.by_key.entry(key.key.clone()).or_default().insert(id);
+                *self.column_sets.entry(key.columns.clone()).or_default() += 1;
+            }
+            IndexedScope::Nothing => {}
+        }
+    }
+
+    fn remove(&mut self, id: SubId, scope: &IndexedScope) {
+        match scope {
+            IndexedScope::All => {
+                self.all.remove(&id);
+            }
+            IndexedScope::Key(key) => {
+                if let Some(set) = self.by_key.get_mut(&key.key) {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        self.by_key.remove(&key.key);
+                    }
+                }
+                if let Some(n) = self.column_sets.get_mut(&key.columns) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.column_sets.remove(&key.columns);
+                    }
+                }
+            }
+            IndexedScope::Nothing => {}
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.all.is_empty() && self.by_key.is_empty()
+    }
+
+    /// The subscriptions a change touches, with what it means to each, in
+    /// subscription order.
+    fn route(&self, raw: &RawEvent) -> Vec<(SubId, Action)> {
+        let mut out: Vec<(SubId, Action)> = Vec::new();
+        match raw.kind {
+            EventKind::Truncate => {
+                out.extend(self.all.iter().map(|id| (*id, Action::Truncate)));
+                for set in self.by_key.values() {
+                    out.extend(set.iter().map(|id| (*id, Action::Truncate)));
+                }
+            }
+            kind => {
+                let action = match kind {
+                    EventKind::Insert => Action::Insert,
+                    EventKind::Delete => Action::Delete,
+                    _ => Action::Update,
+                };
+                out.extend(self.all.iter().map(|id| (*id, action)));
+                for columns in self.column_sets.keys() {
+                    let new_key = raw.new.as_ref().and_then(|r| record_key(r, columns));
+                    // The old row of an update without REPLICA IDENTITY FULL
+                    // lacks the scoped columns: they did not change then
+                    // unless they are key columns, which it carries.
+                    let old_key = match kind {
+                        EventKind::Update => raw
+                            .old
+                            .as_ref()
+                            .and_then(|r| record_key(r, columns))
+                            .or_else(|| new_key.clone()),
+                        _ => raw.old.as_ref().and_then(|r| record_key(r, columns)),
+                    };
+                    let subs = |key: &Option<String>| {
+                        key.as_ref()
+                            .and_then(|k| self.by_key.get(k))
+                            .into_iter()
+                            .flatten()
+                            .copied()
+                    };
+                    match kind {
+                        EventKind::Insert => out.extend(subs(&new_key).map(|id| (id, action))),
+                        EventKind::Delete => out.extend(subs(&old_key).map(|id| (id, action))),
+                        _ if old_key == new_key => {
+                            out.extend(subs(&new_key).map(|id| (id, Action::Update)))
+                        }
+                        _ => {
+                            out.extend(subs(&old_key).map(|id| (id, Action::Left)));
+                            out.extend(subs(&new_key).map(|id| (id, Action::Entered)));
+                        }
+                    }
+                }
+            }
+        }
+        out.sort_unstable_by_key(|(id, _)| *id);
+        out
+    }
+}
+
+/// The type-erased side of a subscription the hub delivers to.
+trait Sink: Send + Sync {
+    fn event_type(&self) -> TypeId;
+    fn decode(&self, raw: &RawEvent) -> Decoded;
+    /// Offers a decoded change; returns nothing: overflow is recorded.
+    fn offer(&self, decoded: &Arc<dyn Any + Send + Sync>, action: Action, position: Position);
+    /// Drops what is buffered (before a replay).
+    fn clear(&self);
+    /// Ends the stream (hub dropped).
+    fn close(&self);
+}
+
+type Predicate<T> = Arc<dyn Fn(&T) -> bool + Send + Sync>;
+
+struct Queue<T> {
+    buf: VecDeque<Delivery<T>>,
+    capacity: usize,
+    /// Position of the last change put in the buffer.
+    last: Position,
+    lag: Option<Lagged>,
+    waker: Option<Waker>,
+    closed: bool,
+}
+
+struct TypedSink<T> {
+    queue: Mutex<Queue<T>>,
+    predicate: Option<Predicate<T>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<T: EventSource + DeserializeOwned> TypedSink<T> {
+    fn push(&self, delivery: Delivery<T>, position: Position, unbounded: bool) {
+        if let (Some(predicate), Some(row)) = (&self.predicate, delivery.row())
+            && !predicate(row)
+        {
+            return;
+        }
+        let mut q = lock(&self.queue);
+        if let Some(lag) = &mut q.lag {
+            lag.missed += 1;
+            return;
+        }
+        if !unbounded && q.buf.len() >= q.capacity {
+            q.lag = Some(Lagged {
+                missed: 1,
+                resume_from: q.last,
+            });
+        } else {
+            q.buf.push_back(delivery);
+            q.last = position;
+        }
+        if let Some(w) = q.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl<T: EventSource + DeserializeOwned> Sink for TypedSink<T> {
+    fn event_type(&self) -> TypeId {
+        TypeId::of::<T>()
+    }
+
+    fn decode(&self, raw: &RawEvent) -> Decoded {
+        match Event::<T>::from_raw(raw) {
+            Ok(event) => Some(Arc::new(Arc::new(event))),
+            Err(e) => {
+                tracing::warn!(error = %e, "subscription: cannot decode a change; skipped");
+                None
+            }
+        }
+    }
+
+    fn offer(&self, decoded: &Arc<dyn Any + Send + Sync>, action: Action, position: Position) {
+        if let Some(event) = decoded.downcast_ref::<Arc<Event<T>>>() {
+            let delivery = Delivery {
+                action,
+                event: event.clone(),
+            };
+            self.push(delivery, position, false);
+        }
+    }
+
+    fn clear(&self) {
+        let mut q = lock(&self.queue);
+        q.buf.clear();
+        q.lag = None;
+    }
+
+    fn close(&self) {
+        let mut q = lock(&self.queue);
+        q.closed = true;
+        if let Some(w) = q.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl Default for Subscriptions {
+    fn default() -> Self {
+        Subscriptions::new(HubOptions::default())
+    }
+}
+
+impl fmt::Debug for Subscriptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = lock(&self.inner.state);
+        f.debug_struct("Subscriptions")
+            .field("subscriptions", &state.subs.len())
+            .field("retained", &state.window.len())
+            .field("processed", &*self.inner.processed.borrow())
+            .finish()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let state = lock(&self.state);
+        for entry in state.subs.values() {
+            entry.sink.close();
+        }
+    }
+}
+
+impl Subscriptions {
+    /// A hub with these options.
+    pub fn new(options: HubOptions) -> Self {
+        let state = State {
+            floor: options.start.map(after_commit),
+            ..State::default()
+        };
+        Subscriptions {
+            inner: Arc::new(Inner {
+                state: Mutex::new(state),
+                processed: watch::channel(options.start).0,
+                options,
+            }),
+        }
+    }
+
+    /// The options.
+    pub fn options(&self) -> &HubOptions {
+        &self.inner.options
+    }
+
+    /// Delivers one change to the subscriptions it touches and retains it.
+    /// Call in commit order, for every change of every transaction, then
+    /// [`publish_commit`](Self::publish_commit) with the transaction's end.
+    pub fn publish(&self, raw: &RawEvent) {
+        self.publish_arc(Arc::new(raw.clone()));
+    }
+
+    /// [`publish`](Self::publish) without copying the change.
+    pub fn publish_arc(&self, raw: Arc<RawEvent>) {
+        let mut state = lock(&self.inner.state);
+        let position = Position::from(&*raw);
+        if state.floor.is_none() {
+            state.floor = Some(after_commit(Lsn(raw.commit_lsn.0.saturating_sub(1))));
+        }
+        state.last = Some(position);
+        deliver(&state, &raw, position);
+        let now = Instant::now();
+        state.window.push_back((now, raw));
+        self.evict(&mut state, now);
+    }
+
+    /// Marks the transaction ending at `end_lsn` as published (every change
+    /// of it went through [`publish`](Self::publish)). [`Subscriptions::processed`]
+    /// then returns it.
+    pub fn publish_commit(&self, end_lsn: Lsn) {
+        {
+            let mut state = lock(&self.inner.state);
+            let now = Instant::now();
+            self.evict(&mut state, now);
+        }
+        self.inner.processed.send_if_modified(|p| {
+            if p.is_none_or(|p| p < end_lsn) {
+                *p = Some(end_lsn);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Publishes a whole committed transaction: its changes, then its end.
+    pub fn publish_transaction<'a>(
+        &self,
+        changes: impl IntoIterator<Item = &'a RawEvent>,
+        end_lsn: Lsn,
+    ) {
+        for raw in changes {
+            self.publish(raw);
+        }
+        self.publish_commit(end_lsn);
+    }
+
+    /// The end of the last transaction published, if any.
+    pub fn processed(&self) -> Option<Lsn> {
+        *self.inner.processed.borrow()
+    }
+
+    /// The position a subscription can resume after to receive everything
+    /// published from now on (`after_commit(processed)`, or the last change
+    /// published if later).
+    pub fn position(&self) -> Option<Position> {
+        let state = lock(&self.inner.state);
+        let processed = self.processed().map(after_commit);
+        match (state.last, processed) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The oldest position a subscription can resume after.
+    pub fn oldest(&self) -> Option<Position> {
+        lock(&self.inner.state).floor
+    }
+
+    /// Number of live subscriptions.
+    pub fn len(&self) -> usize {
+        lock(&self.inner.state).subs.len()
+    }
+
+    /// Whether there is no live subscription.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn evict(&self, state: &mut State, now: Instant) {
+        let options = &self.inner.options;
+        while let Some((at, raw)) = state.window.front() {
+            let too_many = state.window.len() > options.retain_events;
+            let too_old = now.duration_since(*at) > options.retain_for;
+            if !(too_many || too_old) {
+                break;
+            }
+            let position = Position::from(&**raw);
+            state.floor = Some(state.floor.map_or(position, |f| f.max(position)));
+            state.window.pop_front();
+        }
+    }
+
+    /// A live subscription to the rows of `T` in `scope`, with the default
+    /// buffer and no predicate.
+    pub fn subscribe<T>(&self, scope: impl Into<Scope<T>>) -> Subscription<T>
+    where
+        T: EventSource + DeserializeOwned,
+    {
+        self.subscription(scope)
+            .start()
+            .expect("a live subscription does not resume")
+    }
+
+    /// A subscription to configure: predicate, buffer, resume position.
+    pub fn subscription<T>(&self, scope: impl Into<Scope<T>>) -> SubscriptionBuilder<T>
+    where
+        T: EventSource + DeserializeOwned,
+    {
+        SubscriptionBuilder {
+            hub: self.clone(),
+            scope: scope.into(),
+            predicate: None,
+            buffer: self.inner.options.buffer,
+            after: None,
+        }
+    }
+
+    /// Waits for the first change of a row in `scope` committed after
+    /// `after` (or from now on when `None`), up to `timeout`.
+    ///
+    /// The "create, then wait until the derived row exists" flow: take
+    /// [`position`](Self::position) before writing, then wait after it; a
+    /// change already published resolves at once, from the retained window.
+    pub async fn wait_for<T>(
+        &self,
+        scope: impl Into<Scope<T>>,
+        after: Option<Position>,
+        timeout: Duration,
+    ) -> Result<Delivery<T>, WaitError>
+    where
+        T: EventSource + DeserializeOwned,
+    {
+        use futures_util::StreamExt;
+        let mut builder = self.subscription(scope);
+        if let Some(after) = after {
+            builder = builder.after(after);
+        }
+        let mut sub = builder.start()?;
+        match tokio::time::timeout(timeout, sub.next()).await {
+            Ok(Some(Ok(delivery))) => Ok(delivery),
+            Ok(Some(Err(lagged))) => Err(lagged.into()),
+            Ok(None) | Err(_) => Err(WaitError::Timeout(timeout)),
+        }
+    }
+
+    fn register<T: EventSource + DeserializeOwned>(
+        &self,
+        scope: &Scope<T>,
+        sink: Arc<TypedSink<T>>,
+        after: Option<Position>,
+    ) -> Result<SubId, TooOld> {
+        let mut state = lock(&self.inner.state);
+        if let Some(after) = after {
+            replay(&state, scope, &*sink, after)?;
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        let table: (Arc<str>, Arc<str>) = (Arc::from(T::SCHEMA), Arc::from(T::TABLE));
+        let indexed = IndexedScope::from(scope);
+        state
+            .tables
+            .entry(table.clone())
+            .or_default()
+            .add(id, &indexed);
+        state.subs.insert(
+            id,
+            SubEntry {
+                table,
+                scope: indexed,
+                sink,
+            },
+        );
+        Ok(id)
+    }
+
+    fn set_scope<T: EventSource + DeserializeOwned>(&self, id: SubId, scope: &Scope<T>) {
+        let mut state = lock(&self.inner.state);
+        let state = &mut *state;
+        if let Some(entry) = state.subs.get_mut(&id) {
+            let indexed = IndexedScope::from(scope);
+            let table = state.tables.entry(entry.table.clone()).or_default();
+            table.remove(id, &entry.scope);
+            table.add(id, &indexed);
+            entry.scope = indexed;
+        }
+    }
+
+    fn resume<T: EventSource + DeserializeOwned>(
+        &self,
+        id: SubId,
+        scope: &Scope<T>,
+        sink: &TypedSink<T>,
+        after: Position,
+    ) -> Result<(), TooOld> {
+        let state = lock(&self.inner.state);
+        if !state.subs.contains_key(&id) {
+            return Ok(());
+        }
+        check_window(&state, after)?;
+        sink.clear();
+        replay(&state, scope, sink, after)
+    }
+
+    fn unsubscribe(&self, id: SubId) {
+        let mut state = lock(&self.inner.state);
+        if let Some(entry) = state.subs.remove(&id)
+            && let Some(table) = state.tables.get_mut(&entry.table)
+        {
+            table.remove(id, &entry.scope);
+            if table.is_empty() {
+                state.tables.remove(&entry.table);
+            }
+        }
+    }
+}
+
+fn deliver(state: &State, raw: &RawEvent, position: Position) {
+    let Some(table) = state
+        .tables
+        .get(&(raw.schema.clone(), raw.table.clone()) as &(Arc<str>, Arc<str>))
+    else {
+        return;
+    };
+    let routes = table.route(raw);
+    if routes.is_empty() {
+        return;
+    }
+    // Decode once per type, shared by every subscription of that type.
+    let mut decoded: Vec<(TypeId, Decoded)> = Vec::with_capacity(1);
+    for (id, action) in routes {
+        let Some(entry) = state.subs.get(&id) else {
+            continue;
+        };
+        let type_id = entry.sink.event_type();
+        let event = match decoded.iter().find(|(t, _)| *t == type_id) {
+            Some((_, event)) => event.clone(),
+            None => {
+                let event = entry.sink.decode(raw);
+                decoded.push((type_id, event.clone()));
+                event
+            }
+        };
+        if let Some(event) = event {
+            entry.sink.offer(&event, action, position);
+        }
+    }
+}
+
+fn check_window(state: &State, after: Position) -> Result<(), TooOld> {
+    match state.floor {
+        Some(floor) if after >= floor => Ok(()),
+        floor => Err(TooOld {
+            requested: after,
+            oldest: OldestPosition(floor),
+        }),
+    }
+}
+
+/// Puts the retained changes after `after` in `scope` into `sink` (beyond
+/// its capacity: the window bounds them).
+fn replay<T: EventSource + DeserializeOwned>(
+    state: &State,
+    scope: &Scope<T>,
+    sink: &TypedSink<T>,
+    after: Position,
+) -> Result<(), TooOld> {
+    check_window(state, after)?;
+    let mut table = TableSubs::default();
+    table.add(0, &IndexedScope::from(scope));
+    let start = state
+        .window
+        .partition_point(|(_, raw)| Position::from(&**raw) <= after);
+    for (_, raw) in state.window.range(start..) {
+        if !T::is_table(raw) {
+            continue;
+        }
+        let position = Position::from(&**raw);
+        for (_, action) in table.route(raw) {
+            if let Ok(event) = Event::<T>::from_raw(raw) {
+                let delivery = Delivery {
+                    action,
+                    event: Arc::new(event),
+                };
+                sink.push(delivery, position, true);
+            }
+        }
+    }
+    if let Some(last) = state.last.filter(|l| *l > after) {
+        lock(&sink.queue).last = last;
+    } else {
+        lock(&sink.queue).last = after;
+    }
+    Ok(())
+}
+
+/// Configures a subscription before it starts: see
+/// [`Subscriptions::subscription`].
+pub struct SubscriptionBuilder<T> {
+    hub: Subscriptions,
+    scope: Scope<T>,
+    predicate: Option<Predicate<T>>,
+    buffer: usize,
+    after: Option<Position>,
+}
+
+impl<T: EventSource + DeserializeOwned> SubscriptionBuilder<T> {
+    /// Delivers only the rows `predicate` accepts (authorization): evaluated
+    /// once per change, on the row [`Delivery::row`] returns, before it is
+    /// buffered. Truncates are always delivered.
+    pub fn authorize(mut self, predicate: impl Fn(&T) -> bool + Send + Sync + 'static) -> Self {
+        self.predicate = Some(Arc::new(predicate));
+        self
+    }
+
+    /// Buffers at most `changes` undelivered changes (at least 1).
+    pub fn buffer(mut self, changes: usize) -> Self {
+        self.buffer = changes.max(1);
+        self
+    }
+
+    /// First delivers the retained changes after `position` (a
+    /// [`Delivery::position`], an SSE `Last-Event-ID`, or
+    /// [`after_commit`]`(lsn)`), then the live ones, without gap or repeat.
+    pub fn after(mut self, position: Position) -> Self {
+        self.after = Some(position);
+        self
+    }
+
+    /// Starts the subscription. Fails when the resume position is older
+    /// than the retained window: reload the state and subscribe again.
+    pub fn start(self) -> Result<Subscription<T>, TooOld> {
+        let sink = Arc::new(TypedSink {
+            queue: Mutex::new(Queue {
+                buf: VecDeque::new(),
+                capacity: self.buffer,
+                last: Position::default(),
+                lag: None,
+                waker: None,
+                closed: false,
+            }),
+            predicate: self.predicate,
+        });
+        let id = self.hub.register(&self.scope, sink.clone(), self.after)?;
+        Ok(Subscription {
+            hub: Arc::downgrade(&self.hub.inner),
+            id,
+            scope: self.scope,
+            sink,
+            _types: PhantomData,
+        })
+    }
+}
+
+/// A stream of the changes of rows of `T` in a scope, in commit order:
+/// `Ok(`[`Delivery`]`)`, or `Err(`[`Lagged`]`)` once after a buffer overflow
+/// (then the later changes; [`resume`](Self::resume) fills the gap).
+///
+/// Dropping it unsubscribes. The stream ends when the hub is dropped.
+pub struct Subscription<T> {
+    hub: Weak<Inner>,
+    id: SubId,
+    scope: Scope<T>,
+    sink: Arc<TypedSink<T>>,
+    _types: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for Subscription<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+impl<T: EventSource + DeserializeOwned> Subscription<T> {
+    /// The current scope.
+    pub fn scope(&self) -> &Scope<T> {
+        &self.scope
+    }
+
+    /// Follows another scope from now on (the changes already buffered stay).
+    pub fn set_scope(&mut self, scope: impl Into<Scope<T>>) {
+        self.scope = scope.into();
+        if let Some(inner) = self.hub.upgrade() {
+            Subscriptions { inner }.set_scope(self.id, &self.scope);
+        }
+    }
+
+    /// Replaces what is buffered with the retained changes after `position`
+    /// (usually [`Lagged::resume_from`]); the live ones follow.
+    pub fn resume(&mut self, position: Position) -> Result<(), TooOld> {
+        match self.hub.upgrade() {
+            Some(inner) => {
+                Subscriptions { inner }.resume(self.id, &self.scope, &self.sink, position)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Number of changes buffered, not yet taken.
+    pub fn buffered(&self) -> usize {
+        lock(&self.sink.queue).buf.len()
+    }
+
+    /// Takes a buffered change without waiting.
+    pub fn try_next(&mut self) -> Option<Result<Delivery<T>, Lagged>> {
+        let mut q = lock(&self.sink.queue);
+        if let Some(d) = q.buf.pop_front() {
+            return Some(Ok(d));
+        }
+        q.lag.take().map(Err)
+    }
+}
+
+impl<T: EventSource + DeserializeOwned> Stream for Subscription<T> {
+    type Item = Result<Delivery<T>, Lagged>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut q = lock(&self.sink.queue);
+        if let Some(d) = q.buf.pop_front() {
+            return Poll::Ready(Some(Ok(d)));
+        }
+        if let Some(lag) = q.lag.take() {
+            return Poll::Ready(Some(Err(lag)));
+        }
+        if q.closed {
+            return Poll::Ready(None);
+        }
+        q.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl<T> Drop for Subscription<T> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.hub.upgrade() {
+            Subscriptions { inner }.unsubscribe(self.id);
+        }
+    }
+}

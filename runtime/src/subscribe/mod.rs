@@ -1,0 +1,65 @@
+//! Realtime subscriptions: follow the changes of an `#[event_source]` table
+//! (every row, one row, or the rows whose fields equal given values) as a
+//! [`Stream`](futures_util::Stream).
+//!
+//! The [`Subscriptions`] hub is fed in commit order by whoever consumes the
+//! WAL (the runtime, or a [`PgPubSub`] listener on a node without the
+//! replication slot) and delivers each change to the subscriptions whose
+//! scope it touches:
+//!
+//! ```
+//! # use walflow_runtime::subscribe::{Subscriptions, Scope};
+//! # use walflow_runtime::{EventSource, Field, RawEvent};
+//! # #[derive(serde::Deserialize)] struct Comment { id: i64, post_id: i64 }
+//! # impl Comment { const POST_ID: Field<Comment, i64> = Field::new("post_id"); }
+//! # impl EventSource for Comment {
+//! #     const RUST_NAME: &'static str = "Comment"; const SCHEMA: &'static str = "public";
+//! #     const TABLE: &'static str = "comments"; const ID_COLUMN: &'static str = "id";
+//! #     const COLUMNS: &'static [&'static str] = &["id", "post_id"];
+//! #     const FIELDS: &'static [(&'static str, &'static str)] = &[("id", "id"), ("post_id", "post_id")];
+//! #     const REPLICA_IDENTITY_FULL: bool = true; type Id = i64;
+//! #     fn id(&self) -> &i64 { &self.id }
+//! # }
+//! let hub = Subscriptions::default();
+//! let all = hub.subscribe::<Comment>(Scope::All);
+//! let one = hub.subscribe::<Comment>(Scope::id(7));
+//! let of_post = hub.subscribe::<Comment>(Comment::POST_ID.eq(5));
+//! // The runtime: for each committed transaction, in commit order,
+//! // `hub.publish(&raw)` per change, then `hub.publish_commit(end_lsn)`.
+//! # let _ = (all, one, of_post);
+//! ```
+//!
+//! # Semantics
+//!
+//! - Changes reach each subscription in commit order (the order they are
+//!   published).
+//! - An update that changes a scoped column is delivered as
+//!   [`Action::Left`] (delete-like: remove the row) to the subscriptions of
+//!   the old value and as [`Action::Entered`] (insert-like: add it) to those
+//!   of the new value. This needs the old row, which tables with
+//!   `REPLICA IDENTITY FULL` (walflow's default) carry.
+//! - Publishing never waits: each subscription buffers up to
+//!   [`HubOptions::buffer`] changes (or [`SubscriptionBuilder::buffer`]).
+//!   On overflow it drops the changes, and once the buffer is drained yields
+//!   one `Err(`[`Lagged`]`)` with how many it missed and the position to
+//!   [`Subscription::resume`] from.
+//! - The hub retains the latest changes ([`HubOptions::retain_events`],
+//!   [`HubOptions::retain_for`]): a subscription can start after a position
+//!   ([`SubscriptionBuilder::after`]) and first receive what it missed;
+//!   a position older than the window is a [`TooOld`] error (reload).
+//! - An authorization predicate ([`SubscriptionBuilder::authorize`]) runs
+//!   once per change per subscription, on the decoded row.
+//! - Each change is decoded once per type, not once per subscription.
+//! - Dropping a [`Subscription`] unsubscribes; [`Subscription::set_scope`]
+//!   changes its scope in place.
+
+mod hub;
+pub mod pubsub;
+mod scope;
+
+pub use hub::{
+    Action, Delivery, HubOptions, Lagged, OldestPosition, Subscription, SubscriptionBuilder,
+    Subscriptions, TooOld, WaitError, after_commit, parse_position,
+};
+pub use pubsub::{Broadcast, LocalPubSub, PgPubSub, PubSubError, Transaction};
+pub use scope::{Filter, Scope};
