@@ -9,8 +9,8 @@
 //!
 //! ```
 //! # use walflow_runtime::subscribe::{Subscriptions, Scope};
-//! # use walflow_runtime::{EventSource, Field, RawEvent};
-//! # #[derive(serde::Deserialize)] struct Comment { id: i64, post_id: i64 }
+//! # use walflow_runtime::{EventSource, Field};
+//! # #[allow(dead_code)] #[derive(serde::Deserialize)] struct Comment { id: i64, post_id: i64 }
 //! # impl Comment { const POST_ID: Field<Comment, i64> = Field::new("post_id"); }
 //! # impl EventSource for Comment {
 //! #     const RUST_NAME: &'static str = "Comment"; const SCHEMA: &'static str = "public";
