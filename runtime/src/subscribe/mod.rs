@@ -56,6 +56,8 @@
 mod hub;
 pub mod pubsub;
 mod scope;
+#[cfg(feature = "axum")]
+pub mod sse;
 
 pub use hub::{
     Action, Delivery, HubOptions, Lagged, OldestPosition, Subscription, SubscriptionBuilder,
