@@ -2,6 +2,7 @@
 //! `text/event-stream` response.
 //!
 //! ```no_run
+//! # #![allow(dead_code)]
 //! # use walflow_runtime::subscribe::{Subscriptions, Scope, sse::{self, SseOptions}};
 //! # use walflow_runtime::EventSource;
 //! # #[derive(serde::Deserialize, serde::Serialize)] struct Post { id: i64 }
