@@ -65,3 +65,5 @@ pub use hub::{
 };
 pub use pubsub::{Broadcast, LocalPubSub, PgPubSub, PubSubError, Transaction};
 pub use scope::{Filter, Scope};
+
+pub use crate::event::Position;

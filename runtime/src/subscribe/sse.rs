@@ -124,8 +124,23 @@ where
     T: EventSource + DeserializeOwned + Serialize,
     T::Id: Serialize,
 {
+    stream_from(hub, scope, last_event_id(headers), options)
+}
+
+/// Subscribes to `scope`, after `after` when given (a `Last-Event-ID`, or
+/// the position a page was rendered at), and streams the changes.
+pub fn stream_from<T>(
+    hub: &Subscriptions,
+    scope: impl Into<Scope<T>>,
+    after: Option<Position>,
+    options: SseOptions,
+) -> SseStream
+where
+    T: EventSource + DeserializeOwned + Serialize,
+    T::Id: Serialize,
+{
     let mut builder = hub.subscription(scope);
-    if let Some(after) = last_event_id(headers) {
+    if let Some(after) = after {
         builder = builder.after(after);
     }
     match builder.start() {

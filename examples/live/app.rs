@@ -1,0 +1,386 @@
+//! The live example's application: posts with live comment counts, a post
+//! page with its comments live, and a form that creates a post and
+//! redirects once the derived row exists. Shared by `main.rs` and the
+//! browser test.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use sqlx::PgPool;
+use walflow::listener::{Listener, ListenerMessage, ListenerOptions, PgWireConnector};
+use walflow::prelude::*;
+use walflow::setup::{SetupSpec, TableSpec, prepare};
+use walflow::subscribe::sse::{self, SseOptions};
+use walflow::subscribe::{
+    HubOptions, Position, Scope, Subscriptions, after_commit, parse_position,
+};
+use walflow::{EventKind, RawEvent};
+
+#[event_source(table = "posts")]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct Post {
+    pub id: i64,
+    pub title: String,
+}
+
+#[event_source(table = "comments")]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct Comment {
+    pub id: i64,
+    pub post_id: i64,
+    pub body: String,
+}
+
+#[event_source(table = "post_with_comments_counts")]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct PostWithCommentsCount {
+    pub id: i64,
+    pub title: String,
+    pub comments_count: i64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS posts (id bigserial PRIMARY KEY, title text NOT NULL);
+CREATE TABLE IF NOT EXISTS comments (id bigserial PRIMARY KEY, post_id int8 NOT NULL, body text NOT NULL);
+CREATE TABLE IF NOT EXISTS post_with_comments_counts (
+    id int8 PRIMARY KEY, title text NOT NULL, comments_count int8 NOT NULL);
+";
+
+const COUNT_QUERY: &str = "MERGE INTO post_with_comments_counts dest
+    USING (SELECT p.id, p.title, count(c.id) AS comments_count
+           FROM posts p LEFT JOIN comments c ON c.post_id = p.id
+           WHERE p.id = $1 GROUP BY p.id) src
+    ON dest.id = src.id
+    WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
+    WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
+         VALUES (src.id, src.title, src.comments_count)";
+
+/// The application's state.
+#[derive(Clone)]
+pub struct App {
+    pub pool: PgPool,
+    pub hub: Subscriptions,
+}
+
+/// Creates the tables, the publication and the slot, starts the listener
+/// feeding the hub, and returns the router.
+pub async fn start(url: &str, slot: &str) -> Result<(Router, App), walflow::BoxError> {
+    let pool = PgPool::connect(url).await?;
+    sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+    let tables = ["posts", "comments", "post_with_comments_counts"];
+    prepare(
+        &pool,
+        &SetupSpec {
+            publication: "walflow_live".into(),
+            slot: slot.into(),
+            durable_slot: true,
+            tables: tables
+                .iter()
+                .map(|t| TableSpec::new("public", *t))
+                .collect(),
+        },
+    )
+    .await?;
+    // Everything after the slot's position reaches the hub: pages rendered
+    // from now on can resume from the position they were rendered at.
+    let (confirmed,): (String,) = sqlx::query_as(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(slot)
+    .fetch_one(&pool)
+    .await?;
+    let hub = Subscriptions::new(HubOptions {
+        start: Some(confirmed.parse()?),
+        ..HubOptions::default()
+    });
+    let listener = Listener::start(
+        PgWireConnector::from_url(url)?,
+        ListenerOptions::new(slot, "walflow_live"),
+        pool.clone(),
+    )
+    .await?;
+    tokio::spawn(feed(listener, hub.clone(), pool.clone()));
+    let app = App { pool, hub };
+    let router = Router::new()
+        .route("/", get(index))
+        .route("/posts", axum::routing::post(create_post))
+        .route("/posts/{id}", get(post_page))
+        .route("/events/counts", get(count_events))
+        .route("/events/posts/{id}", get(post_events))
+        .route("/events/posts/{id}/comments", get(comment_events))
+        .with_state(app.clone());
+    Ok((router, app))
+}
+
+/// Feeds the hub in commit order and keeps `post_with_comments_counts` in
+/// step.
+///
+/// The counting part is a stand-in for the operator runtime: replace it with
+/// the `on_event!` operator `PostWithCommentsCountOperator` (see the crate
+/// docs) once `Walflow::builder().start()` runs operators.
+async fn feed(mut listener: Listener, hub: Subscriptions, pool: PgPool) {
+    let mut touched = BTreeSet::new();
+    let mut deleted = BTreeSet::new();
+    loop {
+        let message = match listener.recv().await {
+            Ok(Some(message)) => message,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "listener failed");
+                return;
+            }
+        };
+        match message {
+            ListenerMessage::Change(raw) => {
+                hub.publish(&raw);
+                posts_touched(&raw, &mut touched, &mut deleted);
+            }
+            ListenerMessage::Commit(commit) => {
+                hub.publish_commit(commit.end_lsn);
+                // Stand-in for the operator (to be replaced by `on_event!`).
+                for id in std::mem::take(&mut touched) {
+                    let result = if deleted.contains(&id) {
+                        sqlx::query("DELETE FROM post_with_comments_counts WHERE id = $1")
+                            .bind(id)
+                            .execute(&pool)
+                            .await
+                    } else {
+                        sqlx::query(COUNT_QUERY).bind(id).execute(&pool).await
+                    };
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, post = id, "cannot update the comment count");
+                    }
+                }
+                deleted.clear();
+                listener.ack(commit.end_lsn);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn posts_touched(raw: &RawEvent, touched: &mut BTreeSet<i64>, deleted: &mut BTreeSet<i64>) {
+    let int =
+        |record: Option<&walflow::Record>, column: &str| match record.and_then(|r| r.get(column)) {
+            Some(walflow::Value::Int8(v)) => Some(*v),
+            _ => None,
+        };
+    match &*raw.table {
+        "posts" => {
+            let id = int(raw.record(), "id");
+            touched.extend(id);
+            if raw.kind == EventKind::Delete {
+                deleted.extend(id);
+            }
+        }
+        "comments" => {
+            touched.extend(int(raw.new.as_ref(), "post_id"));
+            touched.extend(int(raw.old.as_ref(), "post_id"));
+        }
+        _ => {}
+    }
+}
+
+/// `?after=<position>`: where the page was rendered, so its event streams
+/// start there (`Last-Event-ID` takes over on reconnection).
+fn resume_position(headers: &HeaderMap, query: &HashMap<String, String>) -> Option<Position> {
+    sse::last_event_id(headers).or_else(|| query.get("after").and_then(|p| parse_position(p)))
+}
+
+fn position_param(app: &App) -> String {
+    app.hub
+        .position()
+        .map(|p| p.to_string())
+        .unwrap_or_default()
+}
+
+async fn count_events(
+    State(app): State<App>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    sse::stream_from::<PostWithCommentsCount>(
+        &app.hub,
+        Scope::All,
+        resume_position(&headers, &query),
+        SseOptions::default(),
+    )
+}
+
+async fn post_events(
+    State(app): State<App>,
+    Path(id): Path<i64>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    sse::stream_from::<Post>(
+        &app.hub,
+        Scope::id(id),
+        resume_position(&headers, &query),
+        SseOptions::default(),
+    )
+}
+
+async fn comment_events(
+    State(app): State<App>,
+    Path(id): Path<i64>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    sse::stream_from::<Comment>(
+        &app.hub,
+        Comment::POST_ID.eq(id),
+        resume_position(&headers, &query),
+        SseOptions::default(),
+    )
+}
+
+fn error(e: impl std::fmt::Display) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+const LIVE_JS: &str = r#"
+function live(url, after, apply) {
+  const es = new EventSource(url + '?after=' + encodeURIComponent(after));
+  es.onmessage = (m) => {
+    const d = JSON.parse(m.data);
+    const gone = d.action === 'delete' || d.action === 'left';
+    const row = d.action === 'left' ? (d.event.old || d.event.new) : (d.event.new || d.event.old);
+    apply(row, gone, d);
+  };
+  es.addEventListener('reload', () => location.reload());
+  return es;
+}
+function upsert(list, id, html) {
+  let el = document.getElementById(id);
+  if (!el) { el = document.createElement('li'); el.id = id; list.appendChild(el); }
+  el.innerHTML = html;
+}
+function esc(s) { const d = document.createElement('div'); d.textContent = s; return d.innerHTML; }
+"#;
+
+async fn index(State(app): State<App>) -> Response {
+    // The position first: changes committed after it reach the page.
+    let after = position_param(&app);
+    let rows: Vec<(i64, String, i64)> = match sqlx::query_as(
+        "SELECT id, title, comments_count FROM post_with_comments_counts ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return error(e),
+    };
+    let items: String = rows
+        .iter()
+        .map(|(id, title, count)| {
+            format!(
+                r#"<li id="post-{id}"><a href="/posts/{id}">{}</a> (<span class="count">{count}</span> comments)</li>"#,
+                esc(title)
+            )
+        })
+        .collect();
+    Html(format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>Posts</title></head><body>
+<h1>Posts</h1>
+<ul id="posts">{items}</ul>
+<form method="post" action="/posts"><input name="title" id="new-title" placeholder="Title" required> <button id="create">Create</button></form>
+<script>{LIVE_JS}
+const posts = document.getElementById('posts');
+live('/events/counts', {after:?}, (row, gone) => {{
+  if (gone) {{ const el = document.getElementById('post-' + row.id); if (el) el.remove(); return; }}
+  upsert(posts, 'post-' + row.id, '<a href="/posts/' + row.id + '">' + esc(row.title) + '</a> (<span class="count">' + row.comments_count + '</span> comments)');
+}});
+</script></body></html>"#
+    ))
+    .into_response()
+}
+
+async fn post_page(State(app): State<App>, Path(id): Path<i64>) -> Response {
+    let after = position_param(&app);
+    let post: Option<(String,)> = match sqlx::query_as("SELECT title FROM posts WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&app.pool)
+        .await
+    {
+        Ok(post) => post,
+        Err(e) => return error(e),
+    };
+    let Some((title,)) = post else {
+        return (StatusCode::NOT_FOUND, "no such post").into_response();
+    };
+    let comments: Vec<(i64, String)> =
+        match sqlx::query_as("SELECT id, body FROM comments WHERE post_id = $1 ORDER BY id")
+            .bind(id)
+            .fetch_all(&app.pool)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return error(e),
+        };
+    let items: String = comments
+        .iter()
+        .map(|(cid, body)| format!(r#"<li id="comment-{cid}">{}</li>"#, esc(body)))
+        .collect();
+    Html(format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>{t}</title></head><body>
+<p><a href="/">All posts</a></p>
+<h1 id="title">{t}</h1>
+<ul id="comments">{items}</ul>
+<script>{LIVE_JS}
+const comments = document.getElementById('comments');
+live('/events/posts/{id}', {after:?}, (row, gone) => {{
+  document.getElementById('title').textContent = gone ? '(deleted)' : row.title;
+}});
+live('/events/posts/{id}/comments', {after:?}, (row, gone) => {{
+  if (gone) {{ const el = document.getElementById('comment-' + row.id); if (el) el.remove(); return; }}
+  upsert(comments, 'comment-' + row.id, esc(row.body));
+}});
+</script></body></html>"#,
+        t = esc(&title)
+    ))
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct NewPost {
+    title: String,
+}
+
+/// Creates the post, waits until its derived count row exists, then
+/// redirects to its page.
+async fn create_post(State(app): State<App>, Form(form): Form<NewPost>) -> Response {
+    let before = app
+        .hub
+        .position()
+        .unwrap_or(after_commit(walflow::Lsn::ZERO));
+    let id: (i64,) = match sqlx::query_as("INSERT INTO posts (title) VALUES ($1) RETURNING id")
+        .bind(&form.title)
+        .fetch_one(&app.pool)
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => return error(e),
+    };
+    let derived = app
+        .hub
+        .wait_for::<PostWithCommentsCount>(Scope::id(id.0), Some(before), Duration::from_secs(10))
+        .await;
+    match derived {
+        Ok(_) => Redirect::to(&format!("/posts/{}", id.0)).into_response(),
+        Err(e) => (StatusCode::GATEWAY_TIMEOUT, e.to_string()).into_response(),
+    }
+}
