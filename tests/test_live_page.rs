@@ -1,0 +1,166 @@
+//! The live example in a real headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, driven over WebDriver): counts update without a
+//! reload, and the form lands on the new post's page once its derived row
+//! exists.
+
+mod common;
+
+#[allow(dead_code)]
+#[path = "../examples/live/app.rs"]
+mod app;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use walflow::subscribe::Scope;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Kills the chromedriver this test started, also when it fails.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn browser(profile: &std::path::Path) -> (Driver, Client) {
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} not found: install Debian's `chromium` and `chromium-driver` (.ci/run does)"
+    );
+    let port = free_port();
+    let driver = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Driver)
+        .expect("`chromedriver` not found: install Debian's `chromium-driver` (.ci/run does)");
+    common::wait_until(TIMEOUT, || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--disable-dev-shm-usage",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let client = ClientBuilder::new(connector)
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("start a Chromium session");
+    (driver, client)
+}
+
+async fn text(client: &Client, css: &str) -> Option<String> {
+    match client.find(Locator::Css(css)).await {
+        Ok(el) => el.text().await.ok(),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counts_update_live_and_the_form_lands_on_the_new_post() {
+    let db = common::db().await;
+    let (router, app) = app::start(&db.url, &db.slot("live")).await.unwrap();
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", server.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(server, router).await.unwrap() });
+
+    let before = app.hub.position();
+    db.exec("INSERT INTO posts (title) VALUES ('first')").await;
+    app.hub
+        .wait_for::<app::PostWithCommentsCount>(Scope::id(1), before, TIMEOUT)
+        .await
+        .unwrap();
+
+    let profile = tempfile::tempdir().unwrap();
+    let (_driver, client) = browser(profile.path()).await;
+    client.goto(&format!("{base}/")).await.unwrap();
+    assert_eq!(text(&client, "#post-1 .count").await.as_deref(), Some("0"));
+    // Marks this page load: a reload would lose it.
+    client
+        .execute("window.notReloaded = true; return true;", vec![])
+        .await
+        .unwrap();
+
+    db.exec("INSERT INTO comments (post_id, body) VALUES (1, 'straight into the database')")
+        .await;
+    common::wait_until(TIMEOUT, || async {
+        text(&client, "#post-1 .count").await.as_deref() == Some("1")
+    })
+    .await;
+    let same_page = client
+        .execute("return window.notReloaded === true;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        same_page,
+        serde_json::Value::Bool(true),
+        "the count changed without a reload"
+    );
+
+    // Create a post through the form: the server redirects once the derived
+    // row exists.
+    let title = client.find(Locator::Css("#new-title")).await.unwrap();
+    title.send_keys("from the browser").await.unwrap();
+    client
+        .find(Locator::Css("#create"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    common::wait_until(TIMEOUT, || async {
+        text(&client, "#title").await.as_deref() == Some("from the browser")
+    })
+    .await;
+    let url = client.current_url().await.unwrap();
+    assert_eq!(url.path(), "/posts/2");
+
+    // The post page follows its comments (scoped) and the post (direct).
+    db.exec("INSERT INTO comments (post_id, body) VALUES (2, 'live comment'), (1, 'elsewhere')")
+        .await;
+    common::wait_until(TIMEOUT, || async {
+        text(&client, "#comments").await.as_deref() == Some("live comment")
+    })
+    .await;
+    db.exec("UPDATE posts SET title = 'renamed' WHERE id = 2")
+        .await;
+    common::wait_until(TIMEOUT, || async {
+        text(&client, "#title").await.as_deref() == Some("renamed")
+    })
+    .await;
+    // Back on the list, the new post is there with its count.
+    client.goto(&format!("{base}/")).await.unwrap();
+    common::wait_until(TIMEOUT, || async {
+        text(&client, "#post-2 .count").await.as_deref() == Some("1")
+    })
+    .await;
+    client.close().await.unwrap();
+}
