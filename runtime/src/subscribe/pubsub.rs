@@ -168,6 +168,9 @@ impl PgPubSub {
                     Ok(n) => n,
                     Err(e) => {
                         tracing::warn!(error = %e, "pubsub: LISTEN connection lost; reconnecting (notifications in between are lost)");
+                        // Backoff before the next attempt, so a server that
+                        // is down does not make this loop spin.
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                         continue;
                     }
                 };
