@@ -229,6 +229,7 @@ impl Listener {
             delivered_commit: Lsn::ZERO,
             delivered_end: start_lsn,
             last_message: start_lsn,
+            idle_lsn: start_lsn,
             batch: Vec::new(),
         };
         let task = tokio::spawn(pump.run(started_tx));
@@ -466,6 +467,8 @@ struct Pump<C: Connector> {
     delivered_end: Lsn,
     /// Position of the last non-transactional message delivered.
     last_message: Lsn,
+    /// The server's last keepalive or heartbeat position.
+    idle_lsn: Lsn,
     batch: Vec<RawEvent>,
 }
 
@@ -553,6 +556,7 @@ impl<C: Connector> Pump<C> {
         let acked = self.shared.acked.load(Ordering::Acquire);
         let prev = self.shared.confirmed.fetch_max(acked, Ordering::AcqRel);
         transport.ack(Lsn(acked.max(prev)));
+        self.ack_if_idle(transport);
     }
 
     /// Reports the last acknowledgement and ends the session.
@@ -708,7 +712,7 @@ impl<C: Connector> Pump<C> {
                 self.note_received(lsn);
                 if prefix == HEARTBEAT_PREFIX {
                     if !transactional {
-                        self.ack_if_idle(lsn, transport);
+                        self.note_idle(lsn, transport);
                     }
                     return Ok(());
                 }
@@ -729,7 +733,7 @@ impl<C: Connector> Pump<C> {
             }
             TransportEvent::KeepAlive { wal_end } => {
                 self.note_received(wal_end);
-                self.ack_if_idle(wal_end, transport);
+                self.note_idle(wal_end, transport);
             }
         }
         Ok(())
@@ -756,9 +760,13 @@ impl<C: Connector> Pump<C> {
         self.shared.received.fetch_max(lsn.0, Ordering::AcqRel);
     }
 
-    /// With nothing delivered left unacknowledged, the server may recycle WAL
-    /// up to `lsn`: everything before it has been received.
-    fn ack_if_idle(&self, lsn: Lsn, transport: &mut C::Transport) {
+    /// Everything before the server's last keepalive (or heartbeat) position
+    /// has been received: once nothing delivered is left unacknowledged, the
+    /// server may recycle WAL up to there. This also lets a shutting-down
+    /// server, which waits for its last position to be confirmed, stop as
+    /// soon as the consumer has caught up.
+    fn ack_if_idle(&self, transport: &mut C::Transport) {
+        let lsn = self.idle_lsn;
         if self.open.is_none() && self.shared.acked.load(Ordering::Acquire) >= self.delivered_end.0
         {
             let prev = self.shared.confirmed.fetch_max(lsn.0, Ordering::AcqRel);
@@ -766,6 +774,11 @@ impl<C: Connector> Pump<C> {
                 transport.ack(lsn);
             }
         }
+    }
+
+    fn note_idle(&mut self, lsn: Lsn, transport: &mut C::Transport) {
+        self.idle_lsn = self.idle_lsn.max(lsn);
+        self.ack_if_idle(transport);
     }
 
     async fn send(
