@@ -28,12 +28,14 @@
 mod error;
 mod transport;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -50,6 +52,11 @@ pub use transport::{
 /// Prefix of the heartbeat messages the listener emits to keep the slot
 /// moving while the published tables are idle. Never delivered.
 pub const HEARTBEAT_PREFIX: &str = "walflow.heartbeat";
+
+/// Messages handed to the consumer at once, at most.
+const BATCH: usize = 256;
+
+type Batch = Vec<Result<ListenerMessage, ListenerError>>;
 
 /// Quotes an SQL identifier.
 pub(crate) fn quote_ident(s: &str) -> String {
@@ -164,7 +171,8 @@ struct Shared {
 
 /// A running listener. See the [module documentation](self).
 pub struct Listener {
-    rx: mpsc::Receiver<Result<ListenerMessage, ListenerError>>,
+    rx: mpsc::Receiver<Batch>,
+    pending: VecDeque<Result<ListenerMessage, ListenerError>>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
@@ -208,7 +216,7 @@ impl Listener {
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
         });
-        let (tx, rx) = mpsc::channel(options.buffer.max(1));
+        let (tx, rx) = mpsc::channel((options.buffer / BATCH).max(1));
         let (stop, stop_rx) = watch::channel(false);
         let (started_tx, started_rx) = oneshot::channel();
         let pump = Pump {
@@ -222,6 +230,7 @@ impl Listener {
             options: options.clone(),
             shared: Arc::clone(&shared),
             tx,
+            out: Vec::with_capacity(BATCH),
             stop: stop_rx.clone(),
             decoder: Decoder::new(),
             tx_info: None,
@@ -246,6 +255,7 @@ impl Listener {
             .map(|every| tokio::spawn(heartbeat(pool.clone(), every, stop_rx)));
         Ok(Listener {
             rx,
+            pending: VecDeque::new(),
             shared,
             stop,
             task: Some(task),
@@ -260,7 +270,10 @@ impl Listener {
     /// stopped; `Err` when it stopped because of an error that reconnecting
     /// cannot fix (the error says which).
     pub async fn recv(&mut self) -> Result<Option<ListenerMessage>, ListenerError> {
-        match self.rx.recv().await {
+        if self.pending.is_empty() && !self.fill().await {
+            return Ok(None);
+        }
+        match self.pending.pop_front() {
             Some(Ok(m)) => Ok(Some(m)),
             Some(Err(e)) => Err(e),
             None => Ok(None),
@@ -274,15 +287,45 @@ impl Listener {
         out: &mut Vec<ListenerMessage>,
         limit: usize,
     ) -> Result<usize, ListenerError> {
-        let mut buf = Vec::with_capacity(limit.min(1024));
-        let n = self.rx.recv_many(&mut buf, limit).await;
-        for m in buf {
-            match m {
-                Ok(m) => out.push(m),
-                Err(e) => return Err(e),
+        if self.pending.is_empty() && !self.fill().await {
+            return Ok(0);
+        }
+        while self.pending.len() < limit {
+            match self.rx.try_recv() {
+                Ok(batch) => self.pending.extend(batch),
+                Err(_) => break,
+            }
+        }
+        let mut n = 0;
+        while n < limit {
+            match self.pending.pop_front() {
+                Some(Ok(m)) => {
+                    out.push(m);
+                    n += 1;
+                }
+                Some(Err(e)) => {
+                    if n == 0 {
+                        return Err(e);
+                    }
+                    // Deliver what came before the error first.
+                    self.pending.push_front(Err(e));
+                    break;
+                }
+                None => break,
             }
         }
         Ok(n)
+    }
+
+    /// Waits for the next batch; `false` once the listener has stopped.
+    async fn fill(&mut self) -> bool {
+        match self.rx.recv().await {
+            Some(batch) => {
+                self.pending.extend(batch);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Acknowledges everything up to `lsn` (a [`TxCommit::end_lsn`]) as
@@ -338,9 +381,19 @@ impl Listener {
             // The session reported its last position before closing; if the
             // server did not record it (the session was already broken),
             // advance the inactive slot to it.
-            let confirmed = slot_confirmed_lsn(&self.pool, &self.slot).await?;
-            if confirmed < acked {
-                advance_slot(&self.pool, &self.slot, acked).await?;
+            let status = slot_status(&self.pool, &self.slot).await?;
+            if status.confirmed_flush_lsn < acked {
+                // The walsender may still be exiting: wait (bounded) until it
+                // released the slot.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while slot_status(&self.pool, &self.slot).await?.active
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                if slot_confirmed_lsn(&self.pool, &self.slot).await? < acked {
+                    advance_slot(&self.pool, &self.slot, acked).await?;
+                }
             }
         }
         Ok(acked)
@@ -456,7 +509,9 @@ struct Pump<C: Connector> {
     spec: SessionSpec,
     options: ListenerOptions,
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Result<ListenerMessage, ListenerError>>,
+    tx: mpsc::Sender<Batch>,
+    /// Messages handled but not yet handed to the consumer.
+    out: Batch,
     stop: watch::Receiver<bool>,
     decoder: Decoder,
     tx_info: Option<TxInfo>,
@@ -502,7 +557,8 @@ impl<C: Connector> Pump<C> {
                         // After a loss, our own previous walsender may still
                         // hold the slot for a moment: retry that; give up on
                         // anything else that reconnecting cannot fix.
-                        let _ = self.tx.send(Err(e)).await;
+                        self.out.push(Err(e));
+                        let _ = self.tx.send(std::mem::take(&mut self.out)).await;
                         return;
                     }
                     tracing::warn!(
@@ -537,7 +593,8 @@ impl<C: Connector> Pump<C> {
             match end {
                 SessionEnd::Stopped => return,
                 SessionEnd::Fatal(e) => {
-                    let _ = self.tx.send(Err(e)).await;
+                    self.out.push(Err(e));
+                    let _ = self.tx.send(std::mem::take(&mut self.out)).await;
                     return;
                 }
                 SessionEnd::Lost(e) => {
@@ -582,23 +639,45 @@ impl<C: Connector> Pump<C> {
                 }
                 ev = transport.recv() => Some(ev),
             };
-            let Some(ev) = ev else {
+            let Some(mut ev) = ev else {
                 return self.close(transport).await;
             };
-            let ev = match ev {
-                Ok(Some(ev)) => ev,
-                Ok(None) => {
-                    return SessionEnd::Lost(ListenerError::Connection(
+            // Handle what is already available without waiting, then hand it
+            // on as one batch.
+            let mut handled = 0;
+            loop {
+                let end = match ev {
+                    Ok(Some(ev)) => match self.handle(ev, &mut transport).await {
+                        Ok(()) => None,
+                        Err(end) => Some(end),
+                    },
+                    Ok(None) => Some(SessionEnd::Lost(ListenerError::Connection(
                         "the server ended the replication stream".into(),
-                    ));
+                    ))),
+                    Err(e) if e.is_transient() => Some(SessionEnd::Lost(e)),
+                    Err(e) => Some(SessionEnd::Fatal(e)),
+                };
+                match end {
+                    None => {}
+                    Some(SessionEnd::Stopped) => return self.close(transport).await,
+                    Some(end) => {
+                        if let Err(SessionEnd::Stopped) = self.flush(&mut transport).await {
+                            return self.close(transport).await;
+                        }
+                        return end;
+                    }
                 }
-                Err(e) if e.is_transient() => return SessionEnd::Lost(e),
-                Err(e) => return SessionEnd::Fatal(e),
-            };
-            match self.handle(ev, &mut transport).await {
-                Ok(()) => {}
-                Err(SessionEnd::Stopped) => return self.close(transport).await,
-                Err(end) => return end,
+                handled += 1;
+                if handled >= BATCH {
+                    break;
+                }
+                match transport.recv().now_or_never() {
+                    Some(next) => ev = next,
+                    None => break,
+                }
+            }
+            if let Err(SessionEnd::Stopped) = self.flush(&mut transport).await {
+                return self.close(transport).await;
             }
         }
     }
@@ -786,6 +865,19 @@ impl<C: Connector> Pump<C> {
         msg: ListenerMessage,
         transport: &mut C::Transport,
     ) -> Result<(), SessionEnd> {
+        self.out.push(Ok(msg));
+        if self.out.len() >= BATCH {
+            self.flush(transport).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the handled messages to the consumer (waiting while its buffer
+    /// is full, forwarding acknowledgements meanwhile).
+    async fn flush(&mut self, transport: &mut C::Transport) -> Result<(), SessionEnd> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
         let mut stop = self.stop.clone();
         let shared = Arc::clone(&self.shared);
         loop {
@@ -798,7 +890,8 @@ impl<C: Connector> Pump<C> {
                 permit = self.tx.reserve() => {
                     return match permit {
                         Ok(permit) => {
-                            permit.send(Ok(msg));
+                            let batch = std::mem::replace(&mut self.out, Vec::with_capacity(BATCH));
+                            permit.send(batch);
                             Ok(())
                         }
                         // The consumer dropped the listener.
