@@ -647,10 +647,7 @@ impl<C: Connector> Pump<C> {
             let mut handled = 0;
             loop {
                 let end = match ev {
-                    Ok(Some(ev)) => match self.handle(ev, &mut transport).await {
-                        Ok(()) => None,
-                        Err(end) => Some(end),
-                    },
+                    Ok(Some(ev)) => self.handle(ev, &mut transport).await.err(),
                     Ok(None) => Some(SessionEnd::Lost(ListenerError::Connection(
                         "the server ended the replication stream".into(),
                     ))),
