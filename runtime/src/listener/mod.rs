@@ -6,6 +6,29 @@
 //! through a bounded channel, so a transaction of any size streams through in
 //! bounded memory.
 //!
+//! # Example
+//!
+//! ```no_run
+//! use walflow_runtime::listener::{Listener, ListenerMessage};
+//! use walflow_runtime::setup::TableSpec;
+//!
+//! # #[allow(dead_code)]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = walflow_runtime::Config::from_env()?;
+//! let (mut listener, _pool) =
+//!     Listener::connect(&config, vec![TableSpec::new("public", "posts")]).await?;
+//! while let Some(message) = listener.recv().await? {
+//!     match message {
+//!         ListenerMessage::Change(event) => println!("{} {}", event.kind, event.table),
+//!         // Acknowledge only once the transaction is durably handed on.
+//!         ListenerMessage::Commit(commit) => listener.ack(commit.end_lsn),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Acknowledgement
 //!
 //! The slot's `confirmed_flush_lsn` moves only when the consumer calls
