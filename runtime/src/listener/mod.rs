@@ -6,6 +6,29 @@
 //! through a bounded channel, so a transaction of any size streams through in
 //! bounded memory.
 //!
+//! # Example
+//!
+//! ```no_run
+//! use walflow_runtime::listener::{Listener, ListenerMessage};
+//! use walflow_runtime::setup::TableSpec;
+//!
+//! # #[allow(dead_code)]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = walflow_runtime::Config::from_env()?;
+//! let (mut listener, _pool) =
+//!     Listener::connect(&config, vec![TableSpec::new("public", "posts")]).await?;
+//! while let Some(message) = listener.recv().await? {
+//!     match message {
+//!         ListenerMessage::Change(event) => println!("{} {}", event.kind, event.table),
+//!         // Acknowledge only once the transaction is durably handed on.
+//!         ListenerMessage::Commit(commit) => listener.ack(commit.end_lsn),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Acknowledgement
 //!
 //! The slot's `confirmed_flush_lsn` moves only when the consumer calls
@@ -28,12 +51,14 @@
 mod error;
 mod transport;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -50,6 +75,11 @@ pub use transport::{
 /// Prefix of the heartbeat messages the listener emits to keep the slot
 /// moving while the published tables are idle. Never delivered.
 pub const HEARTBEAT_PREFIX: &str = "walflow.heartbeat";
+
+/// Messages handed to the consumer at once, at most.
+const BATCH: usize = 256;
+
+type Batch = Vec<Result<ListenerMessage, ListenerError>>;
 
 /// Quotes an SQL identifier.
 pub(crate) fn quote_ident(s: &str) -> String {
@@ -149,6 +179,81 @@ impl ListenerOptions {
     }
 }
 
+impl ListenerOptions {
+    /// Options from `config`: its slot, publication, slot durability and
+    /// heartbeat interval.
+    pub fn from_config(config: &crate::Config) -> Self {
+        let mut options = ListenerOptions::new(config.slot_name(), config.publication());
+        options.durable_slot = config.durable_slot();
+        options.heartbeat_interval = Some(config.heartbeat_interval());
+        options
+    }
+}
+
+/// Why [`Listener::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The server cannot serve logical replication as configured.
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
+    /// The publication, replica identities or slot could not be set up.
+    #[error(transparent)]
+    Setup(#[from] crate::setup::SetupError),
+    /// The replication session did not start.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    /// The connection pool could not connect.
+    #[error("connecting to {url}: {source}")]
+    Pool {
+        /// The server, without password.
+        url: String,
+        /// The error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl Listener {
+    /// Everything at once: checks the server (`wal_level`, REPLICATION,
+    /// free slots), publishes `tables` (exactly these, `REPLICA IDENTITY
+    /// FULL` unless a table opts out), creates the slot and starts the
+    /// listener. Returns it with a connection pool to the same database.
+    pub async fn connect(
+        config: &crate::Config,
+        tables: Vec<crate::setup::TableSpec>,
+    ) -> Result<(Listener, PgPool), ConnectError> {
+        crate::preflight::check(config).await?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(config.connect_options())
+            .await
+            .map_err(|source| ConnectError::Pool {
+                url: config
+                    .redacted_url()
+                    .unwrap_or_else(|| format!("{}:{}", config.host(), config.port())),
+                source,
+            })?;
+        crate::setup::prepare(
+            &pool,
+            &crate::setup::SetupSpec {
+                publication: config.publication().to_owned(),
+                slot: config.slot_name().to_owned(),
+                durable_slot: config.durable_slot(),
+                tables,
+            },
+        )
+        .await?;
+        let listener = Listener::start(
+            PgWireConnector::from_config(config),
+            ListenerOptions::from_config(config),
+            pool.clone(),
+        )
+        .await?;
+        Ok((listener, pool))
+    }
+}
+
 struct Shared {
     /// Highest position the consumer acknowledged.
     acked: AtomicU64,
@@ -164,7 +269,8 @@ struct Shared {
 
 /// A running listener. See the [module documentation](self).
 pub struct Listener {
-    rx: mpsc::Receiver<Result<ListenerMessage, ListenerError>>,
+    rx: mpsc::Receiver<Batch>,
+    pending: VecDeque<Result<ListenerMessage, ListenerError>>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
@@ -208,7 +314,7 @@ impl Listener {
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
         });
-        let (tx, rx) = mpsc::channel(options.buffer.max(1));
+        let (tx, rx) = mpsc::channel((options.buffer / BATCH).max(1));
         let (stop, stop_rx) = watch::channel(false);
         let (started_tx, started_rx) = oneshot::channel();
         let pump = Pump {
@@ -222,6 +328,7 @@ impl Listener {
             options: options.clone(),
             shared: Arc::clone(&shared),
             tx,
+            out: Vec::with_capacity(BATCH),
             stop: stop_rx.clone(),
             decoder: Decoder::new(),
             tx_info: None,
@@ -229,6 +336,7 @@ impl Listener {
             delivered_commit: Lsn::ZERO,
             delivered_end: start_lsn,
             last_message: start_lsn,
+            idle_lsn: start_lsn,
             batch: Vec::new(),
         };
         let task = tokio::spawn(pump.run(started_tx));
@@ -245,6 +353,7 @@ impl Listener {
             .map(|every| tokio::spawn(heartbeat(pool.clone(), every, stop_rx)));
         Ok(Listener {
             rx,
+            pending: VecDeque::new(),
             shared,
             stop,
             task: Some(task),
@@ -259,7 +368,10 @@ impl Listener {
     /// stopped; `Err` when it stopped because of an error that reconnecting
     /// cannot fix (the error says which).
     pub async fn recv(&mut self) -> Result<Option<ListenerMessage>, ListenerError> {
-        match self.rx.recv().await {
+        if self.pending.is_empty() && !self.fill().await {
+            return Ok(None);
+        }
+        match self.pending.pop_front() {
             Some(Ok(m)) => Ok(Some(m)),
             Some(Err(e)) => Err(e),
             None => Ok(None),
@@ -273,15 +385,45 @@ impl Listener {
         out: &mut Vec<ListenerMessage>,
         limit: usize,
     ) -> Result<usize, ListenerError> {
-        let mut buf = Vec::with_capacity(limit.min(1024));
-        let n = self.rx.recv_many(&mut buf, limit).await;
-        for m in buf {
-            match m {
-                Ok(m) => out.push(m),
-                Err(e) => return Err(e),
+        if self.pending.is_empty() && !self.fill().await {
+            return Ok(0);
+        }
+        while self.pending.len() < limit {
+            match self.rx.try_recv() {
+                Ok(batch) => self.pending.extend(batch),
+                Err(_) => break,
+            }
+        }
+        let mut n = 0;
+        while n < limit {
+            match self.pending.pop_front() {
+                Some(Ok(m)) => {
+                    out.push(m);
+                    n += 1;
+                }
+                Some(Err(e)) => {
+                    if n == 0 {
+                        return Err(e);
+                    }
+                    // Deliver what came before the error first.
+                    self.pending.push_front(Err(e));
+                    break;
+                }
+                None => break,
             }
         }
         Ok(n)
+    }
+
+    /// Waits for the next batch; `false` once the listener has stopped.
+    async fn fill(&mut self) -> bool {
+        match self.rx.recv().await {
+            Some(batch) => {
+                self.pending.extend(batch);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Acknowledges everything up to `lsn` (a [`TxCommit::end_lsn`]) as
@@ -337,9 +479,19 @@ impl Listener {
             // The session reported its last position before closing; if the
             // server did not record it (the session was already broken),
             // advance the inactive slot to it.
-            let confirmed = slot_confirmed_lsn(&self.pool, &self.slot).await?;
-            if confirmed < acked {
-                advance_slot(&self.pool, &self.slot, acked).await?;
+            let status = slot_status(&self.pool, &self.slot).await?;
+            if status.confirmed_flush_lsn < acked {
+                // The walsender may still be exiting: wait (bounded) until it
+                // released the slot.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while slot_status(&self.pool, &self.slot).await?.active
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                if slot_confirmed_lsn(&self.pool, &self.slot).await? < acked {
+                    advance_slot(&self.pool, &self.slot, acked).await?;
+                }
             }
         }
         Ok(acked)
@@ -455,7 +607,9 @@ struct Pump<C: Connector> {
     spec: SessionSpec,
     options: ListenerOptions,
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Result<ListenerMessage, ListenerError>>,
+    tx: mpsc::Sender<Batch>,
+    /// Messages handled but not yet handed to the consumer.
+    out: Batch,
     stop: watch::Receiver<bool>,
     decoder: Decoder,
     tx_info: Option<TxInfo>,
@@ -466,6 +620,8 @@ struct Pump<C: Connector> {
     delivered_end: Lsn,
     /// Position of the last non-transactional message delivered.
     last_message: Lsn,
+    /// The server's last keepalive or heartbeat position.
+    idle_lsn: Lsn,
     batch: Vec<RawEvent>,
 }
 
@@ -499,7 +655,8 @@ impl<C: Connector> Pump<C> {
                         // After a loss, our own previous walsender may still
                         // hold the slot for a moment: retry that; give up on
                         // anything else that reconnecting cannot fix.
-                        let _ = self.tx.send(Err(e)).await;
+                        self.out.push(Err(e));
+                        let _ = self.tx.send(std::mem::take(&mut self.out)).await;
                         return;
                     }
                     tracing::warn!(
@@ -534,7 +691,8 @@ impl<C: Connector> Pump<C> {
             match end {
                 SessionEnd::Stopped => return,
                 SessionEnd::Fatal(e) => {
-                    let _ = self.tx.send(Err(e)).await;
+                    self.out.push(Err(e));
+                    let _ = self.tx.send(std::mem::take(&mut self.out)).await;
                     return;
                 }
                 SessionEnd::Lost(e) => {
@@ -553,6 +711,7 @@ impl<C: Connector> Pump<C> {
         let acked = self.shared.acked.load(Ordering::Acquire);
         let prev = self.shared.confirmed.fetch_max(acked, Ordering::AcqRel);
         transport.ack(Lsn(acked.max(prev)));
+        self.ack_if_idle(transport);
     }
 
     /// Reports the last acknowledgement and ends the session.
@@ -578,23 +737,42 @@ impl<C: Connector> Pump<C> {
                 }
                 ev = transport.recv() => Some(ev),
             };
-            let Some(ev) = ev else {
+            let Some(mut ev) = ev else {
                 return self.close(transport).await;
             };
-            let ev = match ev {
-                Ok(Some(ev)) => ev,
-                Ok(None) => {
-                    return SessionEnd::Lost(ListenerError::Connection(
+            // Handle what is already available without waiting, then hand it
+            // on as one batch.
+            let mut handled = 0;
+            loop {
+                let end = match ev {
+                    Ok(Some(ev)) => self.handle(ev, &mut transport).await.err(),
+                    Ok(None) => Some(SessionEnd::Lost(ListenerError::Connection(
                         "the server ended the replication stream".into(),
-                    ));
+                    ))),
+                    Err(e) if e.is_transient() => Some(SessionEnd::Lost(e)),
+                    Err(e) => Some(SessionEnd::Fatal(e)),
+                };
+                match end {
+                    None => {}
+                    Some(SessionEnd::Stopped) => return self.close(transport).await,
+                    Some(end) => {
+                        if let Err(SessionEnd::Stopped) = self.flush(&mut transport).await {
+                            return self.close(transport).await;
+                        }
+                        return end;
+                    }
                 }
-                Err(e) if e.is_transient() => return SessionEnd::Lost(e),
-                Err(e) => return SessionEnd::Fatal(e),
-            };
-            match self.handle(ev, &mut transport).await {
-                Ok(()) => {}
-                Err(SessionEnd::Stopped) => return self.close(transport).await,
-                Err(end) => return end,
+                handled += 1;
+                if handled >= BATCH {
+                    break;
+                }
+                match transport.recv().now_or_never() {
+                    Some(next) => ev = next,
+                    None => break,
+                }
+            }
+            if let Err(SessionEnd::Stopped) = self.flush(&mut transport).await {
+                return self.close(transport).await;
             }
         }
     }
@@ -708,7 +886,7 @@ impl<C: Connector> Pump<C> {
                 self.note_received(lsn);
                 if prefix == HEARTBEAT_PREFIX {
                     if !transactional {
-                        self.ack_if_idle(lsn, transport);
+                        self.note_idle(lsn, transport);
                     }
                     return Ok(());
                 }
@@ -729,7 +907,7 @@ impl<C: Connector> Pump<C> {
             }
             TransportEvent::KeepAlive { wal_end } => {
                 self.note_received(wal_end);
-                self.ack_if_idle(wal_end, transport);
+                self.note_idle(wal_end, transport);
             }
         }
         Ok(())
@@ -756,9 +934,13 @@ impl<C: Connector> Pump<C> {
         self.shared.received.fetch_max(lsn.0, Ordering::AcqRel);
     }
 
-    /// With nothing delivered left unacknowledged, the server may recycle WAL
-    /// up to `lsn`: everything before it has been received.
-    fn ack_if_idle(&self, lsn: Lsn, transport: &mut C::Transport) {
+    /// Everything before the server's last keepalive (or heartbeat) position
+    /// has been received: once nothing delivered is left unacknowledged, the
+    /// server may recycle WAL up to there. This also lets a shutting-down
+    /// server, which waits for its last position to be confirmed, stop as
+    /// soon as the consumer has caught up.
+    fn ack_if_idle(&self, transport: &mut C::Transport) {
+        let lsn = self.idle_lsn;
         if self.open.is_none() && self.shared.acked.load(Ordering::Acquire) >= self.delivered_end.0
         {
             let prev = self.shared.confirmed.fetch_max(lsn.0, Ordering::AcqRel);
@@ -768,11 +950,29 @@ impl<C: Connector> Pump<C> {
         }
     }
 
+    fn note_idle(&mut self, lsn: Lsn, transport: &mut C::Transport) {
+        self.idle_lsn = self.idle_lsn.max(lsn);
+        self.ack_if_idle(transport);
+    }
+
     async fn send(
         &mut self,
         msg: ListenerMessage,
         transport: &mut C::Transport,
     ) -> Result<(), SessionEnd> {
+        self.out.push(Ok(msg));
+        if self.out.len() >= BATCH {
+            self.flush(transport).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the handled messages to the consumer (waiting while its buffer
+    /// is full, forwarding acknowledgements meanwhile).
+    async fn flush(&mut self, transport: &mut C::Transport) -> Result<(), SessionEnd> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
         let mut stop = self.stop.clone();
         let shared = Arc::clone(&self.shared);
         loop {
@@ -785,7 +985,8 @@ impl<C: Connector> Pump<C> {
                 permit = self.tx.reserve() => {
                     return match permit {
                         Ok(permit) => {
-                            permit.send(Ok(msg));
+                            let batch = std::mem::replace(&mut self.out, Vec::with_capacity(BATCH));
+                            permit.send(batch);
                             Ok(())
                         }
                         // The consumer dropped the listener.

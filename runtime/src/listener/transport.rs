@@ -141,6 +141,23 @@ impl std::fmt::Debug for PgWireConnector {
 }
 
 impl PgWireConnector {
+    /// Connection parameters of `config` (its URL or host/port/user/...).
+    pub fn from_config(config: &crate::Config) -> Self {
+        PgWireConnector {
+            host: config.host().to_owned(),
+            port: config.port(),
+            user: config.username().to_owned(),
+            password: config.password().to_owned(),
+            database: config.database().to_owned(),
+            application_name: config.application_name().to_owned(),
+            status_interval: config.status_interval(),
+            tls: matches!(
+                config.ssl_mode(),
+                Some("require" | "verify-ca" | "verify-full")
+            ),
+        }
+    }
+
     /// Connection parameters from a `postgres://user:password@host:port/database`
     /// URL (user, password and database percent-decoded; defaults as libpq's:
     /// port 5432, user and database `postgres`).
