@@ -42,6 +42,7 @@ struct Figures {
     recvlogical: Duration,
     in_backend: Duration,
     peak_rss_kib: u64,
+    listener_cpu: Duration,
 }
 
 fn main() {
@@ -162,6 +163,7 @@ where
 
     // 1. walflow's listener, decoding every row.
     reset_peak_rss();
+    let cpu_before = process_cpu();
     let mut opts = ListenerOptions::new(&slot_listener, "bench");
     opts.heartbeat_interval = None;
     let t = Instant::now();
@@ -196,6 +198,7 @@ where
         }
     }
     let listener_time = t.elapsed();
+    let listener_cpu = process_cpu().saturating_sub(cpu_before);
     listener.shutdown().await.unwrap();
     let peak_rss_kib = peak_rss_kib();
 
@@ -232,6 +235,7 @@ where
         recvlogical: recv_time,
         in_backend: peek_time,
         peak_rss_kib,
+        listener_cpu,
     }
 }
 
@@ -252,6 +256,11 @@ fn report(title: &str, f: &Figures) {
         "  in-backend ceiling {:>10.0} rows/s  ({:.2?})",
         rate(f.in_backend),
         f.in_backend
+    );
+    println!(
+        "  listener process CPU {:.2?} ({:.2} µs per row)",
+        f.listener_cpu,
+        f.listener_cpu.as_secs_f64() * 1e6 / f.rows as f64
     );
     println!(
         "  listener / pg_recvlogical = {:.2}x   listener / ceiling = {:.2}x   listener peak RSS = {:.1} MiB",
@@ -309,4 +318,21 @@ fn peak_rss_kib() -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// CPU time (user + system) this process has used, from `/proc/self/stat`.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 (1-based), 11 and 12 here.
+    let total = ticks(11) + ticks(12);
+    Duration::from_millis(total * 10)
 }
