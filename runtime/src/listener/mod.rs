@@ -263,6 +263,9 @@ struct Shared {
     /// Highest position received from the server.
     received: AtomicU64,
     ack_notify: Notify,
+    /// The connection thread waits (for the server or for buffer space) and
+    /// needs a wake-up to forward acknowledgements.
+    waiting: AtomicBool,
     connected: AtomicBool,
     reconnects: AtomicU64,
 }
@@ -273,7 +276,8 @@ pub struct Listener {
     pending: VecDeque<Result<ListenerMessage, ListenerError>>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    /// Resolves when the connection thread has finished.
+    task: Option<oneshot::Receiver<()>>,
     heartbeat: Option<JoinHandle<()>>,
     pool: PgPool,
     slot: String,
@@ -311,6 +315,7 @@ impl Listener {
             confirmed: AtomicU64::new(start_lsn.0),
             received: AtomicU64::new(start_lsn.0),
             ack_notify: Notify::new(),
+            waiting: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
         });
@@ -339,7 +344,30 @@ impl Listener {
             idle_lsn: start_lsn,
             batch: Vec::new(),
         };
-        let task = tokio::spawn(pump.run(started_tx));
+        // The replication connection and decoding run on a thread of their
+        // own (a single-threaded runtime): the protocol client and the
+        // decoder hand messages to each other without cross-thread wake-ups,
+        // and the application's runtime load does not delay the stream.
+        let (done_tx, task) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("walflow-listener-{}", options.slot))
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(pump.run(started_tx)),
+                    Err(e) => {
+                        let _ = started_tx.send(Err(ListenerError::Connection(format!(
+                            "cannot start the listener's runtime: {e}"
+                        ))));
+                    }
+                }
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| {
+                ListenerError::Connection(format!("cannot start the listener's thread: {e}"))
+            })?;
         match started_rx.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -430,8 +458,10 @@ impl Listener {
     /// durably handed on. Monotonic and cheap; the position reaches the
     /// server with the next status update.
     pub fn ack(&self, lsn: Lsn) {
-        let prev = self.shared.acked.fetch_max(lsn.0, Ordering::AcqRel);
-        if lsn.0 > prev {
+        let prev = self.shared.acked.fetch_max(lsn.0, Ordering::SeqCst);
+        // A busy connection thread picks the position up by itself; wake it
+        // only when it waits.
+        if lsn.0 > prev && self.shared.waiting.load(Ordering::SeqCst) {
             self.shared.ack_notify.notify_one();
         }
     }
@@ -728,15 +758,16 @@ impl<C: Connector> Pump<C> {
         let mut stop = self.stop.clone();
         let shared = Arc::clone(&self.shared);
         loop {
+            shared.waiting.store(true, Ordering::SeqCst);
+            // Acknowledgements made while this thread was busy.
+            self.forward_ack(&mut transport);
             let ev = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => None,
-                _ = shared.ack_notify.notified() => {
-                    self.forward_ack(&mut transport);
-                    continue;
-                }
+                _ = shared.ack_notify.notified() => continue,
                 ev = transport.recv() => Some(ev),
             };
+            shared.waiting.store(false, Ordering::SeqCst);
             let Some(mut ev) = ev else {
                 return self.close(transport).await;
             };
@@ -976,13 +1007,14 @@ impl<C: Connector> Pump<C> {
         let mut stop = self.stop.clone();
         let shared = Arc::clone(&self.shared);
         loop {
+            shared.waiting.store(true, Ordering::SeqCst);
+            self.forward_ack(transport);
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => return Err(SessionEnd::Stopped),
-                _ = shared.ack_notify.notified() => {
-                    self.forward_ack(transport);
-                }
+                _ = shared.ack_notify.notified() => {}
                 permit = self.tx.reserve() => {
+                    shared.waiting.store(false, Ordering::SeqCst);
                     return match permit {
                         Ok(permit) => {
                             let batch = std::mem::replace(&mut self.out, Vec::with_capacity(BATCH));
