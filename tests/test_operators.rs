@@ -3,6 +3,8 @@
 //! handler, delete rules), the moved comment, coalescing with the delete
 //! barrier, process status and the LSN fence.
 
+#![allow(dead_code)] // struct fields are read through serde
+
 mod common;
 
 use std::sync::Mutex;
