@@ -92,12 +92,30 @@ on_event! {
         id: [Comment.post_id, Post.id],
         handler: multi_step,
     }
+
+    /// Told about truncates of tags.
+    operator TagTruncations {
+        events: [truncate],
+        entities: [Tag],
+        handler: on_truncate,
+    }
 }
 
 #[event_enum]
 enum BlogEvent {
     Comment(Event<Comment>),
     Post(Event<Post>),
+}
+
+static TRUNCATES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+async fn on_truncate(event: Event<Tag>, _ctx: Ctx) -> Result<(), std::io::Error> {
+    assert_eq!(event.kind(), EventKind::Truncate);
+    TRUNCATES
+        .lock()
+        .unwrap()
+        .push(event.meta().table.to_string());
+    Ok(())
 }
 
 static KINDS: Mutex<Vec<(String, i64)>> = Mutex::new(Vec::new());
@@ -404,5 +422,34 @@ async fn lsn_fence_waits_for_every_operator() {
     flow.wait_processed(walflow::Lsn::ZERO, Duration::from_secs(5))
         .await
         .unwrap();
+    flow.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn truncate_reaches_handlers_that_list_it_and_spares_query_operators() {
+    let db = common::db().await;
+    let flow = start(
+        &db,
+        "truncate",
+        &["TagTruncations", "PostWithCommentsCountOperator"],
+    )
+    .await;
+    db.exec("INSERT INTO tags VALUES (1), (2)").await;
+    db.exec("INSERT INTO posts (id, title) VALUES (1, 'a')")
+        .await;
+    fence(&flow).await;
+    db.exec("TRUNCATE tags").await;
+    // A query operator does not run on truncate (it logs that its target may
+    // be stale).
+    db.exec("TRUNCATE posts").await;
+    fence(&flow).await;
+    assert_eq!(*TRUNCATES.lock().unwrap(), vec!["tags".to_owned()]);
+    assert_eq!(counts(&db).await, vec![row(1, "a", 0)]);
+    assert!(
+        flow.dead_letters("PostWithCommentsCountOperator")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     flow.shutdown().await.unwrap();
 }
