@@ -269,6 +269,10 @@ fn seed() -> u64 {
 
 #[tokio::test]
 async fn exactly_once_when_the_runtime_is_killed() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let db = common::db().await;
     db.exec(SCHEMA).await;
     let slot = db.slot("opkill");
@@ -312,7 +316,7 @@ async fn exactly_once_when_the_runtime_is_killed() {
             let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
             let mut w = Workload::new(seed);
             let mut n = 0;
-            while n < 400 || !stop.load(Ordering::Acquire) {
+            while n < 400 || (n < 1500 && !stop.load(Ordering::Acquire)) {
                 w.run(&mut conn, 10).await;
                 n += 10;
                 tokio::task::yield_now().await;
