@@ -195,9 +195,7 @@ impl Workload {
                 }
                 8 if self.posts > 0 => {
                     let post = 1 + self.rng.below(self.posts as u64) as i64;
-                    sql += &format!(
-                        "UPDATE posts SET title = title || '+' WHERE id = {post};"
-                    );
+                    sql += &format!("UPDATE posts SET title = title || '+' WHERE id = {post};");
                 }
                 9 if self.posts > 3 => {
                     let post = 1 + self.rng.below(self.posts as u64) as i64;
@@ -280,7 +278,12 @@ async fn exactly_once_when_the_runtime_is_killed() {
 
     let spawn_child = || {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_process_entry", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_process_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD, "1")
             .env("URL", &db.url)
             .env("SLOT", &slot)

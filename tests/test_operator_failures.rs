@@ -122,11 +122,10 @@ struct Recorder;
 
 impl ErrorLogger for Recorder {
     fn log_retry(&self, info: &RetryInfo<'_>) {
-        LOGGED.lock().unwrap().push((
-            info.operator.to_owned(),
-            info.attempt,
-            Some(info.next_wait),
-        ));
+        LOGGED
+            .lock()
+            .unwrap()
+            .push((info.operator.to_owned(), info.attempt, Some(info.next_wait)));
     }
     fn log_failed(&self, info: &FailureInfo<'_>) {
         LOGGED
@@ -215,7 +214,11 @@ async fn poison_event_follows_the_retry_schedule_then_is_dead_lettered_and_repla
     assert_eq!(dead[0].mapped_id, "1");
     assert_eq!(dead[0].table, "public.jobs");
     assert_eq!(dead[0].attempts, 4);
-    assert!(dead[0].error.contains("job 1 is poison"), "{}", dead[0].error);
+    assert!(
+        dead[0].error.contains("job 1 is poison"),
+        "{}",
+        dead[0].error
+    );
     assert!(flow.dead_letters("CopyJobs").await.unwrap().is_empty());
 
     // Fixed: replay it.
@@ -223,7 +226,14 @@ async fn poison_event_follows_the_retry_schedule_then_is_dead_lettered_and_repla
     assert!(flow.retry_dead_letter(dead[0].id).await.unwrap());
     assert!(!flow.retry_dead_letter(dead[0].id).await.unwrap());
     fence(&flow).await;
-    assert!(FLAKY_DONE.lock().unwrap().as_ref().unwrap().contains_key(&1));
+    assert!(
+        FLAKY_DONE
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .contains_key(&1)
+    );
     assert!(flow.dead_letters("Flaky").await.unwrap().is_empty());
     flow.shutdown().await.unwrap();
 }
@@ -296,6 +306,10 @@ async fn undecodable_row_and_failing_query_are_dead_lettered() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].mapped_id, "5");
     assert_eq!(dead[0].attempts, 3);
-    assert!(dead[0].error.contains("division by zero"), "{}", dead[0].error);
+    assert!(
+        dead[0].error.contains("division by zero"),
+        "{}",
+        dead[0].error
+    );
     flow.shutdown().await.unwrap();
 }

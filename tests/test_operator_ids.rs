@@ -112,11 +112,10 @@ async fn ids_of_every_bindable_type() {
     flow.wait_processed(lsn, Duration::from_secs(20))
         .await
         .unwrap();
-    let accounts: Vec<(uuid::Uuid, String)> =
-        sqlx::query_as("SELECT id, name FROM account_copies")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    let accounts: Vec<(uuid::Uuid, String)> = sqlx::query_as("SELECT id, name FROM account_copies")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(
         accounts,
         vec![(

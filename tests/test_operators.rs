@@ -242,7 +242,8 @@ async fn merge_operator_keeps_the_derived_table_in_step() {
     // A comment moved to another post: both parents are recomputed.
     db.exec("INSERT INTO posts (id, title) VALUES (2, 'second')")
         .await;
-    db.exec("UPDATE comments SET post_id = 2 WHERE id = 1").await;
+    db.exec("UPDATE comments SET post_id = 2 WHERE id = 1")
+        .await;
     fence(&flow).await;
     assert_eq!(
         counts(&db).await,
@@ -377,7 +378,12 @@ async fn process_status_is_a_maximum_over_finished_events() {
             .await
             .unwrap()
     );
-    assert!(!flow.processed("posts", 1_800_000_000_000_000).await.unwrap());
+    assert!(
+        !flow
+            .processed("posts", 1_800_000_000_000_000)
+            .await
+            .unwrap()
+    );
     // A table without the field records nothing.
     assert!(!flow.processed("tags", 0).await.unwrap());
     flow.shutdown().await.unwrap();

@@ -43,7 +43,11 @@ pub async fn processed(
 /// Whether every transaction committed up to `lsn` is queued and every
 /// queued event at or before it has been applied (or dead-lettered).
 /// `Ok(None)` when the queue has not yet reached `lsn`.
-pub async fn fence_reached(pool: &PgPool, slot: &str, lsn: Lsn) -> Result<Option<bool>, sqlx::Error> {
+pub async fn fence_reached(
+    pool: &PgPool,
+    slot: &str,
+    lsn: Lsn,
+) -> Result<Option<bool>, sqlx::Error> {
     let row: (Option<i64>, bool) = sqlx::query_as(
         "SELECT (SELECT enqueued_lsn FROM walflow.streams WHERE slot = $1),
                 EXISTS (SELECT 1 FROM walflow.queue WHERE slot = $1 AND commit_lsn <= $2)",

@@ -208,8 +208,18 @@ async fn flush(shared: &Shared, batch: &Batch, end: Lsn) -> sqlx::Result<()> {
         .bind(&shared.slot)
         .bind(chunk.iter().map(|s| s.commit_lsn).collect::<Vec<_>>())
         .bind(chunk.iter().map(|s| s.seq).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|s| s.schema.to_string()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|s| s.table.to_string()).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|s| s.schema.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            chunk
+                .iter()
+                .map(|s| s.table.to_string())
+                .collect::<Vec<_>>(),
+        )
         .bind(chunk.iter().map(|s| s.updated_at).collect::<Vec<_>>())
         .bind(chunk.iter().map(|s| s.remaining).collect::<Vec<_>>())
         .execute(&mut *tx)

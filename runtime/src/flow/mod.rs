@@ -111,6 +111,7 @@ pub struct WalflowBuilder {
     operator_concurrency: HashMap<String, usize>,
     registry: Option<&'static Registry>,
     max_connections: u32,
+    setup_sql: Vec<String>,
     #[cfg(feature = "embedded")]
     embedded: bool,
 }
@@ -234,6 +235,14 @@ impl WalflowBuilder {
         self
     }
 
+    /// SQL run once connected, before the tables are published: the
+    /// application's own schema, e.g. on an [`embedded`](Self::embedded)
+    /// server. Run as a simple-query batch; may be given several times.
+    pub fn setup_sql(mut self, sql: impl Into<String>) -> Self {
+        self.setup_sql.push(sql.into());
+        self
+    }
+
     /// Starts a throwaway PostgreSQL cluster (binaries from `PATH`) and runs
     /// on it; it is removed when the flow shuts down. For examples, tests and
     /// local development.
@@ -292,6 +301,11 @@ impl WalflowBuilder {
             .max_connections(self.max_connections)
             .connect_with(config.connect_options())
             .await?;
+        for sql in &self.setup_sql {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&pool)
+                .await?;
+        }
         crate::migrate::migrate(&pool).await?;
         prepare(
             &pool,
@@ -449,6 +463,7 @@ impl Walflow {
             operator_concurrency: HashMap::new(),
             registry: None,
             max_connections: 10,
+            setup_sql: Vec::new(),
             #[cfg(feature = "embedded")]
             embedded: false,
         }
@@ -512,10 +527,7 @@ impl Walflow {
     /// processed by all its operators: the stored status is at least
     /// `micros`.
     pub async fn processed(&self, table: &str, micros: i64) -> Result<bool, FlowError> {
-        Ok(
-            crate::status::processed(&self.shared.pool, &self.shared.slot, table, micros)
-                .await?,
-        )
+        Ok(crate::status::processed(&self.shared.pool, &self.shared.slot, table, micros).await?)
     }
 
     /// The dead letters of `operator`, oldest first.

@@ -110,6 +110,9 @@ impl Row {
     }
 }
 
+/// `(commit_lsn, seq, part)`: a queue row's key within its operator.
+type RowKey = (i64, i32, i16);
+
 /// Why an attempt failed.
 enum Failure {
     /// The connection is down or the transaction conflicted: retried without
@@ -176,7 +179,7 @@ pub(crate) async fn run(
     let mut cursor = (i64::MIN, i32::MIN, i16::MIN);
     let mut more = true;
     let mut fetch_failures = 0u32;
-    let mut tasks: JoinSet<(String, Vec<(i64, i32, i16)>)> = JoinSet::new();
+    let mut tasks: JoinSet<(String, Vec<RowKey>)> = JoinSet::new();
     let unit = Arc::new(UnitRunner {
         op,
         shared: shared.clone(),
@@ -351,7 +354,13 @@ impl UnitRunner {
                 Failure::Transient(error) => {
                     transient += 1;
                     let wait = cfg.restart_delay(transient);
-                    tracing::warn!(operator = self.op.name, table, id, error, "database unavailable; retrying");
+                    tracing::warn!(
+                        operator = self.op.name,
+                        table,
+                        id,
+                        error,
+                        "database unavailable; retrying"
+                    );
                     if !self.sleep(wait).await {
                         return;
                     }
@@ -434,8 +443,8 @@ impl UnitRunner {
                 quote_ident(target.table.table),
                 quote_ident(target.id_column)
             );
-            let q = bind_value(sqlx::query(sqlx::AssertSqlSafe(stmt)), &id)
-                .map_err(Failure::Decode)?;
+            let q =
+                bind_value(sqlx::query(sqlx::AssertSqlSafe(stmt)), &id).map_err(Failure::Decode)?;
             q.execute(&mut *tx).await.map_err(sql_failure)?;
         } else {
             let q = bind_value(sqlx::query(sql), &id).map_err(Failure::Decode)?;
@@ -484,9 +493,14 @@ impl UnitRunner {
             Some(tx) => tx,
             None => self.shared.pool.begin().await.map_err(sql_failure)?,
         };
-        finish(&self.shared, self.op.name, std::slice::from_ref(row), &mut tx)
-            .await
-            .map_err(sql_failure)?;
+        finish(
+            &self.shared,
+            self.op.name,
+            std::slice::from_ref(row),
+            &mut tx,
+        )
+        .await
+        .map_err(sql_failure)?;
         tx.commit().await.map_err(sql_failure)
     }
 

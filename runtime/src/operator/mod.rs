@@ -100,17 +100,17 @@ pub(crate) fn dispatch(
         if !listens {
             continue;
         }
-        if raw.kind == EventKind::Truncate {
-            if let (OperatorAction::Query(_), Some(target)) = (op.action, op.target) {
-                tracing::warn!(
-                    operator = op.name,
-                    table = %format_args!("{}.{}", raw.schema, raw.table),
-                    target = %target.table,
-                    "table truncated: query operators do not run on truncate, `{}` may now be stale",
-                    target.table
-                );
-                continue;
-            }
+        if raw.kind == EventKind::Truncate
+            && let (OperatorAction::Query(_), Some(target)) = (op.action, op.target)
+        {
+            tracing::warn!(
+                operator = op.name,
+                table = %format_args!("{}.{}", raw.schema, raw.table),
+                target = %target.table,
+                "table truncated: query operators do not run on truncate, `{}` may now be stale",
+                target.table
+            );
+            continue;
         }
         if !op.events.contains(&raw.kind) {
             continue;
