@@ -365,7 +365,7 @@ impl WalflowBuilder {
                     .get(op.name)
                     .copied()
                     .unwrap_or(self.concurrency);
-                tokio::spawn(executor::run(
+                tokio::spawn(supervise(
                     op,
                     shared.clone(),
                     signals[op.name].clone(),
@@ -385,6 +385,38 @@ impl WalflowBuilder {
             #[cfg(feature = "embedded")]
             _embedded: embedded,
         })
+    }
+}
+
+/// Runs an operator's executor, restarting it should it ever die (units
+/// catch their own panics; this guards the executor's own loop).
+async fn supervise(
+    op: &'static OperatorRegistration,
+    shared: Arc<Shared>,
+    signals: Signals,
+    concurrency: usize,
+    stop: watch::Receiver<bool>,
+) {
+    let mut restarts = 0u32;
+    loop {
+        let run = tokio::spawn(executor::run(
+            op,
+            shared.clone(),
+            signals.clone(),
+            concurrency,
+            stop.clone(),
+        ));
+        match run.await {
+            Ok(()) => return,
+            Err(e) => {
+                restarts += 1;
+                tracing::error!(operator = op.name, error = %e, restarts, "operator executor died; restarting it");
+                if *stop.borrow() {
+                    return;
+                }
+                tokio::time::sleep(shared.config.restart_delay(restarts)).await;
+            }
+        }
     }
 }
 
