@@ -86,6 +86,25 @@ CREATE TABLE walflow.dead_letters (
     failed_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX dead_letters_operator ON walflow.dead_letters (slot, operator);
+-- Deletes queue rows one by one through the primary key (a join can make
+-- the planner scan the whole queue).
+CREATE FUNCTION walflow.delete_queue_rows(p_slot text, p_operator text, p_lsns bigint[],
+                                          p_seqs integer[], p_parts smallint[])
+RETURNS bigint LANGUAGE plpgsql AS $fn$
+DECLARE
+    n bigint := 0;
+    c bigint;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_lsns, 1), 0) LOOP
+        DELETE FROM walflow.queue
+        WHERE slot = p_slot AND operator = p_operator
+          AND commit_lsn = p_lsns[i] AND seq = p_seqs[i] AND part = p_parts[i];
+        GET DIAGNOSTICS c = ROW_COUNT;
+        n := n + c;
+    END LOOP;
+    RETURN n;
+END
+$fn$;
 "#,
 )];
 

@@ -545,28 +545,30 @@ async fn finish(
     let lsns: Vec<i64> = rows.iter().map(|r| r.commit_lsn).collect();
     let seqs: Vec<i32> = rows.iter().map(|r| r.seq).collect();
     let parts: Vec<i16> = rows.iter().map(|r| r.part).collect();
-    let (lo, hi) = lsns
-        .iter()
-        .fold((i64::MAX, i64::MIN), |(lo, hi), l| (lo.min(*l), hi.max(*l)));
-    // Joined row by row with the primary key (the range keeps the planner
-    // on the index however large the queue is).
-    let deleted = sqlx::query(
-        "DELETE FROM walflow.queue q
-         USING UNNEST($3::int8[], $4::int4[], $5::int2[]) AS u(l, s, p)
-         WHERE q.slot = $1 AND q.operator = $2
-           AND q.commit_lsn BETWEEN $6 AND $7
-           AND q.commit_lsn = u.l AND q.seq = u.s AND q.part = u.p",
-    )
-    .bind(&shared.slot)
-    .bind(operator)
-    .bind(&lsns)
-    .bind(&seqs)
-    .bind(&parts)
-    .bind(lo)
-    .bind(hi)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    let deleted = if let [row] = rows {
+        sqlx::query(
+            "DELETE FROM walflow.queue
+             WHERE slot = $1 AND operator = $2 AND commit_lsn = $3 AND seq = $4 AND part = $5",
+        )
+        .bind(&shared.slot)
+        .bind(operator)
+        .bind(row.commit_lsn)
+        .bind(row.seq)
+        .bind(row.part)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+    } else {
+        let n: i64 = sqlx::query_scalar("SELECT walflow.delete_queue_rows($1, $2, $3, $4, $5)")
+            .bind(&shared.slot)
+            .bind(operator)
+            .bind(&lsns)
+            .bind(&seqs)
+            .bind(&parts)
+            .fetch_one(&mut *tx)
+            .await?;
+        n as u64
+    };
     if deleted == 0 || rows.iter().all(|r| r.updated_at.is_none()) {
         return Ok(());
     }
@@ -574,20 +576,19 @@ async fn finish(
         "UPDATE walflow.pending_status p SET remaining = p.remaining - u.n
          FROM (SELECT l, s, count(*)::int AS n FROM UNNEST($2::int8[], $3::int4[]) AS x(l, s)
                GROUP BY l, s) u
-         WHERE p.slot = $1 AND p.commit_lsn BETWEEN $4 AND $5
+         WHERE p.slot = $1 AND p.commit_lsn = ANY($2::int8[]) AND p.seq = ANY($3::int4[])
            AND p.commit_lsn = u.l AND p.seq = u.s",
     )
     .bind(&shared.slot)
     .bind(&lsns)
     .bind(&seqs)
-    .bind(lo)
-    .bind(hi)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
         "WITH done AS (
              DELETE FROM walflow.pending_status
-             WHERE slot = $1 AND remaining <= 0 AND commit_lsn BETWEEN $4 AND $5
+             WHERE slot = $1 AND remaining <= 0
+               AND commit_lsn = ANY($2::int8[]) AND seq = ANY($3::int4[])
                AND (commit_lsn, seq) IN (SELECT * FROM UNNEST($2::int8[], $3::int4[]))
              RETURNING schema_name, table_name, updated_at)
          INSERT INTO walflow.process_status (slot, schema_name, table_name, updated_at)
@@ -598,8 +599,6 @@ async fn finish(
     .bind(&shared.slot)
     .bind(&lsns)
     .bind(&seqs)
-    .bind(lo)
-    .bind(hi)
     .execute(&mut *tx)
     .await?;
     Ok(())
