@@ -23,6 +23,12 @@
 //!   dead-lettered; it holds up neither other ids nor other operators. A lost
 //!   database connection is retried without counting as an attempt.
 //!
+//! # Memory
+//!
+//! The queue rows of a transaction are held in memory until its commit
+//! arrives (only the rows of events some operator listens to, not the whole
+//! transaction); each executor holds at most 20,000 queued rows.
+//!
 //! # Selecting operators
 //!
 //! By default every operator of the [`Registry`] runs and every declared
