@@ -264,14 +264,13 @@ impl WalflowBuilder {
             Some(r) => r,
             None => Registry::global()?,
         };
-        let mut builder = self.config?;
+        let builder = self.config?;
         #[cfg(feature = "embedded")]
-        let embedded = if self.embedded {
+        let (builder, embedded) = if self.embedded {
             let pg = crate::embedded::EmbeddedPostgres::start().await?;
-            builder = builder.url(pg.url());
-            Some(pg)
+            (builder.url(pg.url()), Some(pg))
         } else {
-            None
+            (builder, None)
         };
         let config = builder.build()?;
         if config.queue_storage() == QueueStorage::Memory {
