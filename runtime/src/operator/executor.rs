@@ -196,7 +196,9 @@ pub(crate) async fn run(
             more = true;
         }
         let mut fetch_error = false;
-        if !stopping && more && held < MAX_PENDING {
+        // Read everything available (up to the bound) before starting units:
+        // the more an id has pending, the more a coalescing operator merges.
+        while !stopping && more && held < MAX_PENDING && !fetch_error {
             match fetch(&shared, op.name, cursor).await {
                 Ok(rows) => {
                     fetch_failures = 0;
