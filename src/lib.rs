@@ -147,7 +147,7 @@ pub mod prelude {
     pub use chrono::{DateTime, Utc};
     pub use walflow_macros::{event_enum, event_source, on_event};
     pub use walflow_runtime::event::EventEnum as _;
-    pub use walflow_runtime::{Ctx, Event, EventKind, EventMeta, EventSource, Field};
+    pub use walflow_runtime::{Ctx, Event, EventKind, EventMeta, EventSource, Field, Walflow};
 }
 
 /// What the macros' generated code uses. Not part of the API.

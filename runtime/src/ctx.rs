@@ -1,14 +1,30 @@
 //! The context handed to operator handlers.
 
+use std::sync::Arc;
+
+use sqlx::{PgConnection, Postgres, Transaction};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+
 use crate::event::Position;
+
+type SharedTx = Arc<Mutex<Option<Transaction<'static, Postgres>>>>;
 
 /// What a handler gets beside its event: which operator runs, the event's
 /// position and a connection pool to the database the events come from.
+///
+/// Handlers run at least once: after a crash an event whose handler ran but
+/// whose completion was not recorded runs again. Two ways to make that
+/// harmless:
+/// - use [`position`](Self::position) as an idempotency key;
+/// - write through [`transaction`](Self::transaction): the runtime commits
+///   that transaction together with the operator's progress, so the writes
+///   and the event's completion happen exactly once, together.
 #[derive(Debug, Clone)]
 pub struct Ctx {
     operator: &'static str,
     position: Position,
     pool: sqlx::PgPool,
+    tx: SharedTx,
 }
 
 impl Ctx {
@@ -19,6 +35,7 @@ impl Ctx {
             operator,
             position,
             pool,
+            tx: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -35,5 +52,33 @@ impl Ctx {
     /// A pool of connections to the database the events come from.
     pub fn pool(&self) -> &sqlx::PgPool {
         &self.pool
+    }
+
+    /// A connection inside a transaction that the runtime commits together
+    /// with the operator's progress once the handler returns `Ok` (and rolls
+    /// back if it fails or panics). Begun on first use; later calls in the
+    /// same handler call return the same transaction.
+    ///
+    /// ```ignore
+    /// sqlx::query("INSERT INTO audit (pos) VALUES ($1)")
+    ///     .bind(ctx.position().to_string())
+    ///     .execute(&mut *ctx.transaction().await?)
+    ///     .await?;
+    /// ```
+    pub async fn transaction(&self) -> Result<MappedMutexGuard<'_, PgConnection>, sqlx::Error> {
+        let mut guard = self.tx.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.pool.begin().await?);
+        }
+        Ok(MutexGuard::map(guard, |tx| {
+            &mut **tx.as_mut().expect("begun above")
+        }))
+    }
+
+    /// Takes the transaction begun by [`transaction`](Self::transaction), if
+    /// any. Used by the runtime after the handler returned.
+    #[doc(hidden)]
+    pub async fn take_transaction(&self) -> Option<Transaction<'static, Postgres>> {
+        self.tx.lock().await.take()
     }
 }

@@ -13,19 +13,24 @@ pub mod decode;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod event;
+pub mod flow;
 pub mod ident;
 pub mod listener;
 pub mod lsn;
+pub mod migrate;
+pub(crate) mod operator;
 pub mod preflight;
 pub mod raw;
 pub mod registry;
 pub mod setup;
+pub mod status;
 pub mod subscribe;
 pub mod value;
 
 pub use config::Config;
 pub use ctx::Ctx;
 pub use event::{Event, EventDecodeError, EventMeta, Position};
+pub use flow::{DeadLetter, FlowError, Walflow, WalflowBuilder};
 pub use lsn::Lsn;
 pub use raw::{Change, Changes, ColumnType, EventKind, RawEvent};
 pub use registry::{EventSource, Field, Registry, RegistryError, RegistryProblem, TableRef};

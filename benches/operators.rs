@@ -1,0 +1,366 @@
+//! Operator throughput and latency.
+//!
+//! ```text
+//! cargo bench --bench operators
+//! ```
+//!
+//! On a throwaway PostgreSQL (or `DATABASE_URL`): 1,000 posts, then 100,000
+//! comments spread over them in random order, in transactions of 100 rows,
+//! written while the flow is stopped; then the time for the blog operator
+//! (the seed's MERGE) to drain that backlog (a) with `coalesce: true`,
+//! (b) with `coalesce: false` (one query per event), and (c) the time
+//! `pg_recvlogical` takes to read the same backlog on its own slot. Then the
+//! commit-to-handler latency of single-row commits beside a LISTEN/NOTIFY
+//! round trip measured in the same run. Figures, not assertions.
+//!
+//! `WALFLOW_BENCH_COMMENTS` changes the number of comments.
+
+#![allow(dead_code)] // fields are read through serde
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::{Connection, PgPool};
+use tokio::sync::mpsc;
+use walflow::prelude::*;
+
+#[event_source(table = "posts")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Post {
+    id: i64,
+    title: String,
+}
+
+#[event_source(table = "comments")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Comment {
+    id: i64,
+    post_id: i64,
+}
+
+#[event_source(table = "post_with_comments_counts")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct PostWithCommentsCount {
+    id: i64,
+    title: String,
+    comments_count: i64,
+}
+
+#[event_source(table = "pings")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Ping {
+    id: i64,
+}
+
+on_event! {
+    operator Coalesced for PostWithCommentsCount {
+        events: all,
+        entities: [Comment, Post],
+        id: [Comment.post_id, Post.id],
+        delete_with: [Post],
+        coalesce: true,
+        query: "MERGE INTO post_with_comments_counts dest
+                USING (SELECT p.id, p.title, count(c.id) AS comments_count
+                       FROM posts p LEFT JOIN comments c ON c.post_id = p.id
+                       WHERE p.id = $1 GROUP BY p.id) src
+                ON dest.id = src.id
+                WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
+                WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
+                     VALUES (src.id, src.title, src.comments_count)",
+    }
+
+    operator EveryEvent for PostWithCommentsCount {
+        events: all,
+        entities: [Comment, Post],
+        id: [Comment.post_id, Post.id],
+        delete_with: [Post],
+        query: "MERGE INTO post_with_comments_counts dest
+                USING (SELECT p.id, p.title, count(c.id) AS comments_count
+                       FROM posts p LEFT JOIN comments c ON c.post_id = p.id
+                       WHERE p.id = $1 GROUP BY p.id) src
+                ON dest.id = src.id
+                WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
+                WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
+                     VALUES (src.id, src.title, src.comments_count)",
+    }
+
+    operator PingHandler {
+        events: [insert],
+        entities: [Ping],
+        handler: on_ping,
+    }
+}
+
+static PINGS: OnceLock<mpsc::UnboundedSender<Instant>> = OnceLock::new();
+
+async fn on_ping(_event: Event<Ping>, _ctx: Ctx) -> Result<(), std::io::Error> {
+    if let Some(tx) = PINGS.get() {
+        let _ = tx.send(Instant::now());
+    }
+    Ok(())
+}
+
+const SCHEMA: &str = "
+    CREATE TABLE posts (id bigint PRIMARY KEY, title text NOT NULL);
+    CREATE TABLE comments (id bigint PRIMARY KEY, post_id bigint NOT NULL);
+    CREATE INDEX ON comments (post_id);
+    CREATE TABLE post_with_comments_counts (id bigint PRIMARY KEY, title text NOT NULL,
+                                            comments_count bigint NOT NULL);
+    CREATE TABLE pings (id bigint PRIMARY KEY);
+";
+
+const POSTS: i64 = 1_000;
+const ROWS_PER_TX: i64 = 100;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async_main());
+}
+
+async fn async_main() {
+    #[cfg(feature = "embedded")]
+    let server;
+    let base = match std::env::var("DATABASE_URL") {
+        Ok(url) => url,
+        #[cfg(feature = "embedded")]
+        Err(_) => {
+            server = walflow::embedded::EmbeddedPostgres::start()
+                .await
+                .expect("start PostgreSQL");
+            server.url()
+        }
+        #[cfg(not(feature = "embedded"))]
+        Err(_) => panic!("set DATABASE_URL"),
+    };
+    let comments: i64 = std::env::var("WALFLOW_BENCH_COMMENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    println!(
+        "walflow operator benchmark (PostgreSQL on loopback, {} cores): {POSTS} posts, \
+         {comments} comments in random order, {ROWS_PER_TX} rows per transaction",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    let (coalesced, recv) = drain(&base, "a", "Coalesced", comments, true).await;
+    let (every, _) = drain(&base, "b", "EveryEvent", comments, false).await;
+    let events = (POSTS + comments) as f64;
+    let rate = |d: Duration| events / d.as_secs_f64();
+    println!("backlog drain ({} events):", events as u64);
+    println!(
+        "  (a) coalesce: true    {:>10.2?}  {:>9.0} events/s",
+        coalesced,
+        rate(coalesced)
+    );
+    println!(
+        "  (b) coalesce: false   {:>10.2?}  {:>9.0} events/s",
+        every,
+        rate(every)
+    );
+    let recv = recv.expect("pg_recvlogical timing");
+    println!(
+        "  (c) pg_recvlogical    {:>10.2?}  {:>9.0} events/s",
+        recv,
+        rate(recv)
+    );
+    println!(
+        "  (a)/(c) = {:.2}x (target <= 2)   (b)/(a) = {:.1}x (target >= 20)",
+        coalesced.as_secs_f64() / recv.as_secs_f64(),
+        every.as_secs_f64() / coalesced.as_secs_f64()
+    );
+
+    latency(&base).await;
+}
+
+/// Writes the backlog with the flow stopped, then times the drain. With
+/// `recv`, also times `pg_recvlogical` over the same backlog.
+async fn drain(
+    base: &str,
+    suffix: &str,
+    operator: &str,
+    comments: i64,
+    recv: bool,
+) -> (Duration, Option<Duration>) {
+    let (url, pool) = fresh_database(base, suffix).await;
+    exec(&pool, SCHEMA).await;
+    let slot = format!("bench_{suffix}");
+    let builder = || {
+        Walflow::builder()
+            .database_url(&url)
+            .slot_name(&slot)
+            .operators([operator])
+            .max_connections(20)
+            .concurrency(16)
+    };
+    // Creates the publication and the slot, then stops.
+    builder().start().await.unwrap().shutdown().await.unwrap();
+    let recv_slot = format!("bench_recv_{suffix}");
+    if recv {
+        sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
+            .bind(&recv_slot)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    exec_conn(
+        &mut conn,
+        &format!("INSERT INTO posts SELECT i, 'post ' || i FROM generate_series(1, {POSTS}) i"),
+    )
+    .await;
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut id = 0i64;
+    while id < comments {
+        let mut values = Vec::with_capacity(ROWS_PER_TX as usize);
+        for _ in 0..ROWS_PER_TX.min(comments - id) {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            id += 1;
+            values.push(format!("({id}, {})", 1 + (rng % POSTS as u64)));
+        }
+        exec_conn(
+            &mut conn,
+            &format!("INSERT INTO comments VALUES {}", values.join(",")),
+        )
+        .await;
+    }
+    let end: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let end_lsn: walflow::Lsn = end.parse().unwrap();
+
+    let t = Instant::now();
+    let flow = builder().start().await.unwrap();
+    flow.wait_processed(end_lsn, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let drained = t.elapsed();
+    flow.shutdown().await.unwrap();
+    let (n, total): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(comments_count), 0)::int8 FROM post_with_comments_counts",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (n, total),
+        (POSTS, comments),
+        "the derived table is complete"
+    );
+
+    let recv_time = if recv {
+        let t = Instant::now();
+        let status = Command::new("pg_recvlogical")
+            .args(["-d", &url, "--slot", &recv_slot, "--start", "--no-loop"])
+            .args(["-o", "proto_version=1", "-o", "publication_names=events"])
+            .args(["--endpos", &end, "-f", "/dev/null"])
+            .status()
+            .expect("run pg_recvlogical");
+        assert!(status.success(), "pg_recvlogical failed");
+        let d = t.elapsed();
+        walflow::setup::drop_slot(&pool, &recv_slot).await.unwrap();
+        Some(d)
+    } else {
+        None
+    };
+    walflow::setup::drop_slot(&pool, &slot).await.unwrap();
+    (drained, recv_time)
+}
+
+/// Commit-to-handler latency of single-row commits, beside a LISTEN/NOTIFY
+/// round trip.
+async fn latency(base: &str) {
+    const N: usize = 300;
+    let (url, pool) = fresh_database(base, "lat").await;
+    exec(&pool, SCHEMA).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _ = PINGS.set(tx);
+    let flow = Walflow::builder()
+        .database_url(&url)
+        .slot_name("bench_latency")
+        .operators(["PingHandler"])
+        .start()
+        .await
+        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut handler = Vec::with_capacity(N);
+    for i in 0..N as i64 {
+        let t = Instant::now();
+        sqlx::query("INSERT INTO pings VALUES ($1)")
+            .bind(i)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let at = rx.recv().await.unwrap();
+        handler.push(at - t);
+    }
+    flow.shutdown().await.unwrap();
+
+    let mut listener = PgListener::connect(&url).await.unwrap();
+    listener.listen("bench_ping").await.unwrap();
+    let mut notify = Vec::with_capacity(N);
+    for _ in 0..N {
+        let t = Instant::now();
+        sqlx::query("NOTIFY bench_ping")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        listener.recv().await.unwrap();
+        notify.push(t.elapsed());
+    }
+    let p = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
+    };
+    let (h50, h99) = (p(&mut handler, 0.50), p(&mut handler, 0.99));
+    let (n50, n99) = (p(&mut notify, 0.50), p(&mut notify, 0.99));
+    println!("latency ({N} single-row commits):");
+    println!("  commit → handler   p50 {h50:>10.2?}  p99 {h99:>10.2?}");
+    println!("  LISTEN/NOTIFY      p50 {n50:>10.2?}  p99 {n99:>10.2?}");
+    println!(
+        "  ratio              p50 {:.2}x (target <= 2)   p99 {:.2}x (target <= 5)",
+        h50.as_secs_f64() / n50.as_secs_f64(),
+        h99.as_secs_f64() / n99.as_secs_f64()
+    );
+}
+
+async fn fresh_database(base: &str, suffix: &str) -> (String, PgPool) {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(base)
+        .await
+        .unwrap();
+    let name = format!("walflow_opbench_{}_{suffix}", std::process::id());
+    exec(&admin, &format!("CREATE DATABASE {name}")).await;
+    let mut url = url::Url::parse(base).unwrap();
+    url.set_path(&name);
+    let url = url.to_string();
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap();
+    (url, pool)
+}
+
+async fn exec(pool: &PgPool, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+async fn exec_conn(conn: &mut sqlx::PgConnection, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}

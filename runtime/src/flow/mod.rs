@@ -1,0 +1,668 @@
+//! [`Walflow`]: the runtime that keeps derived tables in step.
+//!
+//! [`Walflow::builder`]`...`[`start`](WalflowBuilder::start) migrates the
+//! `walflow` schema (see [`migrate`](crate::migrate)), publishes the tables
+//! of the selected operators, creates the slot, starts the listener and one
+//! supervised executor per operator.
+//!
+//! # Guarantees
+//!
+//! - A transaction's events are in the durable queue (`walflow.queue`)
+//!   before the listener acknowledges it; a transaction delivered again after
+//!   a crash is recognised by its position and skipped.
+//! - Query operators apply each event exactly once: the query (or the
+//!   `delete_with` delete) and the removal of the event from the queue commit
+//!   in one transaction.
+//! - Handler operators run at least once; a handler that writes through
+//!   [`Ctx::transaction`](crate::Ctx::transaction) has its writes committed
+//!   with the event's completion, so exactly once.
+//! - Per operator, the events of one mapped id are applied in commit order;
+//!   different ids run concurrently ([`WalflowBuilder::concurrency`]). A
+//!   failing id is retried with backoff (`min_restart_time`,
+//!   `backoff_multiplicator`, `max_restart_time`, `max_retries`) and then
+//!   dead-lettered; it holds up neither other ids nor other operators. A lost
+//!   database connection is retried without counting as an attempt.
+//!
+//! # Memory
+//!
+//! The queue rows of a transaction are held in memory until its commit
+//! arrives (only the rows of events some operator listens to, not the whole
+//! transaction); each executor holds at most 20,000 queued rows.
+//!
+//! # Selecting operators
+//!
+//! By default every operator of the [`Registry`] runs and every declared
+//! table is published. [`WalflowBuilder::operators`] runs only the named
+//! operators and publishes only the tables they listen to (useful when one
+//! program declares operators for several databases, and in tests, where
+//! every declaration linked into the test binary is registered).
+//!
+//! # Queue storage
+//!
+//! Only [`QueueStorage::Postgres`] is implemented: `start` refuses
+//! [`QueueStorage::Memory`] (a memory queue would lose the events not yet
+//! applied on a crash, and its acknowledgement rule is not built yet).
+
+mod consumer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{
+    Config, ConfigBuilder, ConfigError, ErrorLogger, ProcessStatusStorage, PubSub, QueueStorage,
+};
+use crate::event::Position;
+use crate::listener::{ListenerError, ListenerOptions};
+use crate::lsn::Lsn;
+use crate::operator::executor::{self, Shared, Signals};
+use crate::operator::id_display;
+use crate::raw::EventKind;
+use crate::registry::{OperatorRegistration, Registry, RegistryError};
+use crate::setup::{SetupError, SetupSpec, TableSpec, prepare};
+
+/// Why the flow could not start or answer.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The declarations do not fit together.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A database statement failed.
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// Publishing the tables or creating the slot failed.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The listener could not start.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    /// The throwaway PostgreSQL could not start.
+    #[cfg(feature = "embedded")]
+    #[error(transparent)]
+    Embedded(#[from] crate::embedded::EmbeddedError),
+    /// [`WalflowBuilder::operators`] names an operator that is not
+    /// registered.
+    #[error("no operator is named `{0}`; declared operators: {1}")]
+    UnknownOperator(String, String),
+    /// An option that is not implemented yet.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// [`Walflow::wait_processed`] ran out of time.
+    #[error("the operators did not reach {lsn} within {timeout:?}")]
+    Timeout {
+        /// The position waited for.
+        lsn: Lsn,
+        /// How long it waited.
+        timeout: Duration,
+    },
+}
+
+/// Configures and starts a [`Walflow`]. Every [`Config`] option has a method;
+/// options not set come from `DATABASE_URL` and the `WALFLOW_*` environment
+/// variables, then the defaults.
+pub struct WalflowBuilder {
+    config: Result<ConfigBuilder, ConfigError>,
+    operators: Option<Vec<String>>,
+    concurrency: usize,
+    operator_concurrency: HashMap<String, usize>,
+    registry: Option<&'static Registry>,
+    max_connections: u32,
+    setup_sql: Vec<String>,
+    #[cfg(feature = "embedded")]
+    embedded: bool,
+}
+
+impl std::fmt::Debug for WalflowBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalflowBuilder")
+            .field("operators", &self.operators)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+macro_rules! forward {
+    ($($(#[$doc:meta])* $name:ident($arg:ident: $ty:ty);)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(self, $arg: $ty) -> Self {
+                self.map(|b| b.$name($arg))
+            }
+        )*
+    };
+}
+
+impl WalflowBuilder {
+    fn map(mut self, f: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Self {
+        self.config = self.config.map(f);
+        self
+    }
+
+    /// Starts from this configuration instead of the environment.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Ok(config.into_builder());
+        self
+    }
+
+    /// Connection URL, `postgres://user:password@host:port/database`.
+    pub fn database_url(self, url: impl Into<String>) -> Self {
+        let url = url.into();
+        self.map(|b| b.url(url))
+    }
+
+    forward! {
+        /// Database host (when no URL is given).
+        host(host: impl Into<String>);
+        /// Database port.
+        port(port: u16);
+        /// Database name.
+        database(database: impl Into<String>);
+        /// User name (needs the REPLICATION attribute).
+        username(username: impl Into<String>);
+        /// Password.
+        password(password: impl Into<String>);
+        /// Application name (the sessions' `application_name`).
+        app_name(app_name: impl Into<String>);
+        /// `false`: a temporary slot; changes made while the flow is down are lost.
+        durable_slot(durable: bool);
+        /// Replication slot name.
+        slot_name(slot_name: impl Into<String>);
+        /// Publication name.
+        publication(publication: impl Into<String>);
+        /// Wait before the first retry of a failed event.
+        min_restart_time(d: Duration);
+        /// Factor applied to the wait after each failed attempt.
+        backoff_multiplicator(m: f64);
+        /// Upper bound of the wait between attempts.
+        max_restart_time(d: Duration);
+        /// Retries before an event is dead-lettered (1 + max_retries attempts).
+        max_retries(n: u32);
+        /// Column holding the entities' last update time (process status).
+        process_status_entity_field(field: impl Into<String>);
+        /// Where queues are kept (only `Postgres` is implemented).
+        queue_storage(storage: QueueStorage);
+        /// Where the process status is kept (stored in PostgreSQL either way).
+        process_status_storage(storage: ProcessStatusStorage);
+        /// Receiver of retries and final failures.
+        error_logger(logger: impl ErrorLogger);
+        /// Receiver of retries and final failures, shared.
+        error_logger_arc(logger: Arc<dyn ErrorLogger>);
+        /// How events reach subscribers.
+        pubsub(pubsub: PubSub);
+        /// Heartbeat keeping the slot moving on an idle database.
+        heartbeat_interval(d: Duration);
+        /// Interval of the replication status updates.
+        status_interval(d: Duration);
+    }
+
+    /// Runs only these operators (by name) and publishes only the tables
+    /// they listen to. Default: every registered operator, every declared
+    /// table.
+    pub fn operators<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.operators = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// How many ids one operator runs concurrently (default 8).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How many ids the named operator runs concurrently.
+    pub fn operator_concurrency(mut self, operator: impl Into<String>, n: usize) -> Self {
+        self.operator_concurrency.insert(operator.into(), n.max(1));
+        self
+    }
+
+    /// Uses this registry instead of [`Registry::global`].
+    pub fn registry(mut self, registry: &'static Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Size of the connection pool (default 10).
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(2);
+        self
+    }
+
+    /// SQL run once connected, before the tables are published: the
+    /// application's own schema, e.g. on an [`embedded`](Self::embedded)
+    /// server. Run as a simple-query batch; may be given several times.
+    pub fn setup_sql(mut self, sql: impl Into<String>) -> Self {
+        self.setup_sql.push(sql.into());
+        self
+    }
+
+    /// Starts a throwaway PostgreSQL cluster (binaries from `PATH`) and runs
+    /// on it; it is removed when the flow shuts down. For examples, tests and
+    /// local development.
+    #[cfg(feature = "embedded")]
+    pub fn embedded(mut self) -> Self {
+        self.embedded = true;
+        self
+    }
+
+    /// Sets up the database and starts the listener and the executors.
+    pub async fn start(self) -> Result<Walflow, FlowError> {
+        let registry = match self.registry {
+            Some(r) => r,
+            None => Registry::global()?,
+        };
+        let builder = self.config?;
+        #[cfg(feature = "embedded")]
+        let (builder, embedded) = if self.embedded {
+            let pg = crate::embedded::EmbeddedPostgres::start().await?;
+            (builder.url(pg.url()), Some(pg))
+        } else {
+            (builder, None)
+        };
+        let config = builder.build()?;
+        if config.queue_storage() == QueueStorage::Memory {
+            return Err(FlowError::Unsupported(
+                "queue_storage = memory: walflow queues in PostgreSQL only for now".into(),
+            ));
+        }
+        let operators: Vec<&'static OperatorRegistration> = match &self.operators {
+            None => registry.operators().collect(),
+            Some(names) => {
+                let mut ops = Vec::new();
+                for name in names {
+                    let op = registry.operator(name).ok_or_else(|| {
+                        let all: Vec<_> = registry.operators().map(|o| o.name).collect();
+                        FlowError::UnknownOperator(name.clone(), all.join(", "))
+                    })?;
+                    ops.push(op);
+                }
+                ops
+            }
+        };
+        let mut tables: Vec<_> = match &self.operators {
+            None => registry.tables(),
+            Some(_) => operators
+                .iter()
+                .flat_map(|o| o.entities.iter().copied())
+                .collect(),
+        };
+        tables.sort();
+        tables.dedup();
+
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .connect_with(config.connect_options())
+            .await?;
+        for sql in &self.setup_sql {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&pool)
+                .await?;
+        }
+        crate::migrate::migrate(&pool).await?;
+        prepare(
+            &pool,
+            &SetupSpec {
+                publication: config.publication().to_owned(),
+                slot: config.slot_name().to_owned(),
+                durable_slot: config.durable_slot(),
+                tables: tables
+                    .iter()
+                    .map(|t| {
+                        let mut spec = TableSpec::new(t.schema, t.table);
+                        spec.replica_identity_full = registry
+                            .entity(t.schema, t.table)
+                            .is_none_or(|e| e.replica_identity_full);
+                        spec
+                    })
+                    .collect(),
+            },
+        )
+        .await?;
+        let slot = config.slot_name().to_owned();
+        let watermark: Option<i64> =
+            sqlx::query_scalar("SELECT enqueued_lsn FROM walflow.streams WHERE slot = $1")
+                .bind(&slot)
+                .fetch_optional(&pool)
+                .await?;
+
+        let mut options = ListenerOptions::new(&slot, config.publication());
+        options.durable_slot = config.durable_slot();
+        options.heartbeat_interval = Some(config.heartbeat_interval());
+        let shared = Arc::new(Shared {
+            pool: pool.clone(),
+            config: config.clone(),
+            slot: slot.clone(),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let signals: HashMap<&'static str, Signals> = operators
+            .iter()
+            .map(|o| (o.name, Signals::default()))
+            .collect();
+        let consumer = consumer::Consumer {
+            shared: shared.clone(),
+            ops: operators.clone(),
+            signals: signals.clone(),
+            stop: stop_rx.clone(),
+            url: replication_url(&config),
+            options,
+            watermark: Lsn(watermark.unwrap_or(0) as u64),
+        };
+        let listener = consumer.start_listener().await?;
+
+        let executors = operators
+            .iter()
+            .map(|op| {
+                let n = self
+                    .operator_concurrency
+                    .get(op.name)
+                    .copied()
+                    .unwrap_or(self.concurrency);
+                tokio::spawn(supervise(
+                    op,
+                    shared.clone(),
+                    signals[op.name].clone(),
+                    n,
+                    stop_rx.clone(),
+                ))
+            })
+            .collect();
+        let consumer = tokio::spawn(consumer.run(listener));
+        Ok(Walflow {
+            shared,
+            signals,
+            operators,
+            stop,
+            consumer: Some(consumer),
+            executors,
+            #[cfg(feature = "embedded")]
+            _embedded: embedded,
+        })
+    }
+}
+
+/// Runs an operator's executor, restarting it should it ever die (units
+/// catch their own panics; this guards the executor's own loop).
+async fn supervise(
+    op: &'static OperatorRegistration,
+    shared: Arc<Shared>,
+    signals: Signals,
+    concurrency: usize,
+    stop: watch::Receiver<bool>,
+) {
+    let mut restarts = 0u32;
+    loop {
+        let run = tokio::spawn(executor::run(
+            op,
+            shared.clone(),
+            signals.clone(),
+            concurrency,
+            stop.clone(),
+        ));
+        match run.await {
+            Ok(()) => return,
+            Err(e) => {
+                restarts += 1;
+                tracing::error!(operator = op.name, error = %e, restarts, "operator executor died; restarting it");
+                if *stop.borrow() {
+                    return;
+                }
+                tokio::time::sleep(shared.config.restart_delay(restarts)).await;
+            }
+        }
+    }
+}
+
+/// The URL of the replication connection.
+fn replication_url(config: &Config) -> String {
+    if let Some(url) = config.url() {
+        return url.to_owned();
+    }
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    format!(
+        "postgres://{}:{}@{}:{}/{}",
+        enc(config.username()),
+        enc(config.password()),
+        config.host(),
+        config.port(),
+        enc(config.database())
+    )
+}
+
+/// An event an operator gave up on, kept in `walflow.dead_letters`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Its id, for [`Walflow::retry_dead_letter`].
+    pub id: i64,
+    /// The operator.
+    pub operator: String,
+    /// The event's position.
+    pub position: Position,
+    /// What happened to the row.
+    pub kind: EventKind,
+    /// `schema.table` of the event.
+    pub table: String,
+    /// The mapped id, rendered as text.
+    pub mapped_id: String,
+    /// The last error.
+    pub error: String,
+    /// How many attempts were made.
+    pub attempts: u32,
+    /// When it was given up.
+    pub failed_at: DateTime<Utc>,
+}
+
+/// A running flow. See the [module documentation](self).
+pub struct Walflow {
+    shared: Arc<Shared>,
+    signals: HashMap<&'static str, Signals>,
+    operators: Vec<&'static OperatorRegistration>,
+    stop: watch::Sender<bool>,
+    consumer: Option<JoinHandle<()>>,
+    executors: Vec<JoinHandle<()>>,
+    #[cfg(feature = "embedded")]
+    _embedded: Option<crate::embedded::EmbeddedPostgres>,
+}
+
+impl std::fmt::Debug for Walflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Walflow")
+            .field("slot", &self.shared.slot)
+            .field(
+                "operators",
+                &self.operators.iter().map(|o| o.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Walflow {
+    /// A builder; see [`WalflowBuilder`].
+    pub fn builder() -> WalflowBuilder {
+        WalflowBuilder {
+            config: ConfigBuilder::from_env(),
+            operators: None,
+            concurrency: 8,
+            operator_concurrency: HashMap::new(),
+            registry: None,
+            max_connections: 10,
+            setup_sql: Vec::new(),
+            #[cfg(feature = "embedded")]
+            embedded: false,
+        }
+    }
+
+    /// A pool of connections to the database.
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The names of the operators running.
+    pub fn operator_names(&self) -> Vec<&'static str> {
+        self.operators.iter().map(|o| o.name).collect()
+    }
+
+    /// The server's current WAL position (`pg_current_wal_lsn()`): pass it
+    /// to [`wait_processed`](Self::wait_processed) after writing.
+    pub async fn current_lsn(&self) -> Result<Lsn, FlowError> {
+        let text: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&self.shared.pool)
+            .await?;
+        text.parse()
+            .map_err(|e| FlowError::Unsupported(format!("unreadable LSN {text:?}: {e}")))
+    }
+
+    /// Waits until every operator has applied (or dead-lettered) every event
+    /// committed up to `lsn`.
+    pub async fn wait_processed(&self, lsn: Lsn, timeout: Duration) -> Result<(), FlowError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut nudged: Option<tokio::time::Instant> = None;
+        loop {
+            match crate::status::fence_reached(&self.shared.pool, &self.shared.slot, lsn).await? {
+                Some(true) => return Ok(()),
+                Some(false) => {}
+                None => {
+                    // Nothing committed after `lsn` may reach the slot for a
+                    // while: a transactional message moves it past `lsn`.
+                    let now = tokio::time::Instant::now();
+                    if nudged.is_none_or(|t| now - t > Duration::from_secs(2)) {
+                        sqlx::query("SELECT pg_logical_emit_message(true, 'walflow.fence', '')")
+                            .execute(&self.shared.pool)
+                            .await?;
+                        nudged = Some(now);
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(FlowError::Timeout { lsn, timeout });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Whether every event of `table` (`"posts"` or `"schema.posts"`) up to
+    /// the given `updated_at` (microseconds since the Unix epoch) has been
+    /// processed by all its operators: the stored status is at least
+    /// `micros`.
+    pub async fn processed(&self, table: &str, micros: i64) -> Result<bool, FlowError> {
+        Ok(crate::status::processed(&self.shared.pool, &self.shared.slot, table, micros).await?)
+    }
+
+    /// The dead letters of `operator`, oldest first.
+    pub async fn dead_letters(&self, operator: &str) -> Result<Vec<DeadLetter>, FlowError> {
+        type DeadRow = (
+            i64,
+            String,
+            i64,
+            i32,
+            String,
+            String,
+            String,
+            String,
+            String,
+            i32,
+            DateTime<Utc>,
+        );
+        let rows: Vec<DeadRow> = sqlx::query_as(
+            "SELECT id, operator, commit_lsn, seq, kind, schema_name, table_name, mapped_id, error,
+                    attempts, failed_at
+             FROM walflow.dead_letters WHERE slot = $1 AND operator = $2 ORDER BY id",
+        )
+        .bind(&self.shared.slot)
+        .bind(operator)
+        .fetch_all(&self.shared.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DeadLetter {
+                id: r.0,
+                operator: r.1,
+                position: Position {
+                    commit_lsn: Lsn(r.2 as u64),
+                    seq: r.3 as u32,
+                },
+                kind: match r.4.as_str() {
+                    "insert" => EventKind::Insert,
+                    "update" => EventKind::Update,
+                    "delete" => EventKind::Delete,
+                    _ => EventKind::Truncate,
+                },
+                table: format!("{}.{}", r.5, r.6),
+                mapped_id: id_display(&r.7),
+                error: r.8,
+                attempts: r.9 as u32,
+                failed_at: r.10,
+            })
+            .collect())
+    }
+
+    /// Puts dead letter `id` back in its operator's queue, to run again
+    /// (after the events of its id queued before it). `false` when there is
+    /// no such dead letter.
+    pub async fn retry_dead_letter(&self, id: i64) -> Result<bool, FlowError> {
+        let mut tx = self.shared.pool.begin().await?;
+        let operator: Option<String> = sqlx::query_scalar(
+            "WITH d AS (DELETE FROM walflow.dead_letters WHERE slot = $1 AND id = $2 RETURNING *)
+             INSERT INTO walflow.queue
+               (slot, operator, commit_lsn, seq, part, id, kind, schema_name, table_name, event, updated_at)
+             SELECT slot, operator, commit_lsn, seq, part, mapped_id, kind, schema_name, table_name,
+                    event, updated_at FROM d
+             ON CONFLICT DO NOTHING
+             RETURNING operator",
+        )
+        .bind(&self.shared.slot)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let Some(operator) = operator else {
+            return Ok(false);
+        };
+        if let Some(s) = self.signals.get(operator.as_str()) {
+            s.rescan.store(true, Ordering::Release);
+            s.notify.notify_one();
+        }
+        Ok(true)
+    }
+
+    /// Stops gracefully: the listener stops taking transactions and sends its
+    /// last acknowledgement, the executors finish the units they are running
+    /// (waits between retries are cut short; those events stay queued for the
+    /// next start).
+    pub async fn shutdown(mut self) -> Result<(), FlowError> {
+        let _ = self.stop.send(true);
+        if let Some(c) = self.consumer.take() {
+            let _ = c.await;
+        }
+        for e in self.executors.drain(..) {
+            let _ = e.await;
+        }
+        self.shared.pool.close().await;
+        Ok(())
+    }
+}
+
+impl Drop for Walflow {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}

@@ -1,0 +1,148 @@
+//! Versioned migrations of walflow's own tables, in the `walflow` schema.
+//!
+//! Applied at start by [`migrate`]: idempotent, and safe when several
+//! processes start at once (a transaction-scoped advisory lock serializes
+//! them). Each version runs once and is recorded in `walflow.migrations`.
+//!
+//! The tables (every row is scoped by the replication slot of the flow that
+//! wrote it, so several flows can share one database):
+//!
+//! - `walflow.streams (slot, enqueued_lsn)`: the end position of the last
+//!   transaction whose events are in the queue. A transaction delivered again
+//!   after a crash (enqueued but not yet acknowledged) is skipped.
+//! - `walflow.queue (slot, operator, commit_lsn, seq, part, id, kind,
+//!   schema_name, table_name, event, updated_at)`: one row per operator and
+//!   event (two for an update that moved the mapped id: `part` 0 for the new
+//!   id, 1 for the old one). `id` is the mapped id as a JSON [`Value`](crate::Value),
+//!   `event` the whole [`RawEvent`](crate::RawEvent) for handler operators.
+//!   A row is deleted in the transaction that applies it.
+//! - `walflow.pending_status (slot, commit_lsn, seq, schema_name,
+//!   table_name, updated_at, remaining)`: events whose operators have not all
+//!   finished, with how many queue rows are left.
+//! - `walflow.process_status (slot, schema_name, table_name, updated_at)`:
+//!   per table, the largest `updated_at` (microseconds since the Unix epoch)
+//!   of an event all of whose operators finished.
+//! - `walflow.dead_letters (id, slot, operator, commit_lsn, seq, part, id,
+//!   kind, schema_name, table_name, event, updated_at, error, attempts,
+//!   failed_at)`: events given up after their last attempt.
+
+use sqlx::PgPool;
+
+/// The migrations, in order. Never edit a released one: add a new version.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE walflow.streams (
+    slot text PRIMARY KEY,
+    enqueued_lsn bigint NOT NULL
+);
+CREATE TABLE walflow.queue (
+    slot text NOT NULL,
+    operator text NOT NULL,
+    commit_lsn bigint NOT NULL,
+    seq integer NOT NULL,
+    part smallint NOT NULL,
+    id text NOT NULL,
+    kind text NOT NULL,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    event jsonb,
+    updated_at bigint,
+    PRIMARY KEY (slot, operator, commit_lsn, seq, part)
+);
+CREATE INDEX queue_position ON walflow.queue (slot, commit_lsn);
+CREATE TABLE walflow.pending_status (
+    slot text NOT NULL,
+    commit_lsn bigint NOT NULL,
+    seq integer NOT NULL,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    updated_at bigint NOT NULL,
+    remaining integer NOT NULL,
+    PRIMARY KEY (slot, commit_lsn, seq)
+);
+CREATE TABLE walflow.process_status (
+    slot text NOT NULL,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    updated_at bigint NOT NULL,
+    PRIMARY KEY (slot, schema_name, table_name)
+);
+CREATE TABLE walflow.dead_letters (
+    id bigserial PRIMARY KEY,
+    slot text NOT NULL,
+    operator text NOT NULL,
+    commit_lsn bigint NOT NULL,
+    seq integer NOT NULL,
+    part smallint NOT NULL,
+    mapped_id text NOT NULL,
+    kind text NOT NULL,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    event jsonb,
+    updated_at bigint,
+    error text NOT NULL,
+    attempts integer NOT NULL,
+    failed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX dead_letters_operator ON walflow.dead_letters (slot, operator);
+-- Deletes queue rows one by one through the primary key (a join can make
+-- the planner scan the whole queue).
+CREATE FUNCTION walflow.delete_queue_rows(p_slot text, p_operator text, p_lsns bigint[],
+                                          p_seqs integer[], p_parts smallint[])
+RETURNS bigint LANGUAGE plpgsql AS $fn$
+DECLARE
+    n bigint := 0;
+    c bigint;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_lsns, 1), 0) LOOP
+        DELETE FROM walflow.queue
+        WHERE slot = p_slot AND operator = p_operator
+          AND commit_lsn = p_lsns[i] AND seq = p_seqs[i] AND part = p_parts[i];
+        GET DIAGNOSTICS c = ROW_COUNT;
+        n := n + c;
+    END LOOP;
+    RETURN n;
+END
+$fn$;
+"#,
+)];
+
+/// The latest schema version.
+pub const LATEST_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// Creates the `walflow` schema and applies the migrations not yet applied.
+/// Returns the versions applied by this call.
+pub async fn migrate(pool: &PgPool) -> Result<Vec<i32>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // Serializes concurrent starts; released at commit.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('walflow.migrate'))")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE SCHEMA IF NOT EXISTS walflow;
+         CREATE TABLE IF NOT EXISTS walflow.migrations (
+             version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let done: Vec<i32> = sqlx::query_scalar("SELECT version FROM walflow.migrations")
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut applied = Vec::new();
+    for (version, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO walflow.migrations (version) VALUES ($1)")
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        applied.push(*version);
+    }
+    tx.commit().await?;
+    Ok(applied)
+}

@@ -1,0 +1,607 @@
+//! One supervised executor per operator.
+//!
+//! It reads the operator's queue rows in batches, in `(commit_lsn, seq)`
+//! order, into a pending set keyed by mapped id. Each id runs strictly in
+//! commit order, one unit at a time; different ids run concurrently up to the
+//! operator's limit. A unit is one event, or (with `coalesce: true`) every
+//! pending event of the id up to the next delete, which is a barrier: the
+//! query runs once for them. A unit applies its work and deletes its queue
+//! rows in one transaction, so a query operator applies each event exactly
+//! once. A failing unit is retried with backoff, then dead-lettered; it holds
+//! only its own id.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, FailureInfo, RetryInfo};
+use crate::ctx::Ctx;
+use crate::event::Position;
+use crate::ident::quote_ident;
+use crate::lsn::Lsn;
+use crate::raw::{EventKind, RawEvent};
+use crate::registry::{HandlerError, OperatorAction, OperatorRegistration};
+use crate::value::Value;
+
+use super::bind::bind_value;
+use super::{id_display, id_key};
+
+/// Rows fetched per round trip.
+const FETCH: i64 = 2_000;
+/// Upper bound of rows held in memory per operator.
+const MAX_PENDING: usize = 20_000;
+
+/// What the executors of one flow share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub pool: PgPool,
+    pub config: Config,
+    pub slot: String,
+}
+
+/// The handle the flow keeps per operator.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Signals {
+    /// New rows were queued.
+    pub notify: Arc<Notify>,
+    /// Rows were queued behind the read position (a replayed dead letter).
+    pub rescan: Arc<AtomicBool>,
+}
+
+/// A queue row as read back.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    commit_lsn: i64,
+    seq: i32,
+    part: i16,
+    id: String,
+    kind: EventKind,
+    schema: String,
+    table: String,
+    event: Option<serde_json::Value>,
+    updated_at: Option<i64>,
+}
+
+type RowTuple = (
+    i64,
+    i32,
+    i16,
+    String,
+    String,
+    String,
+    String,
+    Option<serde_json::Value>,
+    Option<i64>,
+);
+
+fn parse_kind(s: &str) -> EventKind {
+    match s {
+        "insert" => EventKind::Insert,
+        "update" => EventKind::Update,
+        "delete" => EventKind::Delete,
+        _ => EventKind::Truncate,
+    }
+}
+
+impl Row {
+    fn from_tuple(t: RowTuple) -> Row {
+        Row {
+            commit_lsn: t.0,
+            seq: t.1,
+            part: t.2,
+            id: t.3,
+            kind: parse_kind(&t.4),
+            schema: t.5,
+            table: t.6,
+            event: t.7,
+            updated_at: t.8,
+        }
+    }
+
+    fn key(&self) -> (i64, i32, i16) {
+        (self.commit_lsn, self.seq, self.part)
+    }
+}
+
+/// `(commit_lsn, seq, part)`: a queue row's key within its operator.
+type RowKey = (i64, i32, i16);
+
+/// Why an attempt failed.
+enum Failure {
+    /// The connection is down or the transaction conflicted: retried without
+    /// counting an attempt.
+    Transient(String),
+    /// The record does not fit the handler's type: dead-lettered at once.
+    Decode(String),
+    /// The operator failed: retried, then dead-lettered.
+    Failed(String),
+}
+
+/// Whether a database error is about the connection (or a conflict), not
+/// about the statement.
+pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08")
+                || c.starts_with("57P")
+                || c == "40001"
+                || c == "40P01"
+                || c == "53300"
+        }),
+        _ => false,
+    }
+}
+
+fn sql_failure(e: sqlx::Error) -> Failure {
+    if is_transient(&e) {
+        Failure::Transient(e.to_string())
+    } else {
+        Failure::Failed(e.to_string())
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_owned());
+    format!("the operator panicked: {text}")
+}
+
+/// Runs one operator until `stop` turns true, then finishes the units in
+/// flight.
+pub(crate) async fn run(
+    op: &'static OperatorRegistration,
+    shared: Arc<Shared>,
+    signals: Signals,
+    concurrency: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut pending: HashMap<String, VecDeque<Row>> = HashMap::new();
+    let mut ready: VecDeque<String> = VecDeque::new();
+    let mut in_flight: HashSet<String> = HashSet::new();
+    let mut known: HashSet<(i64, i32, i16)> = HashSet::new();
+    let mut held = 0usize;
+    let mut cursor = (i64::MIN, i32::MIN, i16::MIN);
+    let mut more = true;
+    let mut fetch_failures = 0u32;
+    let mut tasks: JoinSet<(String, Vec<RowKey>)> = JoinSet::new();
+    let unit = Arc::new(UnitRunner {
+        op,
+        shared: shared.clone(),
+        stop: stop.clone(),
+    });
+
+    loop {
+        let stopping = *stop.borrow();
+        if stopping && tasks.is_empty() {
+            return;
+        }
+        if signals.rescan.swap(false, Ordering::AcqRel) {
+            cursor = (i64::MIN, i32::MIN, i16::MIN);
+            more = true;
+        }
+        let mut fetch_error = false;
+        // Read everything available (up to the bound) before starting units:
+        // the more an id has pending, the more a coalescing operator merges.
+        while !stopping && more && held < MAX_PENDING && !fetch_error {
+            match fetch(&shared, op.name, cursor).await {
+                Ok(rows) => {
+                    fetch_failures = 0;
+                    more = rows.len() as i64 == FETCH;
+                    for row in rows {
+                        cursor = cursor.max(row.key());
+                        if !known.insert(row.key()) {
+                            continue;
+                        }
+                        held += 1;
+                        let key = id_key(&row.id);
+                        let queue = pending.entry(key.clone()).or_default();
+                        if queue.is_empty() && !in_flight.contains(&key) {
+                            ready.push_back(key);
+                        }
+                        queue.push_back(row);
+                    }
+                }
+                Err(e) => {
+                    fetch_failures += 1;
+                    fetch_error = true;
+                    tracing::warn!(operator = op.name, error = %e, "reading the operator queue failed; retrying");
+                }
+            }
+        }
+        while !stopping && in_flight.len() < concurrency {
+            let Some(key) = ready.pop_front() else { break };
+            let Some(queue) = pending.get_mut(&key) else {
+                continue;
+            };
+            let rows = take_unit(op, queue);
+            if queue.is_empty() {
+                pending.remove(&key);
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            in_flight.insert(key.clone());
+            let runner = unit.clone();
+            tasks.spawn(async move {
+                let keys = rows.iter().map(Row::key).collect();
+                runner.run(rows).await;
+                (key, keys)
+            });
+        }
+        let wait_fetch = if fetch_error {
+            shared.config.restart_delay(fetch_failures)
+        } else if more && held < MAX_PENDING && !stopping {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::select! {
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                match done {
+                    Ok((key, keys)) => {
+                        for k in keys {
+                            known.remove(&k);
+                            held = held.saturating_sub(1);
+                        }
+                        in_flight.remove(&key);
+                        if pending.get(&key).is_some_and(|q| !q.is_empty()) {
+                            ready.push_back(key);
+                        }
+                    }
+                    Err(e) => {
+                        // Units catch panics themselves; a JoinError here is a
+                        // bug. Start over from the queue, which still holds
+                        // every unfinished row.
+                        tracing::error!(operator = op.name, error = %e, "an operator task died; re-reading its queue");
+                        tasks.abort_all();
+                        while tasks.join_next().await.is_some() {}
+                        pending.clear();
+                        ready.clear();
+                        in_flight.clear();
+                        known.clear();
+                        held = 0;
+                        cursor = (i64::MIN, i32::MIN, i16::MIN);
+                        more = true;
+                    }
+                }
+            }
+            _ = signals.notify.notified(), if !stopping => { more = true; }
+            _ = stop.changed(), if !stopping => {}
+            _ = tokio::time::sleep(wait_fetch) => { if !fetch_error { more = true; } }
+        }
+    }
+}
+
+/// The next unit of an id: one event, or with `coalesce` the events up to
+/// the next delete (a delete is a unit of its own).
+fn take_unit(op: &OperatorRegistration, queue: &mut VecDeque<Row>) -> Vec<Row> {
+    let coalesce = op.coalesce && matches!(op.action, OperatorAction::Query(_));
+    let Some(first) = queue.pop_front() else {
+        return Vec::new();
+    };
+    let mut rows = vec![first];
+    if coalesce && rows[0].kind != EventKind::Delete {
+        while queue.front().is_some_and(|r| r.kind != EventKind::Delete) {
+            rows.push(queue.pop_front().expect("checked"));
+        }
+    }
+    rows
+}
+
+async fn fetch(shared: &Shared, operator: &str, cursor: (i64, i32, i16)) -> sqlx::Result<Vec<Row>> {
+    let rows: Vec<RowTuple> = sqlx::query_as(
+        "SELECT commit_lsn, seq, part, id, kind, schema_name, table_name, event, updated_at
+         FROM walflow.queue
+         WHERE slot = $1 AND operator = $2 AND (commit_lsn, seq, part) > ($3, $4, $5)
+         ORDER BY commit_lsn, seq, part
+         LIMIT $6",
+    )
+    .bind(&shared.slot)
+    .bind(operator)
+    .bind(cursor.0)
+    .bind(cursor.1)
+    .bind(cursor.2)
+    .bind(FETCH)
+    .fetch_all(&shared.pool)
+    .await?;
+    Ok(rows.into_iter().map(Row::from_tuple).collect())
+}
+
+struct UnitRunner {
+    op: &'static OperatorRegistration,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+}
+
+impl UnitRunner {
+    /// Sleeps `d`; `false` when the flow stops meanwhile (the rows stay
+    /// queued for the next start).
+    async fn sleep(&self, d: Duration) -> bool {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = stop.wait_for(|s| *s) => false,
+        }
+    }
+
+    async fn run(&self, rows: Vec<Row>) {
+        let cfg = &self.shared.config;
+        let last = &rows[rows.len() - 1];
+        let table = format!("{}.{}", last.schema, last.table);
+        let id = id_display(&last.id);
+        let mut attempt = 1u32;
+        let mut transient = 0u32;
+        loop {
+            let failure = match self.attempt(&rows).await {
+                Ok(()) => return,
+                Err(f) => f,
+            };
+            match failure {
+                Failure::Transient(error) => {
+                    transient += 1;
+                    let wait = cfg.restart_delay(transient);
+                    tracing::warn!(
+                        operator = self.op.name,
+                        table,
+                        id,
+                        error,
+                        "database unavailable; retrying"
+                    );
+                    if !self.sleep(wait).await {
+                        return;
+                    }
+                }
+                Failure::Failed(error) if attempt <= cfg.max_retries() => {
+                    let next_wait = cfg.restart_delay(attempt);
+                    cfg.error_logger().log_retry(&RetryInfo {
+                        operator: self.op.name,
+                        table: &table,
+                        id: id.clone(),
+                        attempt,
+                        max_retries: cfg.max_retries(),
+                        next_wait,
+                        error,
+                    });
+                    if !self.sleep(next_wait).await {
+                        return;
+                    }
+                    attempt += 1;
+                }
+                Failure::Failed(error) | Failure::Decode(error) => {
+                    cfg.error_logger().log_failed(&FailureInfo {
+                        operator: self.op.name,
+                        table: &table,
+                        id: id.clone(),
+                        attempt,
+                        max_retries: cfg.max_retries(),
+                        error: error.clone(),
+                    });
+                    let mut tries = 0u32;
+                    loop {
+                        match self.dead_letter(&rows, &error, attempt).await {
+                            Ok(()) => return,
+                            Err(e) => {
+                                tries += 1;
+                                tracing::warn!(operator = self.op.name, error = %e, "recording a dead letter failed; retrying");
+                                if !self.sleep(cfg.restart_delay(tries)).await {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, rows: &[Row]) -> Result<(), Failure> {
+        match self.op.action {
+            OperatorAction::Query(sql) => {
+                let run = AssertUnwindSafe(self.run_query(sql, rows)).catch_unwind();
+                match run.await {
+                    Ok(r) => r,
+                    Err(p) => Err(Failure::Failed(panic_message(p))),
+                }
+            }
+            OperatorAction::Handler(handler) => self.run_handler(handler, &rows[0]).await,
+        }
+    }
+
+    async fn run_query(&self, sql: &'static str, rows: &[Row]) -> Result<(), Failure> {
+        let last = &rows[rows.len() - 1];
+        let id: Value = serde_json::from_str(&last.id)
+            .map_err(|e| Failure::Decode(format!("queued id {}: {e}", last.id)))?;
+        let delete = last.kind == EventKind::Delete
+            && rows.len() == 1
+            && self
+                .op
+                .delete_with
+                .iter()
+                .any(|t| t.schema == last.schema && t.table == last.table);
+        let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
+        if delete {
+            let target = self.op.target.ok_or_else(|| {
+                Failure::Failed("a `delete_with` operator without a target".to_owned())
+            })?;
+            let stmt = format!(
+                "DELETE FROM {}.{} WHERE {} = $1",
+                quote_ident(target.table.schema),
+                quote_ident(target.table.table),
+                quote_ident(target.id_column)
+            );
+            let q =
+                bind_value(sqlx::query(sqlx::AssertSqlSafe(stmt)), &id).map_err(Failure::Decode)?;
+            q.execute(&mut *tx).await.map_err(sql_failure)?;
+        } else {
+            let q = bind_value(sqlx::query(sql), &id).map_err(Failure::Decode)?;
+            q.execute(&mut *tx).await.map_err(sql_failure)?;
+        }
+        finish(&self.shared, self.op.name, rows, &mut tx)
+            .await
+            .map_err(sql_failure)?;
+        tx.commit().await.map_err(sql_failure)
+    }
+
+    async fn run_handler(
+        &self,
+        handler: crate::registry::HandlerFn,
+        row: &Row,
+    ) -> Result<(), Failure> {
+        let event = row
+            .event
+            .clone()
+            .ok_or_else(|| Failure::Decode("queued handler row without its event".to_owned()))?;
+        let raw: RawEvent = serde_json::from_value(event)
+            .map_err(|e| Failure::Decode(format!("queued event does not read back: {e}")))?;
+        let position = Position {
+            commit_lsn: Lsn(row.commit_lsn as u64),
+            seq: row.seq as u32,
+        };
+        let ctx = Ctx::new(self.op.name, position, self.shared.pool.clone());
+        let call = AssertUnwindSafe(async { handler(&raw, ctx.clone()).await }).catch_unwind();
+        let result = call.await;
+        let own = ctx.take_transaction().await;
+        match result {
+            Err(p) => return Err(Failure::Failed(panic_message(p))),
+            Ok(Err(HandlerError::Decode(e))) => return Err(Failure::Decode(e.to_string())),
+            Ok(Err(HandlerError::Handler(e))) => {
+                let transient = e.downcast_ref::<sqlx::Error>().is_some_and(is_transient);
+                let text = format!("the handler failed: {e}");
+                return Err(if transient {
+                    Failure::Transient(text)
+                } else {
+                    Failure::Failed(text)
+                });
+            }
+            Ok(Ok(())) => {}
+        }
+        let mut tx = match own {
+            Some(tx) => tx,
+            None => self.shared.pool.begin().await.map_err(sql_failure)?,
+        };
+        finish(
+            &self.shared,
+            self.op.name,
+            std::slice::from_ref(row),
+            &mut tx,
+        )
+        .await
+        .map_err(sql_failure)?;
+        tx.commit().await.map_err(sql_failure)
+    }
+
+    async fn dead_letter(&self, rows: &[Row], error: &str, attempts: u32) -> sqlx::Result<()> {
+        let mut tx = self.shared.pool.begin().await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO walflow.dead_letters
+                   (slot, operator, commit_lsn, seq, part, mapped_id, kind, schema_name, table_name,
+                    event, updated_at, error, attempts)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(&self.shared.slot)
+            .bind(self.op.name)
+            .bind(r.commit_lsn)
+            .bind(r.seq)
+            .bind(r.part)
+            .bind(&r.id)
+            .bind(r.kind.as_str())
+            .bind(&r.schema)
+            .bind(&r.table)
+            .bind(&r.event)
+            .bind(r.updated_at)
+            .bind(error)
+            .bind(attempts as i32)
+            .execute(&mut *tx)
+            .await?;
+        }
+        finish(&self.shared, self.op.name, rows, &mut tx).await?;
+        tx.commit().await
+    }
+}
+
+/// Deletes the rows from the queue and moves the process status of the
+/// events all of whose rows are now done, in `tx`.
+async fn finish(
+    shared: &Shared,
+    operator: &str,
+    rows: &[Row],
+    tx: &mut PgConnection,
+) -> sqlx::Result<()> {
+    let lsns: Vec<i64> = rows.iter().map(|r| r.commit_lsn).collect();
+    let seqs: Vec<i32> = rows.iter().map(|r| r.seq).collect();
+    let parts: Vec<i16> = rows.iter().map(|r| r.part).collect();
+    let deleted = if let [row] = rows {
+        sqlx::query(
+            "DELETE FROM walflow.queue
+             WHERE slot = $1 AND operator = $2 AND commit_lsn = $3 AND seq = $4 AND part = $5",
+        )
+        .bind(&shared.slot)
+        .bind(operator)
+        .bind(row.commit_lsn)
+        .bind(row.seq)
+        .bind(row.part)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+    } else {
+        let n: i64 = sqlx::query_scalar("SELECT walflow.delete_queue_rows($1, $2, $3, $4, $5)")
+            .bind(&shared.slot)
+            .bind(operator)
+            .bind(&lsns)
+            .bind(&seqs)
+            .bind(&parts)
+            .fetch_one(&mut *tx)
+            .await?;
+        n as u64
+    };
+    if deleted == 0 || rows.iter().all(|r| r.updated_at.is_none()) {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE walflow.pending_status p SET remaining = p.remaining - u.n
+         FROM (SELECT l, s, count(*)::int AS n FROM UNNEST($2::int8[], $3::int4[]) AS x(l, s)
+               GROUP BY l, s) u
+         WHERE p.slot = $1 AND p.commit_lsn = ANY($2::int8[]) AND p.seq = ANY($3::int4[])
+           AND p.commit_lsn = u.l AND p.seq = u.s",
+    )
+    .bind(&shared.slot)
+    .bind(&lsns)
+    .bind(&seqs)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "WITH done AS (
+             DELETE FROM walflow.pending_status
+             WHERE slot = $1 AND remaining <= 0
+               AND commit_lsn = ANY($2::int8[]) AND seq = ANY($3::int4[])
+               AND (commit_lsn, seq) IN (SELECT * FROM UNNEST($2::int8[], $3::int4[]))
+             RETURNING schema_name, table_name, updated_at)
+         INSERT INTO walflow.process_status (slot, schema_name, table_name, updated_at)
+         SELECT $1, schema_name, table_name, max(updated_at) FROM done GROUP BY schema_name, table_name
+         ON CONFLICT (slot, schema_name, table_name)
+         DO UPDATE SET updated_at = GREATEST(walflow.process_status.updated_at, EXCLUDED.updated_at)",
+    )
+    .bind(&shared.slot)
+    .bind(&lsns)
+    .bind(&seqs)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Running declared operators: dispatch of events into per-operator queue
+//! rows, the supervised per-operator executors, retries and dead letters.
+//!
+//! Rows are queued by the [`Walflow`](crate::flow::Walflow) consumer and run
+//! by one [`executor`] per operator.
+
+pub(crate) mod bind;
+pub(crate) mod executor;
+
+use std::sync::Arc;
+
+use crate::raw::{EventKind, RawEvent};
+use crate::registry::{OperatorAction, OperatorRegistration};
+use crate::value::{Record, Value};
+
+/// One queue row to insert: an event for one operator (and one mapped id).
+#[derive(Debug, Clone)]
+pub(crate) struct NewRow {
+    pub operator: &'static str,
+    pub commit_lsn: i64,
+    pub seq: i32,
+    pub part: i16,
+    pub id: String,
+    pub kind: &'static str,
+    pub schema: Arc<str>,
+    pub table: Arc<str>,
+    pub event: Option<String>,
+    pub updated_at: Option<i64>,
+}
+
+/// An event whose completion by all its operators moves the process status.
+#[derive(Debug, Clone)]
+pub(crate) struct StatusMark {
+    pub commit_lsn: i64,
+    pub seq: i32,
+    pub schema: Arc<str>,
+    pub table: Arc<str>,
+    pub updated_at: i64,
+    /// How many queue rows the event produced (0: done already).
+    pub remaining: i32,
+}
+
+/// The queue rows (and status marks) of one or more transactions.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub rows: Vec<NewRow>,
+    pub status: Vec<StatusMark>,
+}
+
+impl Batch {
+    pub fn append(&mut self, other: &mut Batch) {
+        self.rows.append(&mut other.rows);
+        self.status.append(&mut other.status);
+    }
+}
+
+/// The value of the column mapping `raw`'s table to the operator's id.
+fn id_column(op: &OperatorRegistration, raw: &RawEvent) -> Option<&'static str> {
+    op.id_mapping
+        .iter()
+        .find(|m| m.table.schema == &*raw.schema && m.table.table == &*raw.table)
+        .map(|m| m.column)
+}
+
+fn id_of(record: Option<&Record>, column: &str) -> Value {
+    record
+        .and_then(|r| r.get(column))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// The microsecond timestamp of `field` in the event's record.
+pub(crate) fn updated_at_micros(raw: &RawEvent, field: &str) -> Option<i64> {
+    match raw.record()?.get(field)? {
+        Value::TimestampTz(t) => Some(t.timestamp_micros()),
+        Value::Timestamp(t) => Some(t.and_utc().timestamp_micros()),
+        Value::Int8(n) => Some(*n),
+        Value::Int4(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+/// Adds the queue rows of `raw` for `ops` to `batch`.
+pub(crate) fn dispatch(
+    raw: &RawEvent,
+    ops: &[&'static OperatorRegistration],
+    status_field: &str,
+    batch: &mut Batch,
+) {
+    let commit_lsn = raw.commit_lsn.0 as i64;
+    let seq = raw.seq as i32;
+    let updated_at = updated_at_micros(raw, status_field);
+    let before = batch.rows.len();
+    let mut event_json: Option<String> = None;
+    for op in ops {
+        let listens = op
+            .entities
+            .iter()
+            .any(|t| t.schema == &*raw.schema && t.table == &*raw.table);
+        if !listens {
+            continue;
+        }
+        if raw.kind == EventKind::Truncate
+            && let (OperatorAction::Query(_), Some(target)) = (op.action, op.target)
+        {
+            tracing::warn!(
+                operator = op.name,
+                table = %format_args!("{}.{}", raw.schema, raw.table),
+                target = %target.table,
+                "table truncated: query operators do not run on truncate, `{}` may now be stale",
+                target.table
+            );
+            continue;
+        }
+        if !op.events.contains(&raw.kind) {
+            continue;
+        }
+        let row = |part: i16, id: &Value, event: Option<String>| NewRow {
+            operator: op.name,
+            commit_lsn,
+            seq,
+            part,
+            id: serde_json::to_string(id).expect("values serialize"),
+            kind: raw.kind.as_str(),
+            schema: raw.schema.clone(),
+            table: raw.table.clone(),
+            event,
+            updated_at,
+        };
+        match op.action {
+            OperatorAction::Handler(_) => {
+                let id = match (raw.kind, id_column(op, raw)) {
+                    (EventKind::Truncate, _) | (_, None) => Value::Null,
+                    (_, Some(col)) => id_of(raw.record(), col),
+                };
+                let json = event_json
+                    .get_or_insert_with(|| serde_json::to_string(raw).expect("events serialize"))
+                    .clone();
+                batch.rows.push(row(0, &id, Some(json)));
+            }
+            OperatorAction::Query(_) => {
+                let Some(col) = id_column(op, raw) else {
+                    continue;
+                };
+                let id = id_of(raw.record(), col);
+                if id != Value::Null {
+                    batch.rows.push(row(0, &id, None));
+                }
+                // A moved row: the old parent is recomputed too.
+                if raw.kind == EventKind::Update {
+                    let old = id_of(raw.old.as_ref(), col);
+                    if old != Value::Null && old != id && old != Value::UnchangedToast {
+                        batch.rows.push(row(1, &old, None));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(updated_at) = updated_at {
+        batch.status.push(StatusMark {
+            commit_lsn,
+            seq,
+            schema: raw.schema.clone(),
+            table: raw.table.clone(),
+            updated_at,
+            remaining: (batch.rows.len() - before) as i32,
+        });
+    }
+}
+
+/// The grouping key of a mapped id (its JSON form, with integers of every
+/// width alike so `int4` and `int8` columns map to one id).
+pub(crate) fn id_key(id_json: &str) -> String {
+    match serde_json::from_str::<Value>(id_json) {
+        Ok(Value::Int2(n)) => format!("i:{n}"),
+        Ok(Value::Int4(n)) => format!("i:{n}"),
+        Ok(Value::Int8(n)) => format!("i:{n}"),
+        _ => id_json.to_owned(),
+    }
+}
+
+/// The mapped id rendered for people: `42`, `"abc"`, a UUID.
+pub(crate) fn id_display(id_json: &str) -> String {
+    match serde_json::from_str::<Value>(id_json) {
+        Ok(Value::Int2(n)) => n.to_string(),
+        Ok(Value::Int4(n)) => n.to_string(),
+        Ok(Value::Int8(n)) => n.to_string(),
+        Ok(Value::Text(s)) => s,
+        Ok(Value::Uuid(u)) => u.to_string(),
+        Ok(Value::Null) => "NULL".to_owned(),
+        _ => id_json.to_owned(),
+    }
+}

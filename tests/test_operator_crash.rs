@@ -1,0 +1,386 @@
+//! Exactly once across crashes: the runtime killed with SIGKILL at random
+//! points during a random workload, and PostgreSQL restarted (cleanly, then
+//! crashed) mid-workload. Afterwards the derived table equals a from-scratch
+//! recompute and a non-idempotent counting operator (`n = n + 1`, no
+//! coalescing) equals the true number of events.
+
+#![allow(dead_code)] // struct fields are read through serde
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::Connection;
+use walflow::embedded::{EmbeddedPostgres, ShutdownMode};
+use walflow::prelude::*;
+
+#[event_source(table = "posts")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Post {
+    id: i64,
+    title: String,
+}
+
+#[event_source(table = "comments")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Comment {
+    id: i64,
+    post_id: i64,
+}
+
+#[event_source(table = "post_with_comments_counts")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct PostWithCommentsCount {
+    id: i64,
+    title: String,
+    comments_count: i64,
+}
+
+on_event! {
+    operator Counts for PostWithCommentsCount {
+        events: all,
+        entities: [Comment, Post],
+        id: [Comment.post_id, Post.id],
+        delete_with: [Post],
+        coalesce: true,
+        query: "MERGE INTO post_with_comments_counts dest
+                USING (SELECT p.id, p.title, count(c.id) AS comments_count
+                       FROM posts p LEFT JOIN comments c ON c.post_id = p.id
+                       WHERE p.id = $1 GROUP BY p.id) src
+                ON dest.id = src.id
+                WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
+                WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
+                     VALUES (src.id, src.title, src.comments_count)",
+    }
+
+    /// Not idempotent: counts every run.
+    operator Tally for PostWithCommentsCount {
+        events: all,
+        entities: [Comment],
+        id: [Comment.post_id],
+        query: "INSERT INTO tally (post_id, n) VALUES ($1, 1)
+                ON CONFLICT (post_id) DO UPDATE SET n = tally.n + 1",
+    }
+}
+
+const OPERATORS: [&str; 2] = ["Counts", "Tally"];
+
+const SCHEMA: &str = "
+    CREATE TABLE posts (id bigint PRIMARY KEY, title text NOT NULL);
+    CREATE TABLE comments (id bigint PRIMARY KEY, post_id bigint NOT NULL);
+    CREATE TABLE post_with_comments_counts (id bigint PRIMARY KEY, title text NOT NULL,
+                                            comments_count bigint NOT NULL);
+    CREATE TABLE tally (post_id bigint PRIMARY KEY, n bigint NOT NULL);
+";
+
+const CHILD: &str = "WALFLOW_OPERATOR_CHILD";
+
+/// The child process's entry: the re-executed test binary runs only this
+/// test, with `WALFLOW_OPERATOR_CHILD` set, and it runs the flow until
+/// killed. Without the variable it does nothing. (Not a `ctor`: the
+/// declarations must be collected first.)
+#[tokio::test]
+async fn child_process_entry() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let url = std::env::var("URL").unwrap();
+    let slot = std::env::var("SLOT").unwrap();
+    let _flow = start(&url, &slot).await;
+    println!("READY");
+    std::future::pending::<()>().await;
+}
+
+/// Starts the flow, retrying while the killed predecessor's session still
+/// holds the slot.
+async fn start(url: &str, slot: &str) -> Walflow {
+    let mut tries = 0;
+    loop {
+        match Walflow::builder()
+            .database_url(url)
+            .slot_name(slot)
+            .min_restart_time(Duration::from_millis(20))
+            .max_restart_time(Duration::from_millis(500))
+            .operators(OPERATORS)
+            .start()
+            .await
+        {
+            Ok(flow) => return flow,
+            Err(e) => {
+                tries += 1;
+                assert!(tries < 200, "the flow does not start: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A random workload and the number of events `Tally` must count per post.
+struct Workload {
+    rng: Rng,
+    posts: i64,
+    next_comment: i64,
+    comments: Vec<(i64, i64)>,
+    expected: BTreeMap<i64, i64>,
+}
+
+impl Workload {
+    fn new(seed: u64) -> Self {
+        Workload {
+            rng: Rng(seed | 1),
+            posts: 0,
+            next_comment: 0,
+            comments: Vec::new(),
+            expected: BTreeMap::new(),
+        }
+    }
+
+    /// One transaction of one to four random statements; returns its SQL
+    /// and the counts it adds once committed.
+    fn transaction(&mut self) -> (String, Vec<i64>) {
+        let mut sql = String::from("BEGIN;");
+        let mut counted = Vec::new();
+        for _ in 0..=self.rng.below(4) {
+            match self.rng.below(10) {
+                0 | 1 => {
+                    self.posts += 1;
+                    sql += &format!("INSERT INTO posts VALUES ({0}, 'p{0}');", self.posts);
+                }
+                2..=5 if self.posts > 0 => {
+                    self.next_comment += 1;
+                    let post = 1 + self.rng.below(self.posts as u64) as i64;
+                    sql += &format!(
+                        "INSERT INTO comments VALUES ({}, {post});",
+                        self.next_comment
+                    );
+                    self.comments.push((self.next_comment, post));
+                    counted.push(post);
+                }
+                6 if !self.comments.is_empty() => {
+                    let i = self.rng.below(self.comments.len() as u64) as usize;
+                    let (id, post) = self.comments.swap_remove(i);
+                    sql += &format!("DELETE FROM comments WHERE id = {id};");
+                    counted.push(post);
+                }
+                7 if !self.comments.is_empty() => {
+                    let i = self.rng.below(self.comments.len() as u64) as usize;
+                    let to = 1 + self.rng.below(self.posts as u64) as i64;
+                    let (id, from) = self.comments[i];
+                    self.comments[i].1 = to;
+                    sql += &format!("UPDATE comments SET post_id = {to} WHERE id = {id};");
+                    counted.push(to);
+                    if from != to {
+                        counted.push(from);
+                    }
+                }
+                8 if self.posts > 0 => {
+                    let post = 1 + self.rng.below(self.posts as u64) as i64;
+                    sql += &format!("UPDATE posts SET title = title || '+' WHERE id = {post};");
+                }
+                9 if self.posts > 3 => {
+                    let post = 1 + self.rng.below(self.posts as u64) as i64;
+                    sql += &format!("DELETE FROM posts WHERE id = {post};");
+                }
+                _ => {}
+            }
+        }
+        sql += "COMMIT;";
+        (sql, counted)
+    }
+
+    /// Runs `n` transactions on `conn`.
+    async fn run(&mut self, conn: &mut sqlx::PgConnection, n: usize) {
+        for _ in 0..n {
+            let (sql, counted) = self.transaction();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&mut *conn)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            for post in counted {
+                *self.expected.entry(post).or_default() += 1;
+            }
+        }
+    }
+}
+
+/// Waits until everything committed is applied, then compares the derived
+/// tables with a recompute and the true event counts.
+async fn check(flow: &Walflow, pool: &sqlx::PgPool, expected: &BTreeMap<i64, i64>) {
+    let lsn = flow.current_lsn().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let derived: Vec<(i64, String, i64)> = sqlx::query_as(
+        "SELECT id, title, comments_count FROM post_with_comments_counts ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let recomputed: Vec<(i64, String, i64)> = sqlx::query_as(
+        "SELECT p.id, p.title, count(c.id) FROM posts p LEFT JOIN comments c ON c.post_id = p.id
+         GROUP BY p.id ORDER BY p.id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(derived, recomputed);
+    let tally: BTreeMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>("SELECT post_id, n FROM tally")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(&tally, expected, "every event counted exactly once");
+    for op in OPERATORS {
+        assert!(flow.dead_letters(op).await.unwrap().is_empty(), "{op}");
+    }
+}
+
+fn seed() -> u64 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("workload seed: {seed}");
+    seed
+}
+
+#[tokio::test]
+async fn exactly_once_when_the_runtime_is_killed() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let db = common::db().await;
+    db.exec(SCHEMA).await;
+    let slot = db.slot("opkill");
+    let mut rng = Rng(seed());
+
+    let spawn_child = || {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_process_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .env("URL", &db.url)
+            .env("SLOT", &slot)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let ready = tokio::task::spawn_blocking(move || {
+            for line in BufReader::new(stdout).lines() {
+                if line.unwrap().contains("READY") {
+                    return;
+                }
+            }
+            panic!("the child exited before it was ready");
+        });
+        (child, ready)
+    };
+
+    // The first child creates the slot before anything is written.
+    let t0 = std::time::Instant::now();
+    let (mut child, ready) = spawn_child();
+    tokio::time::timeout(Duration::from_secs(60), ready)
+        .await
+        .expect("child ready")
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let url = db.url.clone();
+        let stop = stop.clone();
+        let seed = rng.next();
+        async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            let mut w = Workload::new(seed);
+            let mut n = 0;
+            while n < 400 || (n < 1500 && !stop.load(Ordering::Acquire)) {
+                w.run(&mut conn, 10).await;
+                n += 10;
+                tokio::task::yield_now().await;
+            }
+            w.expected
+        }
+    });
+
+    for round in 0..5 {
+        if round > 0 {
+            let (c, ready) = spawn_child();
+            child = c;
+            tokio::time::timeout(Duration::from_secs(60), ready)
+                .await
+                .expect("child ready")
+                .unwrap();
+        }
+        // A random kill point: not a synchronization.
+        tokio::time::sleep(Duration::from_millis(30 + rng.below(400))).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        eprintln!("round {round} killed at {:?}", t0.elapsed());
+    }
+    stop.store(true, Ordering::Release);
+    let expected = writer.await.unwrap();
+
+    eprintln!("workload done at {:?}", t0.elapsed());
+    let flow = start(&db.url, &slot).await;
+    eprintln!("restarted at {:?}", t0.elapsed());
+    check(&flow, &db.pool, &expected).await;
+    eprintln!("checked at {:?}", t0.elapsed());
+    flow.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn exactly_once_when_postgres_restarts_mid_workload() {
+    // A cluster of its own: restarting the shared one would disturb other tests.
+    let pg = EmbeddedPostgres::start().await.unwrap();
+    let url = pg.create_database("oprestart").await.unwrap();
+    let db = common::Db::connect(&url).await;
+    db.exec(SCHEMA).await;
+    let slot = db.slot("oprestart");
+    let flow = start(&url, &slot).await;
+    let mut w = Workload::new(seed());
+
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    w.run(&mut conn, 150).await;
+    drop(conn);
+    // The flow is still draining the backlog.
+    let t = std::time::Instant::now();
+    pg.restart(ShutdownMode::Fast).await.unwrap();
+    eprintln!("restart took {:?}", t.elapsed());
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    w.run(&mut conn, 150).await;
+    drop(conn);
+    pg.restart(ShutdownMode::Immediate).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    w.run(&mut conn, 150).await;
+
+    let t = std::time::Instant::now();
+    check(&flow, &db.pool, &w.expected).await;
+    eprintln!("check took {:?}", t.elapsed());
+    flow.shutdown().await.unwrap();
+}

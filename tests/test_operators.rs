@@ -1,0 +1,461 @@
+//! Operators end to end on a real PostgreSQL: EventStreamex's operator cases
+//! (merge into a derived table, kind filter, unlisted entity, multi-step
+//! handler, delete rules), the moved comment, coalescing with the delete
+//! barrier, process status and the LSN fence.
+
+#![allow(dead_code)] // struct fields are read through serde
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use walflow::prelude::*;
+
+#[event_source(table = "posts")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Post {
+    id: i64,
+    title: String,
+}
+
+#[event_source(table = "comments")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Comment {
+    id: i64,
+    post_id: i64,
+}
+
+#[event_source(table = "tags")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Tag {
+    id: i64,
+}
+
+#[event_source(table = "post_with_comments_counts")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct PostWithCommentsCount {
+    id: i64,
+    title: String,
+    comments_count: i64,
+}
+
+on_event! {
+    /// The seed's MERGE.
+    operator PostWithCommentsCountOperator for PostWithCommentsCount {
+        events: all,
+        entities: [Comment, Post],
+        id: [Comment.post_id, Post.id],
+        delete_with: [Post],
+        coalesce: true,
+        query: "MERGE INTO post_with_comments_counts dest
+                USING (SELECT p.id, p.title, count(c.id) AS comments_count
+                       FROM posts p LEFT JOIN comments c ON c.post_id = p.id
+                       WHERE p.id = $1 GROUP BY p.id) src
+                ON dest.id = src.id
+                WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
+                WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
+                     VALUES (src.id, src.title, src.comments_count)",
+    }
+
+    /// Counts query runs per post, merging pending runs.
+    operator CoalescedRuns for PostWithCommentsCount {
+        events: all,
+        entities: [Comment],
+        id: [Comment.post_id],
+        coalesce: true,
+        query: "INSERT INTO runs (op, post_id, n) VALUES ('coalesced', $1, 1)
+                ON CONFLICT (op, post_id) DO UPDATE SET n = runs.n + 1",
+    }
+
+    /// Counts query runs per post, one per event.
+    operator EveryRun for PostWithCommentsCount {
+        events: all,
+        entities: [Comment],
+        id: [Comment.post_id],
+        query: "INSERT INTO runs (op, post_id, n) VALUES ('every', $1, 1)
+                ON CONFLICT (op, post_id) DO UPDATE SET n = runs.n + 1",
+    }
+
+    /// Listens to inserts and deletes of posts only.
+    operator PostInsertDelete {
+        events: [insert, delete],
+        entities: [Post],
+        handler: record_kind,
+    }
+
+    /// A derived row kept by hand: a post creates it, its comments count up,
+    /// a post update deletes it. Writes through the runtime's transaction.
+    operator MultiStep {
+        events: [insert, update],
+        entities: [Comment, Post],
+        id: [Comment.post_id, Post.id],
+        handler: multi_step,
+    }
+
+    /// Told about truncates of tags.
+    operator TagTruncations {
+        events: [truncate],
+        entities: [Tag],
+        handler: on_truncate,
+    }
+}
+
+#[event_enum]
+enum BlogEvent {
+    Comment(Event<Comment>),
+    Post(Event<Post>),
+}
+
+static TRUNCATES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+async fn on_truncate(event: Event<Tag>, _ctx: Ctx) -> Result<(), std::io::Error> {
+    assert_eq!(event.kind(), EventKind::Truncate);
+    TRUNCATES
+        .lock()
+        .unwrap()
+        .push(event.meta().table.to_string());
+    Ok(())
+}
+
+static KINDS: Mutex<Vec<(String, i64)>> = Mutex::new(Vec::new());
+
+async fn record_kind(event: Event<Post>, _ctx: Ctx) -> Result<(), std::io::Error> {
+    let id = event.record().map(|p| p.id).unwrap_or(-1);
+    KINDS
+        .lock()
+        .unwrap()
+        .push((event.kind().as_str().to_owned(), id));
+    Ok(())
+}
+
+async fn multi_step(event: BlogEvent, ctx: Ctx) -> Result<(), walflow::BoxError> {
+    let mut tx = ctx.transaction().await?;
+    match (&event, event.kind()) {
+        (BlogEvent::Post(p), EventKind::Insert) => {
+            let post = p.record().expect("row");
+            sqlx::query("INSERT INTO post_stats (id, n) VALUES ($1, 0)")
+                .bind(post.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        (BlogEvent::Post(p), _) => {
+            let post = p.record().expect("row");
+            sqlx::query("DELETE FROM post_stats WHERE id = $1")
+                .bind(post.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        (BlogEvent::Comment(c), EventKind::Insert) => {
+            let comment = c.record().expect("row");
+            sqlx::query("UPDATE post_stats SET n = n + 1 WHERE id = $1")
+                .bind(comment.post_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        (BlogEvent::Comment(_), _) => {}
+    }
+    Ok(())
+}
+
+const SCHEMA: &str = "
+    CREATE TABLE posts (id bigint PRIMARY KEY, title text NOT NULL,
+                        updated_at timestamptz NOT NULL DEFAULT now());
+    CREATE TABLE comments (id bigint PRIMARY KEY, post_id bigint NOT NULL,
+                           updated_at timestamptz NOT NULL DEFAULT now());
+    CREATE TABLE tags (id bigint PRIMARY KEY);
+    CREATE TABLE post_with_comments_counts (id bigint PRIMARY KEY, title text NOT NULL,
+                                            comments_count bigint NOT NULL);
+    CREATE TABLE runs (op text, post_id bigint, n int NOT NULL, PRIMARY KEY (op, post_id));
+    CREATE TABLE post_stats (id bigint PRIMARY KEY, n int NOT NULL);
+";
+
+async fn start(db: &common::Db, prefix: &str, ops: &[&str]) -> Walflow {
+    db.exec(SCHEMA).await;
+    Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(db.slot(prefix))
+        .min_restart_time(Duration::from_millis(50))
+        .operators(ops.iter().copied())
+        .start()
+        .await
+        .expect("the flow starts")
+}
+
+async fn fence(flow: &Walflow) {
+    let lsn = flow.current_lsn().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(20))
+        .await
+        .unwrap();
+}
+
+async fn counts(db: &common::Db) -> Vec<(i64, String, i64)> {
+    sqlx::query_as("SELECT id, title, comments_count FROM post_with_comments_counts ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+fn row(id: i64, title: &str, n: i64) -> (i64, String, i64) {
+    (id, title.to_owned(), n)
+}
+
+#[tokio::test]
+async fn merge_operator_keeps_the_derived_table_in_step() {
+    let db = common::db().await;
+    let flow = start(&db, "merge", &["PostWithCommentsCountOperator"]).await;
+
+    // A child before its parent: nothing to merge.
+    db.exec("INSERT INTO comments (id, post_id) VALUES (1, 1)")
+        .await;
+    fence(&flow).await;
+    assert_eq!(counts(&db).await, vec![]);
+
+    // The parent creates the row, with the earlier child counted.
+    db.exec("INSERT INTO posts (id, title) VALUES (1, 'first')")
+        .await;
+    fence(&flow).await;
+    assert_eq!(counts(&db).await, vec![row(1, "first", 1)]);
+
+    db.exec("INSERT INTO comments (id, post_id) VALUES (2, 1)")
+        .await;
+    fence(&flow).await;
+    assert_eq!(counts(&db).await, vec![row(1, "first", 2)]);
+
+    // A child of an unknown parent changes nothing.
+    db.exec("INSERT INTO comments (id, post_id) VALUES (3, 99)")
+        .await;
+    fence(&flow).await;
+    assert_eq!(counts(&db).await, vec![row(1, "first", 2)]);
+
+    // A child delete re-runs the query.
+    db.exec("DELETE FROM comments WHERE id = 2").await;
+    fence(&flow).await;
+    assert_eq!(counts(&db).await, vec![row(1, "first", 1)]);
+
+    // The parent's title propagates.
+    db.exec("UPDATE posts SET title = 'renamed' WHERE id = 1")
+        .await;
+    fence(&flow).await;
+    assert_eq!(counts(&db).await, vec![row(1, "renamed", 1)]);
+
+    // A comment moved to another post: both parents are recomputed.
+    db.exec("INSERT INTO posts (id, title) VALUES (2, 'second')")
+        .await;
+    db.exec("UPDATE comments SET post_id = 2 WHERE id = 1")
+        .await;
+    fence(&flow).await;
+    assert_eq!(
+        counts(&db).await,
+        vec![row(1, "renamed", 0), row(2, "second", 1)]
+    );
+
+    // A `delete_with` delete deletes the derived row.
+    db.exec("DELETE FROM posts WHERE id = 1").await;
+    fence(&flow).await;
+    assert_eq!(counts(&db).await, vec![row(2, "second", 1)]);
+
+    assert!(
+        flow.dead_letters("PostWithCommentsCountOperator")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    flow.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn coalescing_merges_pending_runs_with_deletes_as_barriers() {
+    let db = common::db().await;
+    let flow = start(&db, "coalesce", &["CoalescedRuns", "EveryRun"]).await;
+    // One transaction: insert, insert, insert, delete, insert, insert for
+    // post 7 → runs [3 inserts] [delete] [2 inserts].
+    db.exec(
+        "BEGIN;
+         INSERT INTO comments (id, post_id) VALUES (1, 7), (2, 7), (3, 7);
+         DELETE FROM comments WHERE id = 2;
+         INSERT INTO comments (id, post_id) VALUES (4, 7);
+         INSERT INTO comments (id, post_id) VALUES (5, 7);
+         COMMIT;",
+    )
+    .await;
+    fence(&flow).await;
+    let runs: Vec<(String, i32)> =
+        sqlx::query_as("SELECT op, n FROM runs WHERE post_id = 7 ORDER BY op")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        runs,
+        vec![("coalesced".to_owned(), 3), ("every".to_owned(), 6)]
+    );
+    flow.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn kind_filter_and_unlisted_entities() {
+    let db = common::db().await;
+    let flow = start(&db, "kinds", &["PostInsertDelete"]).await;
+    db.exec("INSERT INTO posts (id, title) VALUES (41, 'a')")
+        .await;
+    db.exec("UPDATE posts SET title = 'b' WHERE id = 41").await;
+    db.exec("INSERT INTO comments (id, post_id) VALUES (1, 41)")
+        .await;
+    db.exec("DELETE FROM posts WHERE id = 41").await;
+    fence(&flow).await;
+    let kinds: Vec<_> = KINDS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, id)| *id == 41)
+        .cloned()
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("insert".to_owned(), 41), ("delete".to_owned(), 41)]
+    );
+    flow.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn multi_step_handler_writes_with_its_progress() {
+    let db = common::db().await;
+    let flow = start(&db, "multistep", &["MultiStep"]).await;
+    db.exec("INSERT INTO posts (id, title) VALUES (1, 'a'), (2, 'b')")
+        .await;
+    db.exec("INSERT INTO comments (id, post_id) VALUES (1, 1), (2, 1), (3, 2)")
+        .await;
+    fence(&flow).await;
+    let stats: Vec<(i64, i32)> = sqlx::query_as("SELECT id, n FROM post_stats ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stats, vec![(1, 2), (2, 1)]);
+    db.exec("UPDATE posts SET title = 'c' WHERE id = 1").await;
+    fence(&flow).await;
+    let stats: Vec<(i64, i32)> = sqlx::query_as("SELECT id, n FROM post_stats ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stats, vec![(2, 1)]);
+    flow.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn process_status_is_a_maximum_over_finished_events() {
+    let db = common::db().await;
+    let flow = start(&db, "status", &["PostWithCommentsCountOperator"]).await;
+    let t1 = 1_700_000_000_000_001i64; // µs
+    assert!(!flow.processed("posts", t1).await.unwrap());
+    db.exec(
+        "INSERT INTO posts (id, title, updated_at)
+         VALUES (1, 'a', '2023-11-14 22:13:20.000001+00')",
+    )
+    .await;
+    fence(&flow).await;
+    assert!(flow.processed("posts", t1).await.unwrap());
+    assert!(flow.processed("public.posts", t1 - 1).await.unwrap());
+    assert!(!flow.processed("posts", t1 + 1).await.unwrap());
+
+    // An older timestamp later does not move the status back.
+    db.exec(
+        "INSERT INTO posts (id, title, updated_at)
+         VALUES (2, 'b', '2020-09-13 12:26:40+00')",
+    )
+    .await;
+    fence(&flow).await;
+    assert!(flow.processed("posts", t1).await.unwrap());
+
+    // A newer one moves it forward; comments are tracked separately.
+    db.exec(
+        "INSERT INTO comments (id, post_id, updated_at)
+         VALUES (1, 1, '2027-01-15 08:00:00+00')",
+    )
+    .await;
+    fence(&flow).await;
+    assert!(
+        flow.processed("comments", 1_800_000_000_000_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !flow
+            .processed("posts", 1_800_000_000_000_000)
+            .await
+            .unwrap()
+    );
+    // A table without the field records nothing.
+    assert!(!flow.processed("tags", 0).await.unwrap());
+    flow.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn lsn_fence_waits_for_every_operator() {
+    let db = common::db().await;
+    let flow = start(
+        &db,
+        "fence",
+        &["PostWithCommentsCountOperator", "EveryRun", "MultiStep"],
+    )
+    .await;
+    // Nothing written yet: the fence returns (it moves the slot itself).
+    fence(&flow).await;
+    for i in 0..20 {
+        db.exec(&format!(
+            "INSERT INTO posts (id, title) VALUES ({i}, 't{i}');
+             INSERT INTO comments (id, post_id) VALUES ({i}, {i}), ({}, {i});",
+            i + 100
+        ))
+        .await;
+    }
+    let lsn = flow.current_lsn().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(20))
+        .await
+        .unwrap();
+    // Everything committed before the fence is applied by every operator.
+    assert_eq!(counts(&db).await.len(), 20);
+    let every: i64 = sqlx::query_scalar("SELECT sum(n) FROM runs WHERE op = 'every'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(every, 40);
+    let stats: i64 = sqlx::query_scalar("SELECT sum(n) FROM post_stats")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stats, 40);
+    // "0/0" is long past.
+    flow.wait_processed(walflow::Lsn::ZERO, Duration::from_secs(5))
+        .await
+        .unwrap();
+    flow.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn truncate_reaches_handlers_that_list_it_and_spares_query_operators() {
+    let db = common::db().await;
+    let flow = start(
+        &db,
+        "truncate",
+        &["TagTruncations", "PostWithCommentsCountOperator"],
+    )
+    .await;
+    db.exec("INSERT INTO tags VALUES (1), (2)").await;
+    db.exec("INSERT INTO posts (id, title) VALUES (1, 'a')")
+        .await;
+    fence(&flow).await;
+    db.exec("TRUNCATE tags").await;
+    // A query operator does not run on truncate (it logs that its target may
+    // be stale).
+    db.exec("TRUNCATE posts").await;
+    fence(&flow).await;
+    assert_eq!(*TRUNCATES.lock().unwrap(), vec!["tags".to_owned()]);
+    assert_eq!(counts(&db).await, vec![row(1, "a", 0)]);
+    assert!(
+        flow.dead_letters("PostWithCommentsCountOperator")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    flow.shutdown().await.unwrap();
+}
