@@ -28,6 +28,8 @@ pub(crate) struct Consumer {
     pub options: ListenerOptions,
     /// End of the last transaction in the queue.
     pub watermark: Lsn,
+    /// Realtime subscriptions, fed with every new change.
+    pub hub: crate::subscribe::Subscriptions,
 }
 
 impl Consumer {
@@ -101,6 +103,11 @@ impl Consumer {
                         if let Some(b) = open.as_mut() {
                             dispatch(&ev, &self.ops, &field, b);
                         }
+                        // A transaction queued before a restart comes again:
+                        // its changes were published then.
+                        if ev.commit_lsn >= self.watermark {
+                            self.hub.publish_arc(Arc::new(ev));
+                        }
                     }
                     ListenerMessage::Message(_) => {}
                     ListenerMessage::Commit(c) => {
@@ -109,6 +116,7 @@ impl Consumer {
                             ready.append(&mut b);
                             self.watermark = c.end_lsn;
                             ready_end = Some(c.end_lsn);
+                            self.hub.publish_commit(c.end_lsn);
                         } else {
                             // Already queued before a crash: only the
                             // acknowledgement was missing.

@@ -45,6 +45,12 @@
 
 mod consumer;
 
+use serde::de::DeserializeOwned;
+
+use crate::registry::EventSource;
+use crate::subscribe::{
+    Delivery, HubOptions, Scope, Subscription, SubscriptionBuilder, Subscriptions, WaitError,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -294,9 +300,11 @@ impl WalflowBuilder {
         };
         let mut tables: Vec<_> = match &self.operators {
             None => registry.tables(),
+            // The operators' entities, and their targets: derived tables
+            // feed subscriptions and downstream operators.
             Some(_) => operators
                 .iter()
-                .flat_map(|o| o.entities.iter().copied())
+                .flat_map(|o| o.entities.iter().copied().chain(o.target.map(|t| t.table)))
                 .collect(),
         };
         tables.sort();
@@ -351,6 +359,11 @@ impl WalflowBuilder {
             .iter()
             .map(|o| (o.name, Signals::default()))
             .collect();
+        // Realtime subscriptions see every change committed from now on.
+        let hub = Subscriptions::new(HubOptions {
+            start: Some(Lsn(watermark.unwrap_or(0) as u64)),
+            ..HubOptions::default()
+        });
         let consumer = consumer::Consumer {
             shared: shared.clone(),
             ops: operators.clone(),
@@ -359,6 +372,7 @@ impl WalflowBuilder {
             url: replication_url(&config),
             options,
             watermark: Lsn(watermark.unwrap_or(0) as u64),
+            hub: hub.clone(),
         };
         let listener = consumer.start_listener().await?;
 
@@ -381,6 +395,7 @@ impl WalflowBuilder {
             .collect();
         let consumer = tokio::spawn(consumer.run(listener));
         Ok(Walflow {
+            hub,
             shared,
             signals,
             operators,
@@ -468,6 +483,7 @@ pub struct DeadLetter {
 
 /// A running flow. See the [module documentation](self).
 pub struct Walflow {
+    hub: Subscriptions,
     shared: Arc<Shared>,
     signals: HashMap<&'static str, Signals>,
     operators: Vec<&'static OperatorRegistration>,
@@ -491,6 +507,46 @@ impl std::fmt::Debug for Walflow {
 }
 
 impl Walflow {
+    /// The realtime subscription hub this flow feeds, in commit order, with
+    /// every change of the published tables.
+    pub fn subscriptions(&self) -> &Subscriptions {
+        &self.hub
+    }
+
+    /// A live subscription to the rows of `T` in `scope`
+    /// ([`Scope::All`](crate::subscribe::Scope), `Scope::id(..)`, or a field
+    /// scope such as `Comment::POST_ID.eq(7)`). See [`crate::subscribe`].
+    pub fn subscribe<T>(&self, scope: impl Into<Scope<T>>) -> Subscription<T>
+    where
+        T: EventSource + DeserializeOwned,
+    {
+        self.hub.subscribe(scope)
+    }
+
+    /// A subscription to configure (authorization predicate, buffer, resume
+    /// position) before starting it.
+    pub fn subscription<T>(&self, scope: impl Into<Scope<T>>) -> SubscriptionBuilder<T>
+    where
+        T: EventSource + DeserializeOwned,
+    {
+        self.hub.subscription(scope)
+    }
+
+    /// Waits for the first change of a row in `scope` committed after
+    /// `after` (from now on when `None`): the "create a post, wait until the
+    /// derived row exists, then redirect" flow.
+    pub async fn wait_for<T>(
+        &self,
+        scope: impl Into<Scope<T>>,
+        after: Option<Position>,
+        timeout: Duration,
+    ) -> Result<Delivery<T>, WaitError>
+    where
+        T: EventSource + DeserializeOwned,
+    {
+        self.hub.wait_for(scope, after, timeout).await
+    }
+
     /// A builder; see [`WalflowBuilder`].
     pub fn builder() -> WalflowBuilder {
         WalflowBuilder {
