@@ -3,7 +3,7 @@
 //! redirects once the derived row exists. Shared by `main.rs` and the
 //! browser test.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::Router;
@@ -12,14 +12,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use sqlx::PgPool;
-use walflow::listener::{Listener, ListenerMessage, ListenerOptions, PgWireConnector};
 use walflow::prelude::*;
-use walflow::setup::{SetupSpec, TableSpec, prepare};
 use walflow::subscribe::sse::{self, SseOptions};
-use walflow::subscribe::{
-    HubOptions, Position, Scope, Subscriptions, after_commit, parse_position,
-};
-use walflow::{EventKind, RawEvent};
+use walflow::subscribe::{Position, Scope, Subscriptions, after_commit, parse_position};
 
 #[event_source(table = "posts")]
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
@@ -51,61 +46,50 @@ CREATE TABLE IF NOT EXISTS post_with_comments_counts (
     id int8 PRIMARY KEY, title text NOT NULL, comments_count int8 NOT NULL);
 ";
 
-const COUNT_QUERY: &str = "MERGE INTO post_with_comments_counts dest
-    USING (SELECT p.id, p.title, count(c.id) AS comments_count
-           FROM posts p LEFT JOIN comments c ON c.post_id = p.id
-           WHERE p.id = $1 GROUP BY p.id) src
-    ON dest.id = src.id
-    WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
-    WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
-         VALUES (src.id, src.title, src.comments_count)";
+on_event! {
+    /// Keeps `post_with_comments_counts` in step with posts and comments.
+    pub operator PostWithCommentsCountOperator for PostWithCommentsCount {
+        events: all,
+        entities: [Comment, Post],
+        id: [Comment.post_id, Post.id],
+        delete_with: [Post],
+        coalesce: true,
+        query: "MERGE INTO post_with_comments_counts dest
+            USING (SELECT p.id, p.title, count(c.id) AS comments_count
+                   FROM posts p LEFT JOIN comments c ON c.post_id = p.id
+                   WHERE p.id = $1 GROUP BY p.id) src
+            ON dest.id = src.id
+            WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
+            WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
+                 VALUES (src.id, src.title, src.comments_count)",
+    }
+}
 
 /// The application's state.
 #[derive(Clone)]
 pub struct App {
     pub pool: PgPool,
     pub hub: Subscriptions,
+    /// The running flow (operator, listener, hub), kept alive with the app.
+    pub flow: std::sync::Arc<Walflow>,
 }
 
-/// Creates the tables, the publication and the slot, starts the listener
-/// feeding the hub, and returns the router.
+/// Creates the tables and starts the flow (the operator keeping the counts,
+/// the listener feeding the subscription hub), and returns the router.
 pub async fn start(url: &str, slot: &str) -> Result<(Router, App), walflow::BoxError> {
-    let pool = PgPool::connect(url).await?;
-    sqlx::raw_sql(SCHEMA).execute(&pool).await?;
-    let tables = ["posts", "comments", "post_with_comments_counts"];
-    prepare(
-        &pool,
-        &SetupSpec {
-            publication: "walflow_live".into(),
-            slot: slot.into(),
-            durable_slot: true,
-            tables: tables
-                .iter()
-                .map(|t| TableSpec::new("public", *t))
-                .collect(),
-        },
-    )
-    .await?;
-    // Everything after the slot's position reaches the hub: pages rendered
-    // from now on can resume from the position they were rendered at.
-    let (confirmed,): (String,) = sqlx::query_as(
-        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-    )
-    .bind(slot)
-    .fetch_one(&pool)
-    .await?;
-    let hub = Subscriptions::new(HubOptions {
-        start: Some(confirmed.parse()?),
-        ..HubOptions::default()
-    });
-    let listener = Listener::start(
-        PgWireConnector::from_url(url)?,
-        ListenerOptions::new(slot, "walflow_live"),
-        pool.clone(),
-    )
-    .await?;
-    tokio::spawn(feed(listener, hub.clone(), pool.clone()));
-    let app = App { pool, hub };
+    let flow = Walflow::builder()
+        .database_url(url)
+        .slot_name(slot)
+        .publication("walflow_live")
+        .setup_sql(SCHEMA)
+        .operators(["PostWithCommentsCountOperator"])
+        .start()
+        .await?;
+    let app = App {
+        pool: flow.pool().clone(),
+        hub: flow.subscriptions().clone(),
+        flow: std::sync::Arc::new(flow),
+    };
     let router = Router::new()
         .route("/", get(index))
         .route("/posts", axum::routing::post(create_post))
@@ -117,77 +101,6 @@ pub async fn start(url: &str, slot: &str) -> Result<(Router, App), walflow::BoxE
     Ok((router, app))
 }
 
-/// Feeds the hub in commit order and keeps `post_with_comments_counts` in
-/// step.
-///
-/// The counting part is a stand-in for the operator runtime: replace it with
-/// the `on_event!` operator `PostWithCommentsCountOperator` (see the crate
-/// docs) once `Walflow::builder().start()` runs operators.
-async fn feed(mut listener: Listener, hub: Subscriptions, pool: PgPool) {
-    let mut touched = BTreeSet::new();
-    let mut deleted = BTreeSet::new();
-    loop {
-        let message = match listener.recv().await {
-            Ok(Some(message)) => message,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::error!(error = %e, "listener failed");
-                return;
-            }
-        };
-        match message {
-            ListenerMessage::Change(raw) => {
-                hub.publish(&raw);
-                posts_touched(&raw, &mut touched, &mut deleted);
-            }
-            ListenerMessage::Commit(commit) => {
-                hub.publish_commit(commit.end_lsn);
-                // Stand-in for the operator (to be replaced by `on_event!`).
-                for id in std::mem::take(&mut touched) {
-                    let result = if deleted.contains(&id) {
-                        sqlx::query("DELETE FROM post_with_comments_counts WHERE id = $1")
-                            .bind(id)
-                            .execute(&pool)
-                            .await
-                    } else {
-                        sqlx::query(COUNT_QUERY).bind(id).execute(&pool).await
-                    };
-                    if let Err(e) = result {
-                        tracing::error!(error = %e, post = id, "cannot update the comment count");
-                    }
-                }
-                deleted.clear();
-                listener.ack(commit.end_lsn);
-            }
-            _ => {}
-        }
-    }
-}
-
-fn posts_touched(raw: &RawEvent, touched: &mut BTreeSet<i64>, deleted: &mut BTreeSet<i64>) {
-    let int =
-        |record: Option<&walflow::Record>, column: &str| match record.and_then(|r| r.get(column)) {
-            Some(walflow::Value::Int8(v)) => Some(*v),
-            _ => None,
-        };
-    match &*raw.table {
-        "posts" => {
-            let id = int(raw.record(), "id");
-            touched.extend(id);
-            if raw.kind == EventKind::Delete {
-                deleted.extend(id);
-            }
-        }
-        "comments" => {
-            touched.extend(int(raw.new.as_ref(), "post_id"));
-            touched.extend(int(raw.old.as_ref(), "post_id"));
-        }
-        _ => {}
-    }
-}
-
-/// `?after=<position>`: where the page was rendered, so its event streams
-/// start there (`Last-Event-ID` takes over on reconnection).
 fn resume_position(headers: &HeaderMap, query: &HashMap<String, String>) -> Option<Position> {
     sse::last_event_id(headers).or_else(|| query.get("after").and_then(|p| parse_position(p)))
 }
@@ -376,7 +289,7 @@ async fn create_post(State(app): State<App>, Form(form): Form<NewPost>) -> Respo
         Err(e) => return error(e),
     };
     let derived = app
-        .hub
+        .flow
         .wait_for::<PostWithCommentsCount>(Scope::id(id.0), Some(before), Duration::from_secs(10))
         .await;
     match derived {
