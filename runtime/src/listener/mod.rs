@@ -81,6 +81,11 @@ const BATCH: usize = 256;
 
 type Batch = Vec<Result<ListenerMessage, ListenerError>>;
 
+/// Messages handled in one wake-up from which the stream counts as busy.
+const COALESCE_AFTER: usize = 16;
+/// How long a busy stream is left to accumulate.
+const COALESCE_PAUSE: Duration = Duration::from_micros(100);
+
 /// Quotes an SQL identifier.
 pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
@@ -804,6 +809,13 @@ impl<C: Connector> Pump<C> {
             }
             if let Err(SessionEnd::Stopped) = self.flush(&mut transport).await {
                 return self.close(transport).await;
+            }
+            // A busy stream: let the server fill the socket for a moment
+            // rather than waking this thread for every message. This thread
+            // runs only the replication connection, so pausing it delays
+            // nothing else; a quiet stream is never paused.
+            if handled >= COALESCE_AFTER {
+                std::thread::sleep(COALESCE_PAUSE);
             }
         }
     }
