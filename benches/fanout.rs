@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use futures_util::StreamExt;
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use walflow::listener::{Listener, ListenerMessage, ListenerOptions, PgWireConnector};
 use walflow::prelude::*;
 use walflow::setup::{SetupSpec, TableSpec, prepare};
@@ -63,8 +63,9 @@ async fn async_main() {
         #[cfg(not(feature = "embedded"))]
         Err(_) => panic!("set DATABASE_URL"),
     };
-    let (url, pool) = fresh_database(&base).await;
-    exec(
+    let (url, pool) =
+        support::fresh_database(&base, &format!("walflow_fanout_{}", std::process::id())).await;
+    support::exec(
         &pool,
         "CREATE TABLE comments (id bigserial PRIMARY KEY, post_id int8 NOT NULL, body text NOT NULL)",
     )
@@ -142,7 +143,7 @@ async fn async_main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
-    let cpu_before = cpu_time();
+    let cpu_before = support::cpu_time();
     let started = Instant::now();
     let total = RATE * SECONDS;
     let mut tick = tokio::time::interval(Duration::from_millis(1000 * PER_TX / RATE));
@@ -153,7 +154,7 @@ async fn async_main() {
         let values: Vec<String> = (0..PER_TX)
             .map(|i| format!("({}, 'comment')", (sent + i) as i64 % CHANNELS))
             .collect();
-        exec(
+        support::exec(
             &pool,
             &format!(
                 "INSERT INTO comments (post_id, body) VALUES {}",
@@ -172,7 +173,7 @@ async fn async_main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();
-    let cpu = cpu_time() - cpu_before;
+    let cpu = support::cpu_time() - cpu_before;
     stop_tx.send(true).unwrap();
     let mut latencies: Vec<u32> = Vec::new();
     for c in consumers {
@@ -211,62 +212,7 @@ async fn async_main() {
     );
     println!(
         "  RSS                   {:.1} MiB now, {:.1} MiB peak",
-        status_kib("VmRSS:") as f64 / 1024.0,
-        status_kib("VmHWM:") as f64 / 1024.0
+        support::status_kib("VmRSS:") as f64 / 1024.0,
+        support::status_kib("VmHWM:") as f64 / 1024.0
     );
-}
-
-async fn fresh_database(base: &str) -> (String, PgPool) {
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(base)
-        .await
-        .unwrap();
-    let name = format!("walflow_fanout_{}", std::process::id());
-    exec(&admin, &format!("DROP DATABASE IF EXISTS {name}")).await;
-    exec(&admin, &format!("CREATE DATABASE {name}")).await;
-    let mut url = url::Url::parse(base).unwrap();
-    url.set_path(&name);
-    let url = url.to_string();
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&url)
-        .await
-        .unwrap();
-    (url, pool)
-}
-
-async fn exec(pool: &PgPool, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-/// User + system CPU time of this process (Linux `/proc/self/stat`).
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime), counted after `comm`.
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Duration::from_secs_f64(ticks as f64 / hz.max(1) as f64)
-}
-
-/// A `/proc/self/status` field in KiB.
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }

@@ -17,7 +17,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+mod support;
+
 use walflow::Lsn;
 use walflow::listener::{Listener, ListenerMessage, ListenerOptions, PgWireConnector};
 use walflow::setup::{SetupSpec, TableSpec, prepare};
@@ -68,8 +69,9 @@ async fn async_main() {
         #[cfg(not(feature = "embedded"))]
         Err(_) => panic!("set DATABASE_URL"),
     };
-    let (url, pool) = fresh_database(&base).await;
-    exec(
+    let (url, pool) =
+        support::fresh_database(&base, &format!("walflow_bench_{}", std::process::id())).await;
+    support::exec(
         &pool,
         "CREATE TABLE bench_rows (id int8 PRIMARY KEY, name text NOT NULL, amount numeric NOT NULL, \
          created_at timestamptz NOT NULL, flag bool NOT NULL)",
@@ -91,7 +93,7 @@ async fn async_main() {
                 id + 1,
                 id + ROWS_PER_TX
             );
-            exec(&pool, &sql).await;
+            support::exec(&pool, &sql).await;
             id += ROWS_PER_TX;
         }
     })
@@ -101,7 +103,7 @@ async fn async_main() {
         &multi,
     );
 
-    exec(&pool, "TRUNCATE bench_rows").await;
+    support::exec(&pool, "TRUNCATE bench_rows").await;
     let single = run_backlog(&url, &pool, "single", |pool| async move {
         // Single-row transactions, written by a few concurrent sessions.
         let mut tasks = Vec::new();
@@ -162,8 +164,8 @@ where
     eprintln!("[{name}] backlog written in {:.1?}", t.elapsed());
 
     // 1. walflow's listener, decoding every row.
-    reset_peak_rss();
-    let cpu_before = process_cpu();
+    support::reset_peak_rss();
+    let cpu_before = support::cpu_time();
     let mut opts = ListenerOptions::new(&slot_listener, "bench");
     opts.heartbeat_interval = None;
     let t = Instant::now();
@@ -198,9 +200,9 @@ where
         }
     }
     let listener_time = t.elapsed();
-    let listener_cpu = process_cpu().saturating_sub(cpu_before);
+    let listener_cpu = support::cpu_time().saturating_sub(cpu_before);
     listener.shutdown().await.unwrap();
-    let peak_rss_kib = peak_rss_kib();
+    let peak_rss_kib = support::status_kib("VmHWM:");
 
     // 2. pg_recvlogical on its own slot.
     let t = Instant::now();
@@ -271,68 +273,6 @@ fn report(title: &str, f: &Figures) {
     println!();
 }
 
-async fn fresh_database(base: &str) -> (String, PgPool) {
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(base)
-        .await
-        .unwrap();
-    let name = format!("walflow_bench_{}", std::process::id());
-    exec(&admin, &format!("DROP DATABASE IF EXISTS {name}")).await;
-    exec(&admin, &format!("CREATE DATABASE {name}")).await;
-    let mut url = url::Url::parse(base).unwrap();
-    url.set_path(&name);
-    let url = url.to_string();
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&url)
-        .await
-        .unwrap();
-    (url, pool)
-}
-
-async fn exec(pool: &PgPool, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Resets the process's peak RSS (Linux: `clear_refs` value 5).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// Peak resident set size since the last reset, in KiB.
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// CPU time (user + system) this process has used, from `/proc/self/stat`.
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 (1-based), 11 and 12 here.
-    let total = ticks(11) + ticks(12);
-    Duration::from_millis(total * 10)
 }

@@ -17,12 +17,14 @@
 
 #![allow(dead_code)] // fields are read through serde
 
+mod support;
+
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgListener, PgPoolOptions};
-use sqlx::{Connection, PgPool};
+use sqlx::Connection;
+use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 use walflow::prelude::*;
 
@@ -186,8 +188,12 @@ async fn drain(
     comments: i64,
     recv: bool,
 ) -> (Duration, Option<Duration>) {
-    let (url, pool) = fresh_database(base, suffix).await;
-    exec(&pool, SCHEMA).await;
+    let (url, pool) = support::fresh_database(
+        base,
+        &format!("walflow_opbench_{}_{suffix}", std::process::id()),
+    )
+    .await;
+    support::exec(&pool, SCHEMA).await;
     let slot = format!("bench_{suffix}");
     let builder = || {
         Walflow::builder()
@@ -279,8 +285,9 @@ async fn drain(
 /// round trip.
 async fn latency(base: &str) {
     const N: usize = 300;
-    let (url, pool) = fresh_database(base, "lat").await;
-    exec(&pool, SCHEMA).await;
+    let (url, pool) =
+        support::fresh_database(base, &format!("walflow_opbench_{}_lat", std::process::id())).await;
+    support::exec(&pool, SCHEMA).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _ = PINGS.set(tx);
     let flow = Walflow::builder()
@@ -330,32 +337,6 @@ async fn latency(base: &str) {
         h50.as_secs_f64() / n50.as_secs_f64(),
         h99.as_secs_f64() / n99.as_secs_f64()
     );
-}
-
-async fn fresh_database(base: &str, suffix: &str) -> (String, PgPool) {
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(base)
-        .await
-        .unwrap();
-    let name = format!("walflow_opbench_{}_{suffix}", std::process::id());
-    exec(&admin, &format!("CREATE DATABASE {name}")).await;
-    let mut url = url::Url::parse(base).unwrap();
-    url.set_path(&name);
-    let url = url.to_string();
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&url)
-        .await
-        .unwrap();
-    (url, pool)
-}
-
-async fn exec(pool: &PgPool, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 async fn exec_conn(conn: &mut sqlx::PgConnection, sql: &str) {
