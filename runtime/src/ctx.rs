@@ -59,11 +59,15 @@ impl Ctx {
     /// back if it fails or panics). Begun on first use; later calls in the
     /// same handler call return the same transaction.
     ///
-    /// ```ignore
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # async fn handler(ctx: walflow_runtime::ctx::Ctx) -> Result<(), sqlx::Error> {
     /// sqlx::query("INSERT INTO audit (pos) VALUES ($1)")
     ///     .bind(ctx.position().to_string())
     ///     .execute(&mut *ctx.transaction().await?)
     ///     .await?;
+    /// # Ok(())
+    /// # }
     /// ```
     pub async fn transaction(&self) -> Result<MappedMutexGuard<'_, PgConnection>, sqlx::Error> {
         let mut guard = self.tx.lock().await;
