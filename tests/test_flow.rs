@@ -1,6 +1,7 @@
-//! Subscriptions fed by a running flow: the "create a post, wait until the
-//! derived row exists" flow, live counts on the derived table, and a scoped
-//! subscription to one post's comments.
+//! A running flow: it feeds subscriptions (the "create a post, wait until
+//! the derived row exists" flow, live counts on the derived table, a scoped
+//! subscription to one post's comments), and a second flow on its slot is
+//! refused.
 
 #![allow(dead_code)] // struct fields are read through serde
 
@@ -120,4 +121,42 @@ async fn the_flow_feeds_subscriptions_in_commit_order() {
         }
     }
     flow.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_flow_on_the_same_slot_is_refused() {
+    let db = common::db().await;
+    db.exec(SCHEMA).await;
+    let slot = db.slot("twoflows");
+    let start = || {
+        Walflow::builder()
+            .database_url(&db.url)
+            .slot_name(&slot)
+            .operators(["Counts"])
+            .start()
+    };
+    let first = start().await.expect("the first flow starts");
+    let err = tokio::time::timeout(Duration::from_secs(20), start())
+        .await
+        .expect("the second start does not hang")
+        .expect_err("a second flow on the slot is refused");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "slot \"{slot}\" is in use by another process (pid "
+        )),
+        "{err}"
+    );
+    // The first one is unaffected.
+    db.exec("INSERT INTO posts VALUES (7, 'still here')").await;
+    let lsn = first.current_lsn().await.unwrap();
+    first
+        .wait_processed(lsn, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM post_with_comments_counts WHERE id = 7")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    first.shutdown().await.unwrap();
 }
