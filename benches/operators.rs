@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
+use walflow::listener::ListenerMessage;
 use walflow::prelude::*;
 
 #[event_source(table = "posts")]
@@ -149,6 +150,10 @@ async fn async_main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
+    if std::env::var_os("LAT_ONLY").is_some() {
+        latency(&base).await;
+        return;
+    }
     let (coalesced, recv) = drain(&base, "a", "Coalesced", comments, true).await;
     let (every, _) = drain(&base, "b", "EveryEvent", comments, false).await;
     let events = (POSTS + comments) as f64;
@@ -201,7 +206,7 @@ async fn drain(
             .slot_name(&slot)
             .operators([operator])
             .max_connections(20)
-            .concurrency(16)
+            .concurrency(std::env::var("C").ok().and_then(|c| c.parse().ok()).unwrap_or(16))
     };
     // Creates the publication and the slot, then stops.
     builder().start().await.unwrap().shutdown().await.unwrap();
@@ -245,10 +250,45 @@ async fn drain(
 
     let t = Instant::now();
     let flow = builder().start().await.unwrap();
+    // When the backlog is all in the queue (polled: a figure, not a gate).
+    let queued = {
+        let pool = pool.clone();
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            loop {
+                let at: Option<i64> =
+                    sqlx::query_scalar("SELECT enqueued_lsn FROM walflow.streams WHERE slot = $1")
+                        .bind(&slot)
+                        .fetch_optional(&pool)
+                        .await
+                        .unwrap();
+                if at.is_some_and(|at| at as u64 >= end_lsn.0) {
+                    return t.elapsed();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
     flow.wait_processed(end_lsn, Duration::from_secs(3600))
         .await
         .unwrap();
     let drained = t.elapsed();
+    let queued = queued.await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM walflow.queue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // Each run of the MERGE inserts or updates one row.
+    let runs: i64 = sqlx::query_scalar(
+        "SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables WHERE relname = 'post_with_comments_counts'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    println!(
+        "  [{operator}] all queued after {queued:.2?}, drained after {drained:.2?}; \
+         {runs} query runs, {rows} rows left"
+    );
     flow.shutdown().await.unwrap();
     let (n, total): (i64, i64) = sqlx::query_as(
         "SELECT count(*), coalesce(sum(comments_count), 0)::int8 FROM post_with_comments_counts",
@@ -311,6 +351,37 @@ async fn latency(base: &str) {
     }
     flow.shutdown().await.unwrap();
 
+    // The floor of any WAL consumer: commit to the commit message arriving
+    // on a bare listener (no queue, no operator).
+    let config = walflow::Config::builder()
+        .url(&url)
+        .slot_name("bench_latency_raw")
+        .build()
+        .unwrap();
+    let (mut raw, _) = walflow::listener::Listener::connect(
+        &config,
+        vec![walflow::setup::TableSpec::new("public", "pings")],
+    )
+    .await
+    .unwrap();
+    let mut wal = Vec::with_capacity(N);
+    for i in 0..N as i64 {
+        let t = Instant::now();
+        sqlx::query("INSERT INTO pings VALUES ($1)")
+            .bind(N as i64 + i)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        loop {
+            if let Some(ListenerMessage::Commit(c)) = raw.recv().await.unwrap() {
+                wal.push(t.elapsed());
+                raw.ack(c.end_lsn);
+                break;
+            }
+        }
+    }
+    raw.shutdown().await.unwrap();
+
     let mut listener = PgListener::connect(&url).await.unwrap();
     listener.listen("bench_ping").await.unwrap();
     let mut notify = Vec::with_capacity(N);
@@ -329,8 +400,10 @@ async fn latency(base: &str) {
     };
     let (h50, h99) = (p(&mut handler, 0.50), p(&mut handler, 0.99));
     let (n50, n99) = (p(&mut notify, 0.50), p(&mut notify, 0.99));
+    let (w50, w99) = (p(&mut wal, 0.50), p(&mut wal, 0.99));
     println!("latency ({N} single-row commits):");
     println!("  commit → handler   p50 {h50:>10.2?}  p99 {h99:>10.2?}");
+    println!("  commit → listener  p50 {w50:>10.2?}  p99 {w99:>10.2?}   (WAL sender floor)");
     println!("  LISTEN/NOTIFY      p50 {n50:>10.2?}  p99 {n99:>10.2?}");
     println!(
         "  ratio              p50 {:.2}x (target <= 2)   p99 {:.2}x (target <= 5)",

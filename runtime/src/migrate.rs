@@ -29,9 +29,10 @@
 use sqlx::PgPool;
 
 /// The migrations, in order. Never edit a released one: add a new version.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE walflow.streams (
     slot text PRIMARY KEY,
     enqueued_lsn bigint NOT NULL
@@ -106,7 +107,28 @@ BEGIN
 END
 $fn$;
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- A row of a coalescing operator can stand for several events of its id,
+-- collapsed when they were queued: `first_lsn` is the commit LSN of the
+-- first of them (NULL: the row's own), `cover_lsns`/`cover_seqs` the
+-- positions of the others whose process status waits on this row.
+ALTER TABLE walflow.queue
+    ADD COLUMN first_lsn bigint,
+    ADD COLUMN cover_lsns bigint[],
+    ADD COLUMN cover_seqs integer[];
+CREATE INDEX queue_first_position ON walflow.queue (slot, (coalesce(first_lsn, commit_lsn)));
+DROP INDEX walflow.queue_position;
+-- Where the queue stands inside a transaction not yet fully queued: a big
+-- transaction is queued in chunks before its commit is seen.
+ALTER TABLE walflow.streams
+    ADD COLUMN partial_lsn bigint,
+    ADD COLUMN partial_seq integer;
+"#,
+    ),
+];
 
 /// The latest schema version.
 pub const LATEST_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -50,7 +50,8 @@ pub async fn fence_reached(
 ) -> Result<Option<bool>, sqlx::Error> {
     let row: (Option<i64>, bool) = sqlx::query_as(
         "SELECT (SELECT enqueued_lsn FROM walflow.streams WHERE slot = $1),
-                EXISTS (SELECT 1 FROM walflow.queue WHERE slot = $1 AND commit_lsn <= $2)",
+                EXISTS (SELECT 1 FROM walflow.queue
+                        WHERE slot = $1 AND coalesce(first_lsn, commit_lsn) <= $2)",
     )
     .bind(slot)
     .bind(lsn.0 as i64)

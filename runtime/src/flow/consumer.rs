@@ -16,8 +16,10 @@ use crate::registry::OperatorRegistration;
 /// Messages taken from the listener per round; the transactions completed in
 /// a round are queued in one database transaction.
 const ROUND: usize = 4096;
-/// Rows per multi-row insert.
-const CHUNK: usize = 2000;
+/// Queue rows gathered over several full rounds before they are queued.
+const GATHER_ROWS: usize = 20_000;
+/// Queue rows of one transaction held before it is queued in part.
+const CHUNK_ROWS: usize = 10_000;
 
 pub(crate) struct Consumer {
     pub shared: Arc<Shared>,
@@ -28,6 +30,8 @@ pub(crate) struct Consumer {
     pub options: ListenerOptions,
     /// End of the last transaction in the queue.
     pub watermark: Lsn,
+    /// A transaction queued in part: its commit LSN and last queued change.
+    pub partial: Option<(Lsn, u32)>,
     /// Realtime subscriptions, fed with every new change.
     pub hub: crate::subscribe::Subscriptions,
 }
@@ -48,9 +52,47 @@ impl Consumer {
         }
     }
 
+    /// Queues `ready`, retrying with backoff; `false` when the flow stops
+    /// first (nothing acknowledged: delivered again at next start).
+    async fn flush_retrying(
+        &self,
+        ready: &Batch,
+        end: Option<Lsn>,
+        partial: Option<(Lsn, u32)>,
+    ) -> bool {
+        let mut tries = 0u32;
+        loop {
+            match flush(&self.shared, ready, end, partial).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tries += 1;
+                    if !is_transient(&e) {
+                        tracing::error!(error = %e, "queueing events failed; retrying");
+                    } else {
+                        tracing::warn!(error = %e, "queueing events failed; retrying");
+                    }
+                    if !self.sleep(self.shared.config.restart_delay(tries)).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wakes the executors of the operators `batch` queued rows for.
+    fn notify(&self, batch: &Batch) {
+        let touched: BTreeSet<&str> = batch.rows.iter().map(|r| r.operator).collect();
+        for op in touched {
+            if let Some(s) = self.signals.get(op) {
+                s.notify.notify_one();
+            }
+        }
+    }
+
     pub async fn run(mut self, first: Listener) {
         let mut listener = Some(first);
-        let mut open: Option<Batch> = None;
+        // The transaction being received: its commit LSN and queue rows.
+        let mut open: Option<(Lsn, Batch)> = None;
         let mut ready = Batch::default();
         let mut ready_end: Option<Lsn> = None;
         let mut buf = Vec::with_capacity(ROUND);
@@ -86,7 +128,21 @@ impl Consumer {
             };
             if let Some(why) = lost {
                 tracing::warn!(error = why, "the listener failed; restarting it");
+                // Whole transactions received are queued; the rest comes
+                // again.
                 open = None;
+                if ready_end.is_some() {
+                    ready.collapse(&self.ops);
+                    if !self.flush_retrying(&ready, ready_end, None).await {
+                        if let Some(l) = listener.take() {
+                            let _ = l.shutdown().await;
+                        }
+                        return;
+                    }
+                    self.notify(&ready);
+                    ready = Batch::default();
+                    ready_end = None;
+                }
                 if let Some(l) = listener.take() {
                     let _ = l.shutdown().await;
                 }
@@ -96,12 +152,20 @@ impl Consumer {
                 }
                 continue;
             }
+            let full = buf.len() == ROUND;
             for m in buf.drain(..) {
                 match m {
-                    ListenerMessage::Begin(_) => open = Some(Batch::default()),
+                    ListenerMessage::Begin(b) => open = Some((b.commit_lsn, Batch::default())),
                     ListenerMessage::Change(ev) => {
-                        if let Some(b) = open.as_mut() {
-                            dispatch(&ev, &self.ops, &field, b);
+                        if let Some((_, b)) = open.as_mut() {
+                            // Changes of a transaction queued in part
+                            // before a restart are queued once.
+                            let queued = self
+                                .partial
+                                .is_some_and(|(lsn, seq)| lsn == ev.commit_lsn && ev.seq <= seq);
+                            if !queued && ev.commit_lsn.0 >= self.watermark.0 {
+                                dispatch(&ev, &self.ops, &field, b);
+                            }
                         }
                         // A transaction queued before a restart comes again:
                         // its changes were published then.
@@ -111,7 +175,7 @@ impl Consumer {
                     }
                     ListenerMessage::Message(_) => {}
                     ListenerMessage::Commit(c) => {
-                        let mut b = open.take().unwrap_or_default();
+                        let mut b = open.take().map(|(_, b)| b).unwrap_or_default();
                         if c.end_lsn > self.watermark {
                             ready.append(&mut b);
                             self.watermark = c.end_lsn;
@@ -125,37 +189,42 @@ impl Consumer {
                     }
                 }
             }
-            let Some(end) = ready_end.take() else {
+            let open_rows = open.as_ref().map_or(0, |(_, b)| b.rows.len() + b.status.len());
+            // A big transaction is queued in chunks, before its commit.
+            let chunk = open_rows >= CHUNK_ROWS;
+            // While the listener has more at hand, gather it first: more
+            // rows per round trip, and more for coalescing to merge.
+            if !chunk && (ready_end.is_none() || (full && ready.rows.len() < GATHER_ROWS)) {
                 continue;
-            };
-            let mut tries = 0u32;
-            loop {
-                match flush(&self.shared, &ready, end).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tries += 1;
-                        if !is_transient(&e) {
-                            tracing::error!(error = %e, "queueing events failed; retrying");
-                        } else {
-                            tracing::warn!(error = %e, "queueing events failed; retrying");
-                        }
-                        if !self.sleep(self.shared.config.restart_delay(tries)).await {
-                            // Not acknowledged: delivered again at next start.
-                            if let Some(l) = listener.take() {
-                                let _ = l.shutdown().await;
-                            }
-                            return;
-                        }
-                    }
-                }
             }
-            l.ack(end);
-            let touched: BTreeSet<&str> = ready.rows.iter().map(|r| r.operator).collect();
-            for op in touched {
-                if let Some(s) = self.signals.get(op) {
-                    s.notify.notify_one();
-                }
+            let mut partial = None;
+            if chunk {
+                let (lsn, b) = open.as_mut().expect("open transaction");
+                let last = b
+                    .rows
+                    .iter()
+                    .map(|r| r.seq)
+                    .chain(b.status.iter().map(|s| s.seq))
+                    .max()
+                    .unwrap_or(0);
+                partial = Some((*lsn, last as u32));
+                ready.append(b);
             }
+            ready.collapse(&self.ops);
+            if !self.flush_retrying(&ready, ready_end, partial).await {
+                // Not acknowledged: delivered again at next start.
+                if let Some(l) = listener.take() {
+                    let _ = l.shutdown().await;
+                }
+                return;
+            }
+            if partial.is_some() {
+                self.partial = partial;
+            }
+            if let Some(end) = ready_end.take() {
+                l.ack(end);
+            }
+            self.notify(&ready);
             ready = Batch::default();
         }
         if let Some(l) = listener.take()
@@ -166,100 +235,98 @@ impl Consumer {
     }
 }
 
-/// Queues `batch` and records `end` as queued, in one transaction.
-async fn flush(shared: &Shared, batch: &Batch, end: Lsn) -> sqlx::Result<()> {
-    let mut tx = shared.pool.begin().await?;
-    for chunk in batch.rows.chunks(CHUNK) {
-        let ops: Vec<String> = chunk.iter().map(|r| r.operator.to_owned()).collect();
-        let lsns: Vec<i64> = chunk.iter().map(|r| r.commit_lsn).collect();
-        let seqs: Vec<i32> = chunk.iter().map(|r| r.seq).collect();
-        let parts: Vec<i16> = chunk.iter().map(|r| r.part).collect();
-        let ids: Vec<String> = chunk.iter().map(|r| r.id.clone()).collect();
-        let kinds: Vec<String> = chunk.iter().map(|r| r.kind.to_owned()).collect();
-        let schemas: Vec<String> = chunk.iter().map(|r| r.schema.to_string()).collect();
-        let tables: Vec<String> = chunk.iter().map(|r| r.table.to_string()).collect();
-        let events: Vec<Option<String>> = chunk.iter().map(|r| r.event.clone()).collect();
-        let updated: Vec<Option<i64>> = chunk.iter().map(|r| r.updated_at).collect();
-        sqlx::query(
-            "INSERT INTO walflow.queue
-               (slot, operator, commit_lsn, seq, part, id, kind, schema_name, table_name, event, updated_at)
-             SELECT $1, o, l, s, p, i, k, sc, t, e::jsonb, u
-             FROM UNNEST($2::text[], $3::int8[], $4::int4[], $5::int2[], $6::text[], $7::text[],
-                         $8::text[], $9::text[], $10::text[], $11::int8[])
-                  AS x(o, l, s, p, i, k, sc, t, e, u)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&shared.slot)
-        .bind(ops)
-        .bind(lsns)
-        .bind(seqs)
-        .bind(parts)
-        .bind(ids)
-        .bind(kinds)
-        .bind(schemas)
-        .bind(tables)
-        .bind(events)
-        .bind(updated)
-        .execute(&mut *tx)
-        .await?;
-    }
+/// Queues `batch`, and records `end` as queued (all transactions up to it)
+/// or `partial` (a transaction queued up to a change): one statement, so one
+/// round trip and one transaction.
+async fn flush(
+    shared: &Shared,
+    batch: &Batch,
+    end: Option<Lsn>,
+    partial: Option<(Lsn, u32)>,
+) -> sqlx::Result<()> {
+    let rows = &batch.rows;
+    let covers = |f: fn(&(i64, i32)) -> String| -> Vec<Option<String>> {
+        rows.iter()
+            .map(|r| {
+                (!r.covers.is_empty()).then(|| {
+                    let items: Vec<String> = r.covers.iter().map(f).collect();
+                    format!("{{{}}}", items.join(","))
+                })
+            })
+            .collect()
+    };
     let (pending, done): (Vec<_>, Vec<_>) = batch.status.iter().partition(|s| s.remaining > 0);
-    for chunk in pending.chunks(CHUNK) {
-        sqlx::query(
-            "INSERT INTO walflow.pending_status
-               (slot, commit_lsn, seq, schema_name, table_name, updated_at, remaining)
-             SELECT $1, l, s, sc, t, u, r
-             FROM UNNEST($2::int8[], $3::int4[], $4::text[], $5::text[], $6::int8[], $7::int4[])
-                  AS x(l, s, sc, t, u, r)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&shared.slot)
-        .bind(chunk.iter().map(|s| s.commit_lsn).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|s| s.seq).collect::<Vec<_>>())
-        .bind(
-            chunk
-                .iter()
-                .map(|s| s.schema.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            chunk
-                .iter()
-                .map(|s| s.table.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(chunk.iter().map(|s| s.updated_at).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|s| s.remaining).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-    }
     // Events no operator runs on are done as soon as they are seen.
     let mut max: HashMap<(&str, &str), i64> = HashMap::new();
     for s in &done {
         let e = max.entry((&*s.schema, &*s.table)).or_insert(s.updated_at);
         *e = (*e).max(s.updated_at);
     }
-    for ((schema, table), micros) in max {
-        sqlx::query(
-            "INSERT INTO walflow.process_status (slot, schema_name, table_name, updated_at)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (slot, schema_name, table_name)
-             DO UPDATE SET updated_at = GREATEST(walflow.process_status.updated_at, EXCLUDED.updated_at)",
-        )
-        .bind(&shared.slot)
-        .bind(schema)
-        .bind(table)
-        .bind(micros)
-        .execute(&mut *tx)
-        .await?;
-    }
+    let (done_tables, done_micros): (Vec<(&str, &str)>, Vec<i64>) = max.into_iter().unzip();
     sqlx::query(
-        "INSERT INTO walflow.streams (slot, enqueued_lsn) VALUES ($1, $2)
-         ON CONFLICT (slot) DO UPDATE SET enqueued_lsn = GREATEST(walflow.streams.enqueued_lsn, EXCLUDED.enqueued_lsn)",
+        "WITH q AS (
+             INSERT INTO walflow.queue
+               (slot, operator, commit_lsn, seq, part, id, kind, schema_name, table_name, event,
+                updated_at, first_lsn, cover_lsns, cover_seqs)
+             SELECT $1, o, l, s, p, i, k, sc, t, e::jsonb, u, f, cl::int8[], cs::int4[]
+             FROM UNNEST($2::text[], $3::int8[], $4::int4[], $5::int2[], $6::text[], $7::text[],
+                         $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[],
+                         $13::text[], $14::text[])
+                  AS x(o, l, s, p, i, k, sc, t, e, u, f, cl, cs)
+             ON CONFLICT DO NOTHING
+             RETURNING 1
+         ), ps AS (
+             INSERT INTO walflow.pending_status
+               (slot, commit_lsn, seq, schema_name, table_name, updated_at, remaining)
+             SELECT $1, l, s, sc, t, u, r
+             FROM UNNEST($15::int8[], $16::int4[], $17::text[], $18::text[], $19::int8[],
+                         $20::int4[]) AS x(l, s, sc, t, u, r)
+             ON CONFLICT DO NOTHING
+             RETURNING 1
+         ), st AS (
+             INSERT INTO walflow.process_status (slot, schema_name, table_name, updated_at)
+             SELECT $1, sc, t, u FROM UNNEST($21::text[], $22::text[], $23::int8[]) AS x(sc, t, u)
+             ON CONFLICT (slot, schema_name, table_name) DO UPDATE
+               SET updated_at = GREATEST(walflow.process_status.updated_at, EXCLUDED.updated_at)
+             RETURNING 1
+         ), sm AS (
+             INSERT INTO walflow.streams (slot, enqueued_lsn, partial_lsn, partial_seq)
+             SELECT $1, coalesce($24, 0), $25, $26 WHERE $24 IS NOT NULL OR $25 IS NOT NULL
+             ON CONFLICT (slot) DO UPDATE SET
+               enqueued_lsn = GREATEST(walflow.streams.enqueued_lsn, EXCLUDED.enqueued_lsn),
+               partial_lsn = EXCLUDED.partial_lsn,
+               partial_seq = EXCLUDED.partial_seq
+             RETURNING 1
+         )
+         SELECT 1",
     )
     .bind(&shared.slot)
-    .bind(end.0 as i64)
-    .execute(&mut *tx)
+    .bind(rows.iter().map(|r| r.operator).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.commit_lsn).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.part).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.kind).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| &*r.schema).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| &*r.table).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.event.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.first_lsn).collect::<Vec<_>>())
+    .bind(covers(|c| c.0.to_string()))
+    .bind(covers(|c| c.1.to_string()))
+    .bind(pending.iter().map(|s| s.commit_lsn).collect::<Vec<_>>())
+    .bind(pending.iter().map(|s| s.seq).collect::<Vec<_>>())
+    .bind(pending.iter().map(|s| &*s.schema).collect::<Vec<_>>())
+    .bind(pending.iter().map(|s| &*s.table).collect::<Vec<_>>())
+    .bind(pending.iter().map(|s| s.updated_at).collect::<Vec<_>>())
+    .bind(pending.iter().map(|s| s.remaining).collect::<Vec<_>>())
+    .bind(done_tables.iter().map(|t| t.0).collect::<Vec<_>>())
+    .bind(done_tables.iter().map(|t| t.1).collect::<Vec<_>>())
+    .bind(done_micros)
+    .bind(end.map(|l| l.0 as i64))
+    .bind(partial.map(|p| p.0.0 as i64))
+    .bind(partial.map(|p| p.1 as i32))
+    .execute(&shared.pool)
     .await?;
-    tx.commit().await
+    Ok(())
 }

@@ -340,11 +340,17 @@ impl WalflowBuilder {
         )
         .await?;
         let slot = config.slot_name().to_owned();
-        let watermark: Option<i64> =
-            sqlx::query_scalar("SELECT enqueued_lsn FROM walflow.streams WHERE slot = $1")
-                .bind(&slot)
-                .fetch_optional(&pool)
-                .await?;
+        let stream: Option<(i64, Option<i64>, Option<i32>)> = sqlx::query_as(
+            "SELECT enqueued_lsn, partial_lsn, partial_seq FROM walflow.streams WHERE slot = $1",
+        )
+        .bind(&slot)
+        .fetch_optional(&pool)
+        .await?;
+        let watermark = stream.map(|s| s.0);
+        let partial = stream.and_then(|s| match s {
+            (_, Some(lsn), Some(seq)) => Some((Lsn(lsn as u64), seq as u32)),
+            _ => None,
+        });
 
         let mut options = ListenerOptions::new(&slot, config.publication());
         options.durable_slot = config.durable_slot();
@@ -372,6 +378,7 @@ impl WalflowBuilder {
             url: replication_url(&config),
             options,
             watermark: Lsn(watermark.unwrap_or(0) as u64),
+            partial,
             hub: hub.clone(),
         };
         let listener = consumer.start_listener().await?;

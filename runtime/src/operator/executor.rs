@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -37,6 +37,8 @@ use super::{id_display, id_key};
 const FETCH: i64 = 2_000;
 /// Upper bound of rows held in memory per operator.
 const MAX_PENDING: usize = 20_000;
+/// Most units of a query operator run in one transaction.
+const MAX_GROUP: usize = 64;
 
 /// What the executors of one flow share.
 #[derive(Debug)]
@@ -67,6 +69,8 @@ pub(crate) struct Row {
     table: String,
     event: Option<serde_json::Value>,
     updated_at: Option<i64>,
+    /// Events collapsed into this row whose process status waits on it.
+    covers: Vec<(i64, i32)>,
 }
 
 type RowTuple = (
@@ -79,6 +83,8 @@ type RowTuple = (
     String,
     Option<serde_json::Value>,
     Option<i64>,
+    Option<Vec<i64>>,
+    Option<Vec<i32>>,
 );
 
 fn parse_kind(s: &str) -> EventKind {
@@ -102,6 +108,10 @@ impl Row {
             table: t.6,
             event: t.7,
             updated_at: t.8,
+            covers: match (t.9, t.10) {
+                (Some(l), Some(s)) => l.into_iter().zip(s).collect(),
+                _ => Vec::new(),
+            },
         }
     }
 
@@ -179,11 +189,14 @@ pub(crate) async fn run(
     let mut cursor = (i64::MIN, i32::MIN, i16::MIN);
     let mut more = true;
     let mut fetch_failures = 0u32;
-    let mut tasks: JoinSet<(String, Vec<RowKey>)> = JoinSet::new();
+    let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    let grouping = matches!(op.action, OperatorAction::Query(_));
     let unit = Arc::new(UnitRunner {
         op,
         shared: shared.clone(),
         stop: stop.clone(),
+        waiting: AtomicUsize::new(0),
+        wake: Notify::new(),
     });
 
     loop {
@@ -224,24 +237,52 @@ pub(crate) async fn run(
                 }
             }
         }
-        while !stopping && in_flight.len() < concurrency {
-            let Some(key) = ready.pop_front() else { break };
-            let Some(queue) = pending.get_mut(&key) else {
-                continue;
+        while !stopping
+            && tasks.len() - unit.waiting.load(Ordering::Acquire).min(tasks.len()) < concurrency
+            && !ready.is_empty()
+        {
+            let busy = tasks.len() - unit.waiting.load(Ordering::Acquire).min(tasks.len());
+            // Query units are spread over the free transactions.
+            let per = if grouping {
+                ready.len().div_ceil(concurrency - busy).min(MAX_GROUP)
+            } else {
+                1
             };
-            let rows = take_unit(op, queue);
-            if queue.is_empty() {
-                pending.remove(&key);
+            let mut units: Vec<(String, Vec<Row>)> = Vec::with_capacity(per);
+            while units.len() < per {
+                let Some(key) = ready.pop_front() else { break };
+                let Some(queue) = pending.get_mut(&key) else {
+                    continue;
+                };
+                let rows = take_unit(op, queue);
+                if queue.is_empty() {
+                    pending.remove(&key);
+                }
+                if rows.is_empty() {
+                    continue;
+                }
+                in_flight.insert(key.clone());
+                units.push((key, rows));
             }
-            if rows.is_empty() {
-                continue;
+            if units.is_empty() {
+                break;
             }
-            in_flight.insert(key.clone());
             let runner = unit.clone();
             tasks.spawn(async move {
-                let keys = rows.iter().map(Row::key).collect();
-                runner.run(rows).await;
-                (key, keys)
+                let done = units
+                    .iter()
+                    .map(|(key, rows)| (key.clone(), rows.iter().map(Row::key).collect()))
+                    .collect();
+                if let [(_, rows)] = &mut units[..] {
+                    runner.run(std::mem::take(rows)).await;
+                    return Outcome::Done(done);
+                }
+                let rows: Vec<Vec<Row>> = units.iter().map(|(_, r)| r.clone()).collect();
+                if runner.run_group(&rows).await {
+                    Outcome::Done(done)
+                } else {
+                    Outcome::Split(units)
+                }
             });
         }
         let wait_fetch = if fetch_error {
@@ -254,14 +295,26 @@ pub(crate) async fn run(
         tokio::select! {
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 match done {
-                    Ok((key, keys)) => {
-                        for k in keys {
-                            known.remove(&k);
-                            held = held.saturating_sub(1);
+                    Ok(Outcome::Split(units)) => {
+                        for (key, rows) in units {
+                            let runner = unit.clone();
+                            tasks.spawn(async move {
+                                let keys = rows.iter().map(Row::key).collect();
+                                runner.run(rows).await;
+                                Outcome::Done(vec![(key, keys)])
+                            });
                         }
-                        in_flight.remove(&key);
-                        if pending.get(&key).is_some_and(|q| !q.is_empty()) {
-                            ready.push_back(key);
+                    }
+                    Ok(Outcome::Done(units)) => {
+                        for (key, keys) in units {
+                            for k in keys {
+                                known.remove(&k);
+                                held = held.saturating_sub(1);
+                            }
+                            in_flight.remove(&key);
+                            if pending.get(&key).is_some_and(|q| !q.is_empty()) {
+                                ready.push_back(key);
+                            }
                         }
                     }
                     Err(e) => {
@@ -282,6 +335,7 @@ pub(crate) async fn run(
                 }
             }
             _ = signals.notify.notified(), if !stopping => { more = true; }
+            _ = unit.wake.notified(), if !stopping => {}
             _ = stop.changed(), if !stopping => {}
             _ = tokio::time::sleep(wait_fetch) => { if !fetch_error { more = true; } }
         }
@@ -306,7 +360,8 @@ fn take_unit(op: &OperatorRegistration, queue: &mut VecDeque<Row>) -> Vec<Row> {
 
 async fn fetch(shared: &Shared, operator: &str, cursor: (i64, i32, i16)) -> sqlx::Result<Vec<Row>> {
     let rows: Vec<RowTuple> = sqlx::query_as(
-        "SELECT commit_lsn, seq, part, id, kind, schema_name, table_name, event, updated_at
+        "SELECT commit_lsn, seq, part, id, kind, schema_name, table_name, event, updated_at,
+                cover_lsns, cover_seqs
          FROM walflow.queue
          WHERE slot = $1 AND operator = $2 AND (commit_lsn, seq, part) > ($3, $4, $5)
          ORDER BY commit_lsn, seq, part
@@ -327,6 +382,19 @@ struct UnitRunner {
     op: &'static OperatorRegistration,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
+    /// Units waiting before a retry: they do not count against the
+    /// operator's concurrency.
+    waiting: AtomicUsize,
+    /// Told when a unit starts waiting.
+    wake: Notify,
+}
+
+/// What a task reports back to the executor loop.
+enum Outcome {
+    /// These units are done (applied or dead-lettered): their ids and rows.
+    Done(Vec<(String, Vec<RowKey>)>),
+    /// A group of units failed together: run each on its own.
+    Split(Vec<(String, Vec<Row>)>),
 }
 
 impl UnitRunner {
@@ -334,10 +402,14 @@ impl UnitRunner {
     /// queued for the next start).
     async fn sleep(&self, d: Duration) -> bool {
         let mut stop = self.stop.clone();
-        tokio::select! {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.wake.notify_one();
+        let woke = tokio::select! {
             _ = tokio::time::sleep(d) => true,
             _ = stop.wait_for(|s| *s) => false,
-        }
+        };
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        woke
     }
 
     async fn run(&self, rows: Vec<Row>) {
@@ -423,7 +495,47 @@ impl UnitRunner {
         }
     }
 
+    /// Runs several units of a query operator (different ids) in one
+    /// transaction. `false` when that failed: the caller then runs each on
+    /// its own (with its own retries), so one failing id holds back only
+    /// itself.
+    async fn run_group(&self, units: &[Vec<Row>]) -> bool {
+        let OperatorAction::Query(sql) = self.op.action else {
+            return false;
+        };
+        let together = AssertUnwindSafe(self.run_queries(sql, units)).catch_unwind();
+        matches!(together.await, Ok(Ok(())))
+    }
+
+    async fn run_queries(&self, sql: &'static str, units: &[Vec<Row>]) -> Result<(), Failure> {
+        let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
+        for rows in units {
+            self.apply_query(sql, rows, &mut tx).await?;
+        }
+        let all: Vec<Row> = units.iter().flatten().cloned().collect();
+        finish(&self.shared, self.op.name, &all, &mut tx)
+            .await
+            .map_err(sql_failure)?;
+        tx.commit().await.map_err(sql_failure)
+    }
+
     async fn run_query(&self, sql: &'static str, rows: &[Row]) -> Result<(), Failure> {
+        let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
+        self.apply_query(sql, rows, &mut tx).await?;
+        finish(&self.shared, self.op.name, rows, &mut tx)
+            .await
+            .map_err(sql_failure)?;
+        tx.commit().await.map_err(sql_failure)
+    }
+
+    /// The statement of one unit: the operator's query for the id, or the
+    /// delete of a `delete_with` entity's derived row.
+    async fn apply_query(
+        &self,
+        sql: &'static str,
+        rows: &[Row],
+        tx: &mut PgConnection,
+    ) -> Result<(), Failure> {
         let last = &rows[rows.len() - 1];
         let id: Value = serde_json::from_str(&last.id)
             .map_err(|e| Failure::Decode(format!("queued id {}: {e}", last.id)))?;
@@ -434,7 +546,6 @@ impl UnitRunner {
                 .delete_with
                 .iter()
                 .any(|t| t.schema == last.schema && t.table == last.table);
-        let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
         if delete {
             let target = self.op.target.ok_or_else(|| {
                 Failure::Failed("a `delete_with` operator without a target".to_owned())
@@ -452,10 +563,7 @@ impl UnitRunner {
             let q = bind_value(sqlx::query(sql), &id).map_err(Failure::Decode)?;
             q.execute(&mut *tx).await.map_err(sql_failure)?;
         }
-        finish(&self.shared, self.op.name, rows, &mut tx)
-            .await
-            .map_err(sql_failure)?;
-        tx.commit().await.map_err(sql_failure)
+        Ok(())
     }
 
     async fn run_handler(
@@ -571,8 +679,14 @@ async fn finish(
             .await?;
         n as u64
     };
-    if deleted == 0 || rows.iter().all(|r| r.updated_at.is_none()) {
+    if deleted == 0 || rows.iter().all(|r| r.updated_at.is_none() && r.covers.is_empty()) {
         return Ok(());
+    }
+    let mut lsns = lsns;
+    let mut seqs = seqs;
+    for (l, s) in rows.iter().flat_map(|r| r.covers.iter()) {
+        lsns.push(*l);
+        seqs.push(*s);
     }
     sqlx::query(
         "UPDATE walflow.pending_status p SET remaining = p.remaining - u.n

@@ -7,6 +7,7 @@
 pub(crate) mod bind;
 pub(crate) mod executor;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::raw::{EventKind, RawEvent};
@@ -26,6 +27,11 @@ pub(crate) struct NewRow {
     pub table: Arc<str>,
     pub event: Option<String>,
     pub updated_at: Option<i64>,
+    /// With events collapsed into this row: the commit LSN of the first.
+    pub first_lsn: Option<i64>,
+    /// With events collapsed into this row: those whose process status
+    /// waits on it.
+    pub covers: Vec<(i64, i32)>,
 }
 
 /// An event whose completion by all its operators moves the process status.
@@ -51,6 +57,53 @@ impl Batch {
     pub fn append(&mut self, other: &mut Batch) {
         self.rows.append(&mut other.rows);
         self.status.append(&mut other.status);
+    }
+
+    /// Collapses the rows of coalescing query operators: consecutive rows of
+    /// one operator and id, up to the next delete (a barrier, kept as a row
+    /// of its own), become the last of them. The query then runs once for
+    /// them, as the executor would run it once for them anyway; the row
+    /// remembers the first commit LSN (for the LSN fence) and the events
+    /// whose process status waits on it.
+    pub fn collapse(&mut self, ops: &[&'static OperatorRegistration]) {
+        let coalescing: Vec<&str> = ops
+            .iter()
+            .filter(|o| o.coalesce && matches!(o.action, OperatorAction::Query(_)))
+            .map(|o| o.name)
+            .collect();
+        if coalescing.is_empty() {
+            return;
+        }
+        let mut open: HashMap<(&'static str, String), usize> = HashMap::new();
+        let mut out: Vec<NewRow> = Vec::with_capacity(self.rows.len());
+        for row in self.rows.drain(..) {
+            if !coalescing.contains(&row.operator) {
+                out.push(row);
+                continue;
+            }
+            let key = (row.operator, id_key(&row.id));
+            if row.kind == EventKind::Delete.as_str() {
+                open.remove(&key);
+                out.push(row);
+                continue;
+            }
+            match open.get(&key) {
+                Some(&i) => {
+                    let prev = std::mem::replace(&mut out[i], row);
+                    let cur = &mut out[i];
+                    cur.first_lsn = Some(prev.first_lsn.unwrap_or(prev.commit_lsn));
+                    cur.covers = prev.covers;
+                    if prev.updated_at.is_some() {
+                        cur.covers.push((prev.commit_lsn, prev.seq));
+                    }
+                }
+                None => {
+                    open.insert(key, out.len());
+                    out.push(row);
+                }
+            }
+        }
+        self.rows = out;
     }
 }
 
@@ -126,6 +179,8 @@ pub(crate) fn dispatch(
             table: raw.table.clone(),
             event,
             updated_at,
+            first_lsn: None,
+            covers: Vec::new(),
         };
         match op.action {
             OperatorAction::Handler(_) => {
