@@ -384,3 +384,89 @@ async fn exactly_once_when_postgres_restarts_mid_workload() {
     eprintln!("check took {:?}", t.elapsed());
     flow.shutdown().await.unwrap();
 }
+
+/// A transaction too big to hold is queued in chunks before its commit is
+/// seen. The runtime is killed after a chunk is queued and before the
+/// transaction is: the restarted runtime queues the rest, and nothing is
+/// applied twice or lost.
+#[tokio::test]
+async fn exactly_once_when_killed_inside_a_big_transaction() {
+    const POSTS: i64 = 50;
+    const COMMENTS: i64 = 30_000;
+    let db = common::db().await;
+    db.exec(SCHEMA).await;
+    let slot = db.slot("opchunk");
+    let spawn_child = {
+        let (url, slot) = (db.url.clone(), slot.clone());
+        move || {
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "child_process_entry",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, "1")
+                .env("URL", &url)
+                .env("SLOT", &slot)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            for line in BufReader::new(stdout).lines() {
+                if line.unwrap().contains("READY") {
+                    return child;
+                }
+            }
+            panic!("the child exited before it was ready");
+        }
+    };
+    let mut child = tokio::task::spawn_blocking(spawn_child.clone())
+        .await
+        .unwrap();
+    db.exec(&format!(
+        "INSERT INTO posts SELECT i, 'p' || i FROM generate_series(1, {POSTS}) i;
+         INSERT INTO comments SELECT i, 1 + i % {POSTS} FROM generate_series(1, {COMMENTS}) i;"
+    ))
+    .await;
+    // Where the queue stands inside the transaction: the last queued change.
+    let partial = || async {
+        sqlx::query_scalar::<_, Option<i32>>(
+            "SELECT partial_seq FROM walflow.streams WHERE slot = $1",
+        )
+        .bind(&slot)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+        .flatten()
+    };
+    common::wait_until(Duration::from_secs(60), || async {
+        partial().await.is_some()
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL, with part of the transaction queued
+    child.wait().unwrap();
+    let first = partial().await.expect("killed inside the transaction");
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM walflow.queue WHERE slot = $1")
+        .bind(&slot)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(queued > 0, "a chunk of the transaction was queued");
+
+    // Again once the restarted runtime has queued more (or all) of it.
+    let mut child = tokio::task::spawn_blocking(spawn_child.clone())
+        .await
+        .unwrap();
+    common::wait_until(Duration::from_secs(60), || async {
+        partial().await.is_none_or(|seq| seq > first)
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let flow = start(&db.url, &slot).await;
+    let expected: BTreeMap<i64, i64> = (1..=POSTS).map(|p| (p, COMMENTS / POSTS)).collect();
+    check(&flow, &db.pool, &expected).await;
+    flow.shutdown().await.unwrap();
+}
