@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::listener::{Listener, ListenerMessage, ListenerOptions, PgWireConnector};
 use crate::lsn::Lsn;
-use crate::operator::executor::{Shared, Signals, is_transient};
+use crate::operator::executor::{Row, Shared, Signals, is_transient};
 use crate::operator::{Batch, dispatch};
 use crate::registry::OperatorRegistration;
 
@@ -79,11 +79,20 @@ impl Consumer {
         }
     }
 
-    /// Wakes the executors of the operators `batch` queued rows for.
+    /// Hands the rows of `batch`, just queued, to their executors.
     fn notify(&self, batch: &Batch) {
         let touched: BTreeSet<&str> = batch.rows.iter().map(|r| r.operator).collect();
         for op in touched {
             if let Some(s) = self.signals.get(op) {
+                // In queue order (collapsing moved rows within the batch).
+                let mut rows: Vec<Row> = batch
+                    .rows
+                    .iter()
+                    .filter(|r| r.operator == op)
+                    .map(Row::from_new)
+                    .collect();
+                rows.sort_by_key(Row::key);
+                s.inbox.lock().expect("inbox lock").push(rows.into_iter());
                 s.notify.notify_one();
             }
         }
@@ -157,6 +166,7 @@ impl Consumer {
                 match m {
                     ListenerMessage::Begin(b) => open = Some((b.commit_lsn, Batch::default())),
                     ListenerMessage::Change(ev) => {
+                        let ev = Arc::new(ev);
                         if let Some((_, b)) = open.as_mut() {
                             // Changes of a transaction queued in part
                             // before a restart are queued once.
@@ -170,7 +180,7 @@ impl Consumer {
                         // A transaction queued before a restart comes again:
                         // its changes were published then.
                         if ev.commit_lsn >= self.watermark {
-                            self.hub.publish_arc(Arc::new(ev));
+                            self.hub.publish_arc(ev);
                         }
                     }
                     ListenerMessage::Message(_) => {}

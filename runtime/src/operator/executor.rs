@@ -48,11 +48,39 @@ pub(crate) struct Shared {
     pub slot: String,
 }
 
+/// Rows handed from the consumer to an executor in memory, right after
+/// they are queued: the executor then need not read them back.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    rows: Vec<Row>,
+    /// More was queued than the inbox holds: read the queue instead.
+    overflow: bool,
+}
+
+/// Rows an inbox holds before the executor is told to read the queue.
+const INBOX_MAX: usize = 10_000;
+
+impl Inbox {
+    /// Hands over rows just queued (in queue order).
+    pub fn push(&mut self, rows: impl Iterator<Item = Row>) {
+        if self.overflow {
+            return;
+        }
+        self.rows.extend(rows);
+        if self.rows.len() > INBOX_MAX {
+            self.rows = Vec::new();
+            self.overflow = true;
+        }
+    }
+}
+
 /// The handle the flow keeps per operator.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Signals {
-    /// New rows were queued.
+    /// New rows were queued (and are in the inbox, unless it overflowed).
     pub notify: Arc<Notify>,
+    /// Rows just queued.
+    pub inbox: Arc<std::sync::Mutex<Inbox>>,
     /// Rows were queued behind the read position (a replayed dead letter).
     pub rescan: Arc<AtomicBool>,
 }
@@ -67,7 +95,10 @@ pub(crate) struct Row {
     kind: EventKind,
     schema: String,
     table: String,
-    event: Option<serde_json::Value>,
+    /// A handler row's event as JSON (as queued).
+    event: Option<String>,
+    /// A handler row's event, when handed over in memory.
+    raw: Option<Arc<RawEvent>>,
     updated_at: Option<i64>,
     /// Events collapsed into this row whose process status waits on it.
     covers: Vec<(i64, i32)>,
@@ -81,7 +112,7 @@ type RowTuple = (
     String,
     String,
     String,
-    Option<serde_json::Value>,
+    Option<String>,
     Option<i64>,
     Option<Vec<i64>>,
     Option<Vec<i32>>,
@@ -107,6 +138,7 @@ impl Row {
             schema: t.5,
             table: t.6,
             event: t.7,
+            raw: None,
             updated_at: t.8,
             covers: match (t.9, t.10) {
                 (Some(l), Some(s)) => l.into_iter().zip(s).collect(),
@@ -115,7 +147,24 @@ impl Row {
         }
     }
 
-    fn key(&self) -> (i64, i32, i16) {
+    /// A row just queued, handed over in memory.
+    pub(crate) fn from_new(r: &super::NewRow) -> Row {
+        Row {
+            commit_lsn: r.commit_lsn,
+            seq: r.seq,
+            part: r.part,
+            id: r.id.clone(),
+            kind: parse_kind(r.kind),
+            schema: r.schema.to_string(),
+            table: r.table.to_string(),
+            event: r.event.clone(),
+            raw: r.raw.clone(),
+            updated_at: r.updated_at,
+            covers: r.covers.clone(),
+        }
+    }
+
+    pub(crate) fn key(&self) -> (i64, i32, i16) {
         (self.commit_lsn, self.seq, self.part)
     }
 }
@@ -334,7 +383,33 @@ pub(crate) async fn run(
                     }
                 }
             }
-            _ = signals.notify.notified(), if !stopping => { more = true; }
+            _ = signals.notify.notified(), if !stopping => {
+                let inbox = std::mem::take(&mut *signals.inbox.lock().expect("inbox lock"));
+                if inbox.overflow || more {
+                    // Read from the queue (which holds these rows too).
+                    more = true;
+                } else {
+                    for row in inbox.rows {
+                        // Already read from the queue, or in flight.
+                        if row.key() <= cursor || !known.insert(row.key()) {
+                            continue;
+                        }
+                        if held >= MAX_PENDING {
+                            known.remove(&row.key());
+                            more = true;
+                            break;
+                        }
+                        cursor = cursor.max(row.key());
+                        held += 1;
+                        let key = id_key(&row.id);
+                        let queue = pending.entry(key.clone()).or_default();
+                        if queue.is_empty() && !in_flight.contains(&key) {
+                            ready.push_back(key);
+                        }
+                        queue.push_back(row);
+                    }
+                }
+            }
             _ = unit.wake.notified(), if !stopping => {}
             _ = stop.changed(), if !stopping => {}
             _ = tokio::time::sleep(wait_fetch) => { if !fetch_error { more = true; } }
@@ -360,7 +435,7 @@ fn take_unit(op: &OperatorRegistration, queue: &mut VecDeque<Row>) -> Vec<Row> {
 
 async fn fetch(shared: &Shared, operator: &str, cursor: (i64, i32, i16)) -> sqlx::Result<Vec<Row>> {
     let rows: Vec<RowTuple> = sqlx::query_as(
-        "SELECT commit_lsn, seq, part, id, kind, schema_name, table_name, event, updated_at,
+        "SELECT commit_lsn, seq, part, id, kind, schema_name, table_name, event::text, updated_at,
                 cover_lsns, cover_seqs
          FROM walflow.queue
          WHERE slot = $1 AND operator = $2 AND (commit_lsn, seq, part) > ($3, $4, $5)
@@ -571,12 +646,17 @@ impl UnitRunner {
         handler: crate::registry::HandlerFn,
         row: &Row,
     ) -> Result<(), Failure> {
-        let event = row
-            .event
-            .clone()
-            .ok_or_else(|| Failure::Decode("queued handler row without its event".to_owned()))?;
-        let raw: RawEvent = serde_json::from_value(event)
-            .map_err(|e| Failure::Decode(format!("queued event does not read back: {e}")))?;
+        let raw: Arc<RawEvent> = match (&row.raw, &row.event) {
+            (Some(raw), _) => raw.clone(),
+            (None, Some(json)) => Arc::new(serde_json::from_str(json).map_err(|e| {
+                Failure::Decode(format!("queued event does not read back: {e}"))
+            })?),
+            (None, None) => {
+                return Err(Failure::Decode(
+                    "queued handler row without its event".to_owned(),
+                ));
+            }
+        };
         let position = Position {
             commit_lsn: Lsn(row.commit_lsn as u64),
             seq: row.seq as u32,
@@ -621,7 +701,7 @@ impl UnitRunner {
                 "INSERT INTO walflow.dead_letters
                    (slot, operator, commit_lsn, seq, part, mapped_id, kind, schema_name, table_name,
                     event, updated_at, error, attempts)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12, $13)",
             )
             .bind(&self.shared.slot)
             .bind(self.op.name)

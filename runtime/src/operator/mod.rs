@@ -26,6 +26,8 @@ pub(crate) struct NewRow {
     pub schema: Arc<str>,
     pub table: Arc<str>,
     pub event: Option<String>,
+    /// A handler row's event, handed to the executor in memory.
+    pub raw: Option<Arc<RawEvent>>,
     pub updated_at: Option<i64>,
     /// With events collapsed into this row: the commit LSN of the first.
     pub first_lsn: Option<i64>,
@@ -135,7 +137,7 @@ pub(crate) fn updated_at_micros(raw: &RawEvent, field: &str) -> Option<i64> {
 
 /// Adds the queue rows of `raw` for `ops` to `batch`.
 pub(crate) fn dispatch(
-    raw: &RawEvent,
+    raw: &Arc<RawEvent>,
     ops: &[&'static OperatorRegistration],
     status_field: &str,
     batch: &mut Batch,
@@ -177,6 +179,7 @@ pub(crate) fn dispatch(
             kind: raw.kind.as_str(),
             schema: raw.schema.clone(),
             table: raw.table.clone(),
+            raw: event.as_ref().map(|_| raw.clone()),
             event,
             updated_at,
             first_lsn: None,
