@@ -206,7 +206,6 @@ async fn drain(
             .slot_name(&slot)
             .operators([operator])
             .max_connections(20)
-            .concurrency(std::env::var("C").ok().and_then(|c| c.parse().ok()).unwrap_or(16))
     };
     // Creates the publication and the slot, then stops.
     builder().start().await.unwrap().shutdown().await.unwrap();

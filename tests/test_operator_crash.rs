@@ -418,7 +418,8 @@ async fn exactly_once_when_killed_inside_a_big_transaction() {
                     return child;
                 }
             }
-            panic!("the child exited before it was ready");
+            let status = child.wait().unwrap();
+            panic!("the child exited before it was ready: {status}");
         }
     };
     let mut child = tokio::task::spawn_blocking(spawn_child.clone())

@@ -10,7 +10,8 @@ use tokio::sync::watch;
 use crate::listener::{Listener, ListenerMessage, ListenerOptions, PgWireConnector};
 use crate::lsn::Lsn;
 use crate::operator::executor::{Row, Shared, Signals, is_transient};
-use crate::operator::{Batch, dispatch};
+use crate::operator::memory::MAX_OUTSTANDING;
+use crate::operator::{Batch, StatusMark, dispatch};
 use crate::registry::OperatorRegistration;
 
 /// Messages taken from the listener per round; the transactions completed in
@@ -75,6 +76,39 @@ impl Consumer {
                         return false;
                     }
                 }
+            }
+        }
+    }
+
+    /// The memory queue: records `batch`'s status marks, hands its rows to
+    /// the executors, then waits while too many rows are outstanding.
+    /// `false` when the flow stops meanwhile.
+    async fn hand_over(&self, batch: &Batch, end: Option<Lsn>) -> bool {
+        let memory = &self.shared.memory;
+        if self.shared.memory_status() {
+            memory.marks(&batch.status);
+        } else if !batch.status.is_empty() {
+            let status = Batch {
+                rows: Vec::new(),
+                status: batch.status.clone(),
+            };
+            if !self.flush_retrying(&status, None, None).await {
+                return false;
+            }
+        }
+        memory.queued(&batch.rows, end);
+        self.notify(batch);
+        let mut stop = self.stop.clone();
+        loop {
+            let room = memory.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if memory.outstanding() <= MAX_OUTSTANDING {
+                return true;
+            }
+            tokio::select! {
+                _ = room => {}
+                _ = stop.wait_for(|s| *s) => return false,
             }
         }
     }
@@ -199,7 +233,9 @@ impl Consumer {
                     }
                 }
             }
-            let open_rows = open.as_ref().map_or(0, |(_, b)| b.rows.len() + b.status.len());
+            let open_rows = open
+                .as_ref()
+                .map_or(0, |(_, b)| b.rows.len() + b.status.len());
             // A big transaction is queued in chunks, before its commit.
             let chunk = open_rows >= CHUNK_ROWS;
             // While the listener has more at hand, gather it first: more
@@ -221,6 +257,22 @@ impl Consumer {
                 ready.append(b);
             }
             ready.collapse(&self.ops);
+            if self.shared.memory_queue() {
+                if !self.hand_over(&ready, ready_end).await {
+                    if let Some(l) = listener.take() {
+                        let _ = l.shutdown().await;
+                    }
+                    return;
+                }
+                if let Some(end) = ready_end.take() {
+                    l.ack(end);
+                }
+                ready = Batch::default();
+                continue;
+            }
+            if self.shared.memory_status() {
+                self.shared.memory.marks(&ready.status);
+            }
             if !self.flush_retrying(&ready, ready_end, partial).await {
                 // Not acknowledged: delivered again at next start.
                 if let Some(l) = listener.take() {
@@ -265,7 +317,13 @@ async fn flush(
             })
             .collect()
     };
-    let (pending, done): (Vec<_>, Vec<_>) = batch.status.iter().partition(|s| s.remaining > 0);
+    // The memory process status is kept by the caller.
+    let status: &[StatusMark] = if shared.memory_status() {
+        &[]
+    } else {
+        &batch.status
+    };
+    let (pending, done): (Vec<_>, Vec<_>) = status.iter().partition(|s| s.remaining > 0);
     // Events no operator runs on are done as soon as they are seen.
     let mut max: HashMap<(&str, &str), i64> = HashMap::new();
     for s in &done {

@@ -7,9 +7,13 @@
 //!
 //! # Guarantees
 //!
+//! With the default durable queue ([`QueueStorage::Postgres`]):
+//!
 //! - A transaction's events are in the durable queue (`walflow.queue`)
 //!   before the listener acknowledges it; a transaction delivered again after
-//!   a crash is recognised by its position and skipped.
+//!   a crash is recognised by its position and skipped. A transaction too big
+//!   to hold is queued in chunks before its commit arrives, and the queue
+//!   remembers how far into it it got.
 //! - Query operators apply each event exactly once: the query (or the
 //!   `delete_with` delete) and the removal of the event from the queue commit
 //!   in one transaction.
@@ -23,11 +27,22 @@
 //!   dead-lettered; it holds up neither other ids nor other operators. A lost
 //!   database connection is retried without counting as an attempt.
 //!
+//! # Throughput
+//!
+//! - Rows are queued with one statement per batch of transactions, and
+//!   handed to the executors in memory as well, so they are not read back.
+//! - For a `coalesce: true` operator, consecutive events of one id (up to a
+//!   delete, which is a barrier) collapse into one queue row when queued,
+//!   and the executor merges whatever is pending for an id when it gets to
+//!   it: the query runs once for all of them.
+//! - A query operator runs up to 64 ids per transaction; should that
+//!   transaction fail, each id runs on its own with its own retries.
+//!
 //! # Memory
 //!
-//! The queue rows of a transaction are held in memory until its commit
-//! arrives (only the rows of events some operator listens to, not the whole
-//! transaction); each executor holds at most 20,000 queued rows.
+//! The queue rows of a transaction are held until its commit arrives or
+//! 10,000 of them accumulate (then they are queued in part); each executor
+//! holds at most 20,000 queued rows.
 //!
 //! # Selecting operators
 //!
@@ -37,17 +52,25 @@
 //! program declares operators for several databases, and in tests, where
 //! every declaration linked into the test binary is registered).
 //!
-//! # Queue storage
+//! # Queue and process status storage
 //!
-//! Only [`QueueStorage::Postgres`] is implemented: `start` refuses
-//! [`QueueStorage::Memory`] (a memory queue would lose the events not yet
-//! applied on a crash, and its acknowledgement rule is not built yet).
+//! [`QueueStorage::Memory`] keeps operator queues in memory: a transaction
+//! is acknowledged to PostgreSQL as soon as its rows are handed to the
+//! executors, so **events not yet applied when the process stops or
+//! crashes are lost** (the slot has moved past them), and a query
+//! operator's exactly-once holds only within one run. It saves the queue's
+//! writes; the consumer waits when 100,000 rows are outstanding. Dead
+//! letters are still kept in `walflow.dead_letters`.
+//!
+//! [`ProcessStatusStorage::Memory`] keeps the process status
+//! ([`Walflow::processed`]) in memory: it starts empty at each start and
+//! covers the events seen since.
 
 mod consumer;
 
 use serde::de::DeserializeOwned;
 
-use crate::registry::EventSource;
+use crate::registry::{EventSource, OperatorAction};
 use crate::subscribe::{
     Delivery, HubOptions, Scope, Subscription, SubscriptionBuilder, Subscriptions, WaitError,
 };
@@ -119,7 +142,7 @@ pub enum FlowError {
 pub struct WalflowBuilder {
     config: Result<ConfigBuilder, ConfigError>,
     operators: Option<Vec<String>>,
-    concurrency: usize,
+    concurrency: Option<usize>,
     operator_concurrency: HashMap<String, usize>,
     registry: Option<&'static Registry>,
     max_connections: u32,
@@ -195,9 +218,9 @@ impl WalflowBuilder {
         max_retries(n: u32);
         /// Column holding the entities' last update time (process status).
         process_status_entity_field(field: impl Into<String>);
-        /// Where queues are kept (only `Postgres` is implemented).
+        /// Where queues are kept (see [Queue and process status storage](crate::flow#queue-and-process-status-storage)).
         queue_storage(storage: QueueStorage);
-        /// Where the process status is kept (stored in PostgreSQL either way).
+        /// Where the process status is kept.
         process_status_storage(storage: ProcessStatusStorage);
         /// Receiver of retries and final failures.
         error_logger(logger: impl ErrorLogger);
@@ -223,13 +246,17 @@ impl WalflowBuilder {
         self
     }
 
-    /// How many ids one operator runs concurrently (default 8).
+    /// How many transactions one operator runs at once. A handler operator
+    /// runs one id per transaction (default 8: handlers often wait on other
+    /// services). A query operator runs up to 64 ids per transaction
+    /// (default 2: its queries keep the database busy, and under a backlog
+    /// fewer transactions at once leave more events to coalesce per id).
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
+        self.concurrency = Some(n.max(1));
         self
     }
 
-    /// How many ids the named operator runs concurrently.
+    /// [`concurrency`](Self::concurrency) for the named operator.
     pub fn operator_concurrency(mut self, operator: impl Into<String>, n: usize) -> Self {
         self.operator_concurrency.insert(operator.into(), n.max(1));
         self
@@ -279,11 +306,6 @@ impl WalflowBuilder {
             (builder, None)
         };
         let config = builder.build()?;
-        if config.queue_storage() == QueueStorage::Memory {
-            return Err(FlowError::Unsupported(
-                "queue_storage = memory: walflow queues in PostgreSQL only for now".into(),
-            ));
-        }
         let operators: Vec<&'static OperatorRegistration> = match &self.operators {
             None => registry.operators().collect(),
             Some(names) => {
@@ -359,11 +381,13 @@ impl WalflowBuilder {
             pool: pool.clone(),
             config: config.clone(),
             slot: slot.clone(),
+            memory: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
+        let memory_queue = config.queue_storage() == QueueStorage::Memory;
         let signals: HashMap<&'static str, Signals> = operators
             .iter()
-            .map(|o| (o.name, Signals::default()))
+            .map(|o| (o.name, Signals::new(memory_queue)))
             .collect();
         // Realtime subscriptions see every change committed from now on.
         let hub = Subscriptions::new(HubOptions {
@@ -390,7 +414,11 @@ impl WalflowBuilder {
                     .operator_concurrency
                     .get(op.name)
                     .copied()
-                    .unwrap_or(self.concurrency);
+                    .or(self.concurrency)
+                    .unwrap_or(match op.action {
+                        OperatorAction::Query(_) => 2,
+                        OperatorAction::Handler(_) => 8,
+                    });
                 tokio::spawn(supervise(
                     op,
                     shared.clone(),
@@ -559,7 +587,7 @@ impl Walflow {
         WalflowBuilder {
             config: ConfigBuilder::from_env(),
             operators: None,
-            concurrency: 8,
+            concurrency: None,
             operator_concurrency: HashMap::new(),
             registry: None,
             max_connections: 10,
@@ -600,7 +628,12 @@ impl Walflow {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut nudged: Option<tokio::time::Instant> = None;
         loop {
-            match crate::status::fence_reached(&self.shared.pool, &self.shared.slot, lsn).await? {
+            let reached = if self.shared.memory_queue() {
+                self.shared.memory.fence(lsn)
+            } else {
+                crate::status::fence_reached(&self.shared.pool, &self.shared.slot, lsn).await?
+            };
+            match reached {
                 Some(true) => return Ok(()),
                 Some(false) => {}
                 None => {
@@ -627,6 +660,10 @@ impl Walflow {
     /// processed by all its operators: the stored status is at least
     /// `micros`.
     pub async fn processed(&self, table: &str, micros: i64) -> Result<bool, FlowError> {
+        if self.shared.memory_status() {
+            let (schema, table) = crate::status::split_table(table);
+            return Ok(self.shared.memory.processed(schema, table, micros));
+        }
         Ok(crate::status::processed(&self.shared.pool, &self.shared.slot, table, micros).await?)
     }
 
@@ -682,6 +719,9 @@ impl Walflow {
     /// (after the events of its id queued before it). `false` when there is
     /// no such dead letter.
     pub async fn retry_dead_letter(&self, id: i64) -> Result<bool, FlowError> {
+        if self.shared.memory_queue() {
+            return self.retry_dead_letter_in_memory(id).await;
+        }
         let mut tx = self.shared.pool.begin().await?;
         let operator: Option<String> = sqlx::query_scalar(
             "WITH d AS (DELETE FROM walflow.dead_letters WHERE slot = $1 AND id = $2 RETURNING *)
@@ -704,6 +744,51 @@ impl Walflow {
             s.rescan.store(true, Ordering::Release);
             s.notify.notify_one();
         }
+        Ok(true)
+    }
+
+    /// [`retry_dead_letter`](Self::retry_dead_letter) with the memory
+    /// queue: the row goes back to its operator's inbox.
+    async fn retry_dead_letter_in_memory(&self, id: i64) -> Result<bool, FlowError> {
+        let mut tx = self.shared.pool.begin().await?;
+        type Dead = (
+            String,
+            i64,
+            i32,
+            i16,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<i64>,
+        );
+        let row: Option<Dead> = sqlx::query_as(
+            "DELETE FROM walflow.dead_letters WHERE slot = $1 AND id = $2
+             RETURNING operator, commit_lsn, seq, part, mapped_id, kind, schema_name, table_name,
+                       event::text, updated_at",
+        )
+        .bind(&self.shared.slot)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((operator, l, sq, p, i, k, sc, t, e, u)) = row else {
+            return Ok(false);
+        };
+        let tuple = (l, sq, p, i, k, sc, t, e, u, None, None);
+        // Kept as a dead letter unless its operator runs here.
+        let Some(signals) = self.signals.get(operator.as_str()) else {
+            return Ok(false);
+        };
+        tx.commit().await?;
+        let row = executor::Row::from_tuple(tuple);
+        self.shared.memory.requeued(row.key().0);
+        signals
+            .inbox
+            .lock()
+            .expect("inbox lock")
+            .push(std::iter::once(row));
+        signals.notify.notify_one();
         Ok(true)
     }
 

@@ -1,14 +1,18 @@
 //! One supervised executor per operator.
 //!
-//! It reads the operator's queue rows in batches, in `(commit_lsn, seq)`
-//! order, into a pending set keyed by mapped id. Each id runs strictly in
-//! commit order, one unit at a time; different ids run concurrently up to the
-//! operator's limit. A unit is one event, or (with `coalesce: true`) every
+//! It takes the operator's queue rows in `(commit_lsn, seq)` order — handed
+//! over in memory by the consumer right after they are queued, or read back
+//! in batches after a start, an overflow or a replayed dead letter — into a
+//! pending set keyed by mapped id. Each id runs strictly in commit order,
+//! one unit at a time. A unit is one event, or (with `coalesce: true`) every
 //! pending event of the id up to the next delete, which is a barrier: the
-//! query runs once for them. A unit applies its work and deletes its queue
-//! rows in one transaction, so a query operator applies each event exactly
-//! once. A failing unit is retried with backoff, then dead-lettered; it holds
-//! only its own id.
+//! query runs once for them. Units of a query operator are grouped, up to
+//! 64 ids per transaction; a handler runs one unit per transaction. A unit
+//! applies its work and deletes its queue rows in one transaction, so a
+//! query operator applies each event exactly once. A failing group is split
+//! into its units; a failing unit is retried with backoff, then
+//! dead-lettered; it holds only its own id, and while it waits it does not
+//! count against the operator's concurrency.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -21,7 +25,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, FailureInfo, RetryInfo};
+use crate::config::{Config, FailureInfo, ProcessStatusStorage, QueueStorage, RetryInfo};
 use crate::ctx::Ctx;
 use crate::event::Position;
 use crate::ident::quote_ident;
@@ -31,6 +35,7 @@ use crate::registry::{HandlerError, OperatorAction, OperatorRegistration};
 use crate::value::Value;
 
 use super::bind::bind_value;
+use super::memory::{Finished, MemoryState};
 use super::{id_display, id_key};
 
 /// Rows fetched per round trip.
@@ -46,6 +51,20 @@ pub(crate) struct Shared {
     pub pool: PgPool,
     pub config: Config,
     pub slot: String,
+    /// The memory queue's bookkeeping and the memory process status.
+    pub memory: MemoryState,
+}
+
+impl Shared {
+    /// Whether the queue is in memory (`queue_storage = memory`).
+    pub fn memory_queue(&self) -> bool {
+        self.config.queue_storage() == QueueStorage::Memory
+    }
+
+    /// Whether the process status is in memory.
+    pub fn memory_status(&self) -> bool {
+        self.config.process_status_storage() == ProcessStatusStorage::Memory
+    }
 }
 
 /// Rows handed from the consumer to an executor in memory, right after
@@ -55,6 +74,9 @@ pub(crate) struct Inbox {
     rows: Vec<Row>,
     /// More was queued than the inbox holds: read the queue instead.
     overflow: bool,
+    /// The memory queue: the inbox is the queue, it never overflows (the
+    /// consumer waits for room instead).
+    unbounded: bool,
 }
 
 /// Rows an inbox holds before the executor is told to read the queue.
@@ -67,10 +89,19 @@ impl Inbox {
             return;
         }
         self.rows.extend(rows);
-        if self.rows.len() > INBOX_MAX {
+        if !self.unbounded && self.rows.len() > INBOX_MAX {
             self.rows = Vec::new();
             self.overflow = true;
         }
+    }
+}
+
+impl Signals {
+    /// The signals of one operator; `memory_queue`: its inbox is its queue.
+    pub fn new(memory_queue: bool) -> Self {
+        let signals = Signals::default();
+        signals.inbox.lock().expect("inbox lock").unbounded = memory_queue;
+        signals
     }
 }
 
@@ -100,11 +131,13 @@ pub(crate) struct Row {
     /// A handler row's event, when handed over in memory.
     raw: Option<Arc<RawEvent>>,
     updated_at: Option<i64>,
+    /// The first commit LSN the row stands for (events collapsed into it).
+    first_lsn: Option<i64>,
     /// Events collapsed into this row whose process status waits on it.
     covers: Vec<(i64, i32)>,
 }
 
-type RowTuple = (
+pub(crate) type RowTuple = (
     i64,
     i32,
     i16,
@@ -128,7 +161,7 @@ fn parse_kind(s: &str) -> EventKind {
 }
 
 impl Row {
-    fn from_tuple(t: RowTuple) -> Row {
+    pub(crate) fn from_tuple(t: RowTuple) -> Row {
         Row {
             commit_lsn: t.0,
             seq: t.1,
@@ -140,6 +173,7 @@ impl Row {
             event: t.7,
             raw: None,
             updated_at: t.8,
+            first_lsn: None,
             covers: match (t.9, t.10) {
                 (Some(l), Some(s)) => l.into_iter().zip(s).collect(),
                 _ => Vec::new(),
@@ -160,6 +194,7 @@ impl Row {
             event: r.event.clone(),
             raw: r.raw.clone(),
             updated_at: r.updated_at,
+            first_lsn: r.first_lsn,
             covers: r.covers.clone(),
         }
     }
@@ -236,7 +271,9 @@ pub(crate) async fn run(
     let mut known: HashSet<(i64, i32, i16)> = HashSet::new();
     let mut held = 0usize;
     let mut cursor = (i64::MIN, i32::MIN, i16::MIN);
-    let mut more = true;
+    let memory_queue = shared.memory_queue();
+    // The memory queue is only the inbox: nothing to read back.
+    let mut more = !memory_queue;
     let mut fetch_failures = 0u32;
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     let grouping = matches!(op.action, OperatorAction::Query(_));
@@ -253,7 +290,7 @@ pub(crate) async fn run(
         if stopping && tasks.is_empty() {
             return;
         }
-        if signals.rescan.swap(false, Ordering::AcqRel) {
+        if signals.rescan.swap(false, Ordering::AcqRel) && !memory_queue {
             cursor = (i64::MIN, i32::MIN, i16::MIN);
             more = true;
         }
@@ -379,22 +416,26 @@ pub(crate) async fn run(
                         known.clear();
                         held = 0;
                         cursor = (i64::MIN, i32::MIN, i16::MIN);
-                        more = true;
+                        more = !memory_queue;
                     }
                 }
             }
             _ = signals.notify.notified(), if !stopping => {
-                let inbox = std::mem::take(&mut *signals.inbox.lock().expect("inbox lock"));
-                if inbox.overflow || more {
+                let (rows, overflow) = {
+                    let mut inbox = signals.inbox.lock().expect("inbox lock");
+                    let overflow = std::mem::replace(&mut inbox.overflow, false);
+                    (std::mem::take(&mut inbox.rows), overflow)
+                };
+                if overflow || more {
                     // Read from the queue (which holds these rows too).
                     more = true;
                 } else {
-                    for row in inbox.rows {
+                    for row in rows {
                         // Already read from the queue, or in flight.
-                        if row.key() <= cursor || !known.insert(row.key()) {
+                        if row.key() <= cursor && !memory_queue || !known.insert(row.key()) {
                             continue;
                         }
-                        if held >= MAX_PENDING {
+                        if held >= MAX_PENDING && !memory_queue {
                             known.remove(&row.key());
                             more = true;
                             break;
@@ -412,7 +453,7 @@ pub(crate) async fn run(
             }
             _ = unit.wake.notified(), if !stopping => {}
             _ = stop.changed(), if !stopping => {}
-            _ = tokio::time::sleep(wait_fetch) => { if !fetch_error { more = true; } }
+            _ = tokio::time::sleep(wait_fetch) => { if !fetch_error && !memory_queue { more = true; } }
         }
     }
 }
@@ -588,19 +629,43 @@ impl UnitRunner {
             self.apply_query(sql, rows, &mut tx).await?;
         }
         let all: Vec<Row> = units.iter().flatten().cloned().collect();
-        finish(&self.shared, self.op.name, &all, &mut tx)
-            .await
-            .map_err(sql_failure)?;
-        tx.commit().await.map_err(sql_failure)
+        self.complete(tx, &all).await.map_err(sql_failure)
+    }
+
+    /// Finishes `rows` in `tx` (queue rows deleted, process status moved),
+    /// commits, then does the same for what is kept in memory.
+    async fn complete(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        rows: &[Row],
+    ) -> sqlx::Result<()> {
+        finish(&self.shared, self.op.name, rows, &mut tx).await?;
+        tx.commit().await?;
+        self.finished_in_memory(rows);
+        Ok(())
+    }
+
+    fn finished_in_memory(&self, rows: &[Row]) {
+        let (queue, status) = (self.shared.memory_queue(), self.shared.memory_status());
+        if !queue && !status {
+            return;
+        }
+        let rows: Vec<Finished> = rows
+            .iter()
+            .map(|r| Finished {
+                first_lsn: r.first_lsn.unwrap_or(r.commit_lsn),
+                commit_lsn: r.commit_lsn,
+                seq: r.seq,
+                covers: r.covers.clone(),
+            })
+            .collect();
+        self.shared.memory.finished(&rows, queue, status);
     }
 
     async fn run_query(&self, sql: &'static str, rows: &[Row]) -> Result<(), Failure> {
         let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
         self.apply_query(sql, rows, &mut tx).await?;
-        finish(&self.shared, self.op.name, rows, &mut tx)
-            .await
-            .map_err(sql_failure)?;
-        tx.commit().await.map_err(sql_failure)
+        self.complete(tx, rows).await.map_err(sql_failure)
     }
 
     /// The statement of one unit: the operator's query for the id, or the
@@ -646,17 +711,18 @@ impl UnitRunner {
         handler: crate::registry::HandlerFn,
         row: &Row,
     ) -> Result<(), Failure> {
-        let raw: Arc<RawEvent> = match (&row.raw, &row.event) {
-            (Some(raw), _) => raw.clone(),
-            (None, Some(json)) => Arc::new(serde_json::from_str(json).map_err(|e| {
-                Failure::Decode(format!("queued event does not read back: {e}"))
-            })?),
-            (None, None) => {
-                return Err(Failure::Decode(
-                    "queued handler row without its event".to_owned(),
-                ));
-            }
-        };
+        let raw: Arc<RawEvent> =
+            match (&row.raw, &row.event) {
+                (Some(raw), _) => raw.clone(),
+                (None, Some(json)) => Arc::new(serde_json::from_str(json).map_err(|e| {
+                    Failure::Decode(format!("queued event does not read back: {e}"))
+                })?),
+                (None, None) => {
+                    return Err(Failure::Decode(
+                        "queued handler row without its event".to_owned(),
+                    ));
+                }
+            };
         let position = Position {
             commit_lsn: Lsn(row.commit_lsn as u64),
             seq: row.seq as u32,
@@ -679,19 +745,17 @@ impl UnitRunner {
             }
             Ok(Ok(())) => {}
         }
-        let mut tx = match own {
+        let rows = std::slice::from_ref(row);
+        let tx = match own {
             Some(tx) => tx,
+            // Nothing to record in the database.
+            None if self.shared.memory_queue() && self.shared.memory_status() => {
+                self.finished_in_memory(rows);
+                return Ok(());
+            }
             None => self.shared.pool.begin().await.map_err(sql_failure)?,
         };
-        finish(
-            &self.shared,
-            self.op.name,
-            std::slice::from_ref(row),
-            &mut tx,
-        )
-        .await
-        .map_err(sql_failure)?;
-        tx.commit().await.map_err(sql_failure)
+        self.complete(tx, rows).await.map_err(sql_failure)
     }
 
     async fn dead_letter(&self, rows: &[Row], error: &str, attempts: u32) -> sqlx::Result<()> {
@@ -719,13 +783,13 @@ impl UnitRunner {
             .execute(&mut *tx)
             .await?;
         }
-        finish(&self.shared, self.op.name, rows, &mut tx).await?;
-        tx.commit().await
+        self.complete(tx, rows).await
     }
 }
 
 /// Deletes the rows from the queue and moves the process status of the
-/// events all of whose rows are now done, in `tx`.
+/// events all of whose rows are now done, in `tx` (what is kept in the
+/// database: see [`UnitRunner::complete`] for the rest).
 async fn finish(
     shared: &Shared,
     operator: &str,
@@ -735,7 +799,9 @@ async fn finish(
     let lsns: Vec<i64> = rows.iter().map(|r| r.commit_lsn).collect();
     let seqs: Vec<i32> = rows.iter().map(|r| r.seq).collect();
     let parts: Vec<i16> = rows.iter().map(|r| r.part).collect();
-    let deleted = if let [row] = rows {
+    let deleted = if shared.memory_queue() {
+        rows.len() as u64
+    } else if let [row] = rows {
         sqlx::query(
             "DELETE FROM walflow.queue
              WHERE slot = $1 AND operator = $2 AND commit_lsn = $3 AND seq = $4 AND part = $5",
@@ -759,7 +825,12 @@ async fn finish(
             .await?;
         n as u64
     };
-    if deleted == 0 || rows.iter().all(|r| r.updated_at.is_none() && r.covers.is_empty()) {
+    if deleted == 0
+        || shared.memory_status()
+        || rows
+            .iter()
+            .all(|r| r.updated_at.is_none() && r.covers.is_empty())
+    {
         return Ok(());
     }
     let mut lsns = lsns;

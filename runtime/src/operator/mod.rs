@@ -6,6 +6,7 @@
 
 pub(crate) mod bind;
 pub(crate) mod executor;
+pub(crate) mod memory;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,0 +1,165 @@
+//! The in-memory queue bookkeeping and process status
+//! (`queue_storage = memory`, `process_status_storage = memory`).
+//!
+//! With the memory queue, rows go from the consumer to the executors without
+//! touching the database, and a transaction is acknowledged to PostgreSQL as
+//! soon as its rows are handed over: whatever is handed over but not yet
+//! applied when the process stops is lost. What is kept here is what the
+//! `walflow.streams`, `walflow.queue`, `walflow.pending_status` and
+//! `walflow.process_status` tables would otherwise say: how far the queue has
+//! got, which rows are outstanding, and the per-table status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use super::{NewRow, StatusMark};
+use crate::lsn::Lsn;
+
+/// Rows handed over and not yet finished, above which the consumer waits.
+pub(crate) const MAX_OUTSTANDING: usize = 100_000;
+
+/// An event waiting for its rows: its table, its timestamp, rows left.
+type Waiting = (Arc<str>, Arc<str>, i64, i32);
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// End of the last transaction handed over.
+    enqueued: Lsn,
+    /// Outstanding rows by the first commit LSN they stand for.
+    outstanding: BTreeMap<i64, usize>,
+    rows: usize,
+    /// Events with rows still to finish: table and timestamp, rows left.
+    pending: HashMap<(i64, i32), Waiting>,
+    /// Per table, the largest timestamp of an event all of whose operators
+    /// finished.
+    status: HashMap<(String, String), i64>,
+}
+
+/// Shared by the consumer, the executors and the flow.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryState {
+    inner: Mutex<Inner>,
+    /// Told whenever rows finish: the consumer may be waiting for room.
+    pub room: Notify,
+}
+
+/// One finished row, as far as the bookkeeping is concerned.
+pub(crate) struct Finished {
+    pub first_lsn: i64,
+    pub commit_lsn: i64,
+    pub seq: i32,
+    pub covers: Vec<(i64, i32)>,
+}
+
+impl MemoryState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rows handed over (the memory queue), and the transactions up to
+    /// `end` with them.
+    pub fn queued(&self, rows: &[NewRow], end: Option<Lsn>) {
+        let mut inner = self.lock();
+        for r in rows {
+            *inner
+                .outstanding
+                .entry(r.first_lsn.unwrap_or(r.commit_lsn))
+                .or_default() += 1;
+        }
+        inner.rows += rows.len();
+        if let Some(end) = end {
+            inner.enqueued = inner.enqueued.max(end);
+        }
+    }
+
+    /// A dead letter put back in the memory queue.
+    pub fn requeued(&self, commit_lsn: i64) {
+        let mut inner = self.lock();
+        *inner.outstanding.entry(commit_lsn).or_default() += 1;
+        inner.rows += 1;
+    }
+
+    /// Rows outstanding in the memory queue.
+    pub fn outstanding(&self) -> usize {
+        self.lock().rows
+    }
+
+    /// Status marks of events just seen (the memory process status).
+    pub fn marks(&self, marks: &[StatusMark]) {
+        let mut inner = self.lock();
+        for m in marks {
+            if m.remaining > 0 {
+                inner.pending.insert(
+                    (m.commit_lsn, m.seq),
+                    (m.schema.clone(), m.table.clone(), m.updated_at, m.remaining),
+                );
+            } else {
+                raise(&mut inner.status, &m.schema, &m.table, m.updated_at);
+            }
+        }
+    }
+
+    /// Rows finished (applied or dead-lettered), after their transaction
+    /// committed. `queue`: they were in the memory queue; `status`: the
+    /// process status is kept here.
+    pub fn finished(&self, rows: &[Finished], queue: bool, status: bool) {
+        let mut inner = self.lock();
+        if queue {
+            for r in rows {
+                if let Some(n) = inner.outstanding.get_mut(&r.first_lsn) {
+                    *n -= 1;
+                    if *n == 0 {
+                        inner.outstanding.remove(&r.first_lsn);
+                    }
+                    inner.rows -= 1;
+                }
+            }
+        }
+        if status {
+            let events = rows.iter().flat_map(|r| {
+                std::iter::once((r.commit_lsn, r.seq)).chain(r.covers.iter().copied())
+            });
+            for key in events {
+                let Some(p) = inner.pending.get_mut(&key) else {
+                    continue;
+                };
+                p.3 -= 1;
+                if p.3 <= 0 {
+                    let (schema, table, micros, _) =
+                        inner.pending.remove(&key).expect("just found");
+                    raise(&mut inner.status, &schema, &table, micros);
+                }
+            }
+        }
+        drop(inner);
+        self.room.notify_waiters();
+    }
+
+    /// The memory queue's LSN fence: `None` until every transaction up to
+    /// `lsn` is handed over, then whether every row standing for an event
+    /// at or before it has finished.
+    pub fn fence(&self, lsn: Lsn) -> Option<bool> {
+        let inner = self.lock();
+        if inner.enqueued < lsn {
+            return None;
+        }
+        Some(inner.outstanding.range(..=lsn.0 as i64).next().is_none())
+    }
+
+    /// Whether the table's status is at least `micros`.
+    pub fn processed(&self, schema: &str, table: &str, micros: i64) -> bool {
+        self.lock()
+            .status
+            .get(&(schema.to_owned(), table.to_owned()))
+            .is_some_and(|s| *s >= micros)
+    }
+}
+
+fn raise(status: &mut HashMap<(String, String), i64>, schema: &str, table: &str, micros: i64) {
+    let e = status
+        .entry((schema.to_owned(), table.to_owned()))
+        .or_insert(micros);
+    *e = (*e).max(micros);
+}

@@ -1,0 +1,213 @@
+//! `queue_storage = memory` and `process_status_storage = memory`: the same
+//! operator semantics (derived table, every event counted once, delete
+//! barrier, process status, LSN fence, dead letters and their replay)
+//! without walflow's queue and status tables.
+
+#![allow(dead_code)] // struct fields are read through serde
+
+mod common;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use walflow::config::{ProcessStatusStorage, QueueStorage};
+use walflow::prelude::*;
+
+#[event_source(table = "posts")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Post {
+    id: i64,
+    title: String,
+}
+
+#[event_source(table = "comments")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Comment {
+    id: i64,
+    post_id: i64,
+}
+
+#[event_source(table = "post_with_comments_counts")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct PostWithCommentsCount {
+    id: i64,
+    title: String,
+    comments_count: i64,
+}
+
+on_event! {
+    operator MemCounts for PostWithCommentsCount {
+        events: all,
+        entities: [Comment, Post],
+        id: [Comment.post_id, Post.id],
+        delete_with: [Post],
+        coalesce: true,
+        query: "MERGE INTO post_with_comments_counts dest
+                USING (SELECT p.id, p.title, count(c.id) AS comments_count
+                       FROM posts p LEFT JOIN comments c ON c.post_id = p.id
+                       WHERE p.id = $1 GROUP BY p.id) src
+                ON dest.id = src.id
+                WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
+                WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
+                     VALUES (src.id, src.title, src.comments_count)",
+    }
+
+    /// Not idempotent: counts every run.
+    operator MemTally for PostWithCommentsCount {
+        events: all,
+        entities: [Comment],
+        id: [Comment.post_id],
+        query: "INSERT INTO tally (post_id, n) VALUES ($1, 1)
+                ON CONFLICT (post_id) DO UPDATE SET n = tally.n + 1",
+    }
+
+    /// Fails on comment 13 until told otherwise.
+    operator MemPicky {
+        events: [insert],
+        entities: [Comment],
+        id: [Comment.id],
+        handler: picky,
+    }
+}
+
+static ACCEPT_13: AtomicBool = AtomicBool::new(false);
+static SEEN: Mutex<Vec<i64>> = Mutex::new(Vec::new());
+
+async fn picky(event: Event<Comment>, _ctx: Ctx) -> Result<(), std::io::Error> {
+    let id = event.record().expect("row").id;
+    if id == 13 && !ACCEPT_13.load(Ordering::Acquire) {
+        return Err(std::io::Error::other("comment 13 is not welcome yet"));
+    }
+    SEEN.lock().unwrap().push(id);
+    Ok(())
+}
+
+const SCHEMA: &str = "
+    CREATE TABLE posts (id bigint PRIMARY KEY, title text NOT NULL,
+                        updated_at timestamptz NOT NULL DEFAULT now());
+    CREATE TABLE comments (id bigint PRIMARY KEY, post_id bigint NOT NULL,
+                           updated_at timestamptz NOT NULL DEFAULT now());
+    CREATE TABLE post_with_comments_counts (id bigint PRIMARY KEY, title text NOT NULL,
+                                            comments_count bigint NOT NULL);
+    CREATE TABLE tally (post_id bigint PRIMARY KEY, n bigint NOT NULL);
+";
+
+async fn table_rows(db: &common::Db, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM walflow.{table}"
+    )))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn memory_queue_and_status_keep_derived_tables_in_step() {
+    let db = common::db().await;
+    db.exec(SCHEMA).await;
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(db.slot("memq"))
+        .queue_storage(QueueStorage::Memory)
+        .process_status_storage(ProcessStatusStorage::Memory)
+        .min_restart_time(Duration::from_millis(10))
+        .max_retries(1)
+        .operators(["MemCounts", "MemTally", "MemPicky"])
+        .start()
+        .await
+        .expect("the flow starts");
+
+    db.exec(
+        "INSERT INTO posts (id, title) SELECT i, 'p' || i FROM generate_series(1, 5) i;
+         INSERT INTO comments (id, post_id) SELECT i, 1 + i % 5 FROM generate_series(1, 40) i;",
+    )
+    .await;
+    // Moved comments (old and new post counted), deletes, a title change,
+    // and a post deleted then created again: the delete is a barrier.
+    db.exec("UPDATE comments SET post_id = 1 WHERE id IN (2, 3)")
+        .await;
+    db.exec("DELETE FROM comments WHERE id IN (4, 5)").await;
+    db.exec("UPDATE posts SET title = 'renamed' WHERE id = 2")
+        .await;
+    db.exec(
+        "BEGIN;
+         INSERT INTO comments (id, post_id) VALUES (100, 4);
+         DELETE FROM comments WHERE post_id = 4;
+         DELETE FROM posts WHERE id = 4;
+         INSERT INTO posts (id, title) VALUES (4, 'again');
+         INSERT INTO comments (id, post_id) VALUES (101, 4);
+         COMMIT;",
+    )
+    .await;
+    db.exec(
+        "UPDATE comments SET updated_at = '2030-01-01 00:00:00+00' WHERE id = 1;
+         UPDATE posts SET updated_at = '2030-01-01 00:00:00+00' WHERE id = 1;",
+    )
+    .await;
+
+    let lsn = flow.current_lsn().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let derived: Vec<(i64, String, i64)> = sqlx::query_as(
+        "SELECT id, title, comments_count FROM post_with_comments_counts ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let recomputed: Vec<(i64, String, i64)> = sqlx::query_as(
+        "SELECT p.id, p.title, count(c.id) FROM posts p LEFT JOIN comments c ON c.post_id = p.id
+         GROUP BY p.id ORDER BY p.id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(derived, recomputed);
+
+    // Comment events per post: 40 inserts (8 per post), two moves from
+    // posts 3 and 4 to post 1 (both counted), two deletes (posts 5 and 1),
+    // then post 4: insert 100, deletes of its 7 remaining comments and of
+    // 100, insert 101; and comment 1's update (post 2).
+    let tally: Vec<(i64, i64)> = sqlx::query_as("SELECT post_id, n FROM tally ORDER BY post_id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        tally,
+        vec![
+            (1, 8 + 2 + 1),
+            (2, 8 + 1),
+            (3, 8 + 1),
+            (4, 8 + 1 + 1 + 8 + 1),
+            (5, 8 + 1)
+        ]
+    );
+
+    // The memory process status.
+    let y2030 = 1_893_456_000_000_000i64;
+    assert!(flow.processed("comments", y2030).await.unwrap());
+    assert!(flow.processed("posts", y2030).await.unwrap());
+    assert!(!flow.processed("posts", y2030 + 1).await.unwrap());
+
+    // Comment 13 was dead-lettered; the others went on. Replayed, it runs.
+    let dead = flow.dead_letters("MemPicky").await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].mapped_id, "13");
+    assert!(!SEEN.lock().unwrap().contains(&13));
+    assert_eq!(SEEN.lock().unwrap().len(), 41);
+    ACCEPT_13.store(true, Ordering::Release);
+    assert!(flow.retry_dead_letter(dead[0].id).await.unwrap());
+    common::wait_until(Duration::from_secs(10), || async {
+        SEEN.lock().unwrap().contains(&13)
+    })
+    .await;
+    assert!(flow.dead_letters("MemPicky").await.unwrap().is_empty());
+
+    // Nothing went through walflow's queue or status tables.
+    for table in ["queue", "pending_status", "process_status", "streams"] {
+        assert_eq!(table_rows(&db, table).await, 0, "walflow.{table}");
+    }
+    flow.shutdown().await.unwrap();
+}
