@@ -954,7 +954,7 @@ impl<T> Drop for Subscription<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::cell::Cell;
 
     use chrono::DateTime;
 
@@ -962,10 +962,14 @@ mod tests {
     use crate::registry::Field;
     use crate::value::{Record, Value};
 
-    static DECODED: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        /// Decodes on this test's thread (publishing decodes synchronously;
+        /// the tests run in parallel).
+        static DECODED: Cell<usize> = const { Cell::new(0) };
+    }
 
     fn counted<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-        DECODED.fetch_add(1, Ordering::SeqCst);
+        DECODED.set(DECODED.get() + 1);
         <i64 as serde::Deserialize>::deserialize(d)
     }
 
@@ -1028,13 +1032,13 @@ mod tests {
             .collect();
         let mut group2 = hub.subscribe::<Item>(Item::GROUP_ID.eq(2));
         let mut one = hub.subscribe::<Item>(Scope::id(1));
-        DECODED.store(0, Ordering::SeqCst);
+        DECODED.set(0);
         hub.publish_transaction(
             [&raw(EventKind::Insert, Some(row(1, 1)), None, 100)],
             Lsn(100),
         );
         assert_eq!(
-            DECODED.load(Ordering::SeqCst),
+            DECODED.get(),
             1,
             "decoded once for 12 subscriptions"
         );
