@@ -63,7 +63,7 @@ pub use hub::{
     Action, Delivery, HubOptions, Lagged, OldestPosition, Subscription, SubscriptionBuilder,
     Subscriptions, TooOld, WaitError, after_commit, parse_position,
 };
-pub use pubsub::{Broadcast, LocalPubSub, PgPubSub, PubSubError, Transaction};
+pub use pubsub::{Broadcast, LocalPubSub, LogRetention, PgPubSub, PubSubError, Transaction};
 pub use scope::{Filter, Scope};
 
 pub use crate::event::Position;
