@@ -1,6 +1,8 @@
-//! Two application nodes in separate processes: the parent holds the
-//! replication slot and broadcasts over PostgreSQL `LISTEN`/`NOTIFY`; the
-//! child, without a slot, receives the changes in its own hub.
+//! Several application nodes in separate processes: the parent's flow holds
+//! the replication slot and broadcasts over PostgreSQL (`pubsub = postgres`);
+//! the child is a subscriber-only flow. Changes reach the child's scoped
+//! subscription in commit order, also across a lost `LISTEN` connection,
+//! and a node away longer than the log keeps is told to reload.
 
 mod common;
 
@@ -9,9 +11,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use walflow::listener::ListenerMessage;
+use sqlx::postgres::PgListener;
+use tokio::sync::mpsc;
+use walflow::config::PubSub;
 use walflow::prelude::*;
-use walflow::subscribe::{Broadcast, HubOptions, PgPubSub, Scope, Subscriptions, Transaction};
+use walflow::subscribe::{PgPubSub, Scope};
 
 #[event_source(table = "comments")]
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -21,8 +25,22 @@ struct Comment {
     body: String,
 }
 
+on_event! {
+    /// Gives the flow holding the slot a reason to publish `comments`.
+    operator Seen {
+        events: all,
+        entities: [Comment],
+        handler: seen,
+    }
+}
+
+async fn seen(_: Event<Comment>, _: Ctx) -> Result<(), std::io::Error> {
+    Ok(())
+}
+
 const CHILD: &str = "WALFLOW_TEST_SUBSCRIBER_NODE";
 const TIMEOUT: Duration = Duration::from_secs(30);
+const CHANNEL: &str = PgPubSub::DEFAULT_CHANNEL;
 
 /// In the child process (re-executed test binary), runs the subscriber node
 /// instead of the test harness.
@@ -37,101 +55,147 @@ fn child_entry() {
     }
 }
 
-/// Listens on the channel, subscribes to the comments of post 1, prints
-/// `READY`, then one line per change: `<action> <id> <body length>`, and
-/// exits after `COUNT` of them.
+/// A subscriber-only flow on `URL`: subscribes to the comments of post 1,
+/// prints `READY`, then one line per change, `<action> <id> <body length>`
+/// (`lost` for a lost-changes error, then `reload` when resuming is refused),
+/// and exits after the change of comment `STOP_AT`.
 fn subscriber_node() {
     let url = std::env::var("URL").unwrap();
-    let count: usize = std::env::var("COUNT").unwrap().parse().unwrap();
+    let stop_at: i64 = std::env::var("STOP_AT").unwrap().parse().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
-        let db = common::Db::connect(&url).await;
-        let hub = Subscriptions::new(HubOptions::default());
-        let pubsub = PgPubSub::new(db.pool.clone()).await.unwrap();
-        let _listening = pubsub.listen(hub.clone()).await.unwrap();
-        let mut sub = hub.subscribe::<Comment>(Comment::POST_ID.eq(1));
+        let flow = Walflow::builder()
+            .database_url(&url)
+            .pubsub(PubSub::Postgres)
+            .min_restart_time(Duration::from_millis(50))
+            .max_restart_time(Duration::from_millis(200))
+            .subscriber_only()
+            .start()
+            .await
+            .expect("the subscriber-only flow starts");
+        assert!(flow.is_subscriber_only());
+        let mut sub = flow.subscribe::<Comment>(Comment::POST_ID.eq(1));
         println!("READY");
         std::io::stdout().flush().unwrap();
-        for _ in 0..count {
-            let d = tokio::time::timeout(TIMEOUT, sub.next())
+        loop {
+            let item = tokio::time::timeout(TIMEOUT, sub.next())
                 .await
                 .expect("no change in time")
-                .unwrap()
-                .unwrap();
-            let row = d.row().unwrap();
-            println!(
-                "{} {} {}",
-                serde_json::to_value(d.action).unwrap().as_str().unwrap(),
-                row.id,
-                row.body.len()
-            );
+                .expect("the stream goes on");
+            let line = match item {
+                Ok(d) => {
+                    let row = d.row().unwrap();
+                    let line = format!(
+                        "{} {} {}",
+                        serde_json::to_value(d.action).unwrap().as_str().unwrap(),
+                        row.id,
+                        row.body.len()
+                    );
+                    if row.id == stop_at {
+                        println!("{line}");
+                        break;
+                    }
+                    line
+                }
+                Err(lagged) if lagged.lost => match sub.resume(lagged.resume_from) {
+                    Ok(()) => "lost, then resumed".to_owned(),
+                    Err(_) => "lost\nreload".to_owned(),
+                },
+                Err(lagged) => format!("lagged {lagged}"),
+            };
+            println!("{line}");
             std::io::stdout().flush().unwrap();
         }
+        std::io::stdout().flush().unwrap();
+        flow.shutdown().await.unwrap();
     });
 }
 
-#[tokio::test]
-async fn a_node_without_the_slot_receives_changes_over_notify() {
-    let db = common::db().await;
-    db.exec(
-        "CREATE TABLE comments (id int8 primary key, post_id int8 not null, body text not null)",
-    )
-    .await;
-    let slot = db.slot("nodes");
-    db.setup(&slot, &["comments"]).await;
-    let pubsub = PgPubSub::new(db.pool.clone()).await.unwrap();
-    // This node feeds its own hub from the channel too.
-    let hub = Subscriptions::default();
-    let _listening = pubsub.listen(hub.clone()).await.unwrap();
-    let mut local = hub.subscribe::<Comment>(Scope::All);
+/// A running child node and its output, line by line.
+struct Node {
+    process: std::process::Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
 
-    let mut listener = db.listener(&slot).await.unwrap();
-    let sender = pubsub.clone();
-    let _broadcasting = tokio::spawn(async move {
-        let mut changes = Vec::new();
-        while let Ok(Some(message)) = listener.recv().await {
-            match message {
-                ListenerMessage::Change(raw) => changes.push(std::sync::Arc::new(raw)),
-                ListenerMessage::Commit(c) => {
-                    let tx = Transaction {
-                        end_lsn: c.end_lsn,
-                        changes: std::mem::take(&mut changes),
-                    };
-                    sender.send(&tx).await.unwrap();
-                    listener.ack(c.end_lsn);
+impl Node {
+    /// Starts the child on `url` and waits until it is subscribed.
+    async fn start(url: &str, stop_at: i64) -> Node {
+        let mut process = Command::new(std::env::current_exe().unwrap())
+            .env(CHILD, "1")
+            .env("URL", url)
+            .env("STOP_AT", stop_at.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = process.stdout.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    return;
                 }
-                _ => {}
             }
-        }
-    });
+        });
+        let mut node = Node {
+            process,
+            lines,
+            seen: Vec::new(),
+        };
+        assert_eq!(node.line().await, "READY");
+        node.seen.clear();
+        node
+    }
 
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD, "1")
-        .env("URL", &db.url)
-        .env("COUNT", "4")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let mut ready_tx = Some(ready_tx);
-        let mut out = Vec::new();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if line == "READY" {
-                ready_tx.take().unwrap().send(()).unwrap();
-            } else {
-                out.push(line);
-            }
+    /// The next line the child prints.
+    async fn line(&mut self) -> String {
+        let line = tokio::time::timeout(TIMEOUT, self.lines.recv())
+            .await
+            .expect("the child printed nothing in time")
+            .expect("the child stopped");
+        self.seen.push(line.clone());
+        line
+    }
+
+    /// Waits for the child to exit, and returns every line it printed
+    /// after `READY`.
+    async fn finish(mut self) -> Vec<String> {
+        while let Some(line) = tokio::time::timeout(TIMEOUT, self.lines.recv())
+            .await
+            .expect("the child did not finish in time")
+        {
+            self.seen.push(line);
         }
-        out
-    });
-    tokio::time::timeout(TIMEOUT, ready_rx)
+        assert!(self.process.wait().unwrap().success(), "the child failed");
+        self.seen
+    }
+}
+
+const SCHEMA: &str =
+    "CREATE TABLE comments (id int8 primary key, post_id int8 not null, body text not null)";
+
+/// The flow holding the slot, broadcasting over PostgreSQL.
+async fn sender(db: &common::Db, slot: &str, retain: usize) -> Walflow {
+    Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(db.slot(slot))
+        .pubsub(PubSub::Postgres)
+        .pubsub_retain_transactions(retain)
+        .operators(["Seen"])
+        .start()
         .await
-        .expect("child not ready")
-        .unwrap();
+        .expect("the flow starts")
+}
+
+#[tokio::test]
+async fn a_subscriber_only_node_receives_the_flow_s_changes_in_commit_order() {
+    let db = common::db().await;
+    db.exec(SCHEMA).await;
+    let flow = sender(&db, "nodes", 100_000).await;
+    let mut local = flow.subscribe::<Comment>(Scope::All);
+    let mut notes = PgListener::connect(&db.url).await.unwrap();
+    notes.listen(CHANNEL).await.unwrap();
+    let node = Node::start(&db.url, 2).await;
 
     let big = "x".repeat(20_000);
     db.exec("INSERT INTO comments VALUES (1, 1, 'hello'), (2, 2, 'other post')")
@@ -143,17 +207,12 @@ async fn a_node_without_the_slot_receives_changes_over_notify() {
     db.exec("UPDATE comments SET post_id = 1 WHERE id = 2")
         .await;
 
-    let lines = tokio::time::timeout(TIMEOUT, lines)
-        .await
-        .expect("child did not finish")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
     assert_eq!(
-        lines,
+        node.finish().await,
         ["insert 1 5", "insert 3 20000", "left 1 5", "entered 2 10"],
-        "in commit order, the large payload fetched by reference"
+        "in commit order, the large transaction read from the log"
     );
-    // The node holding the slot got them through the channel too.
+    // The node holding the slot has them in the same order.
     for id in [1, 2, 3, 1, 2] {
         let d = tokio::time::timeout(TIMEOUT, local.next())
             .await
@@ -163,9 +222,277 @@ async fn a_node_without_the_slot_receives_changes_over_notify() {
         assert_eq!(d.row().unwrap().id, id);
         assert!([1, 2].contains(&d.row().unwrap().post_id));
     }
-    let (stored,): (i64,) = sqlx::query_as("SELECT count(*) FROM walflow.pubsub_payloads")
+    // Four notifications carried changes: three inline, the large one by
+    // reference (end and previous LSN only).
+    let (mut inline, mut by_reference) = (0, 0);
+    while inline + by_reference < 4 {
+        let n = tokio::time::timeout(TIMEOUT, notes.recv())
+            .await
+            .expect("a notification")
+            .unwrap();
+        let payload = n.payload();
+        assert!(payload.len() < 8000);
+        match payload.splitn(3, ' ').nth(2) {
+            Some(json) => {
+                let tx: walflow::subscribe::Transaction = serde_json::from_str(json).unwrap();
+                if !tx.changes.is_empty() {
+                    inline += 1;
+                }
+            }
+            None => by_reference += 1,
+        }
+    }
+    assert_eq!((inline, by_reference), (3, 1));
+    let logged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM walflow.pubsub_log WHERE channel = $1 AND length(payload) > 20000",
+    )
+    .bind(CHANNEL)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(logged, 1);
+    flow.shutdown().await.unwrap();
+}
+
+/// A superuser role for the child, whose logins the test can refuse.
+struct Role {
+    name: String,
+    url: String,
+}
+
+impl Role {
+    async fn create(db: &common::Db) -> Role {
+        let name = db.slot("node");
+        db.exec(&format!(
+            "CREATE ROLE {name} LOGIN SUPERUSER PASSWORD 'node-password'"
+        ))
+        .await;
+        let mut url = url::Url::parse(&db.url).unwrap();
+        url.set_username(&name).unwrap();
+        url.set_password(Some("node-password")).unwrap();
+        Role {
+            name,
+            url: url.to_string(),
+        }
+    }
+
+    /// Refuses new connections of the role and ends its `LISTEN` session.
+    async fn cut_listen(&self, db: &common::Db) {
+        db.exec(&format!("ALTER ROLE {} NOLOGIN", self.name)).await;
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE usename = $1 AND query LIKE 'LISTEN %'",
+        )
+        .bind(&self.name)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(killed, [true], "one LISTEN session");
+        common::wait_until(TIMEOUT, || async { self.listening(db).await == 0 }).await;
+    }
+
+    async fn listening(&self, db: &common::Db) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND query LIKE 'LISTEN %'",
+        )
+        .bind(&self.name)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    }
+
+    async fn allow_login(&self, db: &common::Db) {
+        db.exec(&format!("ALTER ROLE {} LOGIN", self.name)).await;
+    }
+
+    async fn drop(self, db: &common::Db) {
+        common::wait_until(TIMEOUT, || async {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE usename = $1")
+                    .bind(&self.name)
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
+            n == 0
+        })
+        .await;
+        db.exec(&format!("DROP ROLE {}", self.name)).await;
+    }
+}
+
+/// Waits until the log holds a transaction whose payload contains each of
+/// `markers`.
+async fn logged(db: &common::Db, markers: &[&str]) {
+    for marker in markers {
+        common::wait_until(TIMEOUT, || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM walflow.pubsub_log WHERE channel = $1 AND strpos(payload, $2) > 0",
+            )
+            .bind(CHANNEL)
+            .bind(marker)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            n == 1
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_catches_up_after_its_listen_connection_was_lost() {
+    let db = common::db().await;
+    db.exec(SCHEMA).await;
+    let role = Role::create(&db).await;
+    let flow = sender(&db, "reconnect", 100_000).await;
+    let mut node = Node::start(&role.url, 100).await;
+    db.exec("INSERT INTO comments VALUES (1, 1, 'before')")
+        .await;
+    assert_eq!(node.line().await, "insert 1 6");
+
+    // The child's LISTEN connection is gone and cannot come back while these
+    // commit and are broadcast: nobody is listening for them on its side.
+    role.cut_listen(&db).await;
+    db.exec("INSERT INTO comments VALUES (2, 1, 'during-1')")
+        .await;
+    db.exec("UPDATE comments SET post_id = 2, body = 'during-2' WHERE id = 1")
+        .await;
+    let big = "y".repeat(9000);
+    db.exec(&format!(
+        "INSERT INTO comments VALUES (3, 1, 'during-3{big}')"
+    ))
+    .await;
+    logged(&db, &["during-1", "during-2", "during-3"]).await;
+    assert_eq!(role.listening(&db).await, 0, "still away");
+
+    role.allow_login(&db).await;
+    common::wait_until(TIMEOUT, || async { role.listening(&db).await == 1 }).await;
+    db.exec("INSERT INTO comments VALUES (100, 1, 'after')")
+        .await;
+    assert_eq!(
+        node.finish().await,
+        [
+            "insert 1 6",
+            "insert 2 8",
+            "left 1 6",
+            "insert 3 9008",
+            "insert 100 5"
+        ],
+        "every change once, in commit order"
+    );
+    flow.shutdown().await.unwrap();
+    role.drop(&db).await;
+}
+
+#[tokio::test]
+async fn a_node_away_longer_than_the_log_keeps_is_told_to_reload() {
+    let db = common::db().await;
+    db.exec(SCHEMA).await;
+    let role = Role::create(&db).await;
+    let flow = sender(&db, "retention", 2).await;
+    let mut node = Node::start(&role.url, 100).await;
+    db.exec("INSERT INTO comments VALUES (1, 1, 'before')")
+        .await;
+    assert_eq!(node.line().await, "insert 1 6");
+
+    role.cut_listen(&db).await;
+    for id in 2..=5 {
+        db.exec(&format!(
+            "INSERT INTO comments VALUES ({id}, 1, 'during-{id}')"
+        ))
+        .await;
+    }
+    logged(&db, &["during-5"]).await;
+    // The log keeps two transactions: those of comments 2 and 3 are gone.
+    common::wait_until(TIMEOUT, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM walflow.pubsub_log
+             WHERE channel = $1 AND (strpos(payload, 'during-2') > 0 OR strpos(payload, 'during-3') > 0)",
+        )
+        .bind(CHANNEL)
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(stored, 1, "only the large transaction went by reference");
+        n == 0
+    })
+    .await;
+
+    role.allow_login(&db).await;
+    common::wait_until(TIMEOUT, || async { role.listening(&db).await == 1 }).await;
+    db.exec("INSERT INTO comments VALUES (100, 1, 'after')")
+        .await;
+    let lines = node.finish().await;
+    assert_eq!(lines[..3], ["insert 1 6", "lost", "reload"], "{lines:?}");
+    assert_eq!(lines.last().unwrap(), "insert 100 5", "{lines:?}");
+    // What the log still had may follow, if the subscriber took the error
+    // before it was published; never what was lost.
+    let between: Vec<&str> = lines[3..lines.len() - 1]
+        .iter()
+        .map(|l| l.as_str())
+        .collect();
+    assert!(
+        [&[][..], &["insert 5 8"], &["insert 4 8", "insert 5 8"]].contains(&&between[..]),
+        "{lines:?}"
+    );
+    flow.shutdown().await.unwrap();
+    role.drop(&db).await;
+}
+
+#[tokio::test]
+async fn a_subscriber_only_node_waits_for_changes_and_runs_no_operators() {
+    let db = common::db().await;
+    db.exec(SCHEMA).await;
+    let subscriber = || {
+        Walflow::builder()
+            .database_url(&db.url)
+            .slot_name(db.slot("waitfor"))
+            .subscriber_only()
+    };
+    let err = subscriber()
+        .pubsub(PubSub::Local)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "invalid `pubsub` local: a subscriber-only node receives the changes over PostgreSQL"
+        ),
+        "{err}"
+    );
+    let err = subscriber()
+        .pubsub(PubSub::Postgres)
+        .operators(["Seen"])
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("a subscriber-only node runs no operators; remove `.operators(..)`"),
+        "{err}"
+    );
+
+    let flow = sender(&db, "waitfor", 100_000).await;
+    let node = subscriber()
+        .pubsub(PubSub::Postgres)
+        .operators(Vec::<String>::new())
+        .start()
+        .await
+        .expect("the subscriber-only flow starts");
+    assert!(node.operator_names().is_empty());
+    let before = node.subscriptions().position();
+    db.exec("INSERT INTO comments VALUES (7, 1, 'hi')").await;
+    let created = node
+        .wait_for::<Comment>(Scope::id(7), before, TIMEOUT)
+        .await
+        .expect("the change reaches the subscriber-only node");
+    assert_eq!(created.row().unwrap().body, "hi");
+    // The operators' progress is read from the shared tables.
+    let lsn = node.current_lsn().await.unwrap();
+    node.wait_processed(lsn, TIMEOUT).await.unwrap();
+    assert!(matches!(
+        node.retry_dead_letter(1).await,
+        Err(walflow::FlowError::SubscriberOnly("retry_dead_letter"))
+    ));
+    node.shutdown().await.unwrap();
+    flow.shutdown().await.unwrap();
 }

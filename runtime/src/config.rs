@@ -24,6 +24,9 @@
 //! | [`process_status_storage`](ConfigBuilder::process_status_storage) | [`ProcessStatusStorage::Postgres`] | `process_status_storage_adapter` |
 //! | [`error_logger`](ConfigBuilder::error_logger) | [`TracingErrorLogger`] | `error_logger_adapter` |
 //! | [`pubsub`](ConfigBuilder::pubsub) | [`PubSub::Local`] | `pubsub` |
+//! | [`pubsub_channel`](ConfigBuilder::pubsub_channel) | `walflow_events` | — |
+//! | [`pubsub_retain_transactions`](ConfigBuilder::pubsub_retain_transactions) | `100000` | — |
+//! | [`pubsub_retain_for`](ConfigBuilder::pubsub_retain_for) | 1 h | — |
 //! | [`heartbeat_interval`](ConfigBuilder::heartbeat_interval) | 10 s | — |
 //! | [`status_interval`](ConfigBuilder::status_interval) | 1 s | — |
 //!
@@ -55,6 +58,9 @@
 //! | `WALFLOW_QUEUE_STORAGE` | `queue_storage` | `postgres` or `memory` |
 //! | `WALFLOW_PROCESS_STATUS_STORAGE` | `process_status_storage` | `postgres` or `memory` |
 //! | `WALFLOW_PUBSUB` | `pubsub` | `local` or `postgres` |
+//! | `WALFLOW_PUBSUB_CHANNEL` | `pubsub_channel` | lower-case letters, digits, `_` |
+//! | `WALFLOW_PUBSUB_RETAIN_TRANSACTIONS` | `pubsub_retain_transactions` | integer ≥ 1 |
+//! | `WALFLOW_PUBSUB_RETAIN_FOR_MS` | `pubsub_retain_for` | milliseconds |
 //! | `WALFLOW_HEARTBEAT_INTERVAL_MS` | `heartbeat_interval` | milliseconds |
 //! | `WALFLOW_STATUS_INTERVAL_MS` | `status_interval` | milliseconds |
 //!
@@ -112,7 +118,10 @@ pub enum PubSub {
     /// Within this process only (default).
     #[default]
     Local,
-    /// Across processes through PostgreSQL `NOTIFY`.
+    /// Across processes through PostgreSQL `LISTEN`/`NOTIFY` on
+    /// [`pubsub_channel`](ConfigBuilder::pubsub_channel), with a log
+    /// (`walflow.pubsub_log`) that lets a node catch up after its `LISTEN`
+    /// connection was down; see [`PgPubSub`](crate::subscribe::PgPubSub).
     Postgres,
 }
 
@@ -322,6 +331,9 @@ pub struct Config {
     process_status_storage: ProcessStatusStorage,
     error_logger: Arc<dyn ErrorLogger>,
     pubsub: PubSub,
+    pubsub_channel: String,
+    pubsub_retain_transactions: usize,
+    pubsub_retain_for: Duration,
     heartbeat_interval: Duration,
     status_interval: Duration,
     conn: Conn,
@@ -357,6 +369,9 @@ impl Default for Config {
             process_status_storage: ProcessStatusStorage::Postgres,
             error_logger: Arc::new(TracingErrorLogger),
             pubsub: PubSub::Local,
+            pubsub_channel: "walflow_events".into(),
+            pubsub_retain_transactions: 100_000,
+            pubsub_retain_for: Duration::from_secs(3600),
             heartbeat_interval: Duration::from_secs(10),
             status_interval: Duration::from_secs(1),
             conn,
@@ -390,6 +405,12 @@ impl fmt::Debug for Config {
             .field("process_status_storage", &self.process_status_storage)
             .field("error_logger", &"<dyn ErrorLogger>")
             .field("pubsub", &self.pubsub)
+            .field("pubsub_channel", &self.pubsub_channel)
+            .field(
+                "pubsub_retain_transactions",
+                &self.pubsub_retain_transactions,
+            )
+            .field("pubsub_retain_for", &self.pubsub_retain_for)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("status_interval", &self.status_interval)
             .finish()
@@ -555,6 +576,23 @@ impl Config {
         self.pubsub
     }
 
+    /// The `LISTEN`/`NOTIFY` channel of [`PubSub::Postgres`] (validated:
+    /// lower-case letters, digits and `_`).
+    pub fn pubsub_channel(&self) -> &str {
+        &self.pubsub_channel
+    }
+
+    /// How many of the latest transactions `walflow.pubsub_log` keeps at
+    /// most, for nodes catching up after a reconnection.
+    pub fn pubsub_retain_transactions(&self) -> usize {
+        self.pubsub_retain_transactions
+    }
+
+    /// How long `walflow.pubsub_log` keeps a transaction at most.
+    pub fn pubsub_retain_for(&self) -> Duration {
+        self.pubsub_retain_for
+    }
+
     /// Interval of the heartbeat that keeps the slot advancing on an idle
     /// database.
     pub fn heartbeat_interval(&self) -> Duration {
@@ -620,9 +658,24 @@ impl Config {
                 ),
             });
         }
+        if let Err(reason) = validate_channel(&self.pubsub_channel) {
+            return Err(ConfigError::InvalidValue {
+                option: "pubsub_channel",
+                value: format!("{:?}", self.pubsub_channel),
+                reason: format!("{reason}; use lower-case letters, digits and `_`"),
+            });
+        }
+        if self.pubsub_retain_transactions == 0 {
+            return Err(ConfigError::InvalidValue {
+                option: "pubsub_retain_transactions",
+                value: "0".into(),
+                reason: "must be at least 1; use e.g. 100000".into(),
+            });
+        }
         for (option, value) in [
             ("heartbeat_interval", self.heartbeat_interval),
             ("status_interval", self.status_interval),
+            ("pubsub_retain_for", self.pubsub_retain_for),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::InvalidValue {
@@ -812,6 +865,27 @@ pub fn validate_slot_name(name: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Checks a `LISTEN`/`NOTIFY` channel name: 1 to 63 lower-case ASCII
+/// letters, digits and `_` (so it needs no quoting). Returns why not.
+pub(crate) fn validate_channel(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("it is empty".into());
+    }
+    if name.len() > MAX_IDENTIFIER_BYTES {
+        return Err(format!(
+            "it is {} bytes long, the limit is {MAX_IDENTIFIER_BYTES}",
+            name.len()
+        ));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+    {
+        Some(c) => Err(format!("it contains {c:?}")),
+        None => Ok(()),
+    }
+}
+
 /// Checks a publication name: 1 to 63 bytes, no NUL. Any other character is
 /// allowed, since the name is always quoted.
 pub fn validate_publication(name: &str) -> Result<(), ConfigError> {
@@ -921,6 +995,19 @@ impl ConfigBuilder {
         }
         if let Some(v) = get("WALFLOW_PUBSUB") {
             b = b.pubsub(parse_env_choice("WALFLOW_PUBSUB", &v)?);
+        }
+        if let Some(v) = get("WALFLOW_PUBSUB_CHANNEL") {
+            b = b.pubsub_channel(v);
+        }
+        if let Some(v) = get("WALFLOW_PUBSUB_RETAIN_TRANSACTIONS") {
+            b = b.pubsub_retain_transactions(parse_env(
+                "WALFLOW_PUBSUB_RETAIN_TRANSACTIONS",
+                &v,
+                "a positive integer",
+            )?);
+        }
+        if let Some(d) = ms("WALFLOW_PUBSUB_RETAIN_FOR_MS")? {
+            b = b.pubsub_retain_for(d);
         }
         if let Some(d) = ms("WALFLOW_HEARTBEAT_INTERVAL_MS")? {
             b = b.heartbeat_interval(d);
@@ -1067,6 +1154,29 @@ impl ConfigBuilder {
         self
     }
 
+    /// `LISTEN`/`NOTIFY` channel of [`PubSub::Postgres`] (default
+    /// `walflow_events`): lower-case letters, digits and `_`. Every node of
+    /// one application uses the same; one node holding a slot sends on it.
+    pub fn pubsub_channel(mut self, channel: impl Into<String>) -> Self {
+        self.cfg.pubsub_channel = channel.into();
+        self
+    }
+
+    /// How many of the latest transactions `walflow.pubsub_log` keeps at
+    /// most (default 100,000, at least 1) for nodes catching up after their
+    /// `LISTEN` connection was down.
+    pub fn pubsub_retain_transactions(mut self, n: usize) -> Self {
+        self.cfg.pubsub_retain_transactions = n;
+        self
+    }
+
+    /// How long `walflow.pubsub_log` keeps a transaction at most (default
+    /// 1 hour). The latest transaction is always kept.
+    pub fn pubsub_retain_for(mut self, d: Duration) -> Self {
+        self.cfg.pubsub_retain_for = d;
+        self
+    }
+
     /// Heartbeat interval (default 10 s).
     pub fn heartbeat_interval(mut self, d: Duration) -> Self {
         self.cfg.heartbeat_interval = d;
@@ -1136,6 +1246,9 @@ mod tests {
         assert_eq!(c.queue_storage(), QueueStorage::Postgres);
         assert_eq!(c.process_status_storage(), ProcessStatusStorage::Postgres);
         assert_eq!(c.pubsub(), PubSub::Local);
+        assert_eq!(c.pubsub_channel(), "walflow_events");
+        assert_eq!(c.pubsub_retain_transactions(), 100_000);
+        assert_eq!(c.pubsub_retain_for(), Duration::from_secs(3600));
         assert_eq!(c.heartbeat_interval(), Duration::from_secs(10));
         assert_eq!(c.status_interval(), Duration::from_secs(1));
         // The default is valid.
@@ -1337,6 +1450,23 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(err.to_string().contains("port 0"), "{err}");
+        let err = Config::builder()
+            .pubsub_channel("Events")
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid `pubsub_channel` \"Events\": it contains 'E'; use lower-case letters, digits and `_`"
+        );
+        let err = Config::builder()
+            .pubsub_retain_transactions(0)
+            .build()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid `pubsub_retain_transactions` 0"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1377,6 +1507,9 @@ mod tests {
             ("WALFLOW_QUEUE_STORAGE", "memory"),
             ("WALFLOW_PROCESS_STATUS_STORAGE", "Memory"),
             ("WALFLOW_PUBSUB", "postgres"),
+            ("WALFLOW_PUBSUB_CHANNEL", "shop_events"),
+            ("WALFLOW_PUBSUB_RETAIN_TRANSACTIONS", "500"),
+            ("WALFLOW_PUBSUB_RETAIN_FOR_MS", "60000"),
             ("WALFLOW_HEARTBEAT_INTERVAL_MS", "3000"),
             ("WALFLOW_STATUS_INTERVAL_MS", "250"),
         ]))
@@ -1399,6 +1532,9 @@ mod tests {
         assert_eq!(c.queue_storage(), QueueStorage::Memory);
         assert_eq!(c.process_status_storage(), ProcessStatusStorage::Memory);
         assert_eq!(c.pubsub(), PubSub::Postgres);
+        assert_eq!(c.pubsub_channel(), "shop_events");
+        assert_eq!(c.pubsub_retain_transactions(), 500);
+        assert_eq!(c.pubsub_retain_for(), Duration::from_secs(60));
         assert_eq!(c.heartbeat_interval(), Duration::from_secs(3));
         assert_eq!(c.status_interval(), Duration::from_millis(250));
 

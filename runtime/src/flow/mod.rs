@@ -65,8 +65,36 @@
 //! [`ProcessStatusStorage::Memory`] keeps the process status
 //! ([`Walflow::processed`]) in memory: it starts empty at each start and
 //! covers the events seen since.
+//!
+//! # Several nodes
+//!
+//! With [`PubSub::Postgres`] ([`WalflowBuilder::pubsub`],
+//! `WALFLOW_PUBSUB=postgres`), the flow holding the slot broadcasts each
+//! committed transaction, in commit order, over
+//! [`PgPubSub`](crate::subscribe::PgPubSub) on
+//! [`pubsub_channel`](WalflowBuilder::pubsub_channel) (default
+//! `walflow_events`). Its own hub is fed directly, in the same order, as
+//! each transaction commits; the other nodes' hubs are fed from the
+//! channel. Other processes start a [subscriber-only](WalflowBuilder::subscriber_only)
+//! flow: no slot, no operators, only `LISTEN` and a hub, so
+//! [`Walflow::subscribe`], [`Walflow::subscription`] and
+//! [`Walflow::wait_for`] work there too.
+//!
+//! Broadcasting never holds up the operator queues: the listener's consumer
+//! hands each transaction on and goes on; the transactions not broadcast
+//! yet wait in memory, in order, and a failed broadcast is retried with the
+//! configured backoff (`min_restart_time`, `backoff_multiplicator`,
+//! `max_restart_time`) until it succeeds, later ones waiting behind it, so
+//! none is lost or reordered while the process runs. Should the process
+//! stop before broadcasting some (a crash, or the database unreachable at
+//! shutdown), the next start finds the log behind the slot's queued
+//! position and the receivers are told they missed transactions
+//! ([`Lagged`](crate::subscribe::Lagged) with `lost` set) rather than
+//! skipping them silently. A node whose `LISTEN` connection drops catches
+//! up from `walflow.pubsub_log`; see [`crate::subscribe::pubsub`].
 
 mod consumer;
+mod nodes;
 
 use serde::de::DeserializeOwned;
 
@@ -126,6 +154,16 @@ pub enum FlowError {
     /// An option that is not implemented yet.
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// Broadcasting or receiving over PostgreSQL failed to start.
+    #[error(transparent)]
+    PubSub(#[from] crate::subscribe::PubSubError),
+    /// A method that needs the operators, called on a
+    /// [subscriber-only](WalflowBuilder::subscriber_only) node.
+    #[error(
+        "`{0}` needs the node running the operators; this node is subscriber-only, \
+         call it on the node holding the slot"
+    )]
+    SubscriberOnly(&'static str),
     /// [`Walflow::wait_processed`] ran out of time.
     #[error("the operators did not reach {lsn} within {timeout:?}")]
     Timeout {
@@ -147,6 +185,7 @@ pub struct WalflowBuilder {
     registry: Option<&'static Registry>,
     max_connections: u32,
     setup_sql: Vec<String>,
+    subscriber_only: bool,
     #[cfg(feature = "embedded")]
     embedded: bool,
 }
@@ -156,6 +195,7 @@ impl std::fmt::Debug for WalflowBuilder {
         f.debug_struct("WalflowBuilder")
             .field("operators", &self.operators)
             .field("concurrency", &self.concurrency)
+            .field("subscriber_only", &self.subscriber_only)
             .finish_non_exhaustive()
     }
 }
@@ -226,8 +266,19 @@ impl WalflowBuilder {
         error_logger(logger: impl ErrorLogger);
         /// Receiver of retries and final failures, shared.
         error_logger_arc(logger: Arc<dyn ErrorLogger>);
-        /// How events reach subscribers.
+        /// How events reach subscribers: [`PubSub::Local`] (default) or
+        /// [`PubSub::Postgres`] to feed the hubs of several processes (see
+        /// [Several nodes](self#several-nodes)).
         pubsub(pubsub: PubSub);
+        /// `LISTEN`/`NOTIFY` channel of [`PubSub::Postgres`] (default
+        /// `walflow_events`); the same on every node of one application,
+        /// one channel per slot.
+        pubsub_channel(channel: impl Into<String>);
+        /// How many of the latest transactions `walflow.pubsub_log` keeps
+        /// for nodes catching up after a reconnection (default 100,000).
+        pubsub_retain_transactions(n: usize);
+        /// How long `walflow.pubsub_log` keeps a transaction (default 1 hour).
+        pubsub_retain_for(d: Duration);
         /// Heartbeat keeping the slot moving on an idle database.
         heartbeat_interval(d: Duration);
         /// Interval of the replication status updates.
@@ -282,6 +333,42 @@ impl WalflowBuilder {
         self
     }
 
+    /// Starts a node that only receives: it holds no replication slot, runs
+    /// no operators and migrates nothing; it `LISTEN`s on
+    /// [`pubsub_channel`](Self::pubsub_channel) and feeds its hub with what
+    /// the node holding the slot broadcasts, so [`Walflow::subscribe`],
+    /// [`Walflow::subscription`] and [`Walflow::wait_for`] work as on that
+    /// node, in the same commit order. Needs [`PubSub::Postgres`] (`start`
+    /// fails otherwise) and no [`operators`](Self::operators).
+    ///
+    /// [`Walflow::current_lsn`] and [`Walflow::shutdown`] work as usual;
+    /// [`Walflow::wait_processed`], [`Walflow::processed`] and
+    /// [`Walflow::dead_letters`] read the shared tables of the slot named by
+    /// [`slot_name`](Self::slot_name); [`Walflow::retry_dead_letter`]
+    /// returns [`FlowError::SubscriberOnly`].
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # async fn run() -> Result<(), walflow_runtime::FlowError> {
+    /// use walflow_runtime::Walflow;
+    /// use walflow_runtime::config::PubSub;
+    ///
+    /// let flow = Walflow::builder()
+    ///     .database_url("postgres://app:secret@db/app")
+    ///     .pubsub(PubSub::Postgres)
+    ///     .subscriber_only()
+    ///     .start()
+    ///     .await?;
+    /// // flow.subscribe::<Comment>(Comment::POST_ID.eq(7)), flow.wait_for(..), ...
+    /// flow.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subscriber_only(mut self) -> Self {
+        self.subscriber_only = true;
+        self
+    }
+
     /// Starts a throwaway PostgreSQL cluster (binaries from `PATH`) and runs
     /// on it; it is removed when the flow shuts down. For examples, tests and
     /// local development.
@@ -293,6 +380,9 @@ impl WalflowBuilder {
 
     /// Sets up the database and starts the listener and the executors.
     pub async fn start(self) -> Result<Walflow, FlowError> {
+        if self.subscriber_only {
+            return nodes::start_subscriber(self).await;
+        }
         let registry = match self.registry {
             Some(r) => r,
             None => Registry::global()?,
@@ -394,6 +484,21 @@ impl WalflowBuilder {
             start: Some(Lsn(watermark.unwrap_or(0) as u64)),
             ..HubOptions::default()
         });
+        let (feed, broadcaster) = match config.pubsub() {
+            PubSub::Local => (hub.clone(), None),
+            PubSub::Postgres => {
+                let handed_on = watermark.map(|w| Lsn(w as u64));
+                let (relay, task) = nodes::start_broadcaster(
+                    &pool,
+                    &config,
+                    hub.clone(),
+                    handed_on,
+                    stop_rx.clone(),
+                )
+                .await?;
+                (relay, Some(task))
+            }
+        };
         let consumer = consumer::Consumer {
             shared: shared.clone(),
             ops: operators.clone(),
@@ -403,7 +508,7 @@ impl WalflowBuilder {
             options,
             watermark: Lsn(watermark.unwrap_or(0) as u64),
             partial,
-            hub: hub.clone(),
+            hub: feed,
         };
         let listener = consumer.start_listener().await?;
 
@@ -437,6 +542,9 @@ impl WalflowBuilder {
             stop,
             consumer: Some(consumer),
             executors,
+            broadcaster,
+            listening: None,
+            subscriber_only: false,
             #[cfg(feature = "embedded")]
             _embedded: embedded,
         })
@@ -525,6 +633,11 @@ pub struct Walflow {
     stop: watch::Sender<bool>,
     consumer: Option<JoinHandle<()>>,
     executors: Vec<JoinHandle<()>>,
+    /// With [`PubSub::Postgres`], on the node holding the slot.
+    broadcaster: Option<JoinHandle<()>>,
+    /// On a subscriber-only node: the `LISTEN` task.
+    listening: Option<JoinHandle<()>>,
+    subscriber_only: bool,
     #[cfg(feature = "embedded")]
     _embedded: Option<crate::embedded::EmbeddedPostgres>,
 }
@@ -537,6 +650,7 @@ impl std::fmt::Debug for Walflow {
                 "operators",
                 &self.operators.iter().map(|o| o.name).collect::<Vec<_>>(),
             )
+            .field("subscriber_only", &self.subscriber_only)
             .finish_non_exhaustive()
     }
 }
@@ -592,9 +706,16 @@ impl Walflow {
             registry: None,
             max_connections: 10,
             setup_sql: Vec::new(),
+            subscriber_only: false,
             #[cfg(feature = "embedded")]
             embedded: false,
         }
+    }
+
+    /// Whether this node only receives (see
+    /// [`WalflowBuilder::subscriber_only`]).
+    pub fn is_subscriber_only(&self) -> bool {
+        self.subscriber_only
     }
 
     /// A pool of connections to the database.
@@ -623,7 +744,9 @@ impl Walflow {
     }
 
     /// Waits until every operator has applied (or dead-lettered) every event
-    /// committed up to `lsn`.
+    /// committed up to `lsn`. On a subscriber-only node: the operators of
+    /// the node holding the slot named by the configuration, through the
+    /// shared tables.
     pub async fn wait_processed(&self, lsn: Lsn, timeout: Duration) -> Result<(), FlowError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut nudged: Option<tokio::time::Instant> = None;
@@ -718,7 +841,12 @@ impl Walflow {
     /// Puts dead letter `id` back in its operator's queue, to run again
     /// (after the events of its id queued before it). `false` when there is
     /// no such dead letter.
+    ///
+    /// On a subscriber-only node: [`FlowError::SubscriberOnly`].
     pub async fn retry_dead_letter(&self, id: i64) -> Result<bool, FlowError> {
+        if self.subscriber_only {
+            return Err(FlowError::SubscriberOnly("retry_dead_letter"));
+        }
         if self.shared.memory_queue() {
             return self.retry_dead_letter_in_memory(id).await;
         }
@@ -801,6 +929,14 @@ impl Walflow {
         if let Some(c) = self.consumer.take() {
             let _ = c.await;
         }
+        // The consumer is gone: the broadcaster sends what is left, then ends.
+        if let Some(b) = self.broadcaster.take() {
+            let _ = b.await;
+        }
+        if let Some(l) = self.listening.take() {
+            l.abort();
+            let _ = l.await;
+        }
         for e in self.executors.drain(..) {
             let _ = e.await;
         }
@@ -812,5 +948,8 @@ impl Walflow {
 impl Drop for Walflow {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        if let Some(l) = &self.listening {
+            l.abort();
+        }
     }
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use super::pubsub::Transaction;
 use super::scope::{Scope, ScopeKey, record_key};
 use crate::event::{Event, Position};
 use crate::lsn::Lsn;
@@ -112,18 +113,51 @@ impl<T> Delivery<T> {
     }
 }
 
-/// A subscription's buffer overflowed: `missed` changes in its scope were not
-/// delivered. Everything up to and including `resume_from` was; call
+/// A subscription did not receive every change in its scope. Everything up
+/// to and including `resume_from` was delivered; call
 /// [`Subscription::resume`] with it to receive the rest from the retained
 /// window, or reload the state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the subscription fell behind and missed {missed} changes after {resume_from}")]
+///
+/// Two causes:
+///
+/// - its buffer overflowed (`lost` is `false`): `missed` changes were
+///   dropped, and the hub still retains them (unless the window moved on);
+/// - changes were lost before they reached this hub (`lost` is `true`): a
+///   node away from its `LISTEN` channel longer than the pubsub log keeps
+///   them, see [`Subscriptions::publish_gap`]. `missed` does not count
+///   those, and resuming fails with [`TooOld`]: reload the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lagged {
-    /// How many changes were dropped.
+    /// How many changes in scope the subscription dropped (buffer
+    /// overflow, or arriving before it took this error).
     pub missed: u64,
     /// The position of the last change delivered before the gap.
     pub resume_from: Position,
+    /// Changes were lost before reaching this hub; resuming fails with
+    /// [`TooOld`].
+    pub lost: bool,
 }
+
+impl fmt::Display for Lagged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lost {
+            write!(
+                f,
+                "changes after {} were lost before reaching this node; \
+                 reload the current state and subscribe again",
+                self.resume_from
+            )
+        } else {
+            write!(
+                f,
+                "the subscription fell behind and missed {} changes after {}",
+                self.missed, self.resume_from
+            )
+        }
+    }
+}
+
+impl std::error::Error for Lagged {}
 
 /// Resuming from a position the hub no longer retains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -215,6 +249,40 @@ struct Inner {
     state: Mutex<State>,
     options: HubOptions,
     processed: watch::Sender<Option<Lsn>>,
+    /// Set on a relay: see [`Subscriptions::relay`].
+    relay: Option<Relay>,
+}
+
+/// What a relay hub does instead of delivering: gathers each transaction's
+/// changes, and on its commit hands the whole transaction to the local hub
+/// and to the broadcaster, in commit order.
+struct Relay {
+    pending: Mutex<Vec<Arc<RawEvent>>>,
+    local: Subscriptions,
+    out: tokio::sync::mpsc::UnboundedSender<Transaction>,
+}
+
+impl Relay {
+    fn change(&self, raw: Arc<RawEvent>) {
+        let mut pending = lock(&self.pending);
+        if let Some(last) = pending.last()
+            && (last.commit_lsn != raw.commit_lsn || last.seq >= raw.seq)
+        {
+            // The transaction is delivered again from its start (the
+            // listener restarted in its middle): drop the partial copy.
+            pending.clear();
+        }
+        pending.push(raw);
+    }
+
+    fn commit(&self, end_lsn: Lsn) {
+        let changes = std::mem::take(&mut *lock(&self.pending));
+        let tx = Transaction { end_lsn, changes };
+        tx.publish_to(&self.local);
+        if self.out.send(tx).is_err() {
+            tracing::error!(%end_lsn, "pubsub: the broadcaster has stopped; transaction not broadcast");
+        }
+    }
 }
 
 #[derive(Default)]
@@ -365,6 +433,8 @@ trait Sink: Send + Sync {
     fn offer(&self, decoded: &Arc<dyn Any + Send + Sync>, action: Action, position: Position);
     /// Drops what is buffered (before a replay).
     fn clear(&self);
+    /// Changes were lost before reaching the hub: yields a lost [`Lagged`].
+    fn lose(&self);
     /// Ends the stream (hub dropped).
     fn close(&self);
 }
@@ -406,6 +476,7 @@ impl<T: EventSource + DeserializeOwned> TypedSink<T> {
             q.lag = Some(Lagged {
                 missed: 1,
                 resume_from: q.last,
+                lost: false,
             });
         } else {
             q.buf.push_back(delivery);
@@ -446,6 +517,21 @@ impl<T: EventSource + DeserializeOwned> Sink for TypedSink<T> {
         let mut q = lock(&self.queue);
         q.buf.clear();
         q.lag = None;
+    }
+
+    fn lose(&self) {
+        let mut q = lock(&self.queue);
+        let resume_from = q.last;
+        q.lag
+            .get_or_insert(Lagged {
+                missed: 0,
+                resume_from,
+                lost: true,
+            })
+            .lost = true;
+        if let Some(w) = q.waker.take() {
+            w.wake();
+        }
     }
 
     fn close(&self) {
@@ -495,6 +581,30 @@ impl Subscriptions {
                 state: Mutex::new(state),
                 processed: watch::channel(options.start).0,
                 options,
+                relay: None,
+            }),
+        }
+    }
+
+    /// A hub that delivers nothing itself: it gathers the changes published
+    /// to it, and on each commit publishes the whole transaction to `local`
+    /// and sends it to `out` (the node's broadcaster), in commit order. A
+    /// transaction published again from its start replaces its partial
+    /// copy.
+    pub(crate) fn relay(
+        local: Subscriptions,
+        out: tokio::sync::mpsc::UnboundedSender<Transaction>,
+    ) -> Subscriptions {
+        Subscriptions {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                processed: watch::channel(None).0,
+                options: local.inner.options.clone(),
+                relay: Some(Relay {
+                    pending: Mutex::new(Vec::new()),
+                    local,
+                    out,
+                }),
             }),
         }
     }
@@ -513,6 +623,10 @@ impl Subscriptions {
 
     /// [`publish`](Self::publish) without copying the change.
     pub fn publish_arc(&self, raw: Arc<RawEvent>) {
+        if let Some(relay) = &self.inner.relay {
+            relay.change(raw);
+            return;
+        }
         let mut state = lock(&self.inner.state);
         let position = Position::from(&*raw);
         if state.floor.is_none() {
@@ -529,6 +643,10 @@ impl Subscriptions {
     /// of it went through [`publish`](Self::publish)). [`Subscriptions::processed`]
     /// then returns it.
     pub fn publish_commit(&self, end_lsn: Lsn) {
+        if let Some(relay) = &self.inner.relay {
+            relay.commit(end_lsn);
+            return;
+        }
         {
             let mut state = lock(&self.inner.state);
             let now = Instant::now();
@@ -537,6 +655,42 @@ impl Subscriptions {
         self.inner.processed.send_if_modified(|p| {
             if p.is_none_or(|p| p < end_lsn) {
                 *p = Some(end_lsn);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Records that the transactions committed after the last one published
+    /// and up to `through` (an end LSN) will never be published to this hub:
+    /// they were lost before reaching it (a node away from its `LISTEN`
+    /// channel longer than the pubsub log keeps transactions, a broadcast
+    /// lost in a crash).
+    ///
+    /// Every live subscription gets a [`Lagged`] with `lost` set after what
+    /// it has buffered, and no position before the gap can be resumed after
+    /// any more ([`TooOld`]): subscribers reload their state.
+    /// [`processed`](Self::processed) moves to `through`.
+    pub fn publish_gap(&self, through: Lsn) {
+        {
+            let mut state = lock(&self.inner.state);
+            let floor = after_commit(through);
+            state.floor = Some(state.floor.map_or(floor, |f| f.max(floor)));
+            while state
+                .window
+                .front()
+                .is_some_and(|(_, raw)| Position::from(&**raw) <= floor)
+            {
+                state.window.pop_front();
+            }
+            for entry in state.subs.values() {
+                entry.sink.lose();
+            }
+        }
+        self.inner.processed.send_if_modified(|p| {
+            if p.is_none_or(|p| p < through) {
+                *p = Some(through);
                 true
             } else {
                 false
@@ -954,7 +1108,7 @@ impl<T> Drop for Subscription<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::cell::Cell;
 
     use chrono::DateTime;
 
@@ -962,10 +1116,14 @@ mod tests {
     use crate::registry::Field;
     use crate::value::{Record, Value};
 
-    static DECODED: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        /// Decodes on this test's thread (publishing decodes synchronously;
+        /// the tests run in parallel).
+        static DECODED: Cell<usize> = const { Cell::new(0) };
+    }
 
     fn counted<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-        DECODED.fetch_add(1, Ordering::SeqCst);
+        DECODED.set(DECODED.get() + 1);
         <i64 as serde::Deserialize>::deserialize(d)
     }
 
@@ -1028,16 +1186,12 @@ mod tests {
             .collect();
         let mut group2 = hub.subscribe::<Item>(Item::GROUP_ID.eq(2));
         let mut one = hub.subscribe::<Item>(Scope::id(1));
-        DECODED.store(0, Ordering::SeqCst);
+        DECODED.set(0);
         hub.publish_transaction(
             [&raw(EventKind::Insert, Some(row(1, 1)), None, 100)],
             Lsn(100),
         );
-        assert_eq!(
-            DECODED.load(Ordering::SeqCst),
-            1,
-            "decoded once for 12 subscriptions"
-        );
+        assert_eq!(DECODED.get(), 1, "decoded once for 12 subscriptions");
         assert!(all.iter().all(|s| s.buffered() == 1));
         assert!(group1.iter().all(|s| s.buffered() == 1));
         assert_eq!(group2.buffered(), 0);
@@ -1076,6 +1230,99 @@ mod tests {
             Pin::new(&mut sub).poll_next(&mut cx),
             Poll::Ready(None)
         ));
+    }
+
+    #[test]
+    fn a_gap_tells_every_subscription_to_reload() {
+        let hub = Subscriptions::default();
+        let mut live = hub.subscribe::<Item>(Scope::All);
+        let mut idle = hub.subscribe::<Item>(Item::GROUP_ID.eq(9));
+        hub.publish_transaction(
+            [&raw(EventKind::Insert, Some(row(1, 1)), None, 100)],
+            Lsn(100),
+        );
+        let before = hub.position().unwrap();
+        hub.publish_gap(Lsn(300));
+        assert_eq!(hub.processed(), Some(Lsn(300)));
+        hub.publish_transaction(
+            [&raw(EventKind::Insert, Some(row(2, 1)), None, 400)],
+            Lsn(400),
+        );
+
+        // What was buffered before the gap, then the gap.
+        let first = live.try_next().unwrap().unwrap();
+        assert_eq!(first.row().unwrap().id, 1);
+        let lagged = live.try_next().unwrap().unwrap_err();
+        assert!(lagged.lost);
+        assert_eq!(lagged.resume_from, first.position());
+        assert_eq!(
+            lagged.missed, 1,
+            "the change after the gap came before the error was taken"
+        );
+        assert!(
+            lagged
+                .to_string()
+                .starts_with("changes after 0/64#0 were lost before reaching this node; reload"),
+            "{lagged}"
+        );
+        let too_old = live.resume(lagged.resume_from).unwrap_err();
+        assert_eq!(too_old.oldest, OldestPosition(Some(after_commit(Lsn(300)))));
+        let lagged = idle.try_next().unwrap().unwrap_err();
+        assert!(lagged.lost && lagged.missed == 0);
+
+        // Nothing from before the gap can be resumed; after it can.
+        assert!(
+            hub.subscription::<Item>(Scope::All)
+                .after(before)
+                .start()
+                .is_err()
+        );
+        let mut after = hub
+            .subscription::<Item>(Scope::All)
+            .after(after_commit(Lsn(300)))
+            .start()
+            .unwrap();
+        assert_eq!(after.try_next().unwrap().unwrap().row().unwrap().id, 2);
+        assert!(after.try_next().is_none());
+    }
+
+    #[test]
+    fn a_relay_hands_on_whole_transactions_in_commit_order() {
+        let local = Subscriptions::default();
+        let mut sub = local.subscribe::<Item>(Scope::All);
+        let (out, mut queued) = tokio::sync::mpsc::unbounded_channel();
+        let relay = Subscriptions::relay(local.clone(), out);
+        let first = raw(EventKind::Insert, Some(row(1, 1)), None, 100);
+        let mut second = raw(EventKind::Insert, Some(row(2, 1)), None, 100);
+        second.seq = 1;
+        relay.publish(&first);
+        assert_eq!(sub.buffered(), 0, "nothing before the commit");
+        // The listener restarted in the middle: the transaction comes again.
+        relay.publish(&first);
+        relay.publish(&second);
+        relay.publish_commit(Lsn(108));
+        relay.publish_transaction(
+            [&raw(EventKind::Insert, Some(row(3, 1)), None, 200)],
+            Lsn(208),
+        );
+
+        let tx = queued.try_recv().unwrap();
+        assert_eq!(tx.end_lsn, Lsn(108));
+        let ids: Vec<i64> = tx
+            .changes
+            .iter()
+            .map(|c| match c.new.as_ref().unwrap().get("id") {
+                Some(Value::Int8(id)) => *id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(queued.try_recv().unwrap().end_lsn, Lsn(208));
+        let delivered: Vec<i64> = std::iter::from_fn(|| sub.try_next())
+            .map(|d| d.unwrap().row().unwrap().id)
+            .collect();
+        assert_eq!(delivered, [1, 2, 3]);
+        assert_eq!(local.processed(), Some(Lsn(208)));
     }
 
     #[test]

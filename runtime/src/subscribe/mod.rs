@@ -47,6 +47,10 @@
 //!   [`HubOptions::retain_for`]): a subscription can start after a position
 //!   ([`SubscriptionBuilder::after`]) and first receive what it missed;
 //!   a position older than the window is a [`TooOld`] error (reload).
+//! - A hub that learns it missed transactions (a node away from its
+//!   [`PgPubSub`] channel longer than the log keeps them:
+//!   [`Subscriptions::publish_gap`]) gives every subscription a [`Lagged`]
+//!   with `lost` set; resuming from before the gap is [`TooOld`] (reload).
 //! - An authorization predicate ([`SubscriptionBuilder::authorize`]) runs
 //!   once per change per subscription, on the decoded row.
 //! - Each change is decoded once per type, not once per subscription.
@@ -63,7 +67,7 @@ pub use hub::{
     Action, Delivery, HubOptions, Lagged, OldestPosition, Subscription, SubscriptionBuilder,
     Subscriptions, TooOld, WaitError, after_commit, parse_position,
 };
-pub use pubsub::{Broadcast, LocalPubSub, PgPubSub, PubSubError, Transaction};
+pub use pubsub::{Broadcast, LocalPubSub, LogRetention, PgPubSub, PubSubError, Transaction};
 pub use scope::{Filter, Scope};
 
 pub use crate::event::Position;

@@ -1,0 +1,146 @@
+//! Several nodes: the broadcaster of the node holding the slot, and the
+//! subscriber-only node.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::{FlowError, Walflow, WalflowBuilder};
+use crate::config::{Config, ConfigError, PubSub};
+use crate::lsn::Lsn;
+use crate::operator::executor::Shared;
+use crate::subscribe::{Broadcast, HubOptions, PgPubSub, Subscriptions, Transaction};
+
+/// With [`PubSub::Postgres`], what the listener's consumer feeds instead of
+/// the hub: a relay that hands each committed transaction, in commit order,
+/// to the node's own hub at once and to the broadcaster task.
+///
+/// The consumer never waits for the broadcast: transactions not broadcast
+/// yet wait in memory, in order, while the broadcaster retries with the
+/// configured backoff (`min_restart_time`, `backoff_multiplicator`,
+/// `max_restart_time`).
+pub(super) async fn start_broadcaster(
+    pool: &sqlx::PgPool,
+    config: &Config,
+    hub: Subscriptions,
+    handed_on: Option<Lsn>,
+    stop: watch::Receiver<bool>,
+) -> Result<(Subscriptions, JoinHandle<()>), FlowError> {
+    let pubsub = PgPubSub::from_config(pool.clone(), config).await?;
+    pubsub.resume_sending(handed_on).await?;
+    let (out, queued) = mpsc::unbounded_channel();
+    let relay = Subscriptions::relay(hub, out);
+    let task = tokio::spawn(broadcast(pubsub, queued, config.clone(), stop));
+    Ok((relay, task))
+}
+
+/// Sends the transactions in order, each until it succeeds. Ends when the
+/// consumer is gone and everything queued is sent, or when a send fails
+/// after the flow was asked to stop (what is left is reported to the
+/// receivers as missed by the next start: see
+/// [`PgPubSub::resume_sending`]).
+async fn broadcast(
+    pubsub: PgPubSub,
+    mut queued: mpsc::UnboundedReceiver<Transaction>,
+    config: Config,
+    mut stop: watch::Receiver<bool>,
+) {
+    while let Some(tx) = queued.recv().await {
+        let mut attempt = 0u32;
+        while let Err(e) = pubsub.send(&tx).await {
+            attempt += 1;
+            let waiting = queued.len() + 1;
+            if *stop.borrow() {
+                tracing::error!(
+                    end_lsn = %tx.end_lsn,
+                    waiting,
+                    error = %e,
+                    "pubsub: broadcasting failed while stopping; receivers will be told \
+                     they missed these transactions"
+                );
+                return;
+            }
+            tracing::warn!(
+                end_lsn = %tx.end_lsn,
+                attempt,
+                waiting,
+                error = %e,
+                "pubsub: broadcasting a transaction failed; retrying (later ones wait, in order)"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(config.restart_delay(attempt)) => {}
+                // One more attempt, then give up if it fails.
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        }
+    }
+}
+
+/// Starts a node that only receives: see [`WalflowBuilder::subscriber_only`].
+pub(super) async fn start_subscriber(builder: WalflowBuilder) -> Result<Walflow, FlowError> {
+    let config = builder.config?;
+    #[cfg(feature = "embedded")]
+    let (config, embedded) = if builder.embedded {
+        let pg = crate::embedded::EmbeddedPostgres::start().await?;
+        (config.url(pg.url()), Some(pg))
+    } else {
+        (config, None)
+    };
+    let config = config.build()?;
+    if config.pubsub() != PubSub::Postgres {
+        return Err(ConfigError::InvalidValue {
+            option: "pubsub",
+            value: "local".into(),
+            reason: "a subscriber-only node receives the changes over PostgreSQL; \
+                     set `.pubsub(PubSub::Postgres)` or `WALFLOW_PUBSUB=postgres`"
+                .into(),
+        }
+        .into());
+    }
+    if builder.operators.as_ref().is_some_and(|o| !o.is_empty()) {
+        return Err(FlowError::Unsupported(
+            "a subscriber-only node runs no operators; remove `.operators(..)` \
+             (they run on the node holding the slot)"
+                .into(),
+        ));
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(builder.max_connections)
+        .connect_with(config.connect_options())
+        .await?;
+    for sql in &builder.setup_sql {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&pool)
+            .await?;
+    }
+    let pubsub = PgPubSub::from_config(pool.clone(), &config).await?;
+    // Subscriptions see every transaction sent from now on.
+    let hub = Subscriptions::new(HubOptions {
+        start: Some(pubsub.latest().await?.unwrap_or(Lsn::ZERO)),
+        ..HubOptions::default()
+    });
+    let listening = pubsub.listen(hub.clone()).await?;
+    let (stop, _) = watch::channel(false);
+    Ok(Walflow {
+        hub,
+        shared: Arc::new(Shared {
+            pool,
+            slot: config.slot_name().to_owned(),
+            config,
+            memory: Default::default(),
+        }),
+        signals: HashMap::new(),
+        operators: Vec::new(),
+        stop,
+        consumer: None,
+        executors: Vec::new(),
+        broadcaster: None,
+        listening: Some(listening),
+        subscriber_only: true,
+        #[cfg(feature = "embedded")]
+        _embedded: embedded,
+    })
+}
