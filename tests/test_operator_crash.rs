@@ -227,9 +227,16 @@ impl Workload {
 /// tables with a recompute and the true event counts.
 async fn check(flow: &Walflow, pool: &sqlx::PgPool, expected: &BTreeMap<i64, i64>) {
     let lsn = flow.current_lsn().await.unwrap();
-    flow.wait_processed(lsn, Duration::from_secs(120))
+    if let Err(e) = flow.wait_processed(lsn, Duration::from_secs(120)).await {
+        // What is stuck, for the failure message.
+        let queue: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT operator, count(*), min(commit_lsn) FROM walflow.queue GROUP BY 1",
+        )
+        .fetch_all(pool)
         .await
         .unwrap();
+        panic!("{e}; queued rows left (operator, rows, first commit LSN): {queue:?}");
+    }
     let derived: Vec<(i64, String, i64)> = sqlx::query_as(
         "SELECT id, title, comments_count FROM post_with_comments_counts ORDER BY id",
     )

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
 
 use crate::listener::{Listener, ListenerMessage, ListenerOptions, PgWireConnector};
@@ -33,6 +34,10 @@ pub(crate) struct Consumer {
     pub watermark: Lsn,
     /// A transaction queued in part: its commit LSN and last queued change.
     pub partial: Option<(Lsn, u32)>,
+    /// The connection rows are queued on.
+    pub conn: Option<PgConnection>,
+    /// Flushes so far (see [`Shared::flushed`]).
+    pub flushes: u64,
     /// Realtime subscriptions, fed with every new change.
     pub hub: crate::subscribe::Subscriptions,
 }
@@ -56,16 +61,35 @@ impl Consumer {
     /// Queues `ready`, retrying with backoff; `false` when the flow stops
     /// first (nothing acknowledged: delivered again at next start).
     async fn flush_retrying(
-        &self,
+        &mut self,
         ready: &Batch,
         end: Option<Lsn>,
         partial: Option<(Lsn, u32)>,
     ) -> bool {
         let mut tries = 0u32;
         loop {
-            match flush(&self.shared, ready, end, partial).await {
+            // A connection of its own: queueing never waits for the pool,
+            // which units waiting for this very flush may hold.
+            if self.conn.is_none() {
+                match PgConnection::connect_with(&self.shared.config.connect_options()).await {
+                    Ok(c) => self.conn = Some(c),
+                    Err(e) => {
+                        tries += 1;
+                        tracing::warn!(error = %e, "connecting to queue events failed; retrying");
+                        if !self.sleep(self.shared.config.restart_delay(tries)).await {
+                            return false;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let conn = self.conn.as_mut().expect("connected");
+            match flush(&self.shared, conn, ready, end, partial).await {
                 Ok(()) => return true,
                 Err(e) => {
+                    if is_transient(&e) {
+                        self.conn = None;
+                    }
                     tries += 1;
                     if !is_transient(&e) {
                         tracing::error!(error = %e, "queueing events failed; retrying");
@@ -83,9 +107,10 @@ impl Consumer {
     /// The memory queue: records `batch`'s status marks, hands its rows to
     /// the executors, then waits while too many rows are outstanding.
     /// `false` when the flow stops meanwhile.
-    async fn hand_over(&self, batch: &Batch, end: Option<Lsn>) -> bool {
-        let memory = &self.shared.memory;
-        if self.shared.memory_status() {
+    async fn hand_over(&mut self, batch: &Batch, end: Option<Lsn>) -> bool {
+        let shared = self.shared.clone();
+        let memory = &shared.memory;
+        if shared.memory_status() {
             memory.marks(&batch.status);
         } else if !batch.status.is_empty() {
             let status = Batch {
@@ -97,7 +122,7 @@ impl Consumer {
             }
         }
         memory.queued(&batch.rows, end);
-        self.notify(batch);
+        self.notify(batch, 0);
         let mut stop = self.stop.clone();
         loop {
             let room = memory.room.notified();
@@ -113,8 +138,10 @@ impl Consumer {
         }
     }
 
-    /// Hands the rows of `batch`, just queued, to their executors.
-    fn notify(&self, batch: &Batch) {
+    /// Hands the rows of `batch` to their executors. `flush`: the number of
+    /// the flush queueing them, which they wait for before they finish (0:
+    /// queued already).
+    fn notify(&self, batch: &Batch, flush: u64) {
         let touched: BTreeSet<&str> = batch.rows.iter().map(|r| r.operator).collect();
         for op in touched {
             if let Some(s) = self.signals.get(op) {
@@ -123,7 +150,7 @@ impl Consumer {
                     .rows
                     .iter()
                     .filter(|r| r.operator == op)
-                    .map(Row::from_new)
+                    .map(|r| Row::from_new(r, flush))
                     .collect();
                 rows.sort_by_key(Row::key);
                 s.inbox.lock().expect("inbox lock").push(rows.into_iter());
@@ -182,7 +209,7 @@ impl Consumer {
                         }
                         return;
                     }
-                    self.notify(&ready);
+                    self.notify(&ready, 0);
                     ready = Batch::default();
                     ready_end = None;
                 }
@@ -273,6 +300,10 @@ impl Consumer {
             if self.shared.memory_status() {
                 self.shared.memory.marks(&ready.status);
             }
+            // The executors start on the rows while they are being queued;
+            // a unit finishes (and so commits) only once they are.
+            self.flushes += 1;
+            self.notify(&ready, self.flushes);
             if !self.flush_retrying(&ready, ready_end, partial).await {
                 // Not acknowledged: delivered again at next start.
                 if let Some(l) = listener.take() {
@@ -280,13 +311,13 @@ impl Consumer {
                 }
                 return;
             }
+            self.shared.flushed.send_replace(self.flushes);
             if partial.is_some() {
                 self.partial = partial;
             }
             if let Some(end) = ready_end.take() {
                 l.ack(end);
             }
-            self.notify(&ready);
             ready = Batch::default();
         }
         if let Some(l) = listener.take()
@@ -302,6 +333,7 @@ impl Consumer {
 /// round trip and one transaction.
 async fn flush(
     shared: &Shared,
+    conn: &mut PgConnection,
     batch: &Batch,
     end: Option<Lsn>,
     partial: Option<(Lsn, u32)>,
@@ -394,7 +426,7 @@ async fn flush(
     .bind(end.map(|l| l.0 as i64))
     .bind(partial.map(|p| p.0.0 as i64))
     .bind(partial.map(|p| p.1 as i32))
-    .execute(&shared.pool)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }

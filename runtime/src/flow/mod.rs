@@ -424,6 +424,9 @@ impl WalflowBuilder {
 
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
+            // No ping round trip per acquire: a broken connection fails its
+            // statement, and that is retried as transient.
+            .test_before_acquire(false)
             .connect_with(config.connect_options())
             .await?;
         for sql in &self.setup_sql {
@@ -472,6 +475,7 @@ impl WalflowBuilder {
             config: config.clone(),
             slot: slot.clone(),
             memory: Default::default(),
+            flushed: watch::channel(0).0,
         });
         let (stop, stop_rx) = watch::channel(false);
         let memory_queue = config.queue_storage() == QueueStorage::Memory;
@@ -508,6 +512,8 @@ impl WalflowBuilder {
             options,
             watermark: Lsn(watermark.unwrap_or(0) as u64),
             partial,
+            conn: None,
+            flushes: 0,
             hub: feed,
         };
         let listener = consumer.start_listener().await?;

@@ -53,6 +53,9 @@ pub(crate) struct Shared {
     pub slot: String,
     /// The memory queue's bookkeeping and the memory process status.
     pub memory: MemoryState,
+    /// The number of the consumer's last committed flush: rows handed over
+    /// with a higher number are not queued yet.
+    pub flushed: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -77,6 +80,9 @@ pub(crate) struct Inbox {
     /// The memory queue: the inbox is the queue, it never overflows (the
     /// consumer waits for room instead).
     unbounded: bool,
+    /// The highest flush number among the rows dropped on overflow: reading
+    /// the queue finds them only once that flush is committed.
+    dropped: u64,
 }
 
 /// Rows an inbox holds before the executor is told to read the queue.
@@ -86,10 +92,16 @@ impl Inbox {
     /// Hands over rows just queued (in queue order).
     pub fn push(&mut self, rows: impl Iterator<Item = Row>) {
         if self.overflow {
+            self.dropped = rows.map(|r| r.flush).fold(self.dropped, u64::max);
             return;
         }
         self.rows.extend(rows);
         if !self.unbounded && self.rows.len() > INBOX_MAX {
+            self.dropped = self
+                .rows
+                .iter()
+                .map(|r| r.flush)
+                .fold(self.dropped, u64::max);
             self.rows = Vec::new();
             self.overflow = true;
         }
@@ -135,6 +147,8 @@ pub(crate) struct Row {
     first_lsn: Option<i64>,
     /// Events collapsed into this row whose process status waits on it.
     covers: Vec<(i64, i32)>,
+    /// The consumer's flush queueing the row (0: queued already).
+    flush: u64,
 }
 
 pub(crate) type RowTuple = (
@@ -178,11 +192,13 @@ impl Row {
                 (Some(l), Some(s)) => l.into_iter().zip(s).collect(),
                 _ => Vec::new(),
             },
+            flush: 0,
         }
     }
 
-    /// A row just queued, handed over in memory.
-    pub(crate) fn from_new(r: &super::NewRow) -> Row {
+    /// A row handed over in memory, queued by the consumer's flush number
+    /// `flush` (0: queued already).
+    pub(crate) fn from_new(r: &super::NewRow, flush: u64) -> Row {
         Row {
             commit_lsn: r.commit_lsn,
             seq: r.seq,
@@ -196,6 +212,7 @@ impl Row {
             updated_at: r.updated_at,
             first_lsn: r.first_lsn,
             covers: r.covers.clone(),
+            flush,
         }
     }
 
@@ -216,6 +233,8 @@ enum Failure {
     Decode(String),
     /// The operator failed: retried, then dead-lettered.
     Failed(String),
+    /// The flow stopped before the rows were queued: left unfinished.
+    Stopped,
 }
 
 /// Whether a database error is about the connection (or a conflict), not
@@ -274,6 +293,7 @@ pub(crate) async fn run(
     let memory_queue = shared.memory_queue();
     // The memory queue is only the inbox: nothing to read back.
     let mut more = !memory_queue;
+    let mut need_flush = 0u64;
     let mut fetch_failures = 0u32;
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     let grouping = matches!(op.action, OperatorAction::Query(_));
@@ -298,6 +318,18 @@ pub(crate) async fn run(
         // Read everything available (up to the bound) before starting units:
         // the more an id has pending, the more a coalescing operator merges.
         while !stopping && more && held < MAX_PENDING && !fetch_error {
+            // Rows handed over while their flush was under way and dropped
+            // here: the read must see them, or the cursor would pass them.
+            if need_flush > *shared.flushed.borrow() {
+                let mut flushed = shared.flushed.subscribe();
+                let committed = tokio::select! {
+                    r = flushed.wait_for(|f| *f >= need_flush) => r.is_ok(),
+                    _ = stop.wait_for(|s| *s) => false,
+                };
+                if !committed {
+                    break;
+                }
+            }
             match fetch(&shared, op.name, cursor).await {
                 Ok(rows) => {
                     fetch_failures = 0;
@@ -421,23 +453,29 @@ pub(crate) async fn run(
                 }
             }
             _ = signals.notify.notified(), if !stopping => {
-                let (rows, overflow) = {
+                let (rows, overflow, dropped) = {
                     let mut inbox = signals.inbox.lock().expect("inbox lock");
                     let overflow = std::mem::replace(&mut inbox.overflow, false);
-                    (std::mem::take(&mut inbox.rows), overflow)
+                    let dropped = std::mem::take(&mut inbox.dropped);
+                    (std::mem::take(&mut inbox.rows), overflow, dropped)
                 };
                 if overflow || more {
-                    // Read from the queue (which holds these rows too).
+                    // Read from the queue (which holds these rows too, once
+                    // their flush is committed).
                     more = true;
+                    need_flush = rows.iter().map(|r| r.flush).fold(need_flush.max(dropped), u64::max);
                 } else {
+                    let last_flush = rows.iter().map(|r| r.flush).max().unwrap_or(0);
                     for row in rows {
                         // Already read from the queue, or in flight.
                         if row.key() <= cursor && !memory_queue || !known.insert(row.key()) {
                             continue;
                         }
                         if held >= MAX_PENDING && !memory_queue {
+                            // The rest is read from the queue.
                             known.remove(&row.key());
                             more = true;
+                            need_flush = need_flush.max(last_flush);
                             break;
                         }
                         cursor = cursor.max(row.key());
@@ -528,6 +566,21 @@ impl UnitRunner {
         woke
     }
 
+    /// Waits until `rows` are queued (they may be handed over while the
+    /// consumer still queues them). `false` when the flow stops first: the
+    /// rows then are not finished (they come again at the next start).
+    async fn queued(&self, rows: &[Row]) -> bool {
+        let Some(n) = rows.iter().map(|r| r.flush).max().filter(|n| *n > 0) else {
+            return true;
+        };
+        let mut flushed = self.shared.flushed.subscribe();
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            r = flushed.wait_for(|f| *f >= n) => r.is_ok(),
+            _ = stop.wait_for(|s| *s) => false,
+        }
+    }
+
     async fn run(&self, rows: Vec<Row>) {
         let cfg = &self.shared.config;
         let last = &rows[rows.len() - 1];
@@ -541,6 +594,7 @@ impl UnitRunner {
                 Err(f) => f,
             };
             match failure {
+                Failure::Stopped => return,
                 Failure::Transient(error) => {
                     transient += 1;
                     let wait = cfg.restart_delay(transient);
@@ -624,6 +678,9 @@ impl UnitRunner {
     }
 
     async fn run_queries(&self, sql: &'static str, units: &[Vec<Row>]) -> Result<(), Failure> {
+        if !self.queued(&units.concat()).await {
+            return Err(Failure::Stopped);
+        }
         let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
         for rows in units {
             self.apply_query(sql, rows, &mut tx).await?;
@@ -663,6 +720,9 @@ impl UnitRunner {
     }
 
     async fn run_query(&self, sql: &'static str, rows: &[Row]) -> Result<(), Failure> {
+        if !self.queued(rows).await {
+            return Err(Failure::Stopped);
+        }
         let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
         self.apply_query(sql, rows, &mut tx).await?;
         self.complete(tx, rows).await.map_err(sql_failure)
@@ -746,6 +806,9 @@ impl UnitRunner {
             Ok(Ok(())) => {}
         }
         let rows = std::slice::from_ref(row);
+        if !self.queued(rows).await {
+            return Err(Failure::Stopped);
+        }
         let tx = match own {
             Some(tx) => tx,
             // Nothing to record in the database.
@@ -759,6 +822,9 @@ impl UnitRunner {
     }
 
     async fn dead_letter(&self, rows: &[Row], error: &str, attempts: u32) -> sqlx::Result<()> {
+        if !self.queued(rows).await {
+            return Err(sqlx::Error::PoolClosed);
+        }
         let mut tx = self.shared.pool.begin().await?;
         for r in rows {
             sqlx::query(
