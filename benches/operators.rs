@@ -11,9 +11,11 @@
 //! (b) with `coalesce: false` (one query per event), and (c) the time
 //! `pg_recvlogical` takes to read the same backlog on its own slot. Then the
 //! commit-to-handler latency of single-row commits beside a LISTEN/NOTIFY
-//! round trip measured in the same run. Figures, not assertions.
+//! round trip and beside the commit-to-listener time of a bare listener,
+//! measured in the same run. Figures, not assertions.
 //!
-//! `WALFLOW_BENCH_COMMENTS` changes the number of comments.
+//! `WALFLOW_BENCH_COMMENTS` changes the number of comments;
+//! `WALFLOW_BENCH_LATENCY_ONLY` runs only the latency part.
 
 #![allow(dead_code)] // fields are read through serde
 
@@ -150,7 +152,7 @@ async fn async_main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
-    if std::env::var_os("LAT_ONLY").is_some() {
+    if std::env::var_os("WALFLOW_BENCH_LATENCY_ONLY").is_some() {
         latency(&base).await;
         return;
     }
