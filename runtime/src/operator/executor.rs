@@ -816,6 +816,15 @@ impl UnitRunner {
                 self.finished_in_memory(rows);
                 return Ok(());
             }
+            // One statement (the queue row's delete): no transaction needed.
+            None if !self.shared.memory_queue() && row.updated_at.is_none() => {
+                let mut conn = self.shared.pool.acquire().await.map_err(sql_failure)?;
+                finish(&self.shared, self.op.name, rows, &mut conn)
+                    .await
+                    .map_err(sql_failure)?;
+                self.finished_in_memory(rows);
+                return Ok(());
+            }
             None => self.shared.pool.begin().await.map_err(sql_failure)?,
         };
         self.complete(tx, rows).await.map_err(sql_failure)
