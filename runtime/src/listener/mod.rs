@@ -84,7 +84,7 @@ type Batch = Vec<Result<ListenerMessage, ListenerError>>;
 /// Messages handled in one wake-up from which the stream counts as busy.
 const COALESCE_AFTER: usize = 16;
 /// How long a busy stream is left to accumulate.
-const COALESCE_PAUSE: Duration = Duration::from_micros(100);
+const COALESCE_PAUSE: Duration = Duration::from_micros(30);
 
 /// Quotes an SQL identifier.
 pub(crate) fn quote_ident(s: &str) -> String {
