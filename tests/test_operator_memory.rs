@@ -1,14 +1,13 @@
-//! `queue_storage = memory` and `process_status_storage = memory`: the same
-//! operator semantics (derived table, every event counted once, delete
-//! barrier, process status, LSN fence, dead letters and their replay)
-//! without walflow's queue and status tables.
+//! `queue_storage = memory` and `process_status_storage = memory`, together
+//! and each with the other in PostgreSQL: the same operator semantics
+//! (derived table, every event counted once, delete barrier, process
+//! status, LSN fence, dead letters and their replay) without walflow's
+//! queue or status tables.
 
 #![allow(dead_code)] // struct fields are read through serde
 
 mod common;
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use walflow::config::{ProcessStatusStorage, QueueStorage};
@@ -71,15 +70,20 @@ on_event! {
     }
 }
 
-static ACCEPT_13: AtomicBool = AtomicBool::new(false);
-static SEEN: Mutex<Vec<i64>> = Mutex::new(Vec::new());
-
-async fn picky(event: Event<Comment>, _ctx: Ctx) -> Result<(), std::io::Error> {
+/// Records what it is given in `seen`; fails on comment 13 until `welcome`
+/// says otherwise (state in each test's own database: tests run at once).
+async fn picky(event: Event<Comment>, ctx: Ctx) -> Result<(), walflow::BoxError> {
     let id = event.record().expect("row").id;
-    if id == 13 && !ACCEPT_13.load(Ordering::Acquire) {
-        return Err(std::io::Error::other("comment 13 is not welcome yet"));
+    let welcome: bool = sqlx::query_scalar("SELECT ok FROM welcome")
+        .fetch_one(ctx.pool())
+        .await?;
+    if id == 13 && !welcome {
+        return Err("comment 13 is not welcome yet".into());
     }
-    SEEN.lock().unwrap().push(id);
+    sqlx::query("INSERT INTO seen VALUES ($1)")
+        .bind(id)
+        .execute(ctx.pool())
+        .await?;
     Ok(())
 }
 
@@ -91,6 +95,9 @@ const SCHEMA: &str = "
     CREATE TABLE post_with_comments_counts (id bigint PRIMARY KEY, title text NOT NULL,
                                             comments_count bigint NOT NULL);
     CREATE TABLE tally (post_id bigint PRIMARY KEY, n bigint NOT NULL);
+    CREATE TABLE seen (id bigint NOT NULL);
+    CREATE TABLE welcome (ok bool NOT NULL);
+    INSERT INTO welcome VALUES (false);
 ";
 
 async fn table_rows(db: &common::Db, table: &str) -> i64 {
@@ -103,14 +110,35 @@ async fn table_rows(db: &common::Db, table: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn memory_queue_and_status_keep_derived_tables_in_step() {
+async fn memory_queue_and_memory_status() {
+    run(QueueStorage::Memory, ProcessStatusStorage::Memory).await;
+}
+
+#[tokio::test]
+async fn memory_queue_with_status_in_postgres() {
+    run(QueueStorage::Memory, ProcessStatusStorage::Postgres).await;
+}
+
+#[tokio::test]
+async fn queue_in_postgres_with_memory_status() {
+    run(QueueStorage::Postgres, ProcessStatusStorage::Memory).await;
+}
+
+async fn seen(db: &common::Db) -> Vec<i64> {
+    sqlx::query_scalar("SELECT id FROM seen ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+async fn run(queue: QueueStorage, status: ProcessStatusStorage) {
     let db = common::db().await;
     db.exec(SCHEMA).await;
     let flow = Walflow::builder()
         .database_url(&db.url)
         .slot_name(db.slot("memq"))
-        .queue_storage(QueueStorage::Memory)
-        .process_status_storage(ProcessStatusStorage::Memory)
+        .queue_storage(queue)
+        .process_status_storage(status)
         .min_restart_time(Duration::from_millis(10))
         .max_retries(1)
         .operators(["MemCounts", "MemTally", "MemPicky"])
@@ -185,7 +213,7 @@ async fn memory_queue_and_status_keep_derived_tables_in_step() {
         ]
     );
 
-    // The memory process status.
+    // The process status, wherever it is kept.
     let y2030 = 1_893_456_000_000_000i64;
     assert!(flow.processed("comments", y2030).await.unwrap());
     assert!(flow.processed("posts", y2030).await.unwrap());
@@ -195,19 +223,24 @@ async fn memory_queue_and_status_keep_derived_tables_in_step() {
     let dead = flow.dead_letters("MemPicky").await.unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].mapped_id, "13");
-    assert!(!SEEN.lock().unwrap().contains(&13));
-    assert_eq!(SEEN.lock().unwrap().len(), 41);
-    ACCEPT_13.store(true, Ordering::Release);
+    let before = seen(&db).await;
+    assert!(!before.contains(&13));
+    assert_eq!(before.len(), 41);
+    db.exec("UPDATE welcome SET ok = true").await;
     assert!(flow.retry_dead_letter(dead[0].id).await.unwrap());
     common::wait_until(Duration::from_secs(10), || async {
-        SEEN.lock().unwrap().contains(&13)
+        seen(&db).await.contains(&13)
     })
     .await;
     assert!(flow.dead_letters("MemPicky").await.unwrap().is_empty());
 
-    // Nothing went through walflow's queue or status tables.
-    for table in ["queue", "pending_status", "process_status", "streams"] {
-        assert_eq!(table_rows(&db, table).await, 0, "walflow.{table}");
-    }
+    // What is kept in memory never touches its tables; what is kept in
+    // PostgreSQL does.
+    let memory_queue = queue == QueueStorage::Memory;
+    let memory_status = status == ProcessStatusStorage::Memory;
+    assert_eq!(table_rows(&db, "streams").await == 0, memory_queue);
+    assert_eq!(table_rows(&db, "queue").await, 0);
+    assert_eq!(table_rows(&db, "process_status").await == 0, memory_status);
+    assert_eq!(table_rows(&db, "pending_status").await, 0);
     flow.shutdown().await.unwrap();
 }
