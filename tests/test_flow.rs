@@ -1,7 +1,8 @@
 //! A running flow: it feeds subscriptions (the "create a post, wait until
 //! the derived row exists" flow, live counts on the derived table, a scoped
-//! subscription to one post's comments), and a second flow on its slot is
-//! refused.
+//! subscription to one post's comments), a second flow on its slot is
+//! refused, and a unit whose queue rows another executor finished meanwhile
+//! is rolled back.
 
 #![allow(dead_code)] // struct fields are read through serde
 
@@ -53,13 +54,50 @@ on_event! {
                 WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
                      VALUES (src.id, src.title, src.comments_count)",
     }
+
+    /// Marks each post in its own transaction; for post 1 its queue row is
+    /// first finished "by another executor".
+    operator Raced {
+        events: [insert],
+        entities: [Post],
+        handler: raced,
+    }
+}
+
+async fn raced(event: Event<Post>, ctx: Ctx) -> Result<(), walflow::BoxError> {
+    let post = event.record().expect("row").id;
+    if post == 1 {
+        // The row may still be being queued while the handler runs.
+        let at = ctx.position();
+        common::wait_until(Duration::from_secs(20), || async {
+            sqlx::query(
+                "DELETE FROM walflow.queue
+                 WHERE operator = 'Raced' AND commit_lsn = $1 AND seq = $2",
+            )
+            .bind(at.commit_lsn.0 as i64)
+            .bind(at.seq as i32)
+            .execute(ctx.pool())
+            .await
+            .unwrap()
+            .rows_affected()
+                == 1
+        })
+        .await;
+    }
+    let mut tx = ctx.transaction().await?;
+    sqlx::query("INSERT INTO marks VALUES ($1)")
+        .bind(post)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 const SCHEMA: &str = "
     CREATE TABLE posts (id int8 PRIMARY KEY, title text NOT NULL);
     CREATE TABLE comments (id int8 PRIMARY KEY, post_id int8 NOT NULL, body text NOT NULL);
     CREATE TABLE post_with_comments_counts (id int8 PRIMARY KEY, title text NOT NULL,
-                                            comments_count int8 NOT NULL);";
+                                            comments_count int8 NOT NULL);
+    CREATE TABLE marks (post int8 NOT NULL);";
 
 #[tokio::test]
 async fn the_flow_feeds_subscriptions_in_commit_order() {
@@ -159,4 +197,40 @@ async fn a_second_flow_on_the_same_slot_is_refused() {
         .unwrap();
     assert_eq!(n, 1);
     first.shutdown().await.unwrap();
+}
+
+/// Two executors on one queue (a flow still shutting down while its
+/// successor starts): the one finding its queue rows already gone rolls its
+/// own transaction back, so nothing is applied twice, and goes on.
+#[tokio::test]
+async fn a_unit_whose_rows_another_executor_finished_is_rolled_back() {
+    let db = common::db().await;
+    db.exec(SCHEMA).await;
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(db.slot("raced"))
+        .operators(["Raced"])
+        .start()
+        .await
+        .unwrap();
+    // No id mapping: one id, so post 2 runs after post 1 has finished.
+    db.exec("INSERT INTO posts VALUES (1, 'raced')").await;
+    db.exec("INSERT INTO posts VALUES (2, 'plain')").await;
+    let marks = || async {
+        sqlx::query_scalar::<_, i64>("SELECT post FROM marks ORDER BY post")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+    };
+    common::wait_until(Duration::from_secs(20), || async {
+        marks().await.contains(&2)
+    })
+    .await;
+    assert_eq!(
+        marks().await,
+        vec![2],
+        "post 1's own transaction was rolled back"
+    );
+    assert!(flow.dead_letters("Raced").await.unwrap().is_empty());
+    flow.shutdown().await.unwrap();
 }

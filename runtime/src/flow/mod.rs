@@ -16,7 +16,9 @@
 //!   remembers how far into it it got.
 //! - Query operators apply each event exactly once: the query (or the
 //!   `delete_with` delete) and the removal of the event from the queue commit
-//!   in one transaction.
+//!   in one transaction. Should two flows work the same queue for a moment
+//!   (one still shutting down while its successor starts), a unit that
+//!   finds its queue rows already removed by the other rolls back.
 //! - Handler operators run at least once; a handler that writes through
 //!   [`Ctx::transaction`](crate::Ctx::transaction) has its writes committed
 //!   with the event's completion, so exactly once.

@@ -303,6 +303,7 @@ pub(crate) async fn run(
         stop: stop.clone(),
         waiting: AtomicUsize::new(0),
         wake: Notify::new(),
+        rescan: signals.rescan.clone(),
     });
 
     loop {
@@ -541,6 +542,8 @@ struct UnitRunner {
     waiting: AtomicUsize,
     /// Told when a unit starts waiting.
     wake: Notify,
+    /// Set when rows must be read again from the start of the queue.
+    rescan: Arc<AtomicBool>,
 }
 
 /// What a task reports back to the executor loop.
@@ -696,7 +699,20 @@ impl UnitRunner {
         mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
         rows: &[Row],
     ) -> sqlx::Result<()> {
-        finish(&self.shared, self.op.name, rows, &mut tx).await?;
+        if !finish(&self.shared, self.op.name, rows, &mut tx).await? {
+            // Another executor finished (some of) these rows meanwhile: a
+            // second flow on the slot, say one still shutting down while
+            // this one starts. Its work stands; this unit's is undone, and
+            // whatever rows remain are read again.
+            tx.rollback().await?;
+            tracing::warn!(
+                operator = self.op.name,
+                "queue rows were finished by another executor meanwhile (two flows on one slot?); \
+                 this run was rolled back"
+            );
+            self.rescan.store(true, Ordering::Release);
+            return Ok(());
+        }
         tx.commit().await?;
         self.finished_in_memory(rows);
         Ok(())
@@ -870,7 +886,7 @@ async fn finish(
     operator: &str,
     rows: &[Row],
     tx: &mut PgConnection,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<bool> {
     let lsns: Vec<i64> = rows.iter().map(|r| r.commit_lsn).collect();
     let seqs: Vec<i32> = rows.iter().map(|r| r.seq).collect();
     let parts: Vec<i16> = rows.iter().map(|r| r.part).collect();
@@ -900,13 +916,15 @@ async fn finish(
             .await?;
         n as u64
     };
-    if deleted == 0
-        || shared.memory_status()
+    if deleted != rows.len() as u64 {
+        return Ok(false);
+    }
+    if shared.memory_status()
         || rows
             .iter()
             .all(|r| r.updated_at.is_none() && r.covers.is_empty())
     {
-        return Ok(());
+        return Ok(true);
     }
     let mut lsns = lsns;
     let mut seqs = seqs;
@@ -943,5 +961,5 @@ async fn finish(
     .bind(&seqs)
     .execute(&mut *tx)
     .await?;
-    Ok(())
+    Ok(true)
 }
