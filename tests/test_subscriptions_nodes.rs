@@ -2,7 +2,8 @@
 //! the replication slot and broadcasts over PostgreSQL (`pubsub = postgres`);
 //! the child is a subscriber-only flow. Changes reach the child's scoped
 //! subscription in commit order, also across a lost `LISTEN` connection,
-//! and a node away longer than the log keeps is told to reload.
+//! and a node away longer than the log keeps, or following a sender that
+//! crashed before broadcasting what it had handed on, is told to reload.
 
 mod common;
 
@@ -15,7 +16,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 use walflow::config::PubSub;
 use walflow::prelude::*;
-use walflow::subscribe::{PgPubSub, Scope};
+use walflow::subscribe::{Broadcast, HubOptions, PgPubSub, Scope, Subscriptions, Transaction};
 
 #[event_source(table = "comments")]
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -495,4 +496,53 @@ async fn a_subscriber_only_node_waits_for_changes_and_runs_no_operators() {
     ));
     node.shutdown().await.unwrap();
     flow.shutdown().await.unwrap();
+}
+
+/// A sender restarted after a crash that came between handing transactions
+/// on and broadcasting them: those are gone, and the receivers are told so
+/// with the next transaction sent, rather than skipping them silently.
+#[tokio::test]
+async fn receivers_learn_of_transactions_a_crashed_sender_never_broadcast() {
+    let db = common::db().await;
+    let channel = "restarted_sender";
+    let hub = Subscriptions::new(HubOptions::default());
+    let receiver = PgPubSub::with_channel(db.pool.clone(), channel)
+        .await
+        .unwrap();
+    let listening = receiver.listen(hub.clone()).await.unwrap();
+    let mut sub = hub.subscribe::<Comment>(Scope::All);
+    let empty = |end: u64| Transaction {
+        end_lsn: walflow::Lsn(end),
+        changes: Vec::new(),
+    };
+    let reached = |end: u64| {
+        let hub = hub.clone();
+        move || {
+            let hub = hub.clone();
+            async move { hub.processed() >= Some(walflow::Lsn(end)) }
+        }
+    };
+
+    let first = PgPubSub::with_channel(db.pool.clone(), channel)
+        .await
+        .unwrap();
+    first.send(&empty(100)).await.unwrap();
+    common::wait_until(TIMEOUT, reached(100)).await;
+    assert!(sub.try_next().is_none(), "nothing lost so far");
+
+    // The restarted sender had handed on everything up to 300.
+    let second = PgPubSub::with_channel(db.pool.clone(), channel)
+        .await
+        .unwrap();
+    second
+        .resume_sending(Some(walflow::Lsn(300)))
+        .await
+        .unwrap();
+    second.send(&empty(400)).await.unwrap();
+    common::wait_until(TIMEOUT, reached(400)).await;
+    match sub.try_next() {
+        Some(Err(lagged)) => assert!(lagged.lost, "{lagged}"),
+        other => panic!("expected the loss to be reported, got {other:?}"),
+    }
+    listening.abort();
 }
