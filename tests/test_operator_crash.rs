@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // struct fields are read through serde
 
+#[path = "common/blog.rs"]
+mod blog;
 mod common;
 
 use std::collections::BTreeMap;
@@ -19,64 +21,9 @@ use sqlx::Connection;
 use walflow::embedded::{EmbeddedPostgres, ShutdownMode};
 use walflow::prelude::*;
 
-#[event_source(table = "posts")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct Post {
-    id: i64,
-    title: String,
-}
-
-#[event_source(table = "comments")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct Comment {
-    id: i64,
-    post_id: i64,
-}
-
-#[event_source(table = "post_with_comments_counts")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct PostWithCommentsCount {
-    id: i64,
-    title: String,
-    comments_count: i64,
-}
-
-on_event! {
-    operator Counts for PostWithCommentsCount {
-        events: all,
-        entities: [Comment, Post],
-        id: [Comment.post_id, Post.id],
-        delete_with: [Post],
-        coalesce: true,
-        query: "MERGE INTO post_with_comments_counts dest
-                USING (SELECT p.id, p.title, count(c.id) AS comments_count
-                       FROM posts p LEFT JOIN comments c ON c.post_id = p.id
-                       WHERE p.id = $1 GROUP BY p.id) src
-                ON dest.id = src.id
-                WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
-                WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
-                     VALUES (src.id, src.title, src.comments_count)",
-    }
-
-    /// Not idempotent: counts every run.
-    operator Tally for PostWithCommentsCount {
-        events: all,
-        entities: [Comment],
-        id: [Comment.post_id],
-        query: "INSERT INTO tally (post_id, n) VALUES ($1, 1)
-                ON CONFLICT (post_id) DO UPDATE SET n = tally.n + 1",
-    }
-}
+use blog::SCHEMA;
 
 const OPERATORS: [&str; 2] = ["Counts", "Tally"];
-
-const SCHEMA: &str = "
-    CREATE TABLE posts (id bigint PRIMARY KEY, title text NOT NULL);
-    CREATE TABLE comments (id bigint PRIMARY KEY, post_id bigint NOT NULL);
-    CREATE TABLE post_with_comments_counts (id bigint PRIMARY KEY, title text NOT NULL,
-                                            comments_count bigint NOT NULL);
-    CREATE TABLE tally (post_id bigint PRIMARY KEY, n bigint NOT NULL);
-";
 
 const CHILD: &str = "WALFLOW_OPERATOR_CHILD";
 
@@ -260,6 +207,22 @@ async fn check(flow: &Walflow, pool: &sqlx::PgPool, expected: &BTreeMap<i64, i64
     assert_eq!(&tally, expected, "every event counted exactly once");
     for op in OPERATORS {
         assert!(flow.dead_letters(op).await.unwrap().is_empty(), "{op}");
+    }
+    // Every event's process status finished exactly once: none is left
+    // waiting, and the newest comment counts as processed.
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM walflow.pending_status")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 0, "events still waiting for their process status");
+    let newest: Option<i64> = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM max(updated_at)) * 1000000)::int8 FROM comments",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    if let Some(newest) = newest {
+        assert!(flow.processed("comments", newest).await.unwrap());
     }
 }
 

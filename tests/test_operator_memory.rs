@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // struct fields are read through serde
 
+#[path = "common/blog.rs"]
+mod blog;
 mod common;
 
 use std::time::Duration;
@@ -13,56 +15,11 @@ use std::time::Duration;
 use walflow::config::{ProcessStatusStorage, QueueStorage};
 use walflow::prelude::*;
 
-#[event_source(table = "posts")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct Post {
-    id: i64,
-    title: String,
-}
-
-#[event_source(table = "comments")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct Comment {
-    id: i64,
-    post_id: i64,
-}
-
-#[event_source(table = "post_with_comments_counts")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct PostWithCommentsCount {
-    id: i64,
-    title: String,
-    comments_count: i64,
-}
+use blog::Comment;
 
 on_event! {
-    operator MemCounts for PostWithCommentsCount {
-        events: all,
-        entities: [Comment, Post],
-        id: [Comment.post_id, Post.id],
-        delete_with: [Post],
-        coalesce: true,
-        query: "MERGE INTO post_with_comments_counts dest
-                USING (SELECT p.id, p.title, count(c.id) AS comments_count
-                       FROM posts p LEFT JOIN comments c ON c.post_id = p.id
-                       WHERE p.id = $1 GROUP BY p.id) src
-                ON dest.id = src.id
-                WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
-                WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
-                     VALUES (src.id, src.title, src.comments_count)",
-    }
-
-    /// Not idempotent: counts every run.
-    operator MemTally for PostWithCommentsCount {
-        events: all,
-        entities: [Comment],
-        id: [Comment.post_id],
-        query: "INSERT INTO tally (post_id, n) VALUES ($1, 1)
-                ON CONFLICT (post_id) DO UPDATE SET n = tally.n + 1",
-    }
-
     /// Fails on comment 13 until told otherwise.
-    operator MemPicky {
+    operator Picky {
         events: [insert],
         entities: [Comment],
         id: [Comment.id],
@@ -88,13 +45,6 @@ async fn picky(event: Event<Comment>, ctx: Ctx) -> Result<(), walflow::BoxError>
 }
 
 const SCHEMA: &str = "
-    CREATE TABLE posts (id bigint PRIMARY KEY, title text NOT NULL,
-                        updated_at timestamptz NOT NULL DEFAULT now());
-    CREATE TABLE comments (id bigint PRIMARY KEY, post_id bigint NOT NULL,
-                           updated_at timestamptz NOT NULL DEFAULT now());
-    CREATE TABLE post_with_comments_counts (id bigint PRIMARY KEY, title text NOT NULL,
-                                            comments_count bigint NOT NULL);
-    CREATE TABLE tally (post_id bigint PRIMARY KEY, n bigint NOT NULL);
     CREATE TABLE seen (id bigint NOT NULL);
     CREATE TABLE welcome (ok bool NOT NULL);
     INSERT INTO welcome VALUES (false);
@@ -133,6 +83,7 @@ async fn seen(db: &common::Db) -> Vec<i64> {
 
 async fn run(queue: QueueStorage, status: ProcessStatusStorage) {
     let db = common::db().await;
+    db.exec(blog::SCHEMA).await;
     db.exec(SCHEMA).await;
     let flow = Walflow::builder()
         .database_url(&db.url)
@@ -141,7 +92,7 @@ async fn run(queue: QueueStorage, status: ProcessStatusStorage) {
         .process_status_storage(status)
         .min_restart_time(Duration::from_millis(10))
         .max_retries(1)
-        .operators(["MemCounts", "MemTally", "MemPicky"])
+        .operators(["Counts", "Tally", "Picky"])
         .start()
         .await
         .expect("the flow starts");
@@ -220,7 +171,7 @@ async fn run(queue: QueueStorage, status: ProcessStatusStorage) {
     assert!(!flow.processed("posts", y2030 + 1).await.unwrap());
 
     // Comment 13 was dead-lettered; the others went on. Replayed, it runs.
-    let dead = flow.dead_letters("MemPicky").await.unwrap();
+    let dead = flow.dead_letters("Picky").await.unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].mapped_id, "13");
     let before = seen(&db).await;
@@ -232,7 +183,7 @@ async fn run(queue: QueueStorage, status: ProcessStatusStorage) {
         seen(&db).await.contains(&13)
     })
     .await;
-    assert!(flow.dead_letters("MemPicky").await.unwrap().is_empty());
+    assert!(flow.dead_letters("Picky").await.unwrap().is_empty());
 
     // What is kept in memory never touches its tables; what is kept in
     // PostgreSQL does.
