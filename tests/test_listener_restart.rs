@@ -18,6 +18,7 @@ const SENTINEL: i64 = 1_000_000;
 /// outages; a row whose insert failed is skipped (the table says what
 /// committed).
 async fn write_rows(url: &str, from: i64, to: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut id = from;
     while id < to {
         let res = async {
@@ -32,9 +33,14 @@ async fn write_rows(url: &str, from: i64, to: i64) {
             Ok::<_, sqlx::Error>(())
         }
         .await;
-        if res.is_err() {
+        if let Err(e) = res {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server did not come back: {e}"
+            );
             id += 1;
-            // The server is down: wait for it rather than spin.
+            // The server is down: a pause between attempts, not a wait
+            // for anything in particular.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -43,28 +43,35 @@ async fn child_process_entry() {
     std::future::pending::<()>().await;
 }
 
-/// Starts the flow, retrying while the killed predecessor's session still
-/// holds the slot.
+/// Starts the flow once the killed predecessor's session has let go of the
+/// slot.
 async fn start(url: &str, slot: &str) -> Walflow {
-    let mut tries = 0;
-    loop {
-        match Walflow::builder()
-            .database_url(url)
-            .slot_name(slot)
-            .min_restart_time(Duration::from_millis(20))
-            .max_restart_time(Duration::from_millis(500))
-            .operators(OPERATORS)
-            .start()
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    common::wait_until(Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            let held: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots
+                                WHERE slot_name = $1 AND active)",
+            )
+            .bind(slot)
+            .fetch_one(&pool)
             .await
-        {
-            Ok(flow) => return flow,
-            Err(e) => {
-                tries += 1;
-                assert!(tries < 200, "the flow does not start: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            .unwrap();
+            !held
         }
-    }
+    })
+    .await;
+    pool.close().await;
+    Walflow::builder()
+        .database_url(url)
+        .slot_name(slot)
+        .min_restart_time(Duration::from_millis(20))
+        .max_restart_time(Duration::from_millis(500))
+        .operators(OPERATORS)
+        .start()
+        .await
+        .expect("the flow starts")
 }
 
 /// A small deterministic generator (xorshift).

@@ -341,12 +341,7 @@ pub(crate) async fn run(
                             continue;
                         }
                         held += 1;
-                        let key = id_key(&row.id);
-                        let queue = pending.entry(key.clone()).or_default();
-                        if queue.is_empty() && !in_flight.contains(&key) {
-                            ready.push_back(key);
-                        }
-                        queue.push_back(row);
+                        admit(row, &mut pending, &mut ready, &in_flight);
                     }
                 }
                 Err(e) => {
@@ -396,8 +391,7 @@ pub(crate) async fn run(
                     runner.run(std::mem::take(rows)).await;
                     return Outcome::Done(done);
                 }
-                let rows: Vec<Vec<Row>> = units.iter().map(|(_, r)| r.clone()).collect();
-                if runner.run_group(&rows).await {
+                if runner.run_group(&units).await {
                     Outcome::Done(done)
                 } else {
                     Outcome::Split(units)
@@ -481,12 +475,7 @@ pub(crate) async fn run(
                         }
                         cursor = cursor.max(row.key());
                         held += 1;
-                        let key = id_key(&row.id);
-                        let queue = pending.entry(key.clone()).or_default();
-                        if queue.is_empty() && !in_flight.contains(&key) {
-                            ready.push_back(key);
-                        }
-                        queue.push_back(row);
+                        admit(row, &mut pending, &mut ready, &in_flight);
                     }
                 }
             }
@@ -495,6 +484,22 @@ pub(crate) async fn run(
             _ = tokio::time::sleep(wait_fetch) => { if !fetch_error && !memory_queue { more = true; } }
         }
     }
+}
+
+/// Adds a row to its id's pending events; the id becomes ready unless it
+/// already waits or runs.
+fn admit(
+    row: Row,
+    pending: &mut HashMap<String, VecDeque<Row>>,
+    ready: &mut VecDeque<String>,
+    in_flight: &HashSet<String>,
+) {
+    let key = id_key(&row.id);
+    let queue = pending.entry(key.clone()).or_default();
+    if queue.is_empty() && !in_flight.contains(&key) {
+        ready.push_back(key);
+    }
+    queue.push_back(row);
 }
 
 /// The next unit of an id: one event, or with `coalesce` the events up to
@@ -572,7 +577,7 @@ impl UnitRunner {
     /// Waits until `rows` are queued (they may be handed over while the
     /// consumer still queues them). `false` when the flow stops first: the
     /// rows then are not finished (they come again at the next start).
-    async fn queued(&self, rows: &[Row]) -> bool {
+    async fn queued(&self, rows: &[&Row]) -> bool {
         let Some(n) = rows.iter().map(|r| r.flush).max().filter(|n| *n > 0) else {
             return true;
         };
@@ -640,8 +645,10 @@ impl UnitRunner {
                     let mut tries = 0u32;
                     loop {
                         match self.dead_letter(&rows, &error, attempt).await {
-                            Ok(()) => return,
-                            Err(e) => {
+                            Ok(()) | Err(Failure::Stopped) => return,
+                            Err(
+                                Failure::Transient(e) | Failure::Failed(e) | Failure::Decode(e),
+                            ) => {
                                 tries += 1;
                                 tracing::warn!(operator = self.op.name, error = %e, "recording a dead letter failed; retrying");
                                 if !self.sleep(cfg.restart_delay(tries)).await {
@@ -672,7 +679,7 @@ impl UnitRunner {
     /// transaction. `false` when that failed: the caller then runs each on
     /// its own (with its own retries), so one failing id holds back only
     /// itself.
-    async fn run_group(&self, units: &[Vec<Row>]) -> bool {
+    async fn run_group(&self, units: &[(String, Vec<Row>)]) -> bool {
         let OperatorAction::Query(sql) = self.op.action else {
             return false;
         };
@@ -680,31 +687,39 @@ impl UnitRunner {
         matches!(together.await, Ok(Ok(())))
     }
 
-    async fn run_queries(&self, sql: &'static str, units: &[Vec<Row>]) -> Result<(), Failure> {
-        if !self.queued(&units.concat()).await {
-            return Err(Failure::Stopped);
-        }
+    async fn run_queries(
+        &self,
+        sql: &'static str,
+        units: &[(String, Vec<Row>)],
+    ) -> Result<(), Failure> {
         let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
-        for rows in units {
+        for (_, rows) in units {
             self.apply_query(sql, rows, &mut tx).await?;
         }
-        let all: Vec<Row> = units.iter().flatten().cloned().collect();
-        self.complete(tx, &all).await.map_err(sql_failure)
+        let all: Vec<&Row> = units.iter().flat_map(|(_, rows)| rows).collect();
+        self.complete(tx, &all).await
     }
 
-    /// Finishes `rows` in `tx` (queue rows deleted, process status moved),
-    /// commits, then does the same for what is kept in memory.
+    /// Finishes `rows` in `tx` (queue rows deleted, process status moved)
+    /// once they are queued, commits, then does the same for what is kept
+    /// in memory.
     async fn complete(
         &self,
         mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
-        rows: &[Row],
-    ) -> sqlx::Result<()> {
-        if !finish(&self.shared, self.op.name, rows, &mut tx).await? {
+        rows: &[&Row],
+    ) -> Result<(), Failure> {
+        if !self.queued(rows).await {
+            return Err(Failure::Stopped);
+        }
+        let finished = finish(&self.shared, self.op.name, rows, &mut tx)
+            .await
+            .map_err(sql_failure)?;
+        if !finished {
             // Another executor finished (some of) these rows meanwhile: a
             // second flow on the slot, say one still shutting down while
             // this one starts. Its work stands; this unit's is undone, and
             // whatever rows remain are read again.
-            tx.rollback().await?;
+            tx.rollback().await.map_err(sql_failure)?;
             tracing::warn!(
                 operator = self.op.name,
                 "queue rows were finished by another executor meanwhile (two flows on one slot?); \
@@ -713,12 +728,12 @@ impl UnitRunner {
             self.rescan.store(true, Ordering::Release);
             return Ok(());
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(sql_failure)?;
         self.finished_in_memory(rows);
         Ok(())
     }
 
-    fn finished_in_memory(&self, rows: &[Row]) {
+    fn finished_in_memory(&self, rows: &[&Row]) {
         let (queue, status) = (self.shared.memory_queue(), self.shared.memory_status());
         if !queue && !status {
             return;
@@ -736,12 +751,9 @@ impl UnitRunner {
     }
 
     async fn run_query(&self, sql: &'static str, rows: &[Row]) -> Result<(), Failure> {
-        if !self.queued(rows).await {
-            return Err(Failure::Stopped);
-        }
         let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
         self.apply_query(sql, rows, &mut tx).await?;
-        self.complete(tx, rows).await.map_err(sql_failure)
+        self.complete(tx, &rows.iter().collect::<Vec<_>>()).await
     }
 
     /// The statement of one unit: the operator's query for the id, or the
@@ -821,10 +833,7 @@ impl UnitRunner {
             }
             Ok(Ok(())) => {}
         }
-        let rows = std::slice::from_ref(row);
-        if !self.queued(rows).await {
-            return Err(Failure::Stopped);
-        }
+        let rows = &[row][..];
         let tx = match own {
             Some(tx) => tx,
             // Nothing to record in the database.
@@ -834,6 +843,9 @@ impl UnitRunner {
             }
             // One statement (the queue row's delete): no transaction needed.
             None if !self.shared.memory_queue() && row.updated_at.is_none() => {
+                if !self.queued(rows).await {
+                    return Err(Failure::Stopped);
+                }
                 let mut conn = self.shared.pool.acquire().await.map_err(sql_failure)?;
                 finish(&self.shared, self.op.name, rows, &mut conn)
                     .await
@@ -843,14 +855,11 @@ impl UnitRunner {
             }
             None => self.shared.pool.begin().await.map_err(sql_failure)?,
         };
-        self.complete(tx, rows).await.map_err(sql_failure)
+        self.complete(tx, rows).await
     }
 
-    async fn dead_letter(&self, rows: &[Row], error: &str, attempts: u32) -> sqlx::Result<()> {
-        if !self.queued(rows).await {
-            return Err(sqlx::Error::PoolClosed);
-        }
-        let mut tx = self.shared.pool.begin().await?;
+    async fn dead_letter(&self, rows: &[Row], error: &str, attempts: u32) -> Result<(), Failure> {
+        let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
         for r in rows {
             sqlx::query(
                 "INSERT INTO walflow.dead_letters
@@ -872,9 +881,10 @@ impl UnitRunner {
             .bind(error)
             .bind(attempts as i32)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(sql_failure)?;
         }
-        self.complete(tx, rows).await
+        self.complete(tx, &rows.iter().collect::<Vec<_>>()).await
     }
 }
 
@@ -884,7 +894,7 @@ impl UnitRunner {
 async fn finish(
     shared: &Shared,
     operator: &str,
-    rows: &[Row],
+    rows: &[&Row],
     tx: &mut PgConnection,
 ) -> sqlx::Result<bool> {
     let lsns: Vec<i64> = rows.iter().map(|r| r.commit_lsn).collect();
