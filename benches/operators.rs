@@ -15,7 +15,8 @@
 //! measured in the same run. Figures, not assertions.
 //!
 //! `WALFLOW_BENCH_COMMENTS` changes the number of comments;
-//! `WALFLOW_BENCH_LATENCY_ONLY` runs only the latency part.
+//! `WALFLOW_BENCH_LATENCY_ONLY` runs only the latency part;
+//! `WALFLOW_BENCH_COALESCED_ONLY` only (a) and (c).
 
 #![allow(dead_code)] // fields are read through serde
 
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
+use walflow::config::{ProcessStatusStorage, QueueStorage};
 use walflow::listener::ListenerMessage;
 use walflow::prelude::*;
 
@@ -118,6 +120,8 @@ const SCHEMA: &str = "
 
 const POSTS: i64 = 1_000;
 const ROWS_PER_TX: i64 = 100;
+/// Single-row commits timed per latency figure.
+const LATENCY_COMMITS: usize = 300;
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -157,6 +161,13 @@ async fn async_main() {
         return;
     }
     let (coalesced, recv) = drain(&base, "a", "Coalesced", comments, true).await;
+    if std::env::var_os("WALFLOW_BENCH_COALESCED_ONLY").is_some() {
+        println!(
+            "  (a) {coalesced:.2?}, (c) {:.2?}",
+            recv.expect("pg_recvlogical timing")
+        );
+        return;
+    }
     let (every, _) = drain(&base, "b", "EveryEvent", comments, false).await;
     let events = (POSTS + comments) as f64;
     let rate = |d: Duration| events / d.as_secs_f64();
@@ -279,18 +290,27 @@ async fn drain(
         .fetch_one(&pool)
         .await
         .unwrap();
-    // Each run of the MERGE inserts or updates one row.
-    let runs: i64 = sqlx::query_scalar(
-        "SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables WHERE relname = 'post_with_comments_counts'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    flow.shutdown().await.unwrap();
+    // Each run of the MERGE inserts or updates one row. Closed sessions
+    // report their counts as they exit, so they are awaited (bounded).
+    let (mut queued_rows, mut runs) = (0i64, 0i64);
+    let asked = Instant::now();
+    while (queued_rows < POSTS || runs < POSTS) && asked.elapsed() < Duration::from_secs(5) {
+        (queued_rows, runs) = sqlx::query_as(
+            "SELECT (SELECT n_tup_ins FROM pg_stat_user_tables
+                     WHERE schemaname = 'walflow' AND relname = 'queue'),
+                    (SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables
+                     WHERE relname = 'post_with_comments_counts')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     println!(
         "  [{operator}] all queued after {queued:.2?}, drained after {drained:.2?}; \
-         {runs} query runs, {rows} rows left"
+         {queued_rows} queue rows, {runs} query runs, {rows} rows left"
     );
-    flow.shutdown().await.unwrap();
     let (n, total): (i64, i64) = sqlx::query_as(
         "SELECT count(*), coalesce(sum(comments_count), 0)::int8 FROM post_with_comments_counts",
     )
@@ -325,32 +345,35 @@ async fn drain(
 /// Commit-to-handler latency of single-row commits, beside a LISTEN/NOTIFY
 /// round trip.
 async fn latency(base: &str) {
-    const N: usize = 300;
+    const N: usize = LATENCY_COMMITS;
     let (url, pool) =
         support::fresh_database(base, &format!("walflow_opbench_{}_lat", std::process::id())).await;
     support::exec(&pool, SCHEMA).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _ = PINGS.set(tx);
-    let flow = Walflow::builder()
-        .database_url(&url)
-        .slot_name("bench_latency")
-        .operators(["PingHandler"])
-        .start()
-        .await
-        .unwrap();
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    let mut handler = Vec::with_capacity(N);
-    for i in 0..N as i64 {
-        let t = Instant::now();
-        sqlx::query("INSERT INTO pings VALUES ($1)")
-            .bind(i)
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let at = rx.recv().await.unwrap();
-        handler.push(at - t);
-    }
-    flow.shutdown().await.unwrap();
+    let mut durable = handler_latency(
+        &url,
+        &pool,
+        &mut conn,
+        &mut rx,
+        0,
+        QueueStorage::Postgres,
+        ProcessStatusStorage::Postgres,
+    )
+    .await;
+    // Both kept in memory: nothing written per event, and lost on a crash.
+    let mut memory = handler_latency(
+        &url,
+        &pool,
+        &mut conn,
+        &mut rx,
+        N as i64,
+        QueueStorage::Memory,
+        ProcessStatusStorage::Memory,
+    )
+    .await;
+    let next = 2 * N as i64;
 
     // The floor of any WAL consumer: commit to the commit message arriving
     // on a bare listener (no queue, no operator).
@@ -369,7 +392,7 @@ async fn latency(base: &str) {
     for i in 0..N as i64 {
         let t = Instant::now();
         sqlx::query("INSERT INTO pings VALUES ($1)")
-            .bind(N as i64 + i)
+            .bind(next + i)
             .execute(&mut conn)
             .await
             .unwrap();
@@ -382,6 +405,9 @@ async fn latency(base: &str) {
         }
     }
     raw.shutdown().await.unwrap();
+    walflow::setup::drop_slot(&pool, "bench_latency_raw")
+        .await
+        .unwrap();
 
     let mut listener = PgListener::connect(&url).await.unwrap();
     listener.listen("bench_ping").await.unwrap();
@@ -399,11 +425,13 @@ async fn latency(base: &str) {
         v.sort();
         v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
     };
-    let (h50, h99) = (p(&mut handler, 0.50), p(&mut handler, 0.99));
+    let (h50, h99) = (p(&mut durable, 0.50), p(&mut durable, 0.99));
+    let (m50, m99) = (p(&mut memory, 0.50), p(&mut memory, 0.99));
     let (n50, n99) = (p(&mut notify, 0.50), p(&mut notify, 0.99));
     let (w50, w99) = (p(&mut wal, 0.50), p(&mut wal, 0.99));
     println!("latency ({N} single-row commits):");
     println!("  commit → handler   p50 {h50:>10.2?}  p99 {h99:>10.2?}");
+    println!("    (memory queue)   p50 {m50:>10.2?}  p99 {m99:>10.2?}   (lost on a crash)");
     println!("  commit → listener  p50 {w50:>10.2?}  p99 {w99:>10.2?}   (WAL sender floor)");
     println!("  LISTEN/NOTIFY      p50 {n50:>10.2?}  p99 {n99:>10.2?}");
     println!(
@@ -411,6 +439,43 @@ async fn latency(base: &str) {
         h50.as_secs_f64() / n50.as_secs_f64(),
         h99.as_secs_f64() / n99.as_secs_f64()
     );
+}
+
+/// Commit-to-handler times of `LATENCY_COMMITS` single-row commits, ids
+/// from `first`, with the given storage.
+async fn handler_latency(
+    url: &str,
+    pool: &sqlx::PgPool,
+    conn: &mut sqlx::PgConnection,
+    rx: &mut mpsc::UnboundedReceiver<Instant>,
+    first: i64,
+    queue: QueueStorage,
+    status: ProcessStatusStorage,
+) -> Vec<Duration> {
+    let slot = format!("bench_latency_{first}");
+    let flow = Walflow::builder()
+        .database_url(url)
+        .slot_name(&slot)
+        .operators(["PingHandler"])
+        .queue_storage(queue)
+        .process_status_storage(status)
+        .start()
+        .await
+        .unwrap();
+    let mut times = Vec::with_capacity(LATENCY_COMMITS);
+    for i in first..first + LATENCY_COMMITS as i64 {
+        let t = Instant::now();
+        sqlx::query("INSERT INTO pings VALUES ($1)")
+            .bind(i)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let at = rx.recv().await.unwrap();
+        times.push(at - t);
+    }
+    flow.shutdown().await.unwrap();
+    walflow::setup::drop_slot(pool, &slot).await.unwrap();
+    times
 }
 
 async fn exec_conn(conn: &mut sqlx::PgConnection, sql: &str) {

@@ -22,6 +22,9 @@ const ROUND: usize = 4096;
 const GATHER_ROWS: usize = 20_000;
 /// Queue rows of one transaction held before it is queued in part.
 const CHUNK_ROWS: usize = 10_000;
+/// Queue rows received but not yet queued, at most: past it the consumer
+/// waits for the flush under way before it receives more.
+const MAX_HELD: usize = 50_000;
 
 pub(crate) struct Consumer {
     pub shared: Arc<Shared>,
@@ -58,50 +61,26 @@ impl Consumer {
         }
     }
 
-    /// Queues `ready`, retrying with backoff; `false` when the flow stops
-    /// first (nothing acknowledged: delivered again at next start).
+    /// Queues `ready` on the consumer's own connection, retrying with
+    /// backoff; `false` when the flow stops first (nothing acknowledged:
+    /// delivered again at next start).
     async fn flush_retrying(
         &mut self,
         ready: &Batch,
         end: Option<Lsn>,
         partial: Option<(Lsn, u32)>,
     ) -> bool {
-        let mut tries = 0u32;
-        loop {
-            // A connection of its own: queueing never waits for the pool,
-            // which units waiting for this very flush may hold.
-            if self.conn.is_none() {
-                match PgConnection::connect_with(&self.shared.config.connect_options()).await {
-                    Ok(c) => self.conn = Some(c),
-                    Err(e) => {
-                        tries += 1;
-                        tracing::warn!(error = %e, "connecting to queue events failed; retrying");
-                        if !self.sleep(self.shared.config.restart_delay(tries)).await {
-                            return false;
-                        }
-                        continue;
-                    }
-                }
-            }
-            let conn = self.conn.as_mut().expect("connected");
-            match flush(&self.shared, conn, ready, end, partial).await {
-                Ok(()) => return true,
-                Err(e) => {
-                    if is_transient(&e) {
-                        self.conn = None;
-                    }
-                    tries += 1;
-                    if !is_transient(&e) {
-                        tracing::error!(error = %e, "queueing events failed; retrying");
-                    } else {
-                        tracing::warn!(error = %e, "queueing events failed; retrying");
-                    }
-                    if !self.sleep(self.shared.config.restart_delay(tries)).await {
-                        return false;
-                    }
-                }
-            }
-        }
+        let (conn, ok) = queue_retrying(
+            self.shared.clone(),
+            self.stop.clone(),
+            self.conn.take(),
+            ready,
+            end,
+            partial,
+        )
+        .await;
+        self.conn = conn;
+        ok
     }
 
     /// The memory queue: records `batch`'s status marks, hands its rows to
@@ -165,6 +144,9 @@ impl Consumer {
         let mut open: Option<(Lsn, Batch)> = None;
         let mut ready = Batch::default();
         let mut ready_end: Option<Lsn> = None;
+        // The flush under way: the next batch is received meanwhile, so
+        // batches grow while queueing is slow, and more rows collapse.
+        let mut inflight: Option<Inflight> = None;
         let mut buf = Vec::with_capacity(ROUND);
         let mut failures = 0u32;
         let field = self.shared.config.process_status_entity_field().to_owned();
@@ -186,43 +168,70 @@ impl Consumer {
                 }
                 continue;
             };
+            let open_rows = open
+                .as_ref()
+                .map_or(0, |(_, b)| b.rows.len() + b.status.len());
+            // What is received while a flush is under way is bounded: past
+            // the limit, that flush is awaited first.
+            let held = ready.rows.len() + ready.status.len() + open_rows;
+            let room = inflight.is_none() || held < MAX_HELD;
             buf.clear();
             let got = tokio::select! {
-                r = l.recv_many(&mut buf, ROUND) => r,
+                biased;
                 _ = stop.wait_for(|s| *s) => break,
+                done = async { (&mut inflight.as_mut().expect("a flush").task).await },
+                    if inflight.is_some() => Err(done),
+                r = l.recv_many(&mut buf, ROUND), if room => Ok(r),
             };
-            let lost = match got {
-                Ok(0) => Some("the listener stopped".to_owned()),
-                Err(e) => Some(e.to_string()),
-                Ok(_) => None,
+            let got = match got {
+                Ok(r) => Some(r),
+                Err(done) => {
+                    let f = inflight.take().expect("a flush");
+                    if !self.finished(f, done, l) {
+                        return self.stop_listener(listener).await;
+                    }
+                    None
+                }
             };
-            if let Some(why) = lost {
-                tracing::warn!(error = why, "the listener failed; restarting it");
-                // Whole transactions received are queued; the rest comes
-                // again.
-                open = None;
-                if ready_end.is_some() {
-                    ready.collapse(&self.ops);
-                    if !self.flush_retrying(&ready, ready_end, None).await {
-                        if let Some(l) = listener.take() {
-                            let _ = l.shutdown().await;
+            let full = match got {
+                None => false,
+                Some(Ok(n)) if n > 0 => n == ROUND,
+                Some(r) => {
+                    let why = match r {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "the listener stopped".to_owned(),
+                    };
+                    tracing::warn!(error = why, "the listener failed; restarting it");
+                    // Whole transactions received are queued; the rest
+                    // comes again.
+                    open = None;
+                    if let Some(mut f) = inflight.take() {
+                        let done = (&mut f.task).await;
+                        if !self.finished(f, done, l) {
+                            return self.stop_listener(listener).await;
                         }
+                    }
+                    if ready_end.is_some() {
+                        ready.collapse(&self.ops);
+                        self.flushes += 1;
+                        self.notify(&ready, self.flushes);
+                        if !self.flush_retrying(&ready, ready_end, None).await {
+                            return self.stop_listener(listener).await;
+                        }
+                        self.shared.flushed.send_replace(self.flushes);
+                        ready = Batch::default();
+                        ready_end = None;
+                    }
+                    if let Some(l) = listener.take() {
+                        let _ = l.shutdown().await;
+                    }
+                    failures += 1;
+                    if !self.sleep(self.shared.config.restart_delay(failures)).await {
                         return;
                     }
-                    self.notify(&ready, 0);
-                    ready = Batch::default();
-                    ready_end = None;
+                    continue;
                 }
-                if let Some(l) = listener.take() {
-                    let _ = l.shutdown().await;
-                }
-                failures += 1;
-                if !self.sleep(self.shared.config.restart_delay(failures)).await {
-                    return;
-                }
-                continue;
-            }
-            let full = buf.len() == ROUND;
+            };
             for m in buf.drain(..) {
                 match m {
                     ListenerMessage::Begin(b) => open = Some((b.commit_lsn, Batch::default())),
@@ -260,6 +269,9 @@ impl Consumer {
                     }
                 }
             }
+            if inflight.is_some() {
+                continue;
+            }
             let open_rows = open
                 .as_ref()
                 .map_or(0, |(_, b)| b.rows.len() + b.status.len());
@@ -267,7 +279,8 @@ impl Consumer {
             let chunk = open_rows >= CHUNK_ROWS;
             // While the listener has more at hand, gather it first: more
             // rows per round trip, and more for coalescing to merge.
-            if !chunk && (ready_end.is_none() || (full && ready.rows.len() < GATHER_ROWS)) {
+            let gathered = ready.rows.len() + ready.status.len();
+            if !chunk && (ready_end.is_none() || (full && gathered < GATHER_ROWS)) {
                 continue;
             }
             let mut partial = None;
@@ -286,10 +299,7 @@ impl Consumer {
             ready.collapse(&self.ops);
             if self.shared.memory_queue() {
                 if !self.hand_over(&ready, ready_end).await {
-                    if let Some(l) = listener.take() {
-                        let _ = l.shutdown().await;
-                    }
-                    return;
+                    return self.stop_listener(listener).await;
                 }
                 if let Some(end) = ready_end.take() {
                     l.ack(end);
@@ -304,28 +314,123 @@ impl Consumer {
             // a unit finishes (and so commits) only once they are.
             self.flushes += 1;
             self.notify(&ready, self.flushes);
-            if !self.flush_retrying(&ready, ready_end, partial).await {
-                // Not acknowledged: delivered again at next start.
-                if let Some(l) = listener.take() {
-                    let _ = l.shutdown().await;
-                }
-                return;
-            }
-            self.shared.flushed.send_replace(self.flushes);
-            if partial.is_some() {
-                self.partial = partial;
-            }
-            if let Some(end) = ready_end.take() {
-                l.ack(end);
-            }
-            ready = Batch::default();
+            let batch = std::mem::take(&mut ready);
+            let (end, conn) = (ready_end.take(), self.conn.take());
+            let (shared, stop) = (self.shared.clone(), self.stop.clone());
+            inflight = Some(Inflight {
+                number: self.flushes,
+                end,
+                partial,
+                task: tokio::spawn(async move {
+                    queue_retrying(shared, stop, conn, &batch, end, partial).await
+                }),
+            });
         }
-        if let Some(l) = listener.take()
+        // Stopping: the flush under way still completes (or gives up), and
+        // is acknowledged if it did.
+        if let Some(mut f) = inflight.take()
+            && let Some(l) = listener.as_mut()
+        {
+            let done = (&mut f.task).await;
+            self.finished(f, done, l);
+        }
+        self.stop_listener(listener).await;
+    }
+
+    /// Records the end of a flush: hands its connection back, lets the
+    /// units waiting for it finish, and acknowledges what it queued.
+    /// `false` when it gave up because the flow stops.
+    fn finished(
+        &mut self,
+        f: Inflight,
+        done: Result<(Option<PgConnection>, bool), tokio::task::JoinError>,
+        l: &mut Listener,
+    ) -> bool {
+        let (conn, ok) = match done {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => (None, false),
+        };
+        self.conn = conn;
+        if !ok {
+            // Not acknowledged: delivered again at next start.
+            return false;
+        }
+        self.shared.flushed.send_replace(f.number);
+        if f.partial.is_some() {
+            self.partial = f.partial;
+        }
+        if let Some(end) = f.end {
+            l.ack(end);
+        }
+        true
+    }
+
+    async fn stop_listener(&self, listener: Option<Listener>) {
+        if let Some(l) = listener
             && let Err(e) = l.shutdown().await
         {
             tracing::warn!(error = %e, "the listener did not shut down cleanly");
         }
     }
+}
+
+/// Queues `batch` on `conn` (connected first if `None`: a connection of
+/// its own, so queueing never waits for the pool, which units waiting for
+/// this very flush may hold), retrying with backoff. Returns the connection
+/// (`None` after a broken one) and `false` when the flow stops first.
+async fn queue_retrying(
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    mut conn: Option<PgConnection>,
+    batch: &Batch,
+    end: Option<Lsn>,
+    partial: Option<(Lsn, u32)>,
+) -> (Option<PgConnection>, bool) {
+    let mut tries = 0u32;
+    loop {
+        let error = match conn.as_mut() {
+            None => match PgConnection::connect_with(&shared.config.connect_options()).await {
+                Ok(c) => {
+                    conn = Some(c);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "connecting to queue events failed; retrying");
+                    None
+                }
+            },
+            Some(c) => match flush(&shared, c, batch, end, partial).await {
+                Ok(()) => return (conn, true),
+                Err(e) => Some(e),
+            },
+        };
+        if let Some(e) = error {
+            if is_transient(&e) {
+                conn = None;
+                tracing::warn!(error = %e, "queueing events failed; retrying");
+            } else {
+                tracing::error!(error = %e, "queueing events failed; retrying");
+            }
+        }
+        tries += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(shared.config.restart_delay(tries)) => {}
+            _ = stop.wait_for(|s| *s) => return (conn, false),
+        }
+    }
+}
+
+/// A flush under way: queueing a batch while the next one is received.
+struct Inflight {
+    /// The flush's number (see [`Shared::flushed`]).
+    number: u64,
+    /// The end of the last whole transaction it queues, acknowledged once
+    /// it is done.
+    end: Option<Lsn>,
+    /// How far into an open transaction it queues.
+    partial: Option<(Lsn, u32)>,
+    task: tokio::task::JoinHandle<(Option<PgConnection>, bool)>,
 }
 
 /// Queues `batch`, and records `end` as queued (all transactions up to it)
