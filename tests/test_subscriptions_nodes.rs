@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
-use walflow::config::PubSub;
+use walflow::config::{ProcessStatusStorage, PubSub, QueueStorage};
 use walflow::prelude::*;
 use walflow::subscribe::{Broadcast, HubOptions, PgPubSub, Scope, Subscriptions, Transaction};
 
@@ -494,6 +494,32 @@ async fn a_subscriber_only_node_waits_for_changes_and_runs_no_operators() {
         node.retry_dead_letter(1).await,
         Err(walflow::FlowError::SubscriberOnly("retry_dead_letter"))
     ));
+    node.shutdown().await.unwrap();
+
+    // State kept in the memory of the node holding the slot cannot be read
+    // here: an error at once, not a wait until the timeout.
+    let node = subscriber()
+        .pubsub(PubSub::Postgres)
+        .queue_storage(QueueStorage::Memory)
+        .process_status_storage(ProcessStatusStorage::Memory)
+        .start()
+        .await
+        .expect("the subscriber-only flow starts");
+    let err = node.wait_processed(lsn, TIMEOUT).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            walflow::FlowError::SubscriberOnly("wait_processed with queue_storage = memory")
+        ),
+        "{err}"
+    );
+    let err = node.processed("comments", 0).await.unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "`processed with process_status_storage = memory` needs the node running the operators"
+        ),
+        "{err}"
+    );
     node.shutdown().await.unwrap();
     flow.shutdown().await.unwrap();
 }

@@ -347,7 +347,11 @@ impl WalflowBuilder {
     /// [`Walflow::wait_processed`], [`Walflow::processed`] and
     /// [`Walflow::dead_letters`] read the shared tables of the slot named by
     /// [`slot_name`](Self::slot_name); [`Walflow::retry_dead_letter`]
-    /// returns [`FlowError::SubscriberOnly`].
+    /// returns [`FlowError::SubscriberOnly`], and so do `wait_processed`
+    /// with [`QueueStorage::Memory`](crate::config::QueueStorage::Memory)
+    /// and `processed` with
+    /// [`ProcessStatusStorage::Memory`](crate::config::ProcessStatusStorage::Memory):
+    /// that state is only in the memory of the node holding the slot.
     ///
     /// ```no_run
     /// # #[allow(dead_code)]
@@ -754,8 +758,13 @@ impl Walflow {
     /// Waits until every operator has applied (or dead-lettered) every event
     /// committed up to `lsn`. On a subscriber-only node: the operators of
     /// the node holding the slot named by the configuration, through the
-    /// shared tables.
+    /// shared tables ([`FlowError::SubscriberOnly`] with the memory queue).
     pub async fn wait_processed(&self, lsn: Lsn, timeout: Duration) -> Result<(), FlowError> {
+        if self.subscriber_only && self.shared.memory_queue() {
+            return Err(FlowError::SubscriberOnly(
+                "wait_processed with queue_storage = memory",
+            ));
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut nudged: Option<tokio::time::Instant> = None;
         loop {
@@ -790,7 +799,15 @@ impl Walflow {
     /// the given `updated_at` (microseconds since the Unix epoch) has been
     /// processed by all its operators: the stored status is at least
     /// `micros`.
+    ///
+    /// On a subscriber-only node with the memory process status:
+    /// [`FlowError::SubscriberOnly`].
     pub async fn processed(&self, table: &str, micros: i64) -> Result<bool, FlowError> {
+        if self.subscriber_only && self.shared.memory_status() {
+            return Err(FlowError::SubscriberOnly(
+                "processed with process_status_storage = memory",
+            ));
+        }
         if self.shared.memory_status() {
             let (schema, table) = crate::status::split_table(table);
             return Ok(self.shared.memory.processed(schema, table, micros));
