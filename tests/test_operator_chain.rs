@@ -1,5 +1,6 @@
 //! A derived table that is itself an `#[event_source]` feeds the next
-//! operator: posts and comments → post_with_comments_counts → post_badges.
+//! operator: posts and comments → post_with_comments_counts (the blog
+//! model's `Counts`) → post_badges.
 
 #![allow(dead_code)] // struct fields are read through serde
 
@@ -9,27 +10,10 @@ use std::time::Duration;
 
 use walflow::prelude::*;
 
-#[event_source(table = "posts")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct Post {
-    id: i64,
-    title: String,
-}
+#[path = "common/blog.rs"]
+mod blog;
 
-#[event_source(table = "comments")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct Comment {
-    id: i64,
-    post_id: i64,
-}
-
-#[event_source(table = "post_with_comments_counts")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct PostWithCommentsCount {
-    id: i64,
-    title: String,
-    comments_count: i64,
-}
+use blog::PostWithCommentsCount;
 
 #[event_source(table = "post_badges")]
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -39,22 +23,7 @@ struct PostBadge {
 }
 
 on_event! {
-    operator Counts for PostWithCommentsCount {
-        events: all,
-        entities: [Comment, Post],
-        id: [Comment.post_id, Post.id],
-        delete_with: [Post],
-        coalesce: true,
-        query: "MERGE INTO post_with_comments_counts dest
-                USING (SELECT p.id, p.title, count(c.id) AS comments_count
-                       FROM posts p LEFT JOIN comments c ON c.post_id = p.id
-                       WHERE p.id = $1 GROUP BY p.id) src
-                ON dest.id = src.id
-                WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
-                WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
-                     VALUES (src.id, src.title, src.comments_count)",
-    }
-
+    /// Second level: fed by `blog::Counts`' writes.
     operator Badges for PostBadge {
         events: all,
         entities: [PostWithCommentsCount],
@@ -93,14 +62,9 @@ fn b(id: i64, badge: &str) -> (i64, String) {
 #[tokio::test]
 async fn two_level_chain() {
     let db = common::db().await;
-    db.exec(
-        "CREATE TABLE posts (id bigint PRIMARY KEY, title text NOT NULL);
-         CREATE TABLE comments (id bigint PRIMARY KEY, post_id bigint NOT NULL);
-         CREATE TABLE post_with_comments_counts (id bigint PRIMARY KEY, title text NOT NULL,
-                                                 comments_count bigint NOT NULL);
-         CREATE TABLE post_badges (id bigint PRIMARY KEY, badge text NOT NULL);",
-    )
-    .await;
+    db.exec(blog::SCHEMA).await;
+    db.exec("CREATE TABLE post_badges (id bigint PRIMARY KEY, badge text NOT NULL)")
+        .await;
     let flow = Walflow::builder()
         .database_url(&db.url)
         .slot_name(db.slot("chain"))
@@ -108,12 +72,15 @@ async fn two_level_chain() {
         .start()
         .await
         .unwrap();
-    db.exec("INSERT INTO posts VALUES (1, 'a'), (2, 'b')").await;
-    db.exec("INSERT INTO comments VALUES (1, 1)").await;
+    db.exec("INSERT INTO posts (id, title) VALUES (1, 'a'), (2, 'b')")
+        .await;
+    db.exec("INSERT INTO comments (id, post_id) VALUES (1, 1)")
+        .await;
     settle(&flow).await;
     assert_eq!(badges(&db).await, vec![b(1, "quiet"), b(2, "quiet")]);
 
-    db.exec("INSERT INTO comments VALUES (2, 1)").await;
+    db.exec("INSERT INTO comments (id, post_id) VALUES (2, 1)")
+        .await;
     settle(&flow).await;
     assert_eq!(badges(&db).await, vec![b(1, "popular"), b(2, "quiet")]);
 
