@@ -32,6 +32,26 @@ struct Tag {
     id: i64,
 }
 
+#[event_source(table = "topics")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Topic {
+    id: i64,
+}
+
+#[event_source(table = "notes")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Note {
+    id: i64,
+    topic: i64,
+}
+
+#[event_source(table = "topic_counts")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct TopicCount {
+    id: i64,
+    n: i64,
+}
+
 #[event_source(table = "post_with_comments_counts")]
 #[derive(Debug, Clone, serde::Deserialize)]
 struct PostWithCommentsCount {
@@ -56,6 +76,19 @@ on_event! {
                 WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
                 WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
                      VALUES (src.id, src.title, src.comments_count)",
+    }
+
+    /// Notes per topic (tables without `updated_at`: no process status).
+    operator TopicCounts for TopicCount {
+        events: all,
+        entities: [Topic, Note],
+        id: [Topic.id, Note.topic],
+        delete_with: [Topic],
+        coalesce: true,
+        query: "INSERT INTO topic_counts (id, n)
+                SELECT t.id, (SELECT count(*) FROM notes WHERE topic = t.id)
+                FROM topics t WHERE t.id = $1
+                ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n",
     }
 
     /// Counts query runs per post, merging pending runs.
@@ -168,6 +201,9 @@ const SCHEMA: &str = "
                                             comments_count bigint NOT NULL);
     CREATE TABLE runs (op text, post_id bigint, n int NOT NULL, PRIMARY KEY (op, post_id));
     CREATE TABLE post_stats (id bigint PRIMARY KEY, n int NOT NULL);
+    CREATE TABLE topics (id bigint PRIMARY KEY);
+    CREATE TABLE notes (id bigint PRIMARY KEY, topic bigint NOT NULL);
+    CREATE TABLE topic_counts (id bigint PRIMARY KEY, n bigint NOT NULL);
 ";
 
 async fn start(db: &common::Db, prefix: &str, ops: &[&str]) -> Walflow {
@@ -457,5 +493,113 @@ async fn truncate_reaches_handlers_that_list_it_and_spares_query_operators() {
             .unwrap()
             .is_empty()
     );
+    flow.shutdown().await.unwrap();
+}
+
+/// Commits `sql` and waits until the consumer has queued it.
+async fn commit_queued(db: &common::Db, slot: &str, sql: &str) {
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // Below this transaction's commit record.
+    let before: i64 = sqlx::query_scalar("SELECT (pg_current_wal_insert_lsn() - '0/0')::int8")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    common::wait_until(Duration::from_secs(20), || async {
+        let queued: Option<i64> =
+            sqlx::query_scalar("SELECT enqueued_lsn FROM walflow.streams WHERE slot = $1")
+                .bind(slot)
+                .fetch_optional(&db.pool)
+                .await
+                .unwrap();
+        queued.is_some_and(|q| q >= before)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn events_of_an_id_already_pending_need_no_queue_row() {
+    let db = common::db().await;
+    db.exec(SCHEMA).await;
+    let slot = db.slot("absorb");
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(&slot)
+        .operators(["TopicCounts"])
+        .concurrency(1)
+        .start()
+        .await
+        .unwrap();
+    db.exec("INSERT INTO topics VALUES (1)").await;
+    fence(&flow).await;
+
+    // Topic 1's next run waits on a row lock this test holds: the
+    // operator's one transaction is busy, so what follows stays pending.
+    let mut gate = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM topic_counts WHERE id = 1 FOR UPDATE")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    db.exec("INSERT INTO notes VALUES (100, 1)").await;
+    common::wait_until(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT count(*) > 0 FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+
+    // Transactions queued one by one. Topic 2: the notes after its insert
+    // run with it; in the fourth transaction the delete is a barrier, so the
+    // insert after it cannot run with the first one. Topic 3: the same
+    // across transactions.
+    for sql in [
+        "INSERT INTO topics VALUES (2)",
+        "INSERT INTO notes VALUES (10, 2)",
+        "INSERT INTO notes VALUES (11, 2)",
+        "DELETE FROM topics WHERE id = 2; INSERT INTO topics VALUES (2);
+         INSERT INTO notes VALUES (12, 2)",
+        "INSERT INTO topics VALUES (3)",
+        "DELETE FROM topics WHERE id = 3",
+        "INSERT INTO topics VALUES (3)",
+    ] {
+        commit_queued(&db, &slot, sql).await;
+    }
+    // Topic 1's row is still there, its run waiting.
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id::jsonb ->> 'Int8', kind FROM walflow.queue WHERE operator = 'TopicCounts'
+         ORDER BY commit_lsn, seq, part",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let rows: Vec<(&str, &str)> = rows.iter().map(|(i, k)| (&**i, &**k)).collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("1", "insert"),
+            ("2", "insert"),
+            ("2", "delete"),
+            ("2", "insert"),
+            ("3", "insert"),
+            ("3", "delete"),
+            ("3", "insert"),
+        ]
+    );
+
+    gate.commit().await.unwrap();
+    fence(&flow).await;
+    let counts: Vec<(i64, i64)> = sqlx::query_as("SELECT id, n FROM topic_counts ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(counts, vec![(1, 1), (2, 3), (3, 0)]);
     flow.shutdown().await.unwrap();
 }

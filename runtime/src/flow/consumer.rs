@@ -1,7 +1,7 @@
 //! The listener's consumer: writes each transaction's events into the
 //! operator queues, then acknowledges it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,9 @@ use crate::listener::{Listener, ListenerMessage, ListenerOptions, PgWireConnecto
 use crate::lsn::Lsn;
 use crate::operator::executor::{Row, Shared, Signals, is_transient};
 use crate::operator::memory::MAX_OUTSTANDING;
-use crate::operator::{Batch, StatusMark, dispatch};
+use crate::operator::{Batch, StatusMark, dispatch, id_key};
+use crate::raw::EventKind;
+use crate::registry::OperatorAction;
 use crate::registry::OperatorRegistration;
 
 /// Messages taken from the listener per round; the transactions completed in
@@ -86,7 +88,7 @@ impl Consumer {
     /// The memory queue: records `batch`'s status marks, hands its rows to
     /// the executors, then waits while too many rows are outstanding.
     /// `false` when the flow stops meanwhile.
-    async fn hand_over(&mut self, batch: &Batch, end: Option<Lsn>) -> bool {
+    async fn hand_over(&mut self, batch: &mut Batch, end: Option<Lsn>) -> bool {
         let shared = self.shared.clone();
         let memory = &shared.memory;
         if shared.memory_status() {
@@ -120,21 +122,58 @@ impl Consumer {
     /// Hands the rows of `batch` to their executors. `flush`: the number of
     /// the flush queueing them, which they wait for before they finish (0:
     /// queued already).
-    fn notify(&self, batch: &Batch, flush: u64) {
-        let touched: BTreeSet<&str> = batch.rows.iter().map(|r| r.operator).collect();
+    ///
+    /// With the durable queue, a row of a coalescing query operator is left
+    /// out of the batch (not queued at all) when its id has a pending row
+    /// that no unit has started, with no delete after it: that row's run
+    /// starts after this event was committed, so it covers it, and until it
+    /// is finished the LSN fence waits on it. Events that move the process
+    /// status keep their rows.
+    fn notify(&self, batch: &mut Batch, flush: u64) {
+        let absorbing = !self.shared.memory_queue();
+        let touched: BTreeSet<&'static str> = batch.rows.iter().map(|r| r.operator).collect();
+        let mut absorbed: HashSet<(&'static str, i64, i32, i16)> = HashSet::new();
         for op in touched {
-            if let Some(s) = self.signals.get(op) {
-                // In queue order (collapsing moved rows within the batch).
-                let mut rows: Vec<Row> = batch
-                    .rows
-                    .iter()
-                    .filter(|r| r.operator == op)
-                    .map(|r| Row::from_new(r, flush))
-                    .collect();
-                rows.sort_by_key(Row::key);
-                s.inbox.lock().expect("inbox lock").push(rows.into_iter());
-                s.notify.notify_one();
+            let Some(s) = self.signals.get(op) else {
+                continue;
+            };
+            let coalescing = absorbing
+                && self.ops.iter().any(|o| {
+                    o.name == op && o.coalesce && matches!(o.action, OperatorAction::Query(_))
+                });
+            let mut inbox = s.inbox.lock().expect("inbox lock");
+            // Only while every row handed over is admitted: a delete still
+            // in the inbox would otherwise come between the pending row and
+            // this event.
+            let absorb = coalescing && inbox.settled();
+            let mut barriers: HashSet<String> = HashSet::new();
+            // In queue order (collapsing moved rows within the batch).
+            let mut rows: Vec<Row> = Vec::new();
+            for r in batch.rows.iter().filter(|r| r.operator == op) {
+                if absorb {
+                    let key = id_key(&r.id);
+                    if r.kind == EventKind::Delete.as_str() {
+                        barriers.insert(key);
+                    } else if r.updated_at.is_none()
+                        && r.covers.is_empty()
+                        && !barriers.contains(&key)
+                        && inbox.hosts.contains(&key)
+                    {
+                        absorbed.insert((op, r.commit_lsn, r.seq, r.part));
+                        continue;
+                    }
+                }
+                rows.push(Row::from_new(r, flush));
             }
+            rows.sort_by_key(Row::key);
+            inbox.push(rows.into_iter());
+            drop(inbox);
+            s.notify.notify_one();
+        }
+        if !absorbed.is_empty() {
+            batch
+                .rows
+                .retain(|r| !absorbed.contains(&(r.operator, r.commit_lsn, r.seq, r.part)));
         }
     }
 
@@ -214,7 +253,7 @@ impl Consumer {
                     if ready_end.is_some() {
                         ready.collapse(&self.ops);
                         self.flushes += 1;
-                        self.notify(&ready, self.flushes);
+                        self.notify(&mut ready, self.flushes);
                         if !self.flush_retrying(&ready, ready_end, None).await {
                             return self.stop_listener(listener).await;
                         }
@@ -298,7 +337,7 @@ impl Consumer {
             }
             ready.collapse(&self.ops);
             if self.shared.memory_queue() {
-                if !self.hand_over(&ready, ready_end).await {
+                if !self.hand_over(&mut ready, ready_end).await {
                     return self.stop_listener(listener).await;
                 }
                 if let Some(end) = ready_end.take() {
@@ -313,7 +352,7 @@ impl Consumer {
             // The executors start on the rows while they are being queued;
             // a unit finishes (and so commits) only once they are.
             self.flushes += 1;
-            self.notify(&ready, self.flushes);
+            self.notify(&mut ready, self.flushes);
             let batch = std::mem::take(&mut ready);
             let (end, conn) = (ready_end.take(), self.conn.take());
             let (shared, stop) = (self.shared.clone(), self.stop.clone());

@@ -6,7 +6,9 @@
 //! pending set keyed by mapped id. Each id runs strictly in commit order,
 //! one unit at a time. A unit is one event, or (with `coalesce: true`) every
 //! pending event of the id up to the next delete, which is a barrier: the
-//! query runs once for them. Units of a query operator are grouped, up to
+//! query runs once for them; while such a row waits, the consumer queues
+//! later events of its id without rows of their own (see [`Inbox::hosts`]).
+//! Units of a query operator are grouped, up to
 //! 64 ids per transaction; a handler runs one unit per transaction. A unit
 //! applies its work and deletes its queue rows in one transaction, so a
 //! query operator applies each event exactly once. A failing group is split
@@ -83,12 +85,28 @@ pub(crate) struct Inbox {
     /// The highest flush number among the rows dropped on overflow: reading
     /// the queue finds them only once that flush is committed.
     dropped: u64,
+    /// Ids whose pending events (held by the executor, no unit started on
+    /// them) end with one that is not a delete. For a coalescing query
+    /// operator, a later event of such an id needs no queue row of its own:
+    /// that pending row's run starts after the event is committed, so it
+    /// covers it. Kept under the inbox's lock by the executor; read by the
+    /// consumer while the inbox is empty (every row handed over admitted).
+    pub hosts: HashSet<String>,
+    /// The executor reads the queue: rows handed over may have been dropped
+    /// and not admitted yet, so [`hosts`](Self::hosts) may be incomplete.
+    reading: bool,
 }
 
 /// Rows an inbox holds before the executor is told to read the queue.
 const INBOX_MAX: usize = 10_000;
 
 impl Inbox {
+    /// Whether every row handed over was admitted by the executor, so
+    /// [`hosts`](Self::hosts) is up to date.
+    pub fn settled(&self) -> bool {
+        self.rows.is_empty() && !self.overflow && !self.reading
+    }
+
     /// Hands over rows just queued (in queue order).
     pub fn push(&mut self, rows: impl Iterator<Item = Row>) {
         if self.overflow {
@@ -112,7 +130,12 @@ impl Signals {
     /// The signals of one operator; `memory_queue`: its inbox is its queue.
     pub fn new(memory_queue: bool) -> Self {
         let signals = Signals::default();
-        signals.inbox.lock().expect("inbox lock").unbounded = memory_queue;
+        {
+            let mut inbox = signals.inbox.lock().expect("inbox lock");
+            inbox.unbounded = memory_queue;
+            // An executor starts by reading the queue.
+            inbox.reading = !memory_queue;
+        }
         signals
     }
 }
@@ -335,13 +358,15 @@ pub(crate) async fn run(
                 Ok(rows) => {
                     fetch_failures = 0;
                     more = rows.len() as i64 == FETCH;
+                    let mut inbox = signals.inbox.lock().expect("inbox lock");
+                    inbox.reading = more;
                     for row in rows {
                         cursor = cursor.max(row.key());
                         if !known.insert(row.key()) {
                             continue;
                         }
                         held += 1;
-                        admit(row, &mut pending, &mut ready, &in_flight);
+                        admit(row, &mut pending, &mut ready, &in_flight, &mut inbox.hosts);
                     }
                 }
                 Err(e) => {
@@ -363,6 +388,8 @@ pub(crate) async fn run(
                 1
             };
             let mut units: Vec<(String, Vec<Row>)> = Vec::with_capacity(per);
+            // Taken rows stop hosting before their run starts.
+            let mut inbox = signals.inbox.lock().expect("inbox lock");
             while units.len() < per {
                 let Some(key) = ready.pop_front() else { break };
                 let Some(queue) = pending.get_mut(&key) else {
@@ -371,6 +398,7 @@ pub(crate) async fn run(
                 let rows = take_unit(op, queue);
                 if queue.is_empty() {
                     pending.remove(&key);
+                    inbox.hosts.remove(&key);
                 }
                 if rows.is_empty() {
                     continue;
@@ -378,6 +406,7 @@ pub(crate) async fn run(
                 in_flight.insert(key.clone());
                 units.push((key, rows));
             }
+            drop(inbox);
             if units.is_empty() {
                 break;
             }
@@ -438,6 +467,11 @@ pub(crate) async fn run(
                         tasks.abort_all();
                         while tasks.join_next().await.is_some() {}
                         pending.clear();
+                        {
+                            let mut inbox = signals.inbox.lock().expect("inbox lock");
+                            inbox.hosts.clear();
+                            inbox.reading = !memory_queue;
+                        }
                         ready.clear();
                         in_flight.clear();
                         known.clear();
@@ -448,16 +482,17 @@ pub(crate) async fn run(
                 }
             }
             _ = signals.notify.notified(), if !stopping => {
-                let (rows, overflow, dropped) = {
-                    let mut inbox = signals.inbox.lock().expect("inbox lock");
-                    let overflow = std::mem::replace(&mut inbox.overflow, false);
-                    let dropped = std::mem::take(&mut inbox.dropped);
-                    (std::mem::take(&mut inbox.rows), overflow, dropped)
-                };
+                // Admitted under the inbox's lock, so the consumer sees the
+                // rows either in the inbox or admitted (with their hosts).
+                let mut inbox = signals.inbox.lock().expect("inbox lock");
+                let overflow = std::mem::replace(&mut inbox.overflow, false);
+                let dropped = std::mem::take(&mut inbox.dropped);
+                let rows = std::mem::take(&mut inbox.rows);
                 if overflow || more {
                     // Read from the queue (which holds these rows too, once
                     // their flush is committed).
                     more = true;
+                    inbox.reading = true;
                     need_flush = rows.iter().map(|r| r.flush).fold(need_flush.max(dropped), u64::max);
                 } else {
                     let last_flush = rows.iter().map(|r| r.flush).max().unwrap_or(0);
@@ -470,14 +505,16 @@ pub(crate) async fn run(
                             // The rest is read from the queue.
                             known.remove(&row.key());
                             more = true;
+                            inbox.reading = true;
                             need_flush = need_flush.max(last_flush);
                             break;
                         }
                         cursor = cursor.max(row.key());
                         held += 1;
-                        admit(row, &mut pending, &mut ready, &in_flight);
+                        admit(row, &mut pending, &mut ready, &in_flight, &mut inbox.hosts);
                     }
                 }
+                drop(inbox);
             }
             _ = unit.wake.notified(), if !stopping => {}
             _ = stop.changed(), if !stopping => {}
@@ -493,8 +530,14 @@ fn admit(
     pending: &mut HashMap<String, VecDeque<Row>>,
     ready: &mut VecDeque<String>,
     in_flight: &HashSet<String>,
+    hosts: &mut HashSet<String>,
 ) {
     let key = id_key(&row.id);
+    if row.kind == EventKind::Delete {
+        hosts.remove(&key);
+    } else {
+        hosts.insert(key.clone());
+    }
     let queue = pending.entry(key.clone()).or_default();
     if queue.is_empty() && !in_flight.contains(&key) {
         ready.push_back(key);
@@ -711,7 +754,7 @@ impl UnitRunner {
         if !self.queued(rows).await {
             return Err(Failure::Stopped);
         }
-        let finished = finish(&self.shared, self.op.name, rows, &mut tx)
+        let finished = finish(&self.shared, self.op, rows, &mut tx)
             .await
             .map_err(sql_failure)?;
         if !finished {
@@ -847,7 +890,7 @@ impl UnitRunner {
                     return Err(Failure::Stopped);
                 }
                 let mut conn = self.shared.pool.acquire().await.map_err(sql_failure)?;
-                finish(&self.shared, self.op.name, rows, &mut conn)
+                finish(&self.shared, self.op, rows, &mut conn)
                     .await
                     .map_err(sql_failure)?;
                 self.finished_in_memory(rows);
@@ -893,10 +936,11 @@ impl UnitRunner {
 /// database: see [`UnitRunner::complete`] for the rest).
 async fn finish(
     shared: &Shared,
-    operator: &str,
+    operator: &OperatorRegistration,
     rows: &[&Row],
     tx: &mut PgConnection,
 ) -> sqlx::Result<bool> {
+    let operator_name = operator.name;
     let lsns: Vec<i64> = rows.iter().map(|r| r.commit_lsn).collect();
     let seqs: Vec<i32> = rows.iter().map(|r| r.seq).collect();
     let parts: Vec<i16> = rows.iter().map(|r| r.part).collect();
@@ -908,7 +952,7 @@ async fn finish(
              WHERE slot = $1 AND operator = $2 AND commit_lsn = $3 AND seq = $4 AND part = $5",
         )
         .bind(&shared.slot)
-        .bind(operator)
+        .bind(operator_name)
         .bind(row.commit_lsn)
         .bind(row.seq)
         .bind(row.part)
@@ -918,7 +962,7 @@ async fn finish(
     } else {
         let n: i64 = sqlx::query_scalar("SELECT walflow.delete_queue_rows($1, $2, $3, $4, $5)")
             .bind(&shared.slot)
-            .bind(operator)
+            .bind(operator_name)
             .bind(&lsns)
             .bind(&seqs)
             .bind(&parts)
@@ -926,7 +970,12 @@ async fn finish(
             .await?;
         n as u64
     };
-    if deleted != rows.len() as u64 {
+    // Rows another executor finished meanwhile: a coalescing query
+    // operator's run recomputes its id and stands anyway (it may cover
+    // events queued without rows of their own, see `Inbox::hosts`); any
+    // other unit is undone.
+    let coalescing = operator.coalesce && matches!(operator.action, OperatorAction::Query(_));
+    if deleted != rows.len() as u64 && !coalescing {
         return Ok(false);
     }
     if shared.memory_status()
