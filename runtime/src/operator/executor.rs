@@ -337,6 +337,8 @@ pub(crate) async fn run(
         if signals.rescan.swap(false, Ordering::AcqRel) && !memory_queue {
             cursor = (i64::MIN, i32::MIN, i16::MIN);
             more = true;
+            // Rows queued behind the read position are not admitted yet.
+            signals.inbox.lock().expect("inbox lock").reading = true;
         }
         let mut fetch_error = false;
         // Read everything available (up to the bound) before starting units:
