@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use walflow::prelude::*;
+use walflow::subscribe::Scope;
 
 #[event_source(table = "posts")]
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -88,7 +89,7 @@ on_event! {
         query: "INSERT INTO topic_counts (id, n)
                 SELECT t.id, (SELECT count(*) FROM notes WHERE topic = t.id)
                 FROM topics t WHERE t.id = $1
-                ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n",
+                ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n, runs = topic_counts.runs + 1",
     }
 
     /// Counts query runs per post, merging pending runs.
@@ -203,7 +204,8 @@ const SCHEMA: &str = "
     CREATE TABLE post_stats (id bigint PRIMARY KEY, n int NOT NULL);
     CREATE TABLE topics (id bigint PRIMARY KEY);
     CREATE TABLE notes (id bigint PRIMARY KEY, topic bigint NOT NULL);
-    CREATE TABLE topic_counts (id bigint PRIMARY KEY, n bigint NOT NULL);
+    CREATE TABLE topic_counts (id bigint PRIMARY KEY, n bigint NOT NULL,
+                               runs int NOT NULL DEFAULT 1);
 ";
 
 async fn start(db: &common::Db, prefix: &str, ops: &[&str]) -> Walflow {
@@ -601,5 +603,86 @@ async fn events_of_an_id_already_pending_need_no_queue_row() {
         .await
         .unwrap();
     assert_eq!(counts, vec![(1, 1), (2, 3), (3, 0)]);
+    flow.shutdown().await.unwrap();
+}
+
+/// Waits until `n` sessions wait for a lock.
+async fn lock_waiters(db: &common::Db, n: i64) {
+    common::wait_until(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+            >= n
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_event_its_id_s_last_run_already_saw_needs_no_run() {
+    let db = common::db().await;
+    db.exec(SCHEMA).await;
+    let slot = db.slot("covered");
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(&slot)
+        .operators(["TopicCounts"])
+        .concurrency(1)
+        .start()
+        .await
+        .unwrap();
+    db.exec("INSERT INTO topics VALUES (1), (7)").await;
+    fence(&flow).await;
+
+    // The operator's one transaction waits on a row lock held here.
+    let mut gate = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM topic_counts WHERE id = 1 FOR UPDATE")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    db.exec("INSERT INTO notes VALUES (100, 1)").await;
+    lock_waiters(&db, 1).await;
+    // Topic 7's row is queued, and waits.
+    commit_queued(&db, &slot, "INSERT INTO notes VALUES (30, 7)").await;
+    // Queueing now waits too: the next change (not the operator's) is
+    // received and its queueing holds the consumer's next batch back.
+    let mut streams = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM walflow.streams WHERE slot = $1 FOR UPDATE")
+        .bind(&slot)
+        .execute(&mut *streams)
+        .await
+        .unwrap();
+    db.exec("INSERT INTO topic_counts (id, n) VALUES (999, 0)")
+        .await;
+    lock_waiters(&db, 2).await;
+    // Received, not yet handed over.
+    let before = flow.subscriptions().position();
+    db.exec("INSERT INTO notes VALUES (31, 7)").await;
+    flow.wait_for::<Note>(Scope::id(31), before, Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    // Topic 7's run starts after note 31 was committed, so it counts it.
+    gate.commit().await.unwrap();
+    common::wait_until(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, i64>("SELECT n FROM topic_counts WHERE id = 7")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            == 2
+    })
+    .await;
+    // Note 31 is handed over after that run: it needs no run of its own.
+    streams.commit().await.unwrap();
+    fence(&flow).await;
+    let counts: Vec<(i64, i64, i32)> =
+        sqlx::query_as("SELECT id, n, runs FROM topic_counts WHERE id <> 999 ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(counts, vec![(1, 1, 2), (7, 2, 2)]);
     flow.shutdown().await.unwrap();
 }

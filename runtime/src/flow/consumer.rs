@@ -127,8 +127,10 @@ impl Consumer {
     /// out of the batch (not queued at all) when its id has a pending row
     /// that no unit has started, with no delete after it: that row's run
     /// starts after this event was committed, so it covers it, and until it
-    /// is finished the LSN fence waits on it. Events that move the process
-    /// status keep their rows.
+    /// is finished the LSN fence waits on it. So is a row whose event was
+    /// visible to the id's last committed run (a backlog read after that
+    /// run): it is applied already. Events that move the process status
+    /// keep their rows.
     fn notify(&self, batch: &mut Batch, flush: u64) {
         let absorbing = !self.shared.memory_queue();
         let touched: BTreeSet<&'static str> = batch.rows.iter().map(|r| r.operator).collect();
@@ -157,7 +159,8 @@ impl Consumer {
                     } else if r.updated_at.is_none()
                         && r.covers.is_empty()
                         && !barriers.contains(&key)
-                        && inbox.hosts.contains(&key)
+                        && (inbox.hosts.contains(&key)
+                            || inbox.covered.get(&key).is_some_and(|s| s.saw(r.xid)))
                     {
                         absorbed.insert((op, r.commit_lsn, r.seq, r.part));
                         continue;

@@ -95,7 +95,60 @@ pub(crate) struct Inbox {
     /// The executor reads the queue: rows handed over may have been dropped
     /// and not admitted yet, so [`hosts`](Self::hosts) may be incomplete.
     reading: bool,
+    /// For a coalescing query operator, per id: the snapshot of the last
+    /// committed run of its query with no delete of the id pending after it.
+    /// An event arriving later whose transaction that snapshot saw needs no
+    /// queue row: the run already applied it. Cleared by a delete; used for
+    /// [`COVERED_FOR`] after the run (transaction ids wrap around).
+    pub covered: HashMap<String, RunSnapshot>,
 }
+
+/// What a run's snapshot saw: transactions before `xmax` except those in
+/// `running` (PostgreSQL's `pg_snapshot`, as 32-bit transaction ids).
+#[derive(Debug, Clone)]
+pub(crate) struct RunSnapshot {
+    xmax: u32,
+    running: Arc<[u32]>,
+    at: std::time::Instant,
+}
+
+impl RunSnapshot {
+    /// Parses `pg_current_snapshot()::text` (`xmin:xmax:xip,...`, each an
+    /// `xid8` whose low 32 bits are the transaction id).
+    fn parse(text: &str) -> Option<RunSnapshot> {
+        let mut parts = text.split(':');
+        let _xmin = parts.next()?;
+        let xmax = parts.next()?.parse::<u64>().ok()? as u32;
+        let running = parts
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| x.parse::<u64>().map(|x| x as u32))
+            .collect::<Result<Arc<[u32]>, _>>()
+            .ok()?;
+        Some(RunSnapshot {
+            xmax,
+            running,
+            at: std::time::Instant::now(),
+        })
+    }
+
+    /// Whether the committed transaction `xid` was visible to the run (and
+    /// the snapshot is recent enough to compare transaction ids).
+    pub fn saw(&self, xid: u32) -> bool {
+        xid != 0
+            && super::xid_precedes(xid, self.xmax)
+            && !self.running.contains(&xid)
+            && self.at.elapsed() < COVERED_FOR
+    }
+}
+
+/// How long a run's snapshot stands for the events it covered (see
+/// [`Inbox::covered`]): far below the time two billion transactions take.
+const COVERED_FOR: Duration = Duration::from_secs(60);
+/// Ids kept in [`Inbox::covered`] before older entries are dropped.
+const COVERED_MAX: usize = 100_000;
 
 /// Rows an inbox holds before the executor is told to read the queue.
 const INBOX_MAX: usize = 10_000;
@@ -327,6 +380,7 @@ pub(crate) async fn run(
         waiting: AtomicUsize::new(0),
         wake: Notify::new(),
         rescan: signals.rescan.clone(),
+        ran: std::sync::Mutex::new(HashMap::new()),
     });
 
     loop {
@@ -368,7 +422,7 @@ pub(crate) async fn run(
                             continue;
                         }
                         held += 1;
-                        admit(row, &mut pending, &mut ready, &in_flight, &mut inbox.hosts);
+                        admit(row, &mut pending, &mut ready, &in_flight, &mut inbox);
                     }
                 }
                 Err(e) => {
@@ -450,6 +504,26 @@ pub(crate) async fn run(
                         }
                     }
                     Ok(Outcome::Done(units)) => {
+                        let ran = std::mem::take(&mut *unit.ran.lock().expect("ran lock"));
+                        if !ran.is_empty() {
+                            let mut inbox = signals.inbox.lock().expect("inbox lock");
+                            for (key, snapshot) in ran {
+                                // A delete admitted since the run comes after
+                                // it: nothing is covered past that.
+                                let delete_pending = pending
+                                    .get(&key)
+                                    .is_some_and(|q| q.iter().any(|r| r.kind == EventKind::Delete));
+                                if !delete_pending {
+                                    inbox.covered.insert(key, snapshot);
+                                }
+                            }
+                            if inbox.covered.len() > COVERED_MAX {
+                                inbox.covered.retain(|_, s| s.at.elapsed() < COVERED_FOR);
+                                if inbox.covered.len() > COVERED_MAX {
+                                    inbox.covered.clear();
+                                }
+                            }
+                        }
                         for (key, keys) in units {
                             for k in keys {
                                 known.remove(&k);
@@ -472,6 +546,7 @@ pub(crate) async fn run(
                         {
                             let mut inbox = signals.inbox.lock().expect("inbox lock");
                             inbox.hosts.clear();
+                            inbox.covered.clear();
                             inbox.reading = !memory_queue;
                         }
                         ready.clear();
@@ -513,7 +588,7 @@ pub(crate) async fn run(
                         }
                         cursor = cursor.max(row.key());
                         held += 1;
-                        admit(row, &mut pending, &mut ready, &in_flight, &mut inbox.hosts);
+                        admit(row, &mut pending, &mut ready, &in_flight, &mut inbox);
                     }
                 }
                 drop(inbox);
@@ -532,11 +607,13 @@ fn admit(
     pending: &mut HashMap<String, VecDeque<Row>>,
     ready: &mut VecDeque<String>,
     in_flight: &HashSet<String>,
-    hosts: &mut HashSet<String>,
+    inbox: &mut Inbox,
 ) {
     let key = id_key(&row.id);
+    let hosts = &mut inbox.hosts;
     if row.kind == EventKind::Delete {
         hosts.remove(&key);
+        inbox.covered.remove(&key);
     } else {
         hosts.insert(key.clone());
     }
@@ -594,6 +671,9 @@ struct UnitRunner {
     wake: Notify,
     /// Set when rows must be read again from the start of the queue.
     rescan: Arc<AtomicBool>,
+    /// Ids whose query just committed, with the snapshot it ran under
+    /// (see [`Inbox::covered`]); taken by the executor loop.
+    ran: std::sync::Mutex<HashMap<String, RunSnapshot>>,
 }
 
 /// What a task reports back to the executor loop.
@@ -738,11 +818,53 @@ impl UnitRunner {
         units: &[(String, Vec<Row>)],
     ) -> Result<(), Failure> {
         let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
+        let snapshot = self.snapshot(&mut tx).await?;
         for (_, rows) in units {
             self.apply_query(sql, rows, &mut tx).await?;
         }
         let all: Vec<&Row> = units.iter().flat_map(|(_, rows)| rows).collect();
-        self.complete(tx, &all).await
+        self.complete(tx, &all).await?;
+        self.note_runs(snapshot, units.iter().map(|(_, rows)| &rows[..]));
+        Ok(())
+    }
+
+    /// For a coalescing query operator on the durable queue: a snapshot
+    /// taken before the unit's statements (each sees at least what it
+    /// sees).
+    async fn snapshot(&self, tx: &mut PgConnection) -> Result<Option<RunSnapshot>, Failure> {
+        if !self.op.coalesce || self.shared.memory_queue() {
+            return Ok(None);
+        }
+        let text: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(sql_failure)?;
+        Ok(RunSnapshot::parse(&text))
+    }
+
+    /// Records the committed runs of the query (not `delete_with` deletes)
+    /// for [`Inbox::covered`].
+    fn note_runs<'a>(&self, snapshot: Option<RunSnapshot>, units: impl Iterator<Item = &'a [Row]>) {
+        let Some(snapshot) = snapshot else { return };
+        let mut ran = self.ran.lock().expect("ran lock");
+        for rows in units {
+            if !self.runs_delete(rows) {
+                ran.insert(id_key(&rows[rows.len() - 1].id), snapshot.clone());
+            }
+        }
+    }
+
+    /// Whether the unit's statement is the `delete_with` delete rather than
+    /// the query.
+    fn runs_delete(&self, rows: &[Row]) -> bool {
+        let last = &rows[rows.len() - 1];
+        last.kind == EventKind::Delete
+            && rows.len() == 1
+            && self
+                .op
+                .delete_with
+                .iter()
+                .any(|t| t.schema == last.schema && t.table == last.table)
     }
 
     /// Finishes `rows` in `tx` (queue rows deleted, process status moved)
@@ -797,8 +919,11 @@ impl UnitRunner {
 
     async fn run_query(&self, sql: &'static str, rows: &[Row]) -> Result<(), Failure> {
         let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
+        let snapshot = self.snapshot(&mut tx).await?;
         self.apply_query(sql, rows, &mut tx).await?;
-        self.complete(tx, &rows.iter().collect::<Vec<_>>()).await
+        self.complete(tx, &rows.iter().collect::<Vec<_>>()).await?;
+        self.note_runs(snapshot, std::iter::once(rows));
+        Ok(())
     }
 
     /// The statement of one unit: the operator's query for the id, or the
@@ -812,14 +937,7 @@ impl UnitRunner {
         let last = &rows[rows.len() - 1];
         let id: Value = serde_json::from_str(&last.id)
             .map_err(|e| Failure::Decode(format!("queued id {}: {e}", last.id)))?;
-        let delete = last.kind == EventKind::Delete
-            && rows.len() == 1
-            && self
-                .op
-                .delete_with
-                .iter()
-                .any(|t| t.schema == last.schema && t.table == last.table);
-        if delete {
+        if self.runs_delete(rows) {
             let target = self.op.target.ok_or_else(|| {
                 Failure::Failed("a `delete_with` operator without a target".to_owned())
             })?;
@@ -1023,4 +1141,32 @@ async fn finish(
     .execute(&mut *tx)
     .await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunSnapshot;
+
+    #[test]
+    fn a_run_saw_what_committed_before_its_snapshot() {
+        let s = RunSnapshot::parse("4294967395:4294967400:4294967397,4294967398").unwrap();
+        // 4294967395 is transaction 99 of epoch 1.
+        assert!(s.saw(99));
+        assert!(s.saw(100));
+        assert!(!s.saw(101), "running at the snapshot");
+        assert!(!s.saw(102), "running at the snapshot");
+        assert!(s.saw(103));
+        assert!(!s.saw(104), "not before xmax");
+        assert!(!s.saw(200));
+        assert!(!s.saw(0), "unknown");
+        assert!(RunSnapshot::parse("5:9:").unwrap().saw(8));
+        assert!(RunSnapshot::parse("nonsense").is_none());
+    }
+
+    #[test]
+    fn transaction_ids_compare_across_wraparound() {
+        assert!(super::super::xid_precedes(u32::MAX - 5, 10));
+        assert!(!super::super::xid_precedes(10, u32::MAX - 5));
+        assert!(super::super::xid_precedes(3, 4));
+    }
 }

@@ -35,6 +35,15 @@ pub(crate) struct NewRow {
     /// With events collapsed into this row: those whose process status
     /// waits on it.
     pub covers: Vec<(i64, i32)>,
+    /// The transaction id of its event; with events collapsed into it, the
+    /// latest of theirs (0: unknown).
+    pub xid: u32,
+}
+
+/// Whether transaction id `a` is older than `b` (PostgreSQL's modulo-2³²
+/// comparison of normal transaction ids).
+pub(crate) fn xid_precedes(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
 }
 
 /// An event whose completion by all its operators moves the process status.
@@ -95,6 +104,11 @@ impl Batch {
                     let prev = std::mem::replace(&mut out[i], row);
                     let cur = &mut out[i];
                     cur.first_lsn = Some(prev.first_lsn.unwrap_or(prev.commit_lsn));
+                    if prev.xid == 0 || cur.xid == 0 {
+                        cur.xid = 0;
+                    } else if xid_precedes(cur.xid, prev.xid) {
+                        cur.xid = prev.xid;
+                    }
                     cur.covers = prev.covers;
                     if prev.updated_at.is_some() {
                         cur.covers.push((prev.commit_lsn, prev.seq));
@@ -185,6 +199,7 @@ pub(crate) fn dispatch(
             updated_at,
             first_lsn: None,
             covers: Vec::new(),
+            xid: raw.xid,
         };
         match op.action {
             OperatorAction::Handler(_) => {
