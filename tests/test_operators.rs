@@ -686,3 +686,50 @@ async fn an_event_its_id_s_last_run_already_saw_needs_no_run() {
     assert_eq!(counts, vec![(1, 1, 2), (7, 2, 2)]);
     flow.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_coalescing_run_whose_rows_another_executor_finished_recomputes_its_id() {
+    let db = common::db().await;
+    db.exec(SCHEMA).await;
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(db.slot("regone"))
+        .operators(["TopicCounts"])
+        .start()
+        .await
+        .unwrap();
+    db.exec("INSERT INTO topics VALUES (7)").await;
+    fence(&flow).await;
+
+    // The run for note 40 waits on topic 7's derived row, locked here.
+    let mut other = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM topic_counts WHERE id = 7 FOR UPDATE")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    db.exec("INSERT INTO notes VALUES (40, 7)").await;
+    lock_waiters(&db, 1).await;
+    // "Another executor" finishes that queue row with a stale result.
+    sqlx::query("UPDATE topic_counts SET n = -1 WHERE id = 7")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let finished = sqlx::query("DELETE FROM walflow.queue WHERE operator = 'TopicCounts'")
+        .execute(&mut *other)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(finished, 1);
+    other.commit().await.unwrap();
+
+    // The waiting run finds its row gone, rolls back, and recomputes.
+    common::wait_until(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, i64>("SELECT n FROM topic_counts WHERE id = 7")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
+    flow.shutdown().await.unwrap();
+}

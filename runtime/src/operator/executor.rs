@@ -878,7 +878,7 @@ impl UnitRunner {
         if !self.queued(rows).await {
             return Err(Failure::Stopped);
         }
-        let finished = finish(&self.shared, self.op, rows, &mut tx)
+        let finished = finish(&self.shared, self.op.name, rows, &mut tx)
             .await
             .map_err(sql_failure)?;
         if !finished {
@@ -892,6 +892,21 @@ impl UnitRunner {
                 "queue rows were finished by another executor meanwhile (two flows on one slot?); \
                  this run was rolled back"
             );
+            if let OperatorAction::Query(sql) = self.op.action
+                && self.op.coalesce
+            {
+                // These rows may stand for events queued without rows of
+                // their own (see `Inbox::hosts`) that the other run, started
+                // earlier, did not see: the ids are recomputed now, in a
+                // transaction of their own (a coalescing query recomputes
+                // its id, so running it again is harmless).
+                let mut again = self.shared.pool.begin().await.map_err(sql_failure)?;
+                for unit in rows.chunk_by(|a, b| id_key(&a.id) == id_key(&b.id)) {
+                    let unit: Vec<Row> = unit.iter().map(|r| (*r).clone()).collect();
+                    self.apply_query(sql, &unit, &mut again).await?;
+                }
+                again.commit().await.map_err(sql_failure)?;
+            }
             self.rescan.store(true, Ordering::Release);
             return Ok(());
         }
@@ -1010,7 +1025,7 @@ impl UnitRunner {
                     return Err(Failure::Stopped);
                 }
                 let mut conn = self.shared.pool.acquire().await.map_err(sql_failure)?;
-                finish(&self.shared, self.op, rows, &mut conn)
+                finish(&self.shared, self.op.name, rows, &mut conn)
                     .await
                     .map_err(sql_failure)?;
                 self.finished_in_memory(rows);
@@ -1056,11 +1071,10 @@ impl UnitRunner {
 /// database: see [`UnitRunner::complete`] for the rest).
 async fn finish(
     shared: &Shared,
-    operator: &OperatorRegistration,
+    operator_name: &str,
     rows: &[&Row],
     tx: &mut PgConnection,
 ) -> sqlx::Result<bool> {
-    let operator_name = operator.name;
     let lsns: Vec<i64> = rows.iter().map(|r| r.commit_lsn).collect();
     let seqs: Vec<i32> = rows.iter().map(|r| r.seq).collect();
     let parts: Vec<i16> = rows.iter().map(|r| r.part).collect();
@@ -1090,12 +1104,7 @@ async fn finish(
             .await?;
         n as u64
     };
-    // Rows another executor finished meanwhile: a coalescing query
-    // operator's run recomputes its id and stands anyway (it may cover
-    // events queued without rows of their own, see `Inbox::hosts`); any
-    // other unit is undone.
-    let coalescing = operator.coalesce && matches!(operator.action, OperatorAction::Query(_));
-    if deleted != rows.len() as u64 && !coalescing {
+    if deleted != rows.len() as u64 {
         return Ok(false);
     }
     if shared.memory_status()
