@@ -348,9 +348,9 @@ impl WalflowBuilder {
     /// [`Walflow::dead_letters`] read the shared tables of the slot named by
     /// [`slot_name`](Self::slot_name); [`Walflow::retry_dead_letter`]
     /// returns [`FlowError::SubscriberOnly`], and so do `wait_processed`
-    /// with [`QueueStorage::Memory`](crate::config::QueueStorage::Memory)
+    /// with [`QueueStorage::Memory`]
     /// and `processed` with
-    /// [`ProcessStatusStorage::Memory`](crate::config::ProcessStatusStorage::Memory):
+    /// [`ProcessStatusStorage::Memory`]:
     /// that state is only in the memory of the node holding the slot.
     ///
     /// ```no_run
