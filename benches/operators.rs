@@ -293,10 +293,9 @@ async fn drain(
     flow.shutdown().await.unwrap();
     // Each run of the MERGE inserts or updates one row. Closed sessions
     // report their counts as they exit, so they are awaited (bounded).
-    let (mut queued_rows, mut runs) = (0i64, 0i64);
     let asked = Instant::now();
-    while (queued_rows < POSTS || runs < POSTS) && asked.elapsed() < Duration::from_secs(5) {
-        (queued_rows, runs) = sqlx::query_as(
+    let (queued_rows, runs) = loop {
+        let (queued_rows, runs): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT n_tup_ins FROM pg_stat_user_tables
                      WHERE schemaname = 'walflow' AND relname = 'queue'),
                     (SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables
@@ -305,8 +304,11 @@ async fn drain(
         .fetch_one(&pool)
         .await
         .unwrap();
+        if (queued_rows >= POSTS && runs >= POSTS) || asked.elapsed() > Duration::from_secs(5) {
+            break (queued_rows, runs);
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
     println!(
         "  [{operator}] all queued after {queued:.2?}, drained after {drained:.2?}; \
          {queued_rows} queue rows, {runs} query runs, {rows} rows left"

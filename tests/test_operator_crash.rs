@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -245,6 +245,40 @@ async fn check(
     }
 }
 
+/// Runs `child_process_entry` in a child process and waits (bounded) until
+/// its flow has started.
+async fn ready_child(url: &str, slot: &str, status_field: Option<&str>) -> Child {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_process_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .env("URL", url)
+        .env("SLOT", slot)
+        .envs(status_field.map(|f| ("STATUS_FIELD", f)))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .any(|line| line.unwrap().contains("READY"))
+    });
+    let ready = tokio::time::timeout(Duration::from_secs(60), ready)
+        .await
+        .expect("the child is ready within 60 s")
+        .unwrap();
+    if !ready {
+        let status = child.wait().unwrap();
+        panic!("the child exited before it was ready: {status}");
+    }
+    child
+}
+
 fn seed() -> u64 {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -277,40 +311,9 @@ async fn killed_five_times(status_field: Option<&str>) {
     let slot = db.slot("opkill");
     let mut rng = Rng(seed());
 
-    let spawn_child = || {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_process_entry",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD, "1")
-            .env("URL", &db.url)
-            .env("SLOT", &slot)
-            .envs(status_field.map(|f| ("STATUS_FIELD", f)))
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let ready = tokio::task::spawn_blocking(move || {
-            for line in BufReader::new(stdout).lines() {
-                if line.unwrap().contains("READY") {
-                    return;
-                }
-            }
-            panic!("the child exited before it was ready");
-        });
-        (child, ready)
-    };
-
     // The first child creates the slot before anything is written.
     let t0 = std::time::Instant::now();
-    let (mut child, ready) = spawn_child();
-    tokio::time::timeout(Duration::from_secs(60), ready)
-        .await
-        .expect("child ready")
-        .unwrap();
+    let mut child = ready_child(&db.url, &slot, status_field).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn({
@@ -332,12 +335,7 @@ async fn killed_five_times(status_field: Option<&str>) {
 
     for round in 0..5 {
         if round > 0 {
-            let (c, ready) = spawn_child();
-            child = c;
-            tokio::time::timeout(Duration::from_secs(60), ready)
-                .await
-                .expect("child ready")
-                .unwrap();
+            child = ready_child(&db.url, &slot, status_field).await;
         }
         // A random kill point: not a synchronization.
         tokio::time::sleep(Duration::from_millis(30 + rng.below(400))).await;
@@ -398,35 +396,7 @@ async fn exactly_once_when_killed_inside_a_big_transaction() {
     let db = common::db().await;
     db.exec(SCHEMA).await;
     let slot = db.slot("opchunk");
-    let spawn_child = {
-        let (url, slot) = (db.url.clone(), slot.clone());
-        move || {
-            let mut child = Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "child_process_entry",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD, "1")
-                .env("URL", &url)
-                .env("SLOT", &slot)
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let stdout = child.stdout.take().unwrap();
-            for line in BufReader::new(stdout).lines() {
-                if line.unwrap().contains("READY") {
-                    return child;
-                }
-            }
-            let status = child.wait().unwrap();
-            panic!("the child exited before it was ready: {status}");
-        }
-    };
-    let mut child = tokio::task::spawn_blocking(spawn_child.clone())
-        .await
-        .unwrap();
+    let mut child = ready_child(&db.url, &slot, None).await;
     db.exec(&format!(
         "INSERT INTO posts SELECT i, 'p' || i FROM generate_series(1, {POSTS}) i;
          INSERT INTO comments SELECT i, 1 + i % {POSTS} FROM generate_series(1, {COMMENTS}) i;"
@@ -458,9 +428,7 @@ async fn exactly_once_when_killed_inside_a_big_transaction() {
     assert!(queued > 0, "a chunk of the transaction was queued");
 
     // Again once the restarted runtime has queued more (or all) of it.
-    let mut child = tokio::task::spawn_blocking(spawn_child.clone())
-        .await
-        .unwrap();
+    let mut child = ready_child(&db.url, &slot, None).await;
     common::wait_until(Duration::from_secs(60), || async {
         partial().await.is_none_or(|seq| seq > first)
     })

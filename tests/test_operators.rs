@@ -523,40 +523,75 @@ async fn commit_queued(db: &common::Db, slot: &str, sql: &str) {
     .await;
 }
 
-#[tokio::test]
-async fn events_of_an_id_already_pending_need_no_queue_row() {
-    let db = common::db().await;
+/// Starts `TopicCounts` on a fresh schema.
+async fn start_topics(db: &common::Db, slot: &str, concurrency: Option<usize>) -> Walflow {
     db.exec(SCHEMA).await;
-    let slot = db.slot("absorb");
-    let flow = Walflow::builder()
+    let builder = Walflow::builder()
         .database_url(&db.url)
-        .slot_name(&slot)
-        .operators(["TopicCounts"])
-        .concurrency(1)
-        .start()
-        .await
-        .unwrap();
-    db.exec("INSERT INTO topics VALUES (1)").await;
-    fence(&flow).await;
+        .slot_name(slot)
+        .operators(["TopicCounts"]);
+    match concurrency {
+        Some(n) => builder.concurrency(n),
+        None => builder,
+    }
+    .start()
+    .await
+    .unwrap()
+}
 
-    // Topic 1's next run waits on a row lock this test holds: the
-    // operator's one transaction is busy, so what follows stays pending.
-    let mut gate = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM topic_counts WHERE id = 1 FOR UPDATE")
-        .execute(&mut *gate)
+/// Locks topic `id`'s derived row in a transaction of its own: a run of
+/// the topic's query waits on it.
+async fn hold_topic_count(db: &common::Db, id: i64) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM topic_counts WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
         .await
         .unwrap();
-    db.exec("INSERT INTO notes VALUES (100, 1)").await;
+    tx
+}
+
+/// Waits until `n` sessions wait for a lock.
+async fn lock_waiters(db: &common::Db, n: i64) {
     common::wait_until(Duration::from_secs(20), || async {
-        sqlx::query_scalar::<_, bool>(
-            "SELECT count(*) > 0 FROM pg_stat_activity
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
              WHERE datname = current_database() AND wait_event_type = 'Lock'",
         )
         .fetch_one(&db.pool)
         .await
         .unwrap()
+            >= n
     })
     .await;
+}
+
+/// Waits until topic `id`'s derived count is `n`.
+async fn topic_count_reaches(db: &common::Db, id: i64, n: i64) {
+    common::wait_until(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, i64>("SELECT n FROM topic_counts WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            == n
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn events_of_an_id_already_pending_need_no_queue_row() {
+    let db = common::db().await;
+    let slot = db.slot("absorb");
+    let flow = start_topics(&db, &slot, Some(1)).await;
+    db.exec("INSERT INTO topics VALUES (1)").await;
+    fence(&flow).await;
+
+    // Topic 1's next run waits on a row lock this test holds: the
+    // operator's one transaction is busy, so what follows stays pending.
+    let gate = hold_topic_count(&db, 1).await;
+    db.exec("INSERT INTO notes VALUES (100, 1)").await;
+    lock_waiters(&db, 1).await;
 
     // Transactions queued one by one. Topic 2: the notes after its insert
     // run with it; in the fourth transaction the delete is a barrier, so the
@@ -606,43 +641,16 @@ async fn events_of_an_id_already_pending_need_no_queue_row() {
     flow.shutdown().await.unwrap();
 }
 
-/// Waits until `n` sessions wait for a lock.
-async fn lock_waiters(db: &common::Db, n: i64) {
-    common::wait_until(Duration::from_secs(20), || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
-            >= n
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn an_event_its_id_s_last_run_already_saw_needs_no_run() {
     let db = common::db().await;
-    db.exec(SCHEMA).await;
     let slot = db.slot("covered");
-    let flow = Walflow::builder()
-        .database_url(&db.url)
-        .slot_name(&slot)
-        .operators(["TopicCounts"])
-        .concurrency(1)
-        .start()
-        .await
-        .unwrap();
+    let flow = start_topics(&db, &slot, Some(1)).await;
     db.exec("INSERT INTO topics VALUES (1), (7)").await;
     fence(&flow).await;
 
     // The operator's one transaction waits on a row lock held here.
-    let mut gate = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM topic_counts WHERE id = 1 FOR UPDATE")
-        .execute(&mut *gate)
-        .await
-        .unwrap();
+    let gate = hold_topic_count(&db, 1).await;
     db.exec("INSERT INTO notes VALUES (100, 1)").await;
     lock_waiters(&db, 1).await;
     // Topic 7's row is queued, and waits.
@@ -667,14 +675,7 @@ async fn an_event_its_id_s_last_run_already_saw_needs_no_run() {
 
     // Topic 7's run starts after note 31 was committed, so it counts it.
     gate.commit().await.unwrap();
-    common::wait_until(Duration::from_secs(20), || async {
-        sqlx::query_scalar::<_, i64>("SELECT n FROM topic_counts WHERE id = 7")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-            == 2
-    })
-    .await;
+    topic_count_reaches(&db, 7, 2).await;
     // Note 31 is handed over after that run: it needs no run of its own.
     streams.commit().await.unwrap();
     fence(&flow).await;
@@ -690,23 +691,12 @@ async fn an_event_its_id_s_last_run_already_saw_needs_no_run() {
 #[tokio::test]
 async fn a_coalescing_run_whose_rows_another_executor_finished_recomputes_its_id() {
     let db = common::db().await;
-    db.exec(SCHEMA).await;
-    let flow = Walflow::builder()
-        .database_url(&db.url)
-        .slot_name(db.slot("regone"))
-        .operators(["TopicCounts"])
-        .start()
-        .await
-        .unwrap();
+    let flow = start_topics(&db, &db.slot("regone"), None).await;
     db.exec("INSERT INTO topics VALUES (7)").await;
     fence(&flow).await;
 
     // The run for note 40 waits on topic 7's derived row, locked here.
-    let mut other = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM topic_counts WHERE id = 7 FOR UPDATE")
-        .execute(&mut *other)
-        .await
-        .unwrap();
+    let mut other = hold_topic_count(&db, 7).await;
     db.exec("INSERT INTO notes VALUES (40, 7)").await;
     lock_waiters(&db, 1).await;
     // "Another executor" finishes that queue row with a stale result.
@@ -723,13 +713,6 @@ async fn a_coalescing_run_whose_rows_another_executor_finished_recomputes_its_id
     other.commit().await.unwrap();
 
     // The waiting run finds its row gone, rolls back, and recomputes.
-    common::wait_until(Duration::from_secs(20), || async {
-        sqlx::query_scalar::<_, i64>("SELECT n FROM topic_counts WHERE id = 7")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-            == 1
-    })
-    .await;
+    topic_count_reaches(&db, 7, 1).await;
     flow.shutdown().await.unwrap();
 }

@@ -12,7 +12,7 @@ use crate::listener::{Listener, ListenerMessage, ListenerOptions, PgWireConnecto
 use crate::lsn::Lsn;
 use crate::operator::executor::{Row, Shared, Signals, is_transient};
 use crate::operator::memory::MAX_OUTSTANDING;
-use crate::operator::{Batch, StatusMark, dispatch, id_key};
+use crate::operator::{Batch, StatusMark, dispatch};
 use crate::raw::EventKind;
 use crate::registry::OperatorAction;
 use crate::registry::OperatorRegistration;
@@ -148,19 +148,19 @@ impl Consumer {
             // in the inbox would otherwise come between the pending row and
             // this event.
             let absorb = coalescing && inbox.settled();
-            let mut barriers: HashSet<String> = HashSet::new();
+            let mut barriers: HashSet<&str> = HashSet::new();
             // In queue order (collapsing moved rows within the batch).
             let mut rows: Vec<Row> = Vec::new();
             for r in batch.rows.iter().filter(|r| r.operator == op) {
                 if absorb {
-                    let key = id_key(&r.id);
+                    let key = r.id_key.as_str();
                     if r.kind == EventKind::Delete.as_str() {
                         barriers.insert(key);
                     } else if r.updated_at.is_none()
                         && r.covers.is_empty()
-                        && !barriers.contains(&key)
-                        && (inbox.hosts.contains(&key)
-                            || inbox.covered.get(&key).is_some_and(|s| s.saw(r.xid)))
+                        && !barriers.contains(key)
+                        && (inbox.hosts.contains(key)
+                            || inbox.covered.get(key).is_some_and(|s| s.saw(r.xid)))
                     {
                         absorbed.insert((op, r.commit_lsn, r.seq, r.part));
                         continue;

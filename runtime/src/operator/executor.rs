@@ -211,6 +211,8 @@ pub(crate) struct Row {
     seq: i32,
     part: i16,
     id: String,
+    /// [`id_key`] of `id`.
+    id_key: String,
     kind: EventKind,
     schema: String,
     table: String,
@@ -256,6 +258,7 @@ impl Row {
             commit_lsn: t.0,
             seq: t.1,
             part: t.2,
+            id_key: id_key(&t.3),
             id: t.3,
             kind: parse_kind(&t.4),
             schema: t.5,
@@ -280,6 +283,7 @@ impl Row {
             seq: r.seq,
             part: r.part,
             id: r.id.clone(),
+            id_key: r.id_key.clone(),
             kind: parse_kind(r.kind),
             schema: r.schema.to_string(),
             table: r.table.to_string(),
@@ -609,7 +613,7 @@ fn admit(
     in_flight: &HashSet<String>,
     inbox: &mut Inbox,
 ) {
-    let key = id_key(&row.id);
+    let key = row.id_key.clone();
     let hosts = &mut inbox.hosts;
     if row.kind == EventKind::Delete {
         hosts.remove(&key);
@@ -849,7 +853,7 @@ impl UnitRunner {
         let mut ran = self.ran.lock().expect("ran lock");
         for rows in units {
             if !self.runs_delete(rows) {
-                ran.insert(id_key(&rows[rows.len() - 1].id), snapshot.clone());
+                ran.insert(rows[rows.len() - 1].id_key.clone(), snapshot.clone());
             }
         }
     }
@@ -901,7 +905,7 @@ impl UnitRunner {
                 // transaction of their own (a coalescing query recomputes
                 // its id, so running it again is harmless).
                 let mut again = self.shared.pool.begin().await.map_err(sql_failure)?;
-                for unit in rows.chunk_by(|a, b| id_key(&a.id) == id_key(&b.id)) {
+                for unit in rows.chunk_by(|a, b| a.id_key == b.id_key) {
                     let unit: Vec<Row> = unit.iter().map(|r| (*r).clone()).collect();
                     self.apply_query(sql, &unit, &mut again).await?;
                 }

@@ -23,6 +23,8 @@ pub(crate) struct NewRow {
     pub seq: i32,
     pub part: i16,
     pub id: String,
+    /// [`id_key`] of `id`, computed once.
+    pub id_key: String,
     pub kind: &'static str,
     pub schema: Arc<str>,
     pub table: Arc<str>,
@@ -93,7 +95,7 @@ impl Batch {
                 out.push(row);
                 continue;
             }
-            let key = (row.operator, id_key(&row.id));
+            let key = (row.operator, row.id_key.clone());
             if row.kind == EventKind::Delete.as_str() {
                 open.remove(&key);
                 out.push(row);
@@ -185,21 +187,25 @@ pub(crate) fn dispatch(
         if !op.events.contains(&raw.kind) {
             continue;
         }
-        let row = |part: i16, id: &Value, event: Option<String>| NewRow {
-            operator: op.name,
-            commit_lsn,
-            seq,
-            part,
-            id: serde_json::to_string(id).expect("values serialize"),
-            kind: raw.kind.as_str(),
-            schema: raw.schema.clone(),
-            table: raw.table.clone(),
-            raw: event.as_ref().map(|_| raw.clone()),
-            event,
-            updated_at,
-            first_lsn: None,
-            covers: Vec::new(),
-            xid: raw.xid,
+        let row = |part: i16, id: &Value, event: Option<String>| {
+            let json = serde_json::to_string(id).expect("values serialize");
+            NewRow {
+                operator: op.name,
+                commit_lsn,
+                seq,
+                part,
+                id_key: value_key(id, &json),
+                id: json,
+                kind: raw.kind.as_str(),
+                schema: raw.schema.clone(),
+                table: raw.table.clone(),
+                raw: event.as_ref().map(|_| raw.clone()),
+                event,
+                updated_at,
+                first_lsn: None,
+                covers: Vec::new(),
+                xid: raw.xid,
+            }
         };
         match op.action {
             OperatorAction::Handler(_) => {
@@ -246,10 +252,18 @@ pub(crate) fn dispatch(
 /// width alike so `int4` and `int8` columns map to one id).
 pub(crate) fn id_key(id_json: &str) -> String {
     match serde_json::from_str::<Value>(id_json) {
-        Ok(Value::Int2(n)) => format!("i:{n}"),
-        Ok(Value::Int4(n)) => format!("i:{n}"),
-        Ok(Value::Int8(n)) => format!("i:{n}"),
-        _ => id_json.to_owned(),
+        Ok(id) => value_key(&id, id_json),
+        Err(_) => id_json.to_owned(),
+    }
+}
+
+/// [`id_key`] of `id`, whose JSON form is `json`.
+fn value_key(id: &Value, json: &str) -> String {
+    match id {
+        Value::Int2(n) => format!("i:{n}"),
+        Value::Int4(n) => format!("i:{n}"),
+        Value::Int8(n) => format!("i:{n}"),
+        _ => json.to_owned(),
     }
 }
 
