@@ -128,6 +128,46 @@ ALTER TABLE walflow.streams
     ADD COLUMN partial_seq integer;
 "#,
     ),
+    (
+        3,
+        r#"
+-- The transactions (32-bit ids, as the replication stream sends them) that
+-- a snapshot taken now does not see yet. PostgreSQL writes, flushes and
+-- sends a transaction's commit record before it removes the transaction
+-- from the set of running ones that snapshots consult: until then, a query
+-- would compute the state before it. The 64-bit id is recovered from the
+-- snapshot's xmax (the id is within 2^31 of it).
+CREATE FUNCTION walflow.invisible_xids(p_xids bigint[])
+RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    snap pg_snapshot := pg_current_snapshot();
+    xmax bigint := pg_snapshot_xmax(snap)::text::bigint;
+BEGIN
+    RETURN coalesce((
+        SELECT array_agg(DISTINCT x) FROM unnest(p_xids) AS x
+        WHERE x > 2 AND NOT pg_visible_in_snapshot(
+            greatest(3, xmax + ((x - xmax) % 4294967296 + 6442450944) % 4294967296 - 2147483648)
+                ::text::xid8,
+            snap)), '{}');
+END
+$fn$;
+-- Raises SQLSTATE WF001 unless every transaction of `p_xids` is visible to
+-- a snapshot taken now: the statement queueing their events fails (and
+-- queues nothing) rather than letting an operator read the state before
+-- them.
+CREATE FUNCTION walflow.require_visible(p_xids bigint[])
+RETURNS void LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    missing bigint[] := walflow.invisible_xids(p_xids);
+BEGIN
+    IF cardinality(missing) > 0 THEN
+        RAISE EXCEPTION 'transactions % are committed but not yet visible', missing
+            USING ERRCODE = 'WF001';
+    END IF;
+END
+$fn$;
+"#,
+    ),
 ];
 
 /// The latest schema version.

@@ -91,12 +91,16 @@ impl Consumer {
     async fn hand_over(&mut self, batch: &mut Batch, end: Option<Lsn>) -> bool {
         let shared = self.shared.clone();
         let memory = &shared.memory;
+        // Nothing runs on an event before its transaction is visible.
+        if !wait_visible(&shared, &self.stop, None, &batch.xids).await {
+            return false;
+        }
         if shared.memory_status() {
             memory.marks(&batch.status);
         } else if !batch.status.is_empty() {
             let status = Batch {
-                rows: Vec::new(),
                 status: batch.status.clone(),
+                ..Batch::default()
             };
             if !self.flush_retrying(&status, None, None).await {
                 return false;
@@ -163,6 +167,10 @@ impl Consumer {
                             || inbox.covered.get(key).is_some_and(|s| s.saw(r.xid)))
                     {
                         absorbed.insert((op, r.commit_lsn, r.seq, r.part));
+                        // The run that covers it waits until this flush
+                        // is committed, so until its transaction is
+                        // visible (see `Inbox::absorbed_flush`).
+                        inbox.absorbed_flush = inbox.absorbed_flush.max(flush);
                         continue;
                     }
                 }
@@ -276,7 +284,13 @@ impl Consumer {
             };
             for m in buf.drain(..) {
                 match m {
-                    ListenerMessage::Begin(b) => open = Some((b.commit_lsn, Batch::default())),
+                    ListenerMessage::Begin(b) => {
+                        let batch = Batch {
+                            xids: vec![b.xid],
+                            ..Batch::default()
+                        };
+                        open = Some((b.commit_lsn, batch));
+                    }
                     ListenerMessage::Change(ev) => {
                         let ev = Arc::new(ev);
                         if let Some((_, b)) = open.as_mut() {
@@ -444,6 +458,14 @@ async fn queue_retrying(
             },
             Some(c) => match flush(&shared, c, batch, end, partial).await {
                 Ok(()) => return (conn, true),
+                Err(e) if is_not_visible(&e) => {
+                    // Committed, flushed and sent, not yet visible: wait
+                    // until it is, then queue (not counted as a failure).
+                    if !wait_visible(&shared, &stop, Some(c), &batch.xids).await {
+                        return (conn, false);
+                    }
+                    continue;
+                }
                 Err(e) => Some(e),
             },
         };
@@ -545,7 +567,7 @@ async fn flush(
                partial_seq = EXCLUDED.partial_seq
              RETURNING 1
          )
-         SELECT 1",
+         SELECT walflow.require_visible($27::int8[])",
     )
     .bind(&shared.slot)
     .bind(rows.iter().map(|r| r.operator).collect::<Vec<_>>())
@@ -573,7 +595,72 @@ async fn flush(
     .bind(end.map(|l| l.0 as i64))
     .bind(partial.map(|p| p.0.0 as i64))
     .bind(partial.map(|p| p.1 as i32))
+    .bind(batch.xids.iter().map(|x| i64::from(*x)).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Whether queueing failed because a transaction of the batch is not yet
+/// visible (`walflow.require_visible`).
+fn is_not_visible(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("WF001"))
+}
+
+/// Waits until every transaction of `xids` is visible to new snapshots.
+///
+/// PostgreSQL flushes a transaction's commit record, and the WAL sender
+/// sends it, before the transaction leaves the set of running transactions
+/// that snapshots consult; with synchronous replication the gap lasts until
+/// the standby confirms. An operator that ran in that gap would compute the
+/// state before the transaction and count the event as applied. Polls with
+/// a short, growing pause; `false` when the flow stops first. Database
+/// errors are retried after the configured backoff. On `conn`, else on the
+/// pool.
+async fn wait_visible(
+    shared: &Shared,
+    stop: &watch::Receiver<bool>,
+    mut conn: Option<&mut PgConnection>,
+    xids: &[u32],
+) -> bool {
+    if xids.is_empty() {
+        return true;
+    }
+    let xids: Vec<i64> = xids.iter().map(|x| i64::from(*x)).collect();
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    let mut warned = false;
+    let mut failures = 0u32;
+    let mut stop = stop.clone();
+    loop {
+        let query = sqlx::query_scalar("SELECT walflow.invisible_xids($1)").bind(&xids);
+        let missing: Result<Vec<i64>, sqlx::Error> = match conn.as_deref_mut() {
+            Some(c) => query.fetch_one(c).await,
+            None => query.fetch_one(&shared.pool).await,
+        };
+        let wait = match missing {
+            Ok(m) if m.is_empty() => return true,
+            Ok(m) => {
+                if !warned && started.elapsed() > Duration::from_secs(5) {
+                    tracing::warn!(
+                        transactions = ?m,
+                        "committed transactions are still not visible after 5 s \
+                         (waiting for a synchronous standby?); their events wait"
+                    );
+                    warned = true;
+                }
+                pause = (pause * 2).min(Duration::from_millis(50));
+                pause
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "checking that transactions are visible failed; retrying");
+                shared.config.restart_delay(failures)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return false,
+        }
+    }
 }

@@ -756,9 +756,21 @@ impl Walflow {
     }
 
     /// Waits until every operator has applied (or dead-lettered) every event
-    /// committed up to `lsn`. On a subscriber-only node: the operators of
-    /// the node holding the slot named by the configuration, through the
-    /// shared tables ([`FlowError::SubscriberOnly`] with the memory queue).
+    /// committed up to `lsn`, through chains: when an operator listens to
+    /// another's target table, the changes the upstream operator made for
+    /// those events are applied downstream too, so a reader of a downstream
+    /// table sees everything committed up to `lsn` reflected there.
+    ///
+    /// A chain of `n` levels is waited for in `n` rounds: once every event
+    /// up to `lsn` is applied, the upstream operators' own writes are
+    /// committed, so they lie before the WAL insert position read then, and
+    /// the next round waits for that position. Under a continuous write
+    /// load a round also waits for what others committed meanwhile.
+    ///
+    /// On a subscriber-only node: the operators of the node holding the
+    /// slot named by the configuration, through the shared tables
+    /// ([`FlowError::SubscriberOnly`] with the memory queue); the chain is
+    /// that of every operator declared in the program.
     pub async fn wait_processed(&self, lsn: Lsn, timeout: Duration) -> Result<(), FlowError> {
         if self.subscriber_only && self.shared.memory_queue() {
             return Err(FlowError::SubscriberOnly(
@@ -766,6 +778,34 @@ impl Walflow {
             ));
         }
         let deadline = tokio::time::Instant::now() + timeout;
+        let rounds = if self.subscriber_only {
+            Registry::global().map_or(1, |r| chain_depth(&r.operators().collect::<Vec<_>>()))
+        } else {
+            chain_depth(&self.operators)
+        };
+        let mut lsn = lsn;
+        for round in 0..rounds {
+            if round > 0 {
+                let text: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+                    .fetch_one(&self.shared.pool)
+                    .await?;
+                lsn = text
+                    .parse()
+                    .map_err(|e| FlowError::Unsupported(format!("unreadable LSN {text:?}: {e}")))?;
+            }
+            self.fence(lsn, timeout, deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// One round of [`wait_processed`](Self::wait_processed): every event
+    /// committed up to `lsn` applied.
+    async fn fence(
+        &self,
+        lsn: Lsn,
+        timeout: Duration,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), FlowError> {
         let mut nudged: Option<tokio::time::Instant> = None;
         loop {
             let reached = if self.shared.memory_queue() {
@@ -977,4 +1017,29 @@ impl Drop for Walflow {
             l.abort();
         }
     }
+}
+
+/// The number of levels of the longest chain of `ops`: an operator that
+/// listens to another's target table is one level below it (a cycle counts
+/// each operator once).
+fn chain_depth(ops: &[&'static OperatorRegistration]) -> usize {
+    let mut level = vec![1usize; ops.len()];
+    // Longest paths by relaxation; more rounds than operators only repeat
+    // a cycle.
+    for _ in 0..ops.len() {
+        let mut changed = false;
+        for (i, down) in ops.iter().enumerate() {
+            for (j, up) in ops.iter().enumerate() {
+                let feeds = up.target.is_some_and(|t| down.entities.contains(&t.table));
+                if i != j && feeds && level[j] + 1 > level[i] && level[j] < ops.len() {
+                    level[i] = level[j] + 1;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    level.into_iter().max().unwrap_or(1)
 }

@@ -92,6 +92,13 @@ pub(crate) struct Inbox {
     /// covers it. Kept under the inbox's lock by the executor; read by the
     /// consumer while the inbox is empty (every row handed over admitted).
     pub hosts: HashSet<String>,
+    /// The highest flush number among the events left out because a host
+    /// covers them. Their transactions are visible once that flush is
+    /// committed (the flush checks it), and only then: a unit of a
+    /// coalescing operator taken from the pending set waits for it before
+    /// its statements, so the run that covers them sees them. (Taken under
+    /// the inbox's lock, after every absorption into its host.)
+    pub absorbed_flush: u64,
     /// The executor reads the queue: rows handed over may have been dropped
     /// and not admitted yet, so [`hosts`](Self::hosts) may be incomplete.
     reading: bool,
@@ -455,7 +462,12 @@ pub(crate) async fn run(
                 let Some(queue) = pending.get_mut(&key) else {
                     continue;
                 };
-                let rows = take_unit(op, queue);
+                let mut rows = take_unit(op, queue);
+                // It may cover events left out since: it waits for their
+                // flush (see `Inbox::absorbed_flush`).
+                if let Some(last) = rows.last_mut() {
+                    last.flush = last.flush.max(inbox.absorbed_flush);
+                }
                 if queue.is_empty() {
                     pending.remove(&key);
                     inbox.hosts.remove(&key);
@@ -719,6 +731,11 @@ impl UnitRunner {
     }
 
     async fn run(&self, rows: Vec<Row>) {
+        // Nothing runs before its rows are queued: the flush that queues
+        // them commits only once their transactions are visible.
+        if !self.queued(&rows.iter().collect::<Vec<_>>()).await {
+            return;
+        }
         let cfg = &self.shared.config;
         let last = &rows[rows.len() - 1];
         let table = format!("{}.{}", last.schema, last.table);
@@ -812,6 +829,11 @@ impl UnitRunner {
         let OperatorAction::Query(sql) = self.op.action else {
             return false;
         };
+        let all: Vec<&Row> = units.iter().flat_map(|(_, rows)| rows).collect();
+        if !self.queued(&all).await {
+            // Stopping: the caller's split runs each, which stop as well.
+            return false;
+        }
         let together = AssertUnwindSafe(self.run_queries(sql, units)).catch_unwind();
         matches!(together.await, Ok(Ok(())))
     }

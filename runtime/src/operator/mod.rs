@@ -37,8 +37,8 @@ pub(crate) struct NewRow {
     /// With events collapsed into this row: those whose process status
     /// waits on it.
     pub covers: Vec<(i64, i32)>,
-    /// The transaction id of its event; with events collapsed into it, the
-    /// latest of theirs (0: unknown).
+    /// The transaction id of its event; with events of several
+    /// transactions collapsed into it, 0 (unknown).
     pub xid: u32,
 }
 
@@ -65,12 +65,17 @@ pub(crate) struct StatusMark {
 pub(crate) struct Batch {
     pub rows: Vec<NewRow>,
     pub status: Vec<StatusMark>,
+    /// The transaction ids of the transactions whose events the batch
+    /// holds (whether or not they produced rows): queueing the batch waits
+    /// until every one of them is visible to new snapshots.
+    pub xids: Vec<u32>,
 }
 
 impl Batch {
     pub fn append(&mut self, other: &mut Batch) {
         self.rows.append(&mut other.rows);
         self.status.append(&mut other.status);
+        self.xids.append(&mut other.xids);
     }
 
     /// Collapses the rows of coalescing query operators: consecutive rows of
@@ -106,10 +111,12 @@ impl Batch {
                     let prev = std::mem::replace(&mut out[i], row);
                     let cur = &mut out[i];
                     cur.first_lsn = Some(prev.first_lsn.unwrap_or(prev.commit_lsn));
-                    if prev.xid == 0 || cur.xid == 0 {
+                    // One transaction id stands for the row only when all
+                    // its events share it: transaction ids are not in
+                    // commit order, so a snapshot that saw the highest did
+                    // not necessarily see the others.
+                    if prev.xid != cur.xid {
                         cur.xid = 0;
-                    } else if xid_precedes(cur.xid, prev.xid) {
-                        cur.xid = prev.xid;
                     }
                     cur.covers = prev.covers;
                     if prev.updated_at.is_some() {

@@ -1,0 +1,773 @@
+//! Convergence: derived tables equal a from-scratch recompute, and a
+//! non-idempotent counter equals the true number of events, under a random
+//! multi-statement workload (several events per id per transaction, moves,
+//! deletes of parents that cascade to children), one or four writers, with
+//! and without `coalesce`, with the runtime killed (`kill -9`) at random
+//! moments — starting included.
+//!
+//! The model: `posts`, `comments (post_id)`, `ratings (comment_id, stars)`;
+//! a first-level derived table per comment (`comment_stats`: its post, its
+//! ratings count and stars sum), a second level per post built from the
+//! first (`post_stats`: a chain), and a counter of post events
+//! (`post_events`, `n = n + 1`, never coalesced) checked against a
+//! trigger-maintained truth.
+//!
+//! Sizes are bounded for the test suite; a longer soak:
+//! `WALFLOW_SOAK=1 cargo test --test test_convergence soak -- --nocapture`
+//! (`WALFLOW_SOAK_TXNS`, default 20,000 transactions; `WALFLOW_SOAK_KILLS`,
+//! default 30). Every run prints its seed; `WALFLOW_SEED=<n>` replays the
+//! same statement choices (concurrent writers interleave differently).
+
+#![allow(dead_code, missing_docs)] // the model is read through serde
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::Connection;
+use walflow::prelude::*;
+
+#[event_source(table = "posts")]
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Post {
+    pub id: i64,
+    pub title: String,
+}
+
+#[event_source(table = "comments")]
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Comment {
+    pub id: i64,
+    pub post_id: i64,
+}
+
+#[event_source(table = "ratings")]
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Rating {
+    pub id: i64,
+    pub comment_id: i64,
+    pub stars: i32,
+}
+
+#[event_source(table = "comment_stats")]
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct CommentStat {
+    pub id: i64,
+    pub post_id: i64,
+    pub ratings_count: i64,
+    pub stars_sum: i64,
+}
+
+#[event_source(table = "post_stats")]
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PostStat {
+    pub id: i64,
+    pub title: String,
+    pub comments_count: i64,
+    pub ratings_count: i64,
+    pub stars_sum: i64,
+}
+
+#[event_source(table = "post_events", id = "post_id")]
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PostEvents {
+    pub post_id: i64,
+    pub n: i64,
+}
+
+on_event! {
+    operator CommentStats for CommentStat {
+        events: all,
+        entities: [Comment, Rating],
+        id: [Comment.id, Rating.comment_id],
+        delete_with: [Comment],
+        coalesce: true,
+        query: "
+    MERGE INTO comment_stats d
+    USING (SELECT c.id, c.post_id, count(r.id) AS n, coalesce(sum(r.stars), 0)::int8 AS s
+           FROM comments c LEFT JOIN ratings r ON r.comment_id = c.id
+           WHERE c.id = $1 GROUP BY c.id) s
+    ON d.id = s.id
+    WHEN MATCHED THEN UPDATE SET post_id = s.post_id, ratings_count = s.n, stars_sum = s.s
+    WHEN NOT MATCHED THEN INSERT (id, post_id, ratings_count, stars_sum)
+         VALUES (s.id, s.post_id, s.n, s.s)",
+    }
+
+    operator PostStats for PostStat {
+        events: all,
+        entities: [Post, CommentStat],
+        id: [Post.id, CommentStat.post_id],
+        delete_with: [Post],
+        coalesce: true,
+        query: "
+    MERGE INTO post_stats d
+    USING (SELECT p.id, p.title, count(cs.id) AS c,
+                  coalesce(sum(cs.ratings_count), 0)::int8 AS r,
+                  coalesce(sum(cs.stars_sum), 0)::int8 AS s
+           FROM posts p LEFT JOIN comment_stats cs ON cs.post_id = p.id
+           WHERE p.id = $1 GROUP BY p.id) s
+    ON d.id = s.id
+    WHEN MATCHED THEN UPDATE SET title = s.title, comments_count = s.c,
+                                 ratings_count = s.r, stars_sum = s.s
+    WHEN NOT MATCHED THEN INSERT (id, title, comments_count, ratings_count, stars_sum)
+         VALUES (s.id, s.title, s.c, s.r, s.s)",
+    }
+
+    operator CommentStatsEach for CommentStat {
+        events: all,
+        entities: [Comment, Rating],
+        id: [Comment.id, Rating.comment_id],
+        delete_with: [Comment],
+        query: "
+    MERGE INTO comment_stats d
+    USING (SELECT c.id, c.post_id, count(r.id) AS n, coalesce(sum(r.stars), 0)::int8 AS s
+           FROM comments c LEFT JOIN ratings r ON r.comment_id = c.id
+           WHERE c.id = $1 GROUP BY c.id) s
+    ON d.id = s.id
+    WHEN MATCHED THEN UPDATE SET post_id = s.post_id, ratings_count = s.n, stars_sum = s.s
+    WHEN NOT MATCHED THEN INSERT (id, post_id, ratings_count, stars_sum)
+         VALUES (s.id, s.post_id, s.n, s.s)",
+    }
+
+    operator PostStatsEach for PostStat {
+        events: all,
+        entities: [Post, CommentStat],
+        id: [Post.id, CommentStat.post_id],
+        delete_with: [Post],
+        query: "
+    MERGE INTO post_stats d
+    USING (SELECT p.id, p.title, count(cs.id) AS c,
+                  coalesce(sum(cs.ratings_count), 0)::int8 AS r,
+                  coalesce(sum(cs.stars_sum), 0)::int8 AS s
+           FROM posts p LEFT JOIN comment_stats cs ON cs.post_id = p.id
+           WHERE p.id = $1 GROUP BY p.id) s
+    ON d.id = s.id
+    WHEN MATCHED THEN UPDATE SET title = s.title, comments_count = s.c,
+                                 ratings_count = s.r, stars_sum = s.s
+    WHEN NOT MATCHED THEN INSERT (id, title, comments_count, ratings_count, stars_sum)
+         VALUES (s.id, s.title, s.c, s.r, s.s)",
+    }
+
+    /// Not idempotent: counts every run.
+    operator PostCounter for PostEvents {
+        events: all,
+        entities: [Post],
+        query: "INSERT INTO post_events (post_id, n) VALUES ($1, 1)
+                ON CONFLICT (post_id) DO UPDATE SET n = post_events.n + 1",
+    }
+}
+
+const SCHEMA: &str = "
+    CREATE TABLE posts (id bigserial PRIMARY KEY, title text NOT NULL);
+    CREATE TABLE comments (id bigserial PRIMARY KEY,
+                           post_id bigint NOT NULL REFERENCES posts ON DELETE CASCADE,
+                           body text NOT NULL DEFAULT '');
+    CREATE TABLE ratings (id bigserial PRIMARY KEY,
+                          comment_id bigint NOT NULL REFERENCES comments ON DELETE CASCADE,
+                          stars int NOT NULL);
+    CREATE TABLE comment_stats (id bigint PRIMARY KEY, post_id bigint NOT NULL,
+                                ratings_count bigint NOT NULL, stars_sum bigint NOT NULL);
+    CREATE TABLE post_stats (id bigint PRIMARY KEY, title text NOT NULL,
+                             comments_count bigint NOT NULL, ratings_count bigint NOT NULL,
+                             stars_sum bigint NOT NULL);
+    CREATE TABLE post_events (post_id bigint PRIMARY KEY, n bigint NOT NULL);
+    -- The truth the counter is checked against, written in the event's own
+    -- transaction (not published).
+    CREATE TABLE post_events_truth (post_id bigint PRIMARY KEY, n bigint NOT NULL);
+    CREATE FUNCTION count_post_event() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO post_events_truth VALUES (CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END, 1)
+        ON CONFLICT (post_id) DO UPDATE SET n = post_events_truth.n + 1;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER count_post_event AFTER INSERT OR UPDATE OR DELETE ON posts
+        FOR EACH ROW EXECUTE FUNCTION count_post_event();
+";
+
+/// Which operators run: the coalescing pair or the one-event-at-a-time pair,
+/// with the counter either way.
+fn operators(coalesce: bool) -> [&'static str; 3] {
+    if coalesce {
+        ["CommentStats", "PostStats", "PostCounter"]
+    } else {
+        ["CommentStatsEach", "PostStatsEach", "PostCounter"]
+    }
+}
+
+const CHILD: &str = "WALFLOW_CONVERGENCE_CHILD";
+
+/// The child process's entry: the re-executed test binary runs only this
+/// test, with `WALFLOW_CONVERGENCE_CHILD` set, and runs the flow until
+/// killed. Without the variable it does nothing.
+#[tokio::test]
+async fn child_process_entry() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let url = std::env::var("URL").unwrap();
+    let slot = std::env::var("SLOT").unwrap();
+    let coalesce = std::env::var("COALESCE").unwrap() == "1";
+    let _flow = start(&url, &slot, coalesce).await;
+    println!("READY");
+    std::future::pending::<()>().await;
+}
+
+/// Starts the flow once a killed predecessor's session has let go of the
+/// slot.
+async fn start(url: &str, slot: &str, coalesce: bool) -> Walflow {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    common::wait_until(Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            let held: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots
+                                WHERE slot_name = $1 AND active)",
+            )
+            .bind(slot)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            !held
+        }
+    })
+    .await;
+    pool.close().await;
+    Walflow::builder()
+        .database_url(url)
+        .slot_name(slot)
+        .min_restart_time(Duration::from_millis(20))
+        .max_restart_time(Duration::from_millis(500))
+        .operators(operators(coalesce))
+        .start()
+        .await
+        .expect("the flow starts")
+}
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A random statement of the workload. Rows are picked at random in SQL,
+/// so concurrent writers act on each other's rows.
+fn statement(rng: &mut Rng) -> String {
+    const ANY_POST: &str = "(SELECT id FROM posts ORDER BY random() LIMIT 1)";
+    const ANY_COMMENT: &str = "(SELECT id FROM comments ORDER BY random() LIMIT 1)";
+    const ANY_RATING: &str = "(SELECT id FROM ratings ORDER BY random() LIMIT 1)";
+    match rng.below(20) {
+        0 | 1 => format!("INSERT INTO posts (title) VALUES ('p{}')", rng.below(1000)),
+        2 | 3 => format!("UPDATE posts SET title = title || '+' WHERE id = {ANY_POST}"),
+        4 => format!("DELETE FROM posts WHERE id = {ANY_POST}"),
+        5..=7 => format!(
+            "INSERT INTO comments (post_id) SELECT {ANY_POST} WHERE EXISTS (SELECT 1 FROM posts)"
+        ),
+        8 | 9 => format!("UPDATE comments SET post_id = {ANY_POST} WHERE id = {ANY_COMMENT}"),
+        10 => format!("UPDATE comments SET body = body || '.' WHERE id = {ANY_COMMENT}"),
+        11 => format!("DELETE FROM comments WHERE id = {ANY_COMMENT}"),
+        12..=16 => format!(
+            "INSERT INTO ratings (comment_id, stars) SELECT {ANY_COMMENT}, {} \
+             WHERE EXISTS (SELECT 1 FROM comments)",
+            1 + rng.below(5)
+        ),
+        17 => format!("UPDATE ratings SET stars = 6 - stars WHERE id = {ANY_RATING}"),
+        _ => format!("DELETE FROM ratings WHERE id = {ANY_RATING}"),
+    }
+}
+
+/// Runs `n` transactions of 1 to 12 random statements. A transaction the
+/// writers make fail among themselves (a deadlock, a foreign key whose row
+/// another writer just deleted) is rolled back and does not count: the
+/// truth is what committed.
+async fn write(url: String, seed: u64, n: u64, done: Arc<AtomicU64>) -> u64 {
+    let mut conn = connect_retrying(&url).await;
+    let mut rng = Rng(seed | 1);
+    let mut committed = 0;
+    for _ in 0..n {
+        let statements: Vec<String> = (0..1 + rng.below(12))
+            .map(|_| statement(&mut rng))
+            .collect();
+        let result: Result<(), sqlx::Error> = async {
+            let mut tx = conn.begin().await?;
+            for s in &statements {
+                sqlx::query(sqlx::AssertSqlSafe(s.clone()))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        match result {
+            Ok(()) => committed += 1,
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("40P01" | "40001" | "23503")) => {}
+            // The server restarting under the writer.
+            Err(e) if is_disconnect(&e) => conn = connect_retrying(&url).await,
+            Err(e) => panic!("{statements:?}: {e}"),
+        }
+        done.fetch_add(1, Ordering::AcqRel);
+    }
+    committed
+}
+
+fn is_disconnect(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    }
+}
+
+async fn connect_retrying(url: &str) -> sqlx::PgConnection {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match sqlx::PgConnection::connect(url).await {
+            Ok(c) => return c,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot connect to {url}: {e}"),
+        }
+    }
+}
+
+/// Waits until everything committed is applied (through the chain), then
+/// compares.
+async fn check(flow: &Walflow, pool: &sqlx::PgPool, coalesce: bool) {
+    let lsn = flow.current_lsn().await.unwrap();
+    if let Err(e) = flow.wait_processed(lsn, Duration::from_secs(180)).await {
+        let queue: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT operator, count(*), min(commit_lsn) FROM walflow.queue GROUP BY 1",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        panic!("{e}; queued rows left (operator, rows, first commit LSN): {queue:?}");
+    }
+    // Read right after the fence, before anything else could repair it.
+    let differ = |table: &str, truth: &str| {
+        format!(
+            "SELECT count(*) FROM ((TABLE {table} EXCEPT {truth}) UNION ALL ({truth} EXCEPT TABLE {table})) d"
+        )
+    };
+    let comment_truth = "SELECT c.id, c.post_id, count(r.id), coalesce(sum(r.stars), 0)::int8
+                         FROM comments c LEFT JOIN ratings r ON r.comment_id = c.id GROUP BY c.id";
+    let post_truth = "SELECT p.id, p.title, count(DISTINCT c.id), count(r.id),
+                             coalesce(sum(r.stars), 0)::int8
+                      FROM posts p LEFT JOIN comments c ON c.post_id = p.id
+                           LEFT JOIN ratings r ON r.comment_id = c.id GROUP BY p.id";
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let mut diffs = Vec::new();
+    for (table, truth) in [
+        ("comment_stats", comment_truth),
+        ("post_stats", post_truth),
+        ("post_events", "SELECT post_id, n FROM post_events_truth"),
+    ] {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(differ(table, truth)))
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        diffs.push((table, n));
+    }
+    let rows: (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM posts), (SELECT count(*) FROM comments),
+                (SELECT count(*) FROM ratings), (SELECT coalesce(sum(n), 0)::int8 FROM post_events_truth)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    eprintln!("posts, comments, ratings, post events: {rows:?}; rows differing: {diffs:?}");
+    for (table, n) in &diffs {
+        assert_eq!(*n, 0, "`{table}` differs from the recompute in {n} rows");
+    }
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM walflow.queue")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0, "the queue is empty");
+    for op in operators(coalesce) {
+        let dead = flow.dead_letters(op).await.unwrap();
+        assert!(dead.is_empty(), "{op}: dead letters {dead:?}");
+    }
+}
+
+/// Runs `child_process_entry` in a child process; with `wait`, until its
+/// flow has started (bounded).
+async fn spawn_child(url: &str, slot: &str, coalesce: bool, wait: bool) -> Child {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_process_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .env("URL", url)
+        .env("SLOT", slot)
+        .env("COALESCE", if coalesce { "1" } else { "0" })
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if !wait {
+        return child;
+    }
+    let stdout = child.stdout.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .any(|line| line.unwrap().contains("READY"))
+    });
+    let ready = tokio::time::timeout(Duration::from_secs(60), ready)
+        .await
+        .expect("the child is ready within 60 s")
+        .unwrap();
+    if !ready {
+        let status = child.wait().unwrap();
+        panic!("the child exited before it was ready: {status}");
+    }
+    child
+}
+
+fn seed() -> u64 {
+    let seed = match std::env::var("WALFLOW_SEED") {
+        Ok(s) => s.parse().expect("WALFLOW_SEED is a number"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    };
+    eprintln!("workload seed: {seed} (replay with WALFLOW_SEED={seed})");
+    seed
+}
+
+/// One convergence run.
+struct Run {
+    writers: u64,
+    transactions: u64,
+    kills: u32,
+    coalesce: bool,
+}
+
+impl Run {
+    async fn go(self) {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let db = common::db().await;
+        db.exec(SCHEMA).await;
+        let slot = db.slot("conv");
+        let mut rng = Rng(seed() | 1);
+        let t0 = std::time::Instant::now();
+
+        // The first flow creates the slot before anything is written.
+        let mut child = None;
+        let mut flow = None;
+        if self.kills == 0 {
+            flow = Some(start(&db.url, &slot, self.coalesce).await);
+        } else {
+            child = Some(spawn_child(&db.url, &slot, self.coalesce, true).await);
+        }
+
+        let done = Arc::new(AtomicU64::new(0));
+        let per_writer = self.transactions / self.writers;
+        let writers: Vec<_> = (0..self.writers)
+            .map(|_| tokio::spawn(write(db.url.clone(), rng.next(), per_writer, done.clone())))
+            .collect();
+        let total = per_writer * self.writers;
+        let finished = Arc::new(AtomicBool::new(false));
+
+        // Kills at random moments while the workload runs, spread over it;
+        // about one in three while the next flow is still starting.
+        for k in 0..self.kills {
+            let until = total * u64::from(k + 1) / u64::from(self.kills + 1);
+            let mut c = child.take().expect("a child runs");
+            if rng.below(3) == 0 {
+                // Kill the next one while it starts: the previous is killed
+                // after a random moment, the next spawned and killed soon.
+                wait_progress(&done, until, &finished).await;
+                c.kill().unwrap();
+                c.wait().unwrap();
+                let mut next = spawn_child(&db.url, &slot, self.coalesce, false).await;
+                tokio::time::sleep(Duration::from_millis(50 + rng.below(1500))).await;
+                next.kill().unwrap(); // SIGKILL, maybe still starting
+                next.wait().unwrap();
+                eprintln!("kill {k} (during start) at {:?}", t0.elapsed());
+            } else {
+                wait_progress(&done, until, &finished).await;
+                tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
+                c.kill().unwrap(); // SIGKILL
+                c.wait().unwrap();
+                eprintln!("kill {k} at {:?}", t0.elapsed());
+            }
+            child = Some(spawn_child(&db.url, &slot, self.coalesce, true).await);
+        }
+        let mut committed = 0;
+        for w in writers {
+            committed += w.await.unwrap();
+        }
+        finished.store(true, Ordering::Release);
+        eprintln!(
+            "workload done at {:?}: {committed} of {total} transactions committed",
+            t0.elapsed()
+        );
+        if let Some(mut c) = child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+            flow = Some(start(&db.url, &slot, self.coalesce).await);
+        }
+        let flow = flow.expect("a flow");
+        check(&flow, &db.pool, self.coalesce).await;
+        eprintln!("checked at {:?}", t0.elapsed());
+        flow.shutdown().await.unwrap();
+    }
+}
+
+/// Waits until the writers have done `until` transactions in all (bounded).
+async fn wait_progress(done: &AtomicU64, until: u64, finished: &AtomicBool) {
+    common::wait_until(Duration::from_secs(300), || async {
+        done.load(Ordering::Acquire) >= until || finished.load(Ordering::Acquire)
+    })
+    .await;
+}
+
+const TXNS: u64 = 600;
+
+#[tokio::test]
+async fn one_writer_coalescing() {
+    Run {
+        writers: 1,
+        transactions: TXNS,
+        kills: 0,
+        coalesce: true,
+    }
+    .go()
+    .await;
+}
+
+#[tokio::test]
+async fn one_writer_one_event_at_a_time() {
+    Run {
+        writers: 1,
+        transactions: TXNS,
+        kills: 0,
+        coalesce: false,
+    }
+    .go()
+    .await;
+}
+
+#[tokio::test]
+async fn four_writers_coalescing() {
+    Run {
+        writers: 4,
+        transactions: TXNS,
+        kills: 0,
+        coalesce: true,
+    }
+    .go()
+    .await;
+}
+
+#[tokio::test]
+async fn four_writers_killed_coalescing() {
+    Run {
+        writers: 4,
+        transactions: TXNS,
+        kills: 4,
+        coalesce: true,
+    }
+    .go()
+    .await;
+}
+
+#[tokio::test]
+async fn four_writers_killed_one_event_at_a_time() {
+    Run {
+        writers: 4,
+        transactions: TXNS,
+        kills: 4,
+        coalesce: false,
+    }
+    .go()
+    .await;
+}
+
+#[tokio::test]
+async fn one_writer_killed_coalescing() {
+    Run {
+        writers: 1,
+        transactions: TXNS,
+        kills: 4,
+        coalesce: true,
+    }
+    .go()
+    .await;
+}
+
+/// The long run, behind `WALFLOW_SOAK` (see the module doc).
+#[tokio::test]
+async fn soak() {
+    if std::env::var_os("WALFLOW_SOAK").is_none() {
+        return;
+    }
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.parse().expect("a number"))
+            .unwrap_or(default)
+    };
+    for coalesce in [true, false] {
+        Run {
+            writers: 4,
+            transactions: env("WALFLOW_SOAK_TXNS", 20_000),
+            kills: env("WALFLOW_SOAK_KILLS", 30) as u32,
+            coalesce,
+        }
+        .go()
+        .await;
+    }
+}
+
+/// The commit of a transaction is flushed and sent before the transaction
+/// is visible; with synchronous replication, until the standby confirms.
+/// Here the standby does not exist: the writer's commit is decoded while
+/// the writer waits, invisible, until the test cancels the wait. No
+/// operator may run on it before (the counter, which reads no source row,
+/// would count it at once), and every operator runs on it after.
+#[tokio::test]
+async fn operators_wait_until_the_transaction_is_visible() {
+    // A cluster of its own: the synchronous standby setting is server-wide.
+    let pg = walflow::embedded::EmbeddedPostgres::builder()
+        .setting("synchronous_standby_names", "walflow_absent_standby")
+        // walflow's own commits do not wait; the writer's alone does.
+        .setting("synchronous_commit", "local")
+        .setting("track_functions", "pl")
+        .start()
+        .await
+        .unwrap();
+    let url = pg.create_database("visibility").await.unwrap();
+    let db = common::Db::connect(&url).await;
+    db.exec(SCHEMA).await;
+    let slot = db.slot("visibility");
+    let flow = start(&url, &slot, true).await;
+    db.exec("INSERT INTO posts (id, title) VALUES (1, 'p'); INSERT INTO comments (id, post_id) VALUES (1, 1);")
+        .await;
+    let lsn = flow.current_lsn().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let counted = || async {
+        sqlx::query_scalar::<_, i64>("SELECT n FROM post_events WHERE post_id = 1")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(counted().await, 1);
+
+    // The writer's commit waits for the absent standby.
+    let mut writer = sqlx::PgConnection::connect(&url).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut writer)
+        .await
+        .unwrap();
+    let write = tokio::spawn(async move {
+        sqlx::raw_sql(
+            "SET synchronous_commit = on;
+             BEGIN;
+             UPDATE posts SET title = 'retitled' WHERE id = 1;
+             INSERT INTO comments (id, post_id) VALUES (2, 1);
+             INSERT INTO ratings (comment_id, stars) VALUES (2, 5);
+             COMMIT;",
+        )
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    });
+    common::wait_until(Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep')",
+        )
+        .bind(pid)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    // Its commit record is flushed: everything up to here is sent to the
+    // flow, and the flow finds the transaction invisible, again and again.
+    let committed = flow.current_lsn().await.unwrap();
+    let polls = || async {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT sum(calls)::int8 FROM pg_stat_user_functions WHERE funcname = 'invisible_xids'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+    };
+    common::wait_until(Duration::from_secs(30), || async { polls().await >= 3 }).await;
+    let visible: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM comments WHERE id = 2)")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(!visible, "the writer's transaction is not visible yet");
+    assert_eq!(
+        counted().await,
+        1,
+        "no operator ran on the invisible transaction"
+    );
+    let queued: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM walflow.queue WHERE commit_lsn <= $1::text::pg_lsn - '0/0'::pg_lsn",
+    )
+    .bind(committed.to_string())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(queued, 0, "nothing of it is queued while it is invisible");
+
+    // Cancelling the wait makes it visible ("already committed locally").
+    sqlx::query("SELECT pg_cancel_backend($1)")
+        .bind(pid)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    write.await.unwrap();
+    flow.wait_processed(committed, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(counted().await, 2, "the counter ran once on it");
+    let stats: (String, i64, i64, i64) = sqlx::query_as(
+        "SELECT title, comments_count, ratings_count, stars_sum FROM post_stats WHERE id = 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stats,
+        ("retitled".to_owned(), 2, 1, 5),
+        "both levels saw it"
+    );
+    flow.shutdown().await.unwrap();
+}
