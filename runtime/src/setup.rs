@@ -6,10 +6,49 @@
 //! the whole old row, unless an entity opts out. The durable slot is created
 //! when missing. Concurrent set-ups (several application nodes starting at
 //! once) are serialized with an advisory lock.
+//!
+//! # Locks, and starting while the application writes
+//!
+//! On a first start, or when an entity is declared, the set-up changes each
+//! new table once: `ALTER TABLE … REPLICA IDENTITY FULL` takes an ACCESS
+//! EXCLUSIVE lock on it (every query on the table waits while it is queued
+//! or held), `ALTER PUBLICATION … ADD TABLE` / `DROP TABLE` a SHARE UPDATE
+//! EXCLUSIVE one. Once granted, each is a catalog change committed at once.
+//! A start that finds everything in place takes no table lock.
+//!
+//! The set-up waits for those locks rather than making an application
+//! transaction fail:
+//!
+//! - every change runs in a short transaction of its own (one table, one
+//!   statement), one table after another in `schema.table` order, so the
+//!   set-up never holds a lock on one table while it waits for another;
+//! - each such transaction sets `SET LOCAL lock_timeout` ([`LOCK_TIMEOUT`]):
+//!   when application transactions hold the table, the statement gives up,
+//!   the set-up logs a warning naming the table and tries again after a
+//!   pause doubling from 50 ms to 2 s, for up to [`LOCK_WAIT_LIMIT`] per
+//!   step, then fails with [`SetupError::LockUnavailable`]. Lock timeouts
+//!   (`55P03`), deadlocks (`40P01`) and serialization failures (`40001`) are
+//!   retried this way;
+//! - while the set-up's request is queued, application transactions asking
+//!   for that table queue behind it, for at most the lock timeout per
+//!   attempt. PostgreSQL runs its deadlock check in a waiting backend only
+//!   after `deadlock_timeout` (1 s by default); the lock timeout is kept well
+//!   below it (at most a quarter of the server's `deadlock_timeout`), so the
+//!   set-up's request is withdrawn before any backend queued behind it runs
+//!   the check, and the deadlock detector never has an application
+//!   transaction to choose as a victim. (A set-up in one transaction, holding
+//!   each table it had changed while waiting for the next, formed real
+//!   cycles with application transactions that touch those tables in
+//!   another order, and the detector aborted one side, sometimes the
+//!   application's.)
+//!
+//! Each step commits on its own: a set-up that fails part way keeps what it
+//! did, and the next start does the rest.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, PgPool, Row};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row};
 
 use crate::listener::quote_ident;
 
@@ -101,6 +140,23 @@ pub enum SetupError {
         /// Its database.
         database: String,
     },
+    /// A table stayed locked by other transactions for longer than the
+    /// set-up waits ([`SetupOptions::lock_wait_limit`]).
+    #[error(
+        "gave up after {waited:?} waiting for a lock on `{table}` to {action}: other transactions kept it busy (long-running ones show in pg_stat_activity); the steps before it are done, start again to finish the set-up: {source}"
+    )]
+    LockUnavailable {
+        /// The table (`schema.table`); the publication's name when creating
+        /// the publication.
+        table: String,
+        /// What the set-up was doing.
+        action: String,
+        /// How long it kept trying.
+        waited: Duration,
+        /// The last lock error.
+        #[source]
+        source: sqlx::Error,
+    },
     /// A statement failed.
     #[error("{context}: {source}")]
     Sql {
@@ -117,16 +173,120 @@ fn sql(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> SetupError {
     move |source| SetupError::Sql { context, source }
 }
 
+/// How long one attempt of a set-up step waits for its table lock
+/// (`SET LOCAL lock_timeout`). Well below PostgreSQL's default
+/// `deadlock_timeout` (1 s); see the [module documentation](self).
+pub const LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// How long the set-up keeps retrying one step whose table stays locked
+/// before it fails with [`SetupError::LockUnavailable`].
+pub const LOCK_WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// The first pause between attempts of a step; it doubles up to
+/// [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// Key of the advisory lock serializing set-ups.
+const SETUP_LOCK: &str = "walflow.setup";
+
+/// How the set-up waits for table locks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SetupOptions {
+    /// How long one attempt waits for a table lock ([`LOCK_TIMEOUT`]). It is
+    /// lowered to a quarter of the server's `deadlock_timeout` when that is
+    /// smaller.
+    pub lock_timeout: Duration,
+    /// How long one step keeps retrying ([`LOCK_WAIT_LIMIT`]).
+    pub lock_wait_limit: Duration,
+}
+
+impl Default for SetupOptions {
+    fn default() -> Self {
+        SetupOptions {
+            lock_timeout: LOCK_TIMEOUT,
+            lock_wait_limit: LOCK_WAIT_LIMIT,
+        }
+    }
+}
+
 /// Creates or updates the publication, replica identities and slot.
+///
+/// Safe to run while the application writes to the tables: it waits for
+/// their locks (up to [`LOCK_WAIT_LIMIT`] per table) instead of making
+/// application transactions fail; see the [module documentation](self).
 pub async fn prepare(pool: &PgPool, spec: &SetupSpec) -> Result<SetupReport, SetupError> {
-    let mut report = SetupReport::default();
-    let mut tx = pool.begin().await.map_err(sql("starting the set-up"))?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('walflow.setup'))")
-        .execute(&mut *tx)
+    prepare_with(pool, spec, &SetupOptions::default()).await
+}
+
+/// [`prepare`] with other lock waits.
+pub async fn prepare_with(
+    pool: &PgPool,
+    spec: &SetupSpec,
+    options: &SetupOptions,
+) -> Result<SetupReport, SetupError> {
+    // One session for the whole set-up, holding a session-level advisory
+    // lock across its steps. Held per step instead, two nodes could
+    // interleave: both find the publication missing and race to create it,
+    // or a node with an older declaration list removes a table a newer node
+    // has just added. Held across, set-ups run one after the other and each
+    // sees the previous one's result, as when the set-up was one
+    // transaction. Application transactions never take this lock, so
+    // holding it while waiting for table locks delays only other set-ups.
+    //
+    // The connection is detached from the pool and closed at the end: if
+    // this future is dropped part way, the session ends with the connection
+    // and the server releases the lock, rather than the pool handing out a
+    // connection that still holds it.
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(sql("connecting for the set-up"))?
+        .detach();
+    sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+        .bind(SETUP_LOCK)
+        .execute(&mut conn)
         .await
         .map_err(sql("locking the set-up"))?;
+    let result = prepare_locked(&mut conn, spec, options).await;
+    // Closing the session would release the lock too; unlocking first lets
+    // a waiting set-up go on without waiting for the close.
+    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind(SETUP_LOCK)
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    let mut report = result?;
 
+    if spec.durable_slot {
+        report.slot_created = ensure_slot(pool, &spec.slot).await?;
+    }
+    Ok(report)
+}
+
+async fn prepare_locked(
+    conn: &mut PgConnection,
+    spec: &SetupSpec,
+    options: &SetupOptions,
+) -> Result<SetupReport, SetupError> {
+    let mut report = SetupReport::default();
+    let deadlock_timeout: i64 =
+        sqlx::query_scalar("SELECT setting::int8 FROM pg_settings WHERE name = 'deadlock_timeout'")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(sql("reading deadlock_timeout"))?;
+    let steps = Steps {
+        lock_timeout: effective_lock_timeout(
+            options.lock_timeout,
+            Duration::from_millis(deadlock_timeout.max(0) as u64),
+        ),
+        wait_limit: options.lock_wait_limit,
+    };
+
+    // Everything is checked before anything is changed.
     let wanted: BTreeSet<TableSpec> = spec.tables.iter().cloned().collect();
+    let mut identities = Vec::with_capacity(wanted.len());
     for t in &wanted {
         let row = sqlx::query(
             "SELECT c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -134,7 +294,7 @@ pub async fn prepare(pool: &PgPool, spec: &SetupSpec) -> Result<SetupReport, Set
         )
         .bind(&t.schema)
         .bind(&t.table)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(sql(format!("looking up table `{}.{}`", t.schema, t.table)))?;
         let Some(row) = row else {
@@ -143,108 +303,189 @@ pub async fn prepare(pool: &PgPool, spec: &SetupSpec) -> Result<SetupReport, Set
                 table: t.table.clone(),
             });
         };
-        let identity: String = row.get(0);
-        if t.replica_identity_full && identity != "f" {
-            // Identifiers quoted with `quote_ident`.
-            sqlx::query(AssertSqlSafe(format!(
-                "ALTER TABLE {} REPLICA IDENTITY FULL",
-                t.qualified()
-            )))
-            .execute(&mut *tx)
-            .await
-            .map_err(sql(format!(
-                "setting REPLICA IDENTITY FULL on `{}.{}`",
-                t.schema, t.table
-            )))?;
-            report
-                .identity_set_full
-                .push(format!("{}.{}", t.schema, t.table));
-        }
+        identities.push(row.get::<String, _>(0));
     }
-
     let publication = quote_ident(&spec.publication);
     let existing: Option<bool> =
         sqlx::query_scalar("SELECT puballtables FROM pg_publication WHERE pubname = $1")
             .bind(&spec.publication)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(sql(format!(
                 "looking up publication `{}`",
                 spec.publication
             )))?;
-    match existing {
-        Some(true) => {
-            return Err(SetupError::PublicationForAllTables(
-                spec.publication.clone(),
-            ));
-        }
-        None => {
-            let list: Vec<String> = wanted.iter().map(TableSpec::qualified).collect();
-            let stmt = if list.is_empty() {
-                format!("CREATE PUBLICATION {publication}")
-            } else {
-                format!(
-                    "CREATE PUBLICATION {publication} FOR TABLE {}",
-                    list.join(", ")
+    if existing == Some(true) {
+        return Err(SetupError::PublicationForAllTables(
+            spec.publication.clone(),
+        ));
+    }
+
+    // Replica identities first, so that a table is published only once its
+    // changes carry the whole old row.
+    for (t, identity) in wanted.iter().zip(&identities) {
+        if t.replica_identity_full && identity != "f" {
+            let name = format!("{}.{}", t.schema, t.table);
+            // Identifiers quoted with `quote_ident`.
+            steps
+                .run(
+                    conn,
+                    &name,
+                    "set REPLICA IDENTITY FULL",
+                    &format!("ALTER TABLE {} REPLICA IDENTITY FULL", t.qualified()),
                 )
-            };
-            sqlx::query(AssertSqlSafe(stmt))
-                .execute(&mut *tx)
-                .await
-                .map_err(sql(format!("creating publication `{}`", spec.publication)))?;
-            report.publication_created = true;
-            report.tables_added = wanted
-                .iter()
-                .map(|t| format!("{}.{}", t.schema, t.table))
-                .collect();
-        }
-        Some(false) => {
-            let rows: Vec<(String, String)> = sqlx::query_as(
-                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
-            )
-            .bind(&spec.publication)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(sql(format!("reading publication `{}`", spec.publication)))?;
-            let current: BTreeSet<(String, String)> = rows.into_iter().collect();
-            let wanted_names: BTreeSet<(String, String)> = wanted
-                .iter()
-                .map(|t| (t.schema.clone(), t.table.clone()))
-                .collect();
-            for (schema, table) in wanted_names.difference(&current) {
-                let name = format!("{}.{}", quote_ident(schema), quote_ident(table));
-                sqlx::query(AssertSqlSafe(format!(
-                    "ALTER PUBLICATION {publication} ADD TABLE {name}"
-                )))
-                .execute(&mut *tx)
-                .await
-                .map_err(sql(format!(
-                    "adding `{schema}.{table}` to publication `{}`",
-                    spec.publication
-                )))?;
-                report.tables_added.push(format!("{schema}.{table}"));
-            }
-            for (schema, table) in current.difference(&wanted_names) {
-                let name = format!("{}.{}", quote_ident(schema), quote_ident(table));
-                sqlx::query(AssertSqlSafe(format!(
-                    "ALTER PUBLICATION {publication} DROP TABLE {name}"
-                )))
-                .execute(&mut *tx)
-                .await
-                .map_err(sql(format!(
-                    "removing `{schema}.{table}` from publication `{}`",
-                    spec.publication
-                )))?;
-                report.tables_removed.push(format!("{schema}.{table}"));
-            }
+                .await?;
+            report.identity_set_full.push(name);
         }
     }
-    tx.commit().await.map_err(sql("committing the set-up"))?;
 
-    if spec.durable_slot {
-        report.slot_created = ensure_slot(pool, &spec.slot).await?;
+    let current: BTreeSet<(String, String)> = if existing.is_none() {
+        // Created empty, then filled one table at a time like an existing
+        // one: `CREATE PUBLICATION … FOR TABLE` would lock every table in
+        // one statement.
+        steps
+            .run(
+                conn,
+                &spec.publication,
+                "create the publication",
+                &format!("CREATE PUBLICATION {publication}"),
+            )
+            .await?;
+        report.publication_created = true;
+        BTreeSet::new()
+    } else {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+        )
+        .bind(&spec.publication)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(sql(format!("reading publication `{}`", spec.publication)))?;
+        rows.into_iter().collect()
+    };
+    let wanted_names: BTreeSet<(String, String)> = wanted
+        .iter()
+        .map(|t| (t.schema.clone(), t.table.clone()))
+        .collect();
+    for (schema, table) in wanted_names.difference(&current) {
+        let name = format!("{}.{}", quote_ident(schema), quote_ident(table));
+        steps
+            .run(
+                conn,
+                &format!("{schema}.{table}"),
+                &format!("add it to publication `{}`", spec.publication),
+                &format!("ALTER PUBLICATION {publication} ADD TABLE {name}"),
+            )
+            .await?;
+        report.tables_added.push(format!("{schema}.{table}"));
+    }
+    for (schema, table) in current.difference(&wanted_names) {
+        let name = format!("{}.{}", quote_ident(schema), quote_ident(table));
+        steps
+            .run(
+                conn,
+                &format!("{schema}.{table}"),
+                &format!("remove it from publication `{}`", spec.publication),
+                &format!("ALTER PUBLICATION {publication} DROP TABLE {name}"),
+            )
+            .await?;
+        report.tables_removed.push(format!("{schema}.{table}"));
     }
     Ok(report)
+}
+
+/// The lock timeout one attempt uses: the requested one, at most a quarter
+/// of the server's `deadlock_timeout`, at least 1 ms (`0` would mean no
+/// timeout).
+fn effective_lock_timeout(requested: Duration, deadlock_timeout: Duration) -> Duration {
+    requested
+        .min(deadlock_timeout / 4)
+        .max(Duration::from_millis(1))
+}
+
+/// The pause after the `attempt`th failed attempt (from 1).
+fn retry_delay(attempt: u32) -> Duration {
+    FIRST_RETRY_DELAY
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(MAX_RETRY_DELAY)
+}
+
+/// Lock timeout, deadlock, serialization failure: the statement did not
+/// get its lock in time and can be run again.
+fn is_lock_conflict(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(e) => {
+            matches!(e.code().as_deref(), Some("55P03" | "40P01" | "40001"))
+        }
+        _ => false,
+    }
+}
+
+/// Runs set-up statements, each in a short transaction with a lock timeout,
+/// retried while their table is busy.
+struct Steps {
+    lock_timeout: Duration,
+    wait_limit: Duration,
+}
+
+impl Steps {
+    /// Runs `statement` (SQL-safe: identifiers quoted) on `table`.
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        action: &str,
+        statement: &str,
+    ) -> Result<(), SetupError> {
+        let started = tokio::time::Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let source = match self.attempt(conn, statement).await {
+                Ok(()) => return Ok(()),
+                Err(e) if is_lock_conflict(&e) => e,
+                Err(source) => {
+                    return Err(SetupError::Sql {
+                        context: format!("`{table}`: could not {action}"),
+                        source,
+                    });
+                }
+            };
+            let waited = started.elapsed();
+            let Some(left) = self.wait_limit.checked_sub(waited).filter(|d| !d.is_zero()) else {
+                return Err(SetupError::LockUnavailable {
+                    table: table.to_owned(),
+                    action: action.to_owned(),
+                    waited,
+                    source,
+                });
+            };
+            // Once, then at the 2nd, 4th, 8th, ... retry: a handful of lines
+            // over a long wait.
+            if attempt.is_power_of_two() {
+                tracing::warn!(
+                    table,
+                    attempt,
+                    waited_ms = waited.as_millis() as u64,
+                    error = %source,
+                    "waiting for a lock on `{table}` to {action}; retrying"
+                );
+            }
+            tokio::time::sleep(retry_delay(attempt).min(left)).await;
+        }
+    }
+
+    async fn attempt(&self, conn: &mut PgConnection, statement: &str) -> sqlx::Result<()> {
+        let mut tx = conn.begin().await?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(format!("{}ms", self.lock_timeout.as_millis()))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(AssertSqlSafe(statement.to_owned()))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
 }
 
 /// Creates the durable `pgoutput` slot if missing; checks an existing one.
@@ -294,4 +535,43 @@ pub async fn drop_slot(pool: &PgPool, slot: &str) -> Result<(), SetupError> {
     .await
     .map_err(sql(format!("dropping slot `{slot}`")))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_timeout_stays_well_below_deadlock_timeout() {
+        let ms = Duration::from_millis;
+        assert_eq!(effective_lock_timeout(LOCK_TIMEOUT, ms(1000)), ms(200));
+        assert_eq!(effective_lock_timeout(ms(900), ms(1000)), ms(250));
+        assert_eq!(effective_lock_timeout(LOCK_TIMEOUT, ms(200)), ms(50));
+        assert_eq!(effective_lock_timeout(LOCK_TIMEOUT, ms(0)), ms(1));
+        assert!(LOCK_TIMEOUT * 4 <= ms(1000));
+    }
+
+    #[test]
+    fn retry_delay_doubles_up_to_its_cap() {
+        let delays: Vec<u64> = (1..=8).map(|a| retry_delay(a).as_millis() as u64).collect();
+        assert_eq!(delays, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(retry_delay(u32::MAX), MAX_RETRY_DELAY);
+    }
+
+    #[test]
+    fn lock_unavailable_names_the_table() {
+        let e = SetupError::LockUnavailable {
+            table: "public.posts".into(),
+            action: "set REPLICA IDENTITY FULL".into(),
+            waited: Duration::from_secs(60),
+            source: sqlx::Error::PoolTimedOut,
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "gave up after 60s waiting for a lock on `public.posts` to set REPLICA IDENTITY FULL"
+            ),
+            "{text}"
+        );
+    }
 }
