@@ -415,6 +415,17 @@ async fn check(flow: &Walflow, pool: &sqlx::PgPool, coalesce: bool) {
 /// Runs `child_process_entry` in a child process; with `wait`, until its
 /// flow has started (bounded).
 async fn spawn_child(url: &str, slot: &str, coalesce: bool, wait: bool) -> Child {
+    spawn_child_crashing(url, slot, coalesce, wait, None).await
+}
+
+/// [`spawn_child`], whose flow kills itself at `crash_at` (`point:hit`).
+async fn spawn_child_crashing(
+    url: &str,
+    slot: &str,
+    coalesce: bool,
+    wait: bool,
+    crash_at: Option<String>,
+) -> Child {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -426,6 +437,7 @@ async fn spawn_child(url: &str, slot: &str, coalesce: bool, wait: bool) -> Child
         .env("URL", url)
         .env("SLOT", slot)
         .env("COALESCE", if coalesce { "1" } else { "0" })
+        .envs(crash_at.map(|at| ("WALFLOW_CRASH_AT", at)))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -467,6 +479,13 @@ struct Run {
     transactions: u64,
     kills: u32,
     coalesce: bool,
+    /// PostgreSQL restarted mid-workload, with a fast shutdown (which must
+    /// complete promptly) and then an immediate one, on a cluster of its
+    /// own (the flow runs in the test process throughout).
+    restarts: bool,
+    /// With `kills`: each kill is followed by a flow that dies by itself at
+    /// this crash point (see `walflow::crash_point`), on a random hit.
+    crash_at: Option<&'static str>,
 }
 
 impl Run {
@@ -475,7 +494,24 @@ impl Run {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let db = common::db().await;
+        // A bound on each start and stop, past which a fast shutdown turns
+        // into an immediate one.
+        const STOP_WITHIN: Duration = Duration::from_secs(30);
+        let (db, pg) = if self.restarts {
+            assert_eq!(
+                self.kills, 0,
+                "restarts run with the flow in the test process"
+            );
+            let pg = walflow::embedded::EmbeddedPostgres::builder()
+                .timeout(STOP_WITHIN)
+                .start()
+                .await
+                .unwrap();
+            let url = pg.create_database("convergence").await.unwrap();
+            (common::Db::connect(&url).await, Some(pg))
+        } else {
+            (common::db().await, None)
+        };
         db.exec(SCHEMA).await;
         let slot = db.slot("conv");
         let mut rng = Rng(seed() | 1);
@@ -502,11 +538,17 @@ impl Run {
         // about one in three while the next flow is still starting.
         for k in 0..self.kills {
             let until = total * u64::from(k + 1) / u64::from(self.kills + 1);
+            wait_progress(&done, until, &finished).await;
+            // For the read of the backlog: the operators are held, so the
+            // killed flow leaves rows in the queue.
+            let held = match self.crash_at {
+                Some("executor.fetched") => Some(hold_operators(&db).await),
+                _ => None,
+            };
             let mut c = child.take().expect("a child runs");
             if rng.below(3) == 0 {
                 // Kill the next one while it starts: the previous is killed
                 // after a random moment, the next spawned and killed soon.
-                wait_progress(&done, until, &finished).await;
                 c.kill().unwrap();
                 c.wait().unwrap();
                 let mut next = spawn_child(&db.url, &slot, self.coalesce, false).await;
@@ -515,13 +557,57 @@ impl Run {
                 next.wait().unwrap();
                 eprintln!("kill {k} (during start) at {:?}", t0.elapsed());
             } else {
-                wait_progress(&done, until, &finished).await;
                 tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
                 c.kill().unwrap(); // SIGKILL
                 c.wait().unwrap();
                 eprintln!("kill {k} at {:?}", t0.elapsed());
             }
+            drop(held);
+            if let Some(point) = self.crash_at {
+                // A hit soon, but not always the first. (Start-up points, a
+                // read of the backlog and the one chunk of the big
+                // transaction may be met only once per flow.)
+                let once = point.starts_with("start.")
+                    || matches!(point, "queue.partial" | "executor.fetched");
+                let hit = if once { 1 } else { 1 + rng.below(3) };
+                let at = format!("{point}:{hit}");
+                let mut c =
+                    spawn_child_crashing(&db.url, &slot, self.coalesce, false, Some(at)).await;
+                if point == "queue.partial" {
+                    big_transaction(&db.pool).await;
+                }
+                // It dies by itself at the point; meanwhile something to do.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while c.try_wait().unwrap().is_none() {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "crash point `{point}` (hit {hit}) not reached within 60 s"
+                    );
+                    db.exec("INSERT INTO posts (title) VALUES ('more');").await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                eprintln!("crashed at `{point}` (hit {hit}) at {:?}", t0.elapsed());
+            }
             child = Some(spawn_child(&db.url, &slot, self.coalesce, true).await);
+        }
+        if let Some(pg) = &pg {
+            for (k, mode) in [
+                walflow::embedded::ShutdownMode::Fast,
+                walflow::embedded::ShutdownMode::Immediate,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                wait_progress(&done, total * (k as u64 + 1) / 3, &finished).await;
+                let t = std::time::Instant::now();
+                pg.restart(mode).await.unwrap();
+                eprintln!("{mode:?} restart took {:?}", t.elapsed());
+                assert!(
+                    t.elapsed() < STOP_WITHIN,
+                    "the {mode:?} shutdown completed by itself (took {:?})",
+                    t.elapsed()
+                );
+            }
         }
         let mut committed = 0;
         for w in writers {
@@ -544,6 +630,45 @@ impl Run {
     }
 }
 
+/// Holds the derived tables (a lock the operators' statements wait for)
+/// until the queue has rows; dropping the connection lets them go.
+async fn hold_operators(db: &common::Db) -> sqlx::PgConnection {
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE comment_stats, post_stats, post_events IN EXCLUSIVE MODE;")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM walflow.queue")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        if queued > 0 {
+            return conn;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no queue rows within 60 s"
+        );
+        db.exec("INSERT INTO posts (title) VALUES ('held');").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One transaction too big to hold (queued in chunks before its commit is
+/// seen): 600 posts with 100 comments each, more than the consumer holds
+/// while a flush is under way (so it queues a chunk before the commit).
+async fn big_transaction(pool: &sqlx::PgPool) {
+    sqlx::query(
+        "WITH p AS (INSERT INTO posts (title) SELECT 'big' FROM generate_series(1, 600) RETURNING id)
+         INSERT INTO comments (post_id) SELECT p.id FROM p, generate_series(1, 100)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 /// Waits until the writers have done `until` transactions in all (bounded).
 async fn wait_progress(done: &AtomicU64, until: u64, finished: &AtomicBool) {
     common::wait_until(Duration::from_secs(300), || async {
@@ -561,6 +686,8 @@ async fn one_writer_coalescing() {
         transactions: TXNS,
         kills: 0,
         coalesce: true,
+        restarts: false,
+        crash_at: None,
     }
     .go()
     .await;
@@ -573,6 +700,8 @@ async fn one_writer_one_event_at_a_time() {
         transactions: TXNS,
         kills: 0,
         coalesce: false,
+        restarts: false,
+        crash_at: None,
     }
     .go()
     .await;
@@ -585,6 +714,8 @@ async fn four_writers_coalescing() {
         transactions: TXNS,
         kills: 0,
         coalesce: true,
+        restarts: false,
+        crash_at: None,
     }
     .go()
     .await;
@@ -597,6 +728,8 @@ async fn four_writers_killed_coalescing() {
         transactions: TXNS,
         kills: 4,
         coalesce: true,
+        restarts: false,
+        crash_at: None,
     }
     .go()
     .await;
@@ -609,6 +742,8 @@ async fn four_writers_killed_one_event_at_a_time() {
         transactions: TXNS,
         kills: 4,
         coalesce: false,
+        restarts: false,
+        crash_at: None,
     }
     .go()
     .await;
@@ -621,9 +756,72 @@ async fn one_writer_killed_coalescing() {
         transactions: TXNS,
         kills: 4,
         coalesce: true,
+        restarts: false,
+        crash_at: None,
     }
     .go()
     .await;
+}
+
+#[tokio::test]
+async fn four_writers_postgres_restarted_coalescing() {
+    Run {
+        writers: 4,
+        transactions: TXNS,
+        kills: 0,
+        coalesce: true,
+        restarts: true,
+        crash_at: None,
+    }
+    .go()
+    .await;
+}
+
+#[tokio::test]
+async fn four_writers_postgres_restarted_one_event_at_a_time() {
+    Run {
+        writers: 4,
+        transactions: TXNS,
+        kills: 0,
+        coalesce: false,
+        restarts: true,
+        crash_at: None,
+    }
+    .go()
+    .await;
+}
+
+/// Each crash point of the queue protocol, under the random workload: the
+/// flow dies there (as `kill -9` would) three times, on a random hit.
+#[tokio::test]
+async fn crash_points() {
+    // `WALFLOW_CRASH_POINT=<point>` runs that one alone.
+    let only = std::env::var("WALFLOW_CRASH_POINT").ok();
+    for point in walflow::crash_point::POINTS {
+        if only.as_deref().is_some_and(|p| p != *point) {
+            continue;
+        }
+        eprintln!("crash point `{point}`");
+        // One event at a time, transactions of 60,000 comments take
+        // long to drain; the chunks are queued alike either way.
+        let modes: &[bool] = if *point == "queue.partial" {
+            &[true]
+        } else {
+            &[true, false]
+        };
+        for &coalesce in modes {
+            Run {
+                writers: 2,
+                transactions: 300,
+                kills: if *point == "queue.partial" { 2 } else { 3 },
+                coalesce,
+                restarts: false,
+                crash_at: Some(point),
+            }
+            .go()
+            .await;
+        }
+    }
 }
 
 /// The long run, behind `WALFLOW_SOAK` (see the module doc).
@@ -644,6 +842,8 @@ async fn soak() {
             transactions: env("WALFLOW_SOAK_TXNS", 20_000),
             kills: env("WALFLOW_SOAK_KILLS", 30) as u32,
             coalesce,
+            restarts: false,
+            crash_at: None,
         }
         .go()
         .await;

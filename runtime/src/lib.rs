@@ -8,6 +8,8 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod config;
+#[doc(hidden)]
+pub mod crash_point;
 pub mod ctx;
 pub mod decode;
 #[cfg(feature = "embedded")]
@@ -20,6 +22,7 @@ pub mod lsn;
 pub mod migrate;
 pub(crate) mod operator;
 pub mod preflight;
+pub(crate) mod queue;
 pub mod raw;
 pub mod registry;
 pub mod setup;

@@ -5,14 +5,15 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use tokio::sync::watch;
 
 use crate::listener::{Listener, ListenerMessage, ListenerOptions, PgWireConnector};
 use crate::lsn::Lsn;
-use crate::operator::executor::{Row, Shared, Signals, is_transient};
+use crate::operator::executor::{Row, Shared, Signals};
 use crate::operator::memory::MAX_OUTSTANDING;
-use crate::operator::{Batch, StatusMark, dispatch};
+use crate::operator::{Batch, dispatch};
+use crate::queue::enqueue::{queue_retrying, wait_visible};
 use crate::raw::EventKind;
 use crate::registry::OperatorAction;
 use crate::registry::OperatorRegistration;
@@ -201,10 +202,15 @@ impl Consumer {
         let mut failures = 0u32;
         let field = self.shared.config.process_status_entity_field().to_owned();
         let mut stop = self.stop.clone();
+        // Errors that say the server is going away, counted: those seen
+        // before the listener (re)starts are past.
+        let mut gone = self.shared.server_gone.subscribe();
+        gone.mark_unchanged();
         loop {
             let Some(l) = listener.as_mut() else {
                 match self.start_listener().await {
                     Ok(l) => {
+                        gone.mark_unchanged();
                         failures = 0;
                         listener = Some(l);
                     }
@@ -226,21 +232,41 @@ impl Consumer {
             let held = ready.rows.len() + ready.status.len() + open_rows;
             let room = inflight.is_none() || held < MAX_HELD;
             buf.clear();
+            let mut let_go = false;
             let got = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => break,
+                _ = gone.changed() => Err(None),
                 done = async { (&mut inflight.as_mut().expect("a flush").task).await },
-                    if inflight.is_some() => Err(done),
+                    if inflight.is_some() => Err(Some(done)),
                 r = l.recv_many(&mut buf, ROUND), if room => Ok(r),
             };
             let got = match got {
                 Ok(r) => Some(r),
-                Err(done) => {
+                Err(Some(done)) => {
                     let f = inflight.take().expect("a flush");
-                    if !self.finished(f, done, l) {
+                    if !self.finished(f, done, Some(l)) {
                         return self.stop_listener(listener).await;
                     }
                     None
+                }
+                Err(None) => {
+                    // The server refuses or terminates walflow's
+                    // connections, as it does while it shuts down. A WAL
+                    // sender waits at shutdown until its client confirms the
+                    // end of the WAL, which cannot happen while the queue is
+                    // out of reach: the replication connection is let go at
+                    // once, so the server can stop, and taken up again from
+                    // the confirmed position once what was received is
+                    // queued (that waits until the server is back).
+                    tracing::warn!(
+                        "the database refuses walflow's connections (shutting down?); \
+                         letting go of the replication connection until it is back"
+                    );
+                    let_go = true;
+                    Some(Err(crate::listener::ListenerError::Connection(
+                        "the database is shutting down".into(),
+                    )))
                 }
             };
             let full = match got {
@@ -251,13 +277,17 @@ impl Consumer {
                         Err(e) => e.to_string(),
                         Ok(_) => "the listener stopped".to_owned(),
                     };
+                    if let_go {
+                        drop(listener.take());
+                    }
                     tracing::warn!(error = why, "the listener failed; restarting it");
                     // Whole transactions received are queued; the rest
-                    // comes again.
+                    // comes again (from the slot's confirmed position: so
+                    // the watermark stands only for what is queued).
                     open = None;
                     if let Some(mut f) = inflight.take() {
                         let done = (&mut f.task).await;
-                        if !self.finished(f, done, l) {
+                        if !self.finished(f, done, listener.as_mut()) {
                             return self.stop_listener(listener).await;
                         }
                     }
@@ -388,7 +418,7 @@ impl Consumer {
             && let Some(l) = listener.as_mut()
         {
             let done = (&mut f.task).await;
-            self.finished(f, done, l);
+            self.finished(f, done, Some(l));
         }
         self.stop_listener(listener).await;
     }
@@ -400,7 +430,7 @@ impl Consumer {
         &mut self,
         f: Inflight,
         done: Result<(Option<PgConnection>, bool), tokio::task::JoinError>,
-        l: &mut Listener,
+        l: Option<&mut Listener>,
     ) -> bool {
         let (conn, ok) = match done {
             Ok(done) => done,
@@ -414,10 +444,15 @@ impl Consumer {
         }
         self.shared.flushed.send_replace(f.number);
         if f.partial.is_some() {
+            crate::crash_point::hit("queue.partial");
             self.partial = f.partial;
         }
-        if let Some(end) = f.end {
+        crate::crash_point::hit("queue.flushed");
+        // Without a listener (let go of), the next one starts from the
+        // slot's confirmed position and acknowledges it when it comes again.
+        if let (Some(end), Some(l)) = (f.end, l) {
             l.ack(end);
+            crate::crash_point::hit("queue.acked");
         }
         true
     }
@@ -427,60 +462,6 @@ impl Consumer {
             && let Err(e) = l.shutdown().await
         {
             tracing::warn!(error = %e, "the listener did not shut down cleanly");
-        }
-    }
-}
-
-/// Queues `batch` on `conn` (connected first if `None`: a connection of
-/// its own, so queueing never waits for the pool, which units waiting for
-/// this very flush may hold), retrying with backoff. Returns the connection
-/// (`None` after a broken one) and `false` when the flow stops first.
-async fn queue_retrying(
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-    mut conn: Option<PgConnection>,
-    batch: &Batch,
-    end: Option<Lsn>,
-    partial: Option<(Lsn, u32)>,
-) -> (Option<PgConnection>, bool) {
-    let mut tries = 0u32;
-    loop {
-        let error = match conn.as_mut() {
-            None => match PgConnection::connect_with(&shared.config.connect_options()).await {
-                Ok(c) => {
-                    conn = Some(c);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "connecting to queue events failed; retrying");
-                    None
-                }
-            },
-            Some(c) => match flush(&shared, c, batch, end, partial).await {
-                Ok(()) => return (conn, true),
-                Err(e) if is_not_visible(&e) => {
-                    // Committed, flushed and sent, not yet visible: wait
-                    // until it is, then queue (not counted as a failure).
-                    if !wait_visible(&shared, &stop, Some(c), &batch.xids).await {
-                        return (conn, false);
-                    }
-                    continue;
-                }
-                Err(e) => Some(e),
-            },
-        };
-        if let Some(e) = error {
-            if is_transient(&e) {
-                conn = None;
-                tracing::warn!(error = %e, "queueing events failed; retrying");
-            } else {
-                tracing::error!(error = %e, "queueing events failed; retrying");
-            }
-        }
-        tries += 1;
-        tokio::select! {
-            _ = tokio::time::sleep(shared.config.restart_delay(tries)) => {}
-            _ = stop.wait_for(|s| *s) => return (conn, false),
         }
     }
 }
@@ -495,172 +476,4 @@ struct Inflight {
     /// How far into an open transaction it queues.
     partial: Option<(Lsn, u32)>,
     task: tokio::task::JoinHandle<(Option<PgConnection>, bool)>,
-}
-
-/// Queues `batch`, and records `end` as queued (all transactions up to it)
-/// or `partial` (a transaction queued up to a change): one statement, so one
-/// round trip and one transaction.
-async fn flush(
-    shared: &Shared,
-    conn: &mut PgConnection,
-    batch: &Batch,
-    end: Option<Lsn>,
-    partial: Option<(Lsn, u32)>,
-) -> sqlx::Result<()> {
-    let rows = &batch.rows;
-    let covers = |f: fn(&(i64, i32)) -> String| -> Vec<Option<String>> {
-        rows.iter()
-            .map(|r| {
-                (!r.covers.is_empty()).then(|| {
-                    let items: Vec<String> = r.covers.iter().map(f).collect();
-                    format!("{{{}}}", items.join(","))
-                })
-            })
-            .collect()
-    };
-    // The memory process status is kept by the caller.
-    let status: &[StatusMark] = if shared.memory_status() {
-        &[]
-    } else {
-        &batch.status
-    };
-    let (pending, done): (Vec<_>, Vec<_>) = status.iter().partition(|s| s.remaining > 0);
-    // Events no operator runs on are done as soon as they are seen.
-    let mut max: HashMap<(&str, &str), i64> = HashMap::new();
-    for s in &done {
-        let e = max.entry((&*s.schema, &*s.table)).or_insert(s.updated_at);
-        *e = (*e).max(s.updated_at);
-    }
-    let (done_tables, done_micros): (Vec<(&str, &str)>, Vec<i64>) = max.into_iter().unzip();
-    sqlx::query(
-        "WITH q AS (
-             INSERT INTO walflow.queue
-               (slot, operator, commit_lsn, seq, part, id, kind, schema_name, table_name, event,
-                updated_at, first_lsn, cover_lsns, cover_seqs)
-             SELECT $1, o, l, s, p, i, k, sc, t, e::jsonb, u, f, cl::int8[], cs::int4[]
-             FROM UNNEST($2::text[], $3::int8[], $4::int4[], $5::int2[], $6::text[], $7::text[],
-                         $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[],
-                         $13::text[], $14::text[])
-                  AS x(o, l, s, p, i, k, sc, t, e, u, f, cl, cs)
-             ON CONFLICT DO NOTHING
-             RETURNING 1
-         ), ps AS (
-             INSERT INTO walflow.pending_status
-               (slot, commit_lsn, seq, schema_name, table_name, updated_at, remaining)
-             SELECT $1, l, s, sc, t, u, r
-             FROM UNNEST($15::int8[], $16::int4[], $17::text[], $18::text[], $19::int8[],
-                         $20::int4[]) AS x(l, s, sc, t, u, r)
-             ON CONFLICT DO NOTHING
-             RETURNING 1
-         ), st AS (
-             INSERT INTO walflow.process_status (slot, schema_name, table_name, updated_at)
-             SELECT $1, sc, t, u FROM UNNEST($21::text[], $22::text[], $23::int8[]) AS x(sc, t, u)
-             ON CONFLICT (slot, schema_name, table_name) DO UPDATE
-               SET updated_at = GREATEST(walflow.process_status.updated_at, EXCLUDED.updated_at)
-             RETURNING 1
-         ), sm AS (
-             INSERT INTO walflow.streams (slot, enqueued_lsn, partial_lsn, partial_seq)
-             SELECT $1, coalesce($24, 0), $25, $26 WHERE $24 IS NOT NULL OR $25 IS NOT NULL
-             ON CONFLICT (slot) DO UPDATE SET
-               enqueued_lsn = GREATEST(walflow.streams.enqueued_lsn, EXCLUDED.enqueued_lsn),
-               partial_lsn = EXCLUDED.partial_lsn,
-               partial_seq = EXCLUDED.partial_seq
-             RETURNING 1
-         )
-         SELECT walflow.require_visible($27::int8[])",
-    )
-    .bind(&shared.slot)
-    .bind(rows.iter().map(|r| r.operator).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.commit_lsn).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.part).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.kind).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| &*r.schema).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| &*r.table).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.event.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.first_lsn).collect::<Vec<_>>())
-    .bind(covers(|c| c.0.to_string()))
-    .bind(covers(|c| c.1.to_string()))
-    .bind(pending.iter().map(|s| s.commit_lsn).collect::<Vec<_>>())
-    .bind(pending.iter().map(|s| s.seq).collect::<Vec<_>>())
-    .bind(pending.iter().map(|s| &*s.schema).collect::<Vec<_>>())
-    .bind(pending.iter().map(|s| &*s.table).collect::<Vec<_>>())
-    .bind(pending.iter().map(|s| s.updated_at).collect::<Vec<_>>())
-    .bind(pending.iter().map(|s| s.remaining).collect::<Vec<_>>())
-    .bind(done_tables.iter().map(|t| t.0).collect::<Vec<_>>())
-    .bind(done_tables.iter().map(|t| t.1).collect::<Vec<_>>())
-    .bind(done_micros)
-    .bind(end.map(|l| l.0 as i64))
-    .bind(partial.map(|p| p.0.0 as i64))
-    .bind(partial.map(|p| p.1 as i32))
-    .bind(batch.xids.iter().map(|x| i64::from(*x)).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Whether queueing failed because a transaction of the batch is not yet
-/// visible (`walflow.require_visible`).
-fn is_not_visible(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("WF001"))
-}
-
-/// Waits until every transaction of `xids` is visible to new snapshots.
-///
-/// PostgreSQL flushes a transaction's commit record, and the WAL sender
-/// sends it, before the transaction leaves the set of running transactions
-/// that snapshots consult; with synchronous replication the gap lasts until
-/// the standby confirms. An operator that ran in that gap would compute the
-/// state before the transaction and count the event as applied. Polls with
-/// a short, growing pause; `false` when the flow stops first. Database
-/// errors are retried after the configured backoff. On `conn`, else on the
-/// pool.
-async fn wait_visible(
-    shared: &Shared,
-    stop: &watch::Receiver<bool>,
-    mut conn: Option<&mut PgConnection>,
-    xids: &[u32],
-) -> bool {
-    if xids.is_empty() {
-        return true;
-    }
-    let xids: Vec<i64> = xids.iter().map(|x| i64::from(*x)).collect();
-    let started = std::time::Instant::now();
-    let mut pause = Duration::from_millis(1);
-    let mut warned = false;
-    let mut failures = 0u32;
-    let mut stop = stop.clone();
-    loop {
-        let query = sqlx::query_scalar("SELECT walflow.invisible_xids($1)").bind(&xids);
-        let missing: Result<Vec<i64>, sqlx::Error> = match conn.as_deref_mut() {
-            Some(c) => query.fetch_one(c).await,
-            None => query.fetch_one(&shared.pool).await,
-        };
-        let wait = match missing {
-            Ok(m) if m.is_empty() => return true,
-            Ok(m) => {
-                if !warned && started.elapsed() > Duration::from_secs(5) {
-                    tracing::warn!(
-                        transactions = ?m,
-                        "committed transactions are still not visible after 5 s \
-                         (waiting for a synchronous standby?); their events wait"
-                    );
-                    warned = true;
-                }
-                pause = (pause * 2).min(Duration::from_millis(50));
-                pause
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, "checking that transactions are visible failed; retrying");
-                shared.config.restart_delay(failures)
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.wait_for(|s| *s) => return false,
-        }
-    }
 }

@@ -441,6 +441,7 @@ impl WalflowBuilder {
                 .await?;
         }
         crate::migrate::migrate(&pool).await?;
+        crate::crash_point::hit("start.migrated");
         prepare(
             &pool,
             &SetupSpec {
@@ -460,13 +461,16 @@ impl WalflowBuilder {
             },
         )
         .await?;
+        crate::crash_point::hit("start.prepared");
         let slot = config.slot_name().to_owned();
+        crate::queue::enqueue::wait_for_predecessor(&pool, &slot, Duration::from_secs(30)).await?;
         let stream: Option<(i64, Option<i64>, Option<i32>)> = sqlx::query_as(
             "SELECT enqueued_lsn, partial_lsn, partial_seq FROM walflow.streams WHERE slot = $1",
         )
         .bind(&slot)
         .fetch_optional(&pool)
         .await?;
+        crate::crash_point::hit("start.streams_read");
         let watermark = stream.map(|s| s.0);
         let partial = stream.and_then(|s| match s {
             (_, Some(lsn), Some(seq)) => Some((Lsn(lsn as u64), seq as u32)),
@@ -482,6 +486,7 @@ impl WalflowBuilder {
             slot: slot.clone(),
             memory: Default::default(),
             flushed: watch::channel(0).0,
+            server_gone: watch::channel(0).0,
         });
         let (stop, stop_rx) = watch::channel(false);
         let memory_queue = config.queue_storage() == QueueStorage::Memory;
@@ -748,9 +753,10 @@ impl Walflow {
     /// The server's current WAL position (`pg_current_wal_lsn()`): pass it
     /// to [`wait_processed`](Self::wait_processed) after writing.
     pub async fn current_lsn(&self) -> Result<Lsn, FlowError> {
-        let text: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-            .fetch_one(&self.shared.pool)
-            .await?;
+        let text: String = transient_retried(|| {
+            sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&self.shared.pool)
+        })
+        .await?;
         text.parse()
             .map_err(|e| FlowError::Unsupported(format!("unreadable LSN {text:?}: {e}")))
     }
@@ -786,9 +792,11 @@ impl Walflow {
         let mut lsn = lsn;
         for round in 0..rounds {
             if round > 0 {
-                let text: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
-                    .fetch_one(&self.shared.pool)
-                    .await?;
+                let text: String = transient_retried(|| {
+                    sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+                        .fetch_one(&self.shared.pool)
+                })
+                .await?;
                 lsn = text
                     .parse()
                     .map_err(|e| FlowError::Unsupported(format!("unreadable LSN {text:?}: {e}")))?;
@@ -811,7 +819,10 @@ impl Walflow {
             let reached = if self.shared.memory_queue() {
                 self.shared.memory.fence(lsn)
             } else {
-                crate::status::fence_reached(&self.shared.pool, &self.shared.slot, lsn).await?
+                transient_retried(|| {
+                    crate::status::fence_reached(&self.shared.pool, &self.shared.slot, lsn)
+                })
+                .await?
             };
             match reached {
                 Some(true) => return Ok(()),
@@ -821,9 +832,11 @@ impl Walflow {
                     // while: a transactional message moves it past `lsn`.
                     let now = tokio::time::Instant::now();
                     if nudged.is_none_or(|t| now - t > Duration::from_secs(2)) {
-                        sqlx::query("SELECT pg_logical_emit_message(true, 'walflow.fence', '')")
-                            .execute(&self.shared.pool)
-                            .await?;
+                        transient_retried(|| {
+                            sqlx::query("SELECT pg_logical_emit_message(true, 'walflow.fence', '')")
+                                .execute(&self.shared.pool)
+                        })
+                        .await?;
                         nudged = Some(now);
                     }
                 }
@@ -1042,4 +1055,26 @@ fn chain_depth(ops: &[&'static OperatorRegistration]) -> usize {
         }
     }
     level.into_iter().max().unwrap_or(1)
+}
+
+/// Runs `f` again (up to four more times, 50 ms apart and doubling) while
+/// it fails with a connection error: after a server restart the pool may
+/// still hold connections the server has closed, and the first statement
+/// on each finds out.
+async fn transient_retried<T, F, Fut>(mut f: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut pause = Duration::from_millis(50);
+    for _ in 0..4 {
+        match f().await {
+            Err(e) if crate::operator::executor::is_transient(&e) => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            done => return done,
+        }
+    }
+    f().await
 }

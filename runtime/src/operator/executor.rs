@@ -58,9 +58,20 @@ pub(crate) struct Shared {
     /// The number of the consumer's last committed flush: rows handed over
     /// with a higher number are not queued yet.
     pub flushed: watch::Sender<u64>,
+    /// Counts the errors that say the server refuses or terminates walflow's connections as
+    /// it does while shutting down (see [`is_shutdown`]): the consumer then
+    /// lets go of the replication connection, so the server can stop.
+    pub server_gone: watch::Sender<u64>,
 }
 
 impl Shared {
+    /// Passes on a database error that says the server is shutting down.
+    pub fn note_error(&self, e: &sqlx::Error) {
+        if is_shutdown(e) {
+            self.server_gone.send_modify(|n| *n += 1);
+        }
+    }
+
     /// Whether the queue is in memory (`queue_storage = memory`).
     pub fn memory_queue(&self) -> bool {
         self.config.queue_storage() == QueueStorage::Memory
@@ -345,6 +356,15 @@ pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether a database error says the server is going away: walflow's
+/// connection was terminated by an administrator command or a crash
+/// shutdown (`57P01`, `57P02`), or the server refuses connections while it
+/// starts or stops (`57P03`).
+pub(crate) fn is_shutdown(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03")))
+}
+
 fn sql_failure(e: sqlx::Error) -> Failure {
     if is_transient(&e) {
         Failure::Transient(e.to_string())
@@ -423,6 +443,9 @@ pub(crate) async fn run(
             }
             match fetch(&shared, op.name, cursor).await {
                 Ok(rows) => {
+                    if !rows.is_empty() {
+                        crate::crash_point::hit("executor.fetched");
+                    }
                     fetch_failures = 0;
                     more = rows.len() as i64 == FETCH;
                     let mut inbox = signals.inbox.lock().expect("inbox lock");
@@ -936,7 +959,9 @@ impl UnitRunner {
             self.rescan.store(true, Ordering::Release);
             return Ok(());
         }
+        crate::crash_point::hit("unit.before_commit");
         tx.commit().await.map_err(sql_failure)?;
+        crate::crash_point::hit("unit.after_commit");
         self.finished_in_memory(rows);
         Ok(())
     }

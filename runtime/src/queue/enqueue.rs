@@ -1,0 +1,355 @@
+//! Queueing: a batch of transactions' rows, their process status marks and
+//! the queue's position, written by one statement that first checks that
+//! the batch's transactions are visible (rules 1 to 3 of the
+//! [protocol](super)).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection};
+use tokio::sync::watch;
+
+use crate::lsn::Lsn;
+use crate::operator::executor::{Shared, is_transient};
+use crate::operator::{Batch, StatusMark};
+
+/// Queues `batch` on `conn` (connected first if `None`: a connection of
+/// its own, so queueing never waits for the pool, which units waiting for
+/// this very flush may hold), retrying with backoff. Returns the connection
+/// (`None` after a broken one) and `false` when the flow stops first.
+pub(crate) async fn queue_retrying(
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    mut conn: Option<PgConnection>,
+    batch: &Batch,
+    end: Option<Lsn>,
+    partial: Option<(Lsn, u32)>,
+) -> (Option<PgConnection>, bool) {
+    let mut tries = 0u32;
+    // An attempt whose outcome is unknown: the connection broke after the
+    // statement was sent, so it may have committed.
+    let mut uncertain = false;
+    loop {
+        let error = match conn.as_mut() {
+            None => match connect(&shared).await {
+                Ok(mut c) => {
+                    if uncertain {
+                        match committed(&shared, &mut c, end, partial).await {
+                            // Queued already: inserting again could bring
+                            // back rows an executor has applied since.
+                            Ok(true) => return (Some(c), true),
+                            Ok(false) => uncertain = false,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "reading the queue's position failed; retrying");
+                                tries += 1;
+                                tokio::select! {
+                                    _ = tokio::time::sleep(shared.config.restart_delay(tries)) => {}
+                                    _ = stop.wait_for(|s| *s) => return (None, false),
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    conn = Some(c);
+                    continue;
+                }
+                Err(e) => {
+                    shared.note_error(&e);
+                    tracing::warn!(error = %e, "connecting to queue events failed; retrying");
+                    None
+                }
+            },
+            Some(c) => match flush(&shared, c, batch, end, partial).await {
+                Ok(()) => return (conn, true),
+                Err(e) if is_not_visible(&e) => {
+                    // Committed, flushed and sent, not yet visible: wait
+                    // until it is, then queue (not counted as a failure).
+                    if !wait_visible(&shared, &stop, Some(c), &batch.xids).await {
+                        return (conn, false);
+                    }
+                    continue;
+                }
+                Err(e) => Some(e),
+            },
+        };
+        if let Some(e) = error {
+            shared.note_error(&e);
+            if is_transient(&e) {
+                conn = None;
+                uncertain = true;
+                tracing::warn!(error = %e, "queueing events failed; retrying");
+            } else {
+                tracing::error!(error = %e, "queueing events failed; retrying");
+            }
+        }
+        tries += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(shared.config.restart_delay(tries)) => {}
+            _ = stop.wait_for(|s| *s) => return (conn, false),
+        }
+    }
+}
+
+/// Whether a flush of `end` / `partial` is recorded in `walflow.streams`
+/// (both are written by the flush's own statement). A batch with neither
+/// (process status marks only) is never taken as committed; queueing it
+/// again inserts nothing twice (`ON CONFLICT DO NOTHING`, and the status
+/// is a maximum).
+async fn committed(
+    shared: &Shared,
+    conn: &mut PgConnection,
+    end: Option<Lsn>,
+    partial: Option<(Lsn, u32)>,
+) -> sqlx::Result<bool> {
+    if end.is_none() && partial.is_none() {
+        return Ok(false);
+    }
+    let row: Option<(i64, Option<i64>, Option<i32>)> = sqlx::query_as(
+        "SELECT enqueued_lsn, partial_lsn, partial_seq FROM walflow.streams WHERE slot = $1",
+    )
+    .bind(&shared.slot)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((enqueued, partial_lsn, partial_seq)) = row else {
+        return Ok(false);
+    };
+    Ok(match (end, partial) {
+        (_, Some((lsn, seq))) => {
+            partial_lsn == Some(lsn.0 as i64) && partial_seq.is_some_and(|s| s >= seq as i32)
+                || enqueued >= lsn.0 as i64
+        }
+        (Some(end), None) => enqueued >= end.0 as i64,
+        (None, None) => false,
+    })
+}
+
+/// The `application_name` of a flow's queueing connection on `slot`.
+pub(crate) fn queue_application_name(slot: &str) -> String {
+    let name = format!("walflow queue {slot}");
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
+}
+
+/// The consumer's own connection, named after the slot (see
+/// [`wait_for_predecessor`]).
+async fn connect(shared: &Shared) -> sqlx::Result<PgConnection> {
+    PgConnection::connect_with(
+        &shared
+            .config
+            .connect_options()
+            .application_name(&queue_application_name(&shared.slot)),
+    )
+    .await
+}
+
+/// At start, before the queue's position is read: waits (up to `limit`)
+/// until no other session queues for `slot`. A flow killed while its
+/// queueing statement ran leaves that statement running on the server,
+/// which may still commit; read before it does, the position would be
+/// stale and the transactions it queued queued again, after an executor
+/// may have applied them. A killed flow's session ends as soon as its
+/// statement does (its client is gone); a live one (another flow on the
+/// slot) is waited for only until `limit`, then this one goes on with a
+/// warning.
+pub(crate) async fn wait_for_predecessor(
+    pool: &sqlx::PgPool,
+    slot: &str,
+    limit: Duration,
+) -> sqlx::Result<()> {
+    let name = queue_application_name(slot);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let busy: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                            WHERE application_name = $1 AND pid <> pg_backend_pid()
+                              AND state IN ('active', 'idle in transaction'))",
+        )
+        .bind(&name)
+        .fetch_one(pool)
+        .await?;
+        if !busy {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                slot,
+                "another session still queues events for this slot; going on"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Queues `batch`, and records `end` as queued (all transactions up to it)
+/// or `partial` (a transaction queued up to a change): one statement, so one
+/// round trip and one transaction.
+async fn flush(
+    shared: &Shared,
+    conn: &mut PgConnection,
+    batch: &Batch,
+    end: Option<Lsn>,
+    partial: Option<(Lsn, u32)>,
+) -> sqlx::Result<()> {
+    let rows = &batch.rows;
+    let covers = |f: fn(&(i64, i32)) -> String| -> Vec<Option<String>> {
+        rows.iter()
+            .map(|r| {
+                (!r.covers.is_empty()).then(|| {
+                    let items: Vec<String> = r.covers.iter().map(f).collect();
+                    format!("{{{}}}", items.join(","))
+                })
+            })
+            .collect()
+    };
+    // The memory process status is kept by the caller.
+    let status: &[StatusMark] = if shared.memory_status() {
+        &[]
+    } else {
+        &batch.status
+    };
+    let (pending, done): (Vec<_>, Vec<_>) = status.iter().partition(|s| s.remaining > 0);
+    // Events no operator runs on are done as soon as they are seen.
+    let mut max: HashMap<(&str, &str), i64> = HashMap::new();
+    for s in &done {
+        let e = max.entry((&*s.schema, &*s.table)).or_insert(s.updated_at);
+        *e = (*e).max(s.updated_at);
+    }
+    let (done_tables, done_micros): (Vec<(&str, &str)>, Vec<i64>) = max.into_iter().unzip();
+    sqlx::query(
+        "WITH q AS (
+             INSERT INTO walflow.queue
+               (slot, operator, commit_lsn, seq, part, id, kind, schema_name, table_name, event,
+                updated_at, first_lsn, cover_lsns, cover_seqs)
+             SELECT $1, o, l, s, p, i, k, sc, t, e::jsonb, u, f, cl::int8[], cs::int4[]
+             FROM UNNEST($2::text[], $3::int8[], $4::int4[], $5::int2[], $6::text[], $7::text[],
+                         $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[],
+                         $13::text[], $14::text[])
+                  AS x(o, l, s, p, i, k, sc, t, e, u, f, cl, cs)
+             ON CONFLICT DO NOTHING
+             RETURNING 1
+         ), ps AS (
+             INSERT INTO walflow.pending_status
+               (slot, commit_lsn, seq, schema_name, table_name, updated_at, remaining)
+             SELECT $1, l, s, sc, t, u, r
+             FROM UNNEST($15::int8[], $16::int4[], $17::text[], $18::text[], $19::int8[],
+                         $20::int4[]) AS x(l, s, sc, t, u, r)
+             ON CONFLICT DO NOTHING
+             RETURNING 1
+         ), st AS (
+             INSERT INTO walflow.process_status (slot, schema_name, table_name, updated_at)
+             SELECT $1, sc, t, u FROM UNNEST($21::text[], $22::text[], $23::int8[]) AS x(sc, t, u)
+             ON CONFLICT (slot, schema_name, table_name) DO UPDATE
+               SET updated_at = GREATEST(walflow.process_status.updated_at, EXCLUDED.updated_at)
+             RETURNING 1
+         ), sm AS (
+             INSERT INTO walflow.streams (slot, enqueued_lsn, partial_lsn, partial_seq)
+             SELECT $1, coalesce($24, 0), $25, $26 WHERE $24 IS NOT NULL OR $25 IS NOT NULL
+             ON CONFLICT (slot) DO UPDATE SET
+               enqueued_lsn = GREATEST(walflow.streams.enqueued_lsn, EXCLUDED.enqueued_lsn),
+               partial_lsn = EXCLUDED.partial_lsn,
+               partial_seq = EXCLUDED.partial_seq
+             RETURNING 1
+         )
+         SELECT walflow.require_visible($27::int8[])",
+    )
+    .bind(&shared.slot)
+    .bind(rows.iter().map(|r| r.operator).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.commit_lsn).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.part).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.kind).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| &*r.schema).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| &*r.table).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.event.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.first_lsn).collect::<Vec<_>>())
+    .bind(covers(|c| c.0.to_string()))
+    .bind(covers(|c| c.1.to_string()))
+    .bind(pending.iter().map(|s| s.commit_lsn).collect::<Vec<_>>())
+    .bind(pending.iter().map(|s| s.seq).collect::<Vec<_>>())
+    .bind(pending.iter().map(|s| &*s.schema).collect::<Vec<_>>())
+    .bind(pending.iter().map(|s| &*s.table).collect::<Vec<_>>())
+    .bind(pending.iter().map(|s| s.updated_at).collect::<Vec<_>>())
+    .bind(pending.iter().map(|s| s.remaining).collect::<Vec<_>>())
+    .bind(done_tables.iter().map(|t| t.0).collect::<Vec<_>>())
+    .bind(done_tables.iter().map(|t| t.1).collect::<Vec<_>>())
+    .bind(done_micros)
+    .bind(end.map(|l| l.0 as i64))
+    .bind(partial.map(|p| p.0.0 as i64))
+    .bind(partial.map(|p| p.1 as i32))
+    .bind(batch.xids.iter().map(|x| i64::from(*x)).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether queueing failed because a transaction of the batch is not yet
+/// visible (`walflow.require_visible`).
+fn is_not_visible(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("WF001"))
+}
+
+/// Waits until every transaction of `xids` is visible to new snapshots.
+///
+/// PostgreSQL flushes a transaction's commit record, and the WAL sender
+/// sends it, before the transaction leaves the set of running transactions
+/// that snapshots consult; with synchronous replication the gap lasts until
+/// the standby confirms. An operator that ran in that gap would compute the
+/// state before the transaction and count the event as applied. Polls with
+/// a short, growing pause; `false` when the flow stops first. Database
+/// errors are retried after the configured backoff. On `conn`, else on the
+/// pool.
+pub(crate) async fn wait_visible(
+    shared: &Shared,
+    stop: &watch::Receiver<bool>,
+    mut conn: Option<&mut PgConnection>,
+    xids: &[u32],
+) -> bool {
+    if xids.is_empty() {
+        return true;
+    }
+    let xids: Vec<i64> = xids.iter().map(|x| i64::from(*x)).collect();
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    let mut warned = false;
+    let mut failures = 0u32;
+    let mut stop = stop.clone();
+    loop {
+        let query = sqlx::query_scalar("SELECT walflow.invisible_xids($1)").bind(&xids);
+        let missing: Result<Vec<i64>, sqlx::Error> = match conn.as_deref_mut() {
+            Some(c) => query.fetch_one(c).await,
+            None => query.fetch_one(&shared.pool).await,
+        };
+        let wait = match missing {
+            Ok(m) if m.is_empty() => return true,
+            Ok(m) => {
+                if !warned && started.elapsed() > Duration::from_secs(5) {
+                    tracing::warn!(
+                        transactions = ?m,
+                        "committed transactions are still not visible after 5 s \
+                         (waiting for a synchronous standby?); their events wait"
+                    );
+                    warned = true;
+                }
+                pause = (pause * 2).min(Duration::from_millis(50));
+                pause
+            }
+            Err(e) => {
+                failures += 1;
+                shared.note_error(&e);
+                tracing::warn!(error = %e, "checking that transactions are visible failed; retrying");
+                shared.config.restart_delay(failures)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return false,
+        }
+    }
+}

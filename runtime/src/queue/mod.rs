@@ -1,0 +1,138 @@
+//! The queue protocol: how a committed transaction becomes queue rows, how
+//! the rows become operator runs, and why nothing is lost, applied twice
+//! or applied on the state before its own transaction — rule by rule, with
+//! what a crash between any two steps leaves behind.
+//!
+//! Queueing lives in [`enqueue`]; the consumer ([`crate::flow`]) dispatches
+//! and hands rows over, the executors ([`crate::operator`]) run them. (The
+//! executors' statements and the hand-over still live beside them.)
+//!
+//! # Terms
+//!
+//! - A transaction `T` has a 32-bit id `xid(T)`, a commit position `c(T)`
+//!   (the LSN of its commit record) and an end `e(T)`. The slot delivers
+//!   committed transactions whole, in commit order; a transaction's events
+//!   are numbered by `seq`.
+//! - A *queue row* is one event for one operator and mapped id, keyed by
+//!   `(slot, operator, commit_lsn, seq, part)`; `walflow.streams.enqueued_lsn`
+//!   is the end of the last transaction queued, `partial_lsn`/`partial_seq`
+//!   how far into a transaction too big to hold the queue got.
+//! - A *flush* is one statement ([`enqueue`]) that inserts a batch's rows,
+//!   its process status marks and the new position, after checking that the
+//!   batch's transactions are visible. Flushes are numbered; one runs at a
+//!   time, so they commit in order.
+//! - A *unit* is one run of an operator for one id: its statements and the
+//!   deletion of its rows, in one transaction.
+//!
+//! # Rules
+//!
+//! **1. Acknowledged only once queued.** The listener is acknowledged
+//! `e(T)` only after a flush that recorded it has committed (the consumer
+//! acknowledges in flush order). The listener reports to the server only
+//! acknowledged positions, or, when nothing delivered is unacknowledged and
+//! no transaction is open, the server's keepalive position (everything
+//! before it was received). *Crash* before the acknowledgement: the slot
+//! delivers `T` again; rule 2 skips it.
+//!
+//! **2. Delivered again, queued once.** The rows and `enqueued_lsn` are
+//! written by the same statement, so `enqueued_lsn ≥ e(T)` exactly when
+//! `T`'s rows are (or were) in the queue. At start the consumer takes
+//! `enqueued_lsn` as its watermark and skips (acknowledging) every
+//! transaction ending at or before it. A big transaction queued in chunks
+//! records `(c(T), last seq queued)` with each chunk; its changes up to
+//! that seq are skipped when it comes again. Two cases where a statement's
+//! outcome is unknown:
+//! - the connection broke while a flush ran: before trying again, the
+//!   flush reads the position on a new connection, and a flush found
+//!   recorded is done (inserting again could bring back rows an executor
+//!   has applied and deleted since);
+//! - the process was killed while a flush ran: the statement goes on in its
+//!   server session and may commit later. A starting flow waits (bounded)
+//!   until no session with the queue connection's `application_name`
+//!   (`walflow queue <slot>`) is running a statement, then reads the
+//!   position.
+//!
+//! **3. Visible before it runs.** PostgreSQL flushes `T`'s commit record,
+//! and the WAL sender sends it, *before* `T` leaves the set of running
+//! transactions that snapshots consult (with synchronous replication, until
+//! a standby confirms). A query run in that gap computes the state before
+//! `T`, and its unit would still count `T`'s event as applied. So:
+//! - a flush ends with `walflow.require_visible(xids)`, every transaction
+//!   of the batch included (also those without rows): unless a snapshot
+//!   taken in the flush sees them all, it raises `WF001` and the flush,
+//!   rows and position, rolls back; the consumer polls
+//!   `walflow.invisible_xids` until they are visible and flushes again;
+//! - visibility is monotonic: a snapshot taken later sees them too;
+//! - a unit waits, before any statement, until the flushes of all its rows
+//!   have committed (rows handed over in memory carry their flush's number;
+//!   rows read from the queue were visible to the reader, so their flush
+//!   committed);
+//! - hence every statement of a unit sees every transaction whose events
+//!   it applies. The memory queue checks the same before it hands rows
+//!   over. A chain is covered the same way: the upstream unit's commit is a
+//!   transaction of the next batch.
+//!
+//! *Crash*: the check and the inserts are one statement: both or neither.
+//!
+//! **4. Exactly once for query operators.** A unit's statements and the
+//! deletion of its rows commit together. A unit that deletes fewer rows
+//! than it holds (another executor applied some: two flows briefly on one
+//! queue) rolls back; a coalescing one then recomputes its ids in a
+//! transaction of its own (rule 6 may have left events without rows that
+//! the other run did not see). *Crash* before the unit's commit: nothing of
+//! it stands, its rows run again; after: its rows are gone.
+//!
+//! **5. Collapsing consecutive events (`coalesce: true`).** Within a batch,
+//! consecutive rows of one operator and id up to a delete (a barrier, kept
+//! as its own row) become the last of them; the row keeps the first commit
+//! position (for the fence) and the events whose process status waits on
+//! it. The executor likewise runs every pending row of an id up to the next
+//! delete as one unit. *Why it is safe*: a coalescing query recomputes its
+//! id from the source, so one run after the last event equals a run after
+//! each; by rule 3 that run sees every collapsed transaction (they are in
+//! the same or earlier flushes). A delete stays in order: an id's events
+//! after a delete run after it.
+//!
+//! **6. Events without rows (coalescing query operators, durable queue).**
+//! An event gets no row of its own when one of these holds, and never when
+//! it carries the process status field, is a delete, follows a delete of
+//! its id in the batch, or while the executor has not admitted every row
+//! handed to it (inbox not empty, overflow, reading the queue):
+//! - *a pending host*: the executor holds an unstarted row of the id whose
+//!   last pending event is not a delete. That row's unit is taken after
+//!   the event was left out (both under the inbox's lock), and a taken unit
+//!   waits for the highest flush that left an event out (`absorbed_flush`),
+//!   so by rule 3 its run sees the event. *Crash* after the event's flush
+//!   and before the host's run: the host row is durable and runs after the
+//!   restart, seeing the event. The fence waits on the host row (its first
+//!   position is earlier).
+//! - *covered by the last run*: the id's last committed run took its
+//!   snapshot (`pg_current_snapshot()`, before its statements) after the
+//!   event's transaction was visible, and no delete of the id has come
+//!   since. The run's statements, on later snapshots, saw the event. A row
+//!   standing for several transactions has no single id to check
+//!   (transaction ids are not in commit order) and is never left out this
+//!   way. Snapshots are kept 60 s (far below transaction id wraparound).
+//!
+//! **7. A shut-down server.** A WAL sender waits at shutdown until its
+//! client confirms the end of the WAL, which the flow cannot do while the
+//! queue is unreachable. When the server terminates or refuses walflow's
+//! connections (`57P01`, `57P02`, `57P03`), the consumer lets go of the
+//! replication connection at once; what it received is queued once the
+//! server is back (rules 1 and 2), and it streams again from the confirmed
+//! position.
+//!
+//! **8. The fence through chains.** `wait_processed(lsn)` waits until the
+//! queue's position has passed `lsn` and no row at or before it remains,
+//! then, for a chain of `n` levels, `n - 1` more times for the WAL insert
+//! position read once the previous round is done: the upstream units that
+//! applied events up to `lsn` have committed before that position.
+//!
+//! These rules are exercised by `tests/test_convergence.rs`: a random
+//! multi-statement workload with one and four writers, `coalesce` on and
+//! off, `kill -9` at random moments and during start-up, the process
+//! killing itself at each crash point of [`crate::crash_point`], and
+//! PostgreSQL restarted fast and immediately; a synchronous standby that
+//! never answers makes rule 3 deterministic.
+
+pub(crate) mod enqueue;
