@@ -259,8 +259,9 @@ impl<'de> de::Deserializer<'de> for ValueDeserializer<'de> {
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match self.0 {
+            // Only SQL NULL is `None`: a JSON `null` is a value (as sqlx
+            // reads it, `Some(Value::Null)`).
             Value::Null | Value::UnchangedToast => visitor.visit_none(),
-            Value::Json(j) => j.deserialize_option(visitor).map_err(DeError::json),
             _ => visitor.visit_some(self),
         }
     }

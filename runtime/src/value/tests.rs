@@ -355,3 +355,39 @@ fn records_round_trip_through_json() {
     );
     assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), specials);
 }
+
+#[test]
+fn json_null_is_a_value_and_sql_null_is_none() {
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Row {
+        doc: Option<serde_json::Value>,
+        missing: Option<serde_json::Value>,
+        docs: Vec<Option<serde_json::Value>>,
+    }
+    let row: Row = record(vec![
+        ("doc", Value::Json(serde_json::Value::Null)),
+        ("missing", Value::Null),
+        (
+            "docs",
+            Value::Array(vec![
+                Value::Json(serde_json::Value::Null),
+                Value::Null,
+                Value::Json(serde_json::json!(1)),
+            ]),
+        ),
+    ])
+    .deserialize_into("t")
+    .unwrap();
+    assert_eq!(
+        row,
+        Row {
+            doc: Some(serde_json::Value::Null),
+            missing: None,
+            docs: vec![
+                Some(serde_json::Value::Null),
+                None,
+                Some(serde_json::json!(1))
+            ],
+        }
+    );
+}
