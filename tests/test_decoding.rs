@@ -376,3 +376,41 @@ async fn unchanged_toast_is_filled_from_the_old_row() {
     );
     l.shutdown().await.unwrap();
 }
+
+/// A JSON `null` is a value, SQL `NULL` is `None`: decoded from the WAL
+/// exactly as sqlx reads the same rows, for `json`, `jsonb` and the
+/// elements of `jsonb[]`.
+#[tokio::test]
+async fn json_null_is_not_sql_null() {
+    #[derive(Debug, PartialEq, serde::Deserialize, sqlx::FromRow)]
+    struct Doc {
+        id: i64,
+        j: Option<serde_json::Value>,
+        jb: Option<serde_json::Value>,
+        arr: Option<Vec<Option<serde_json::Value>>>,
+    }
+    let db = common::db().await;
+    db.exec("CREATE TABLE docs (id int8 PRIMARY KEY, j json, jb jsonb, arr jsonb[])")
+        .await;
+    let slot = db.slot("jsonnull");
+    db.setup(&slot, &["docs"]).await;
+    let mut l = db.listener(&slot).await.unwrap();
+    db.exec(
+        "INSERT INTO docs VALUES
+           (1, 'null', 'null', ARRAY['null'::jsonb, NULL, '1'::jsonb]),
+           (2, NULL, NULL, NULL),
+           (3, '{\"a\": null}', '[null]', '{}')",
+    )
+    .await;
+    let decoded: Vec<Doc> = tx_changes(&mut l, 1).await[0]
+        .iter()
+        .map(|e| e.new.as_ref().unwrap().deserialize_into("docs").unwrap())
+        .collect();
+    let read: Vec<Doc> = sqlx::query_as("SELECT id, j, jb, arr FROM docs ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(decoded, read);
+    assert_eq!(decoded[0].jb, Some(serde_json::Value::Null));
+    assert_eq!(decoded[1].jb, None);
+}
