@@ -47,6 +47,19 @@ impl de::Error for DeError {
         }
     }
 
+    /// A unit comes only from SQL `NULL` (a JSON `null` inside a `json`
+    /// column is reported by serde_json): say so.
+    fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        let message = match unexp {
+            de::Unexpected::Unit => format!("NULL, expected {exp}"),
+            other => format!("invalid type: {other}, expected {exp}"),
+        };
+        DeError {
+            column: None,
+            message,
+        }
+    }
+
     fn missing_field(field: &'static str) -> Self {
         DeError {
             column: Some(field.to_owned()),

@@ -194,7 +194,7 @@ fn error_names_table_column_and_expected_type() {
     let err = r.deserialize_into::<Comment>("comments").unwrap_err();
     assert_eq!(
         err.to_string(),
-        "table `comments`, column `post_id`: invalid type: unit value, expected i64"
+        "table `comments`, column `post_id`: NULL, expected i64"
     );
 
     #[derive(Debug, Deserialize)]
