@@ -39,9 +39,10 @@ use crate::value::Value;
 use super::bind::bind_value;
 use super::memory::{Finished, MemoryState};
 use super::{id_display, id_key};
+use crate::queue::dequeue::{fetch, finish};
 
 /// Rows fetched per round trip.
-const FETCH: i64 = 2_000;
+pub(crate) const FETCH: i64 = 2_000;
 /// Upper bound of rows held in memory per operator.
 const MAX_PENDING: usize = 20_000;
 /// Most units of a query operator run in one transaction.
@@ -225,26 +226,26 @@ pub(crate) struct Signals {
 /// A queue row as read back.
 #[derive(Debug, Clone)]
 pub(crate) struct Row {
-    commit_lsn: i64,
-    seq: i32,
-    part: i16,
-    id: String,
+    pub(crate) commit_lsn: i64,
+    pub(crate) seq: i32,
+    pub(crate) part: i16,
+    pub(crate) id: String,
     /// [`id_key`] of `id`.
-    id_key: String,
-    kind: EventKind,
-    schema: String,
-    table: String,
+    pub(crate) id_key: String,
+    pub(crate) kind: EventKind,
+    pub(crate) schema: String,
+    pub(crate) table: String,
     /// A handler row's event as JSON (as queued).
-    event: Option<String>,
+    pub(crate) event: Option<String>,
     /// A handler row's event, when handed over in memory.
-    raw: Option<Arc<RawEvent>>,
-    updated_at: Option<i64>,
+    pub(crate) raw: Option<Arc<RawEvent>>,
+    pub(crate) updated_at: Option<i64>,
     /// The first commit LSN the row stands for (events collapsed into it).
-    first_lsn: Option<i64>,
+    pub(crate) first_lsn: Option<i64>,
     /// Events collapsed into this row whose process status waits on it.
-    covers: Vec<(i64, i32)>,
+    pub(crate) covers: Vec<(i64, i32)>,
     /// The consumer's flush queueing the row (0: queued already).
-    flush: u64,
+    pub(crate) flush: u64,
 }
 
 pub(crate) type RowTuple = (
@@ -679,26 +680,6 @@ fn take_unit(op: &OperatorRegistration, queue: &mut VecDeque<Row>) -> Vec<Row> {
     rows
 }
 
-async fn fetch(shared: &Shared, operator: &str, cursor: (i64, i32, i16)) -> sqlx::Result<Vec<Row>> {
-    let rows: Vec<RowTuple> = sqlx::query_as(
-        "SELECT commit_lsn, seq, part, id, kind, schema_name, table_name, event::text, updated_at,
-                cover_lsns, cover_seqs
-         FROM walflow.queue
-         WHERE slot = $1 AND operator = $2 AND (commit_lsn, seq, part) > ($3, $4, $5)
-         ORDER BY commit_lsn, seq, part
-         LIMIT $6",
-    )
-    .bind(&shared.slot)
-    .bind(operator)
-    .bind(cursor.0)
-    .bind(cursor.1)
-    .bind(cursor.2)
-    .bind(FETCH)
-    .fetch_all(&shared.pool)
-    .await?;
-    Ok(rows.into_iter().map(Row::from_tuple).collect())
-}
-
 struct UnitRunner {
     op: &'static OperatorRegistration,
     shared: Arc<Shared>,
@@ -1115,92 +1096,6 @@ impl UnitRunner {
         }
         self.complete(tx, &rows.iter().collect::<Vec<_>>()).await
     }
-}
-
-/// Deletes the rows from the queue and moves the process status of the
-/// events all of whose rows are now done, in `tx` (what is kept in the
-/// database: see [`UnitRunner::complete`] for the rest).
-async fn finish(
-    shared: &Shared,
-    operator_name: &str,
-    rows: &[&Row],
-    tx: &mut PgConnection,
-) -> sqlx::Result<bool> {
-    let lsns: Vec<i64> = rows.iter().map(|r| r.commit_lsn).collect();
-    let seqs: Vec<i32> = rows.iter().map(|r| r.seq).collect();
-    let parts: Vec<i16> = rows.iter().map(|r| r.part).collect();
-    let deleted = if shared.memory_queue() {
-        rows.len() as u64
-    } else if let [row] = rows {
-        sqlx::query(
-            "DELETE FROM walflow.queue
-             WHERE slot = $1 AND operator = $2 AND commit_lsn = $3 AND seq = $4 AND part = $5",
-        )
-        .bind(&shared.slot)
-        .bind(operator_name)
-        .bind(row.commit_lsn)
-        .bind(row.seq)
-        .bind(row.part)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-    } else {
-        let n: i64 = sqlx::query_scalar("SELECT walflow.delete_queue_rows($1, $2, $3, $4, $5)")
-            .bind(&shared.slot)
-            .bind(operator_name)
-            .bind(&lsns)
-            .bind(&seqs)
-            .bind(&parts)
-            .fetch_one(&mut *tx)
-            .await?;
-        n as u64
-    };
-    if deleted != rows.len() as u64 {
-        return Ok(false);
-    }
-    if shared.memory_status()
-        || rows
-            .iter()
-            .all(|r| r.updated_at.is_none() && r.covers.is_empty())
-    {
-        return Ok(true);
-    }
-    let mut lsns = lsns;
-    let mut seqs = seqs;
-    for (l, s) in rows.iter().flat_map(|r| r.covers.iter()) {
-        lsns.push(*l);
-        seqs.push(*s);
-    }
-    sqlx::query(
-        "UPDATE walflow.pending_status p SET remaining = p.remaining - u.n
-         FROM (SELECT l, s, count(*)::int AS n FROM UNNEST($2::int8[], $3::int4[]) AS x(l, s)
-               GROUP BY l, s) u
-         WHERE p.slot = $1 AND p.commit_lsn = ANY($2::int8[]) AND p.seq = ANY($3::int4[])
-           AND p.commit_lsn = u.l AND p.seq = u.s",
-    )
-    .bind(&shared.slot)
-    .bind(&lsns)
-    .bind(&seqs)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "WITH done AS (
-             DELETE FROM walflow.pending_status
-             WHERE slot = $1 AND remaining <= 0
-               AND commit_lsn = ANY($2::int8[]) AND seq = ANY($3::int4[])
-               AND (commit_lsn, seq) IN (SELECT * FROM UNNEST($2::int8[], $3::int4[]))
-             RETURNING schema_name, table_name, updated_at)
-         INSERT INTO walflow.process_status (slot, schema_name, table_name, updated_at)
-         SELECT $1, schema_name, table_name, max(updated_at) FROM done GROUP BY schema_name, table_name
-         ON CONFLICT (slot, schema_name, table_name)
-         DO UPDATE SET updated_at = GREATEST(walflow.process_status.updated_at, EXCLUDED.updated_at)",
-    )
-    .bind(&shared.slot)
-    .bind(&lsns)
-    .bind(&seqs)
-    .execute(&mut *tx)
-    .await?;
-    Ok(true)
 }
 
 #[cfg(test)]

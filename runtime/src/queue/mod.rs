@@ -3,9 +3,11 @@
 //! or applied on the state before its own transaction — rule by rule, with
 //! what a crash between any two steps leaves behind.
 //!
-//! Queueing lives in [`enqueue`]; the consumer ([`crate::flow`]) dispatches
-//! and hands rows over, the executors ([`crate::operator`]) run them. (The
-//! executors' statements and the hand-over still live beside them.)
+//! Queueing lives in [`enqueue`], reading rows back and deleting them in
+//! [`dequeue`]; the consumer ([`crate::flow`]) dispatches and hands rows
+//! over, the executors ([`crate::operator`]) run them. (The dead-letter
+//! statements, the fence and the in-memory hand-over still live beside
+//! them.)
 //!
 //! # Terms
 //!
@@ -135,4 +137,5 @@
 //! PostgreSQL restarted fast and immediately; a synchronous standby that
 //! never answers makes rule 3 deterministic.
 
+pub(crate) mod dequeue;
 pub(crate) mod enqueue;

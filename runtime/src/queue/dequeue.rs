@@ -1,0 +1,117 @@
+//! Taking rows off the queue: reading an operator's rows back in order,
+//! and deleting a unit's rows (with the process status they release) in the
+//! unit's own transaction (rule 4 of the [protocol](super)).
+
+use sqlx::PgConnection;
+
+use crate::operator::executor::{FETCH, Row, RowTuple, Shared};
+
+pub(crate) async fn fetch(
+    shared: &Shared,
+    operator: &str,
+    cursor: (i64, i32, i16),
+) -> sqlx::Result<Vec<Row>> {
+    let rows: Vec<RowTuple> = sqlx::query_as(
+        "SELECT commit_lsn, seq, part, id, kind, schema_name, table_name, event::text, updated_at,
+                cover_lsns, cover_seqs
+         FROM walflow.queue
+         WHERE slot = $1 AND operator = $2 AND (commit_lsn, seq, part) > ($3, $4, $5)
+         ORDER BY commit_lsn, seq, part
+         LIMIT $6",
+    )
+    .bind(&shared.slot)
+    .bind(operator)
+    .bind(cursor.0)
+    .bind(cursor.1)
+    .bind(cursor.2)
+    .bind(FETCH)
+    .fetch_all(&shared.pool)
+    .await?;
+    Ok(rows.into_iter().map(Row::from_tuple).collect())
+}
+
+/// Deletes the rows from the queue and moves the process status of the
+/// events all of whose rows are now done, in `tx` (what is kept in the
+/// database: see [`UnitRunner::complete`] for the rest).
+pub(crate) async fn finish(
+    shared: &Shared,
+    operator_name: &str,
+    rows: &[&Row],
+    tx: &mut PgConnection,
+) -> sqlx::Result<bool> {
+    let lsns: Vec<i64> = rows.iter().map(|r| r.commit_lsn).collect();
+    let seqs: Vec<i32> = rows.iter().map(|r| r.seq).collect();
+    let parts: Vec<i16> = rows.iter().map(|r| r.part).collect();
+    let deleted = if shared.memory_queue() {
+        rows.len() as u64
+    } else if let [row] = rows {
+        sqlx::query(
+            "DELETE FROM walflow.queue
+             WHERE slot = $1 AND operator = $2 AND commit_lsn = $3 AND seq = $4 AND part = $5",
+        )
+        .bind(&shared.slot)
+        .bind(operator_name)
+        .bind(row.commit_lsn)
+        .bind(row.seq)
+        .bind(row.part)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+    } else {
+        let n: i64 = sqlx::query_scalar("SELECT walflow.delete_queue_rows($1, $2, $3, $4, $5)")
+            .bind(&shared.slot)
+            .bind(operator_name)
+            .bind(&lsns)
+            .bind(&seqs)
+            .bind(&parts)
+            .fetch_one(&mut *tx)
+            .await?;
+        n as u64
+    };
+    if deleted != rows.len() as u64 {
+        return Ok(false);
+    }
+    if shared.memory_status()
+        || rows
+            .iter()
+            .all(|r| r.updated_at.is_none() && r.covers.is_empty())
+    {
+        return Ok(true);
+    }
+    let mut lsns = lsns;
+    let mut seqs = seqs;
+    for (l, s) in rows.iter().flat_map(|r| r.covers.iter()) {
+        lsns.push(*l);
+        seqs.push(*s);
+    }
+    sqlx::query(
+        "UPDATE walflow.pending_status p SET remaining = p.remaining - u.n
+         FROM (SELECT l, s, count(*)::int AS n FROM UNNEST($2::int8[], $3::int4[]) AS x(l, s)
+               GROUP BY l, s) u
+         WHERE p.slot = $1 AND p.commit_lsn = ANY($2::int8[]) AND p.seq = ANY($3::int4[])
+           AND p.commit_lsn = u.l AND p.seq = u.s",
+    )
+    .bind(&shared.slot)
+    .bind(&lsns)
+    .bind(&seqs)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "WITH done AS (
+             DELETE FROM walflow.pending_status
+             WHERE slot = $1 AND remaining <= 0
+               AND commit_lsn = ANY($2::int8[]) AND seq = ANY($3::int4[])
+               AND (commit_lsn, seq) IN (SELECT * FROM UNNEST($2::int8[], $3::int4[]))
+             RETURNING schema_name, table_name, updated_at)
+         INSERT INTO walflow.process_status (slot, schema_name, table_name, updated_at)
+         SELECT $1, schema_name, table_name, max(updated_at) FROM done GROUP BY schema_name, table_name
+         ON CONFLICT (slot, schema_name, table_name)
+         DO UPDATE SET updated_at = GREATEST(walflow.process_status.updated_at, EXCLUDED.updated_at)",
+    )
+    .bind(&shared.slot)
+    .bind(&lsns)
+    .bind(&seqs)
+    .execute(&mut *tx)
+    .await?;
+    Ok(true)
+}
