@@ -22,6 +22,9 @@
 //! - `walflow.process_status (slot, schema_name, table_name, updated_at)`:
 //!   per table, the largest `updated_at` (microseconds since the Unix epoch)
 //!   of an event all of whose operators finished.
+//! - `walflow.pubsub_log (channel, end_lsn, prev_end_lsn, payload,
+//!   created_at)`: transactions broadcast over LISTEN/NOTIFY, kept for
+//!   receivers to catch up (see [`crate::subscribe::pubsub`]).
 //! - `walflow.dead_letters (id, slot, operator, commit_lsn, seq, part, id,
 //!   kind, schema_name, table_name, event, updated_at, error, attempts,
 //!   failed_at)`: events given up after their last attempt.
@@ -166,6 +169,22 @@ BEGIN
     END IF;
 END
 $fn$;
+"#,
+    ),
+    (
+        4,
+        r#"
+-- The log of broadcast transactions (`pubsub = postgres`): each names the
+-- one before it, so a receiver that was away finds a gap. (Created by
+-- earlier versions on first use, hence IF NOT EXISTS.)
+CREATE TABLE IF NOT EXISTS walflow.pubsub_log (
+    channel text NOT NULL,
+    end_lsn bigint NOT NULL,
+    prev_end_lsn bigint NOT NULL,
+    payload text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (channel, end_lsn)
+);
 "#,
     ),
 ];

@@ -227,7 +227,8 @@ impl PgPubSub {
     }
 
     /// Uses `pool` and `channel` (lower-case letters, digits and `_`);
-    /// creates `walflow.pubsub_log` when missing.
+    /// migrates the `walflow` schema (which holds `walflow.pubsub_log`)
+    /// when it is not up to date.
     pub async fn with_channel(
         pool: PgPool,
         channel: impl Into<String>,
@@ -236,25 +237,8 @@ impl PgPubSub {
         if crate::config::validate_channel(&channel).is_err() {
             return Err(PubSubError::Channel(channel));
         }
-        let mut tx = pool.begin().await?;
-        // Serializes concurrent installs (CREATE ... IF NOT EXISTS races).
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('walflow.pubsub_log'))")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::raw_sql(
-            "CREATE SCHEMA IF NOT EXISTS walflow;
-             CREATE TABLE IF NOT EXISTS walflow.pubsub_log (
-                 channel text NOT NULL,
-                 end_lsn bigint NOT NULL,
-                 prev_end_lsn bigint NOT NULL,
-                 payload text NOT NULL,
-                 created_at timestamptz NOT NULL DEFAULT now(),
-                 PRIMARY KEY (channel, end_lsn)
-             )",
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        // `walflow.pubsub_log` is one of the versioned tables.
+        crate::migrate::migrate(&pool).await?;
         let defaults = Config::default();
         Ok(PgPubSub {
             pool,
