@@ -231,6 +231,11 @@ async fn drain(
             .unwrap();
     }
 
+    let walinspect = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        .execute(&pool)
+        .await
+        .is_ok();
+    let backlog_start = flush_lsn(&pool).await;
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
     exec_conn(
         &mut conn,
@@ -259,6 +264,7 @@ async fn drain(
         .await
         .unwrap();
     let end_lsn: walflow::Lsn = end.parse().unwrap();
+    let drain_start = flush_lsn(&pool).await;
 
     let t = Instant::now();
     let flow = builder().start().await.unwrap();
@@ -313,6 +319,28 @@ async fn drain(
         "  [{operator}] all queued after {queued:.2?}, drained after {drained:.2?}; \
          {queued_rows} queue rows, {runs} query runs, {rows} rows left"
     );
+    if walinspect {
+        let drain_end = flush_lsn(&pool).await;
+        let app = wal_by_schema(&pool, &backlog_start, &drain_start).await;
+        let during = wal_by_schema(&pool, &drain_start, &drain_end).await;
+        let total = |m: &std::collections::BTreeMap<String, i64>| m.values().sum::<i64>();
+        let of =
+            |m: &std::collections::BTreeMap<String, i64>, k: &str| m.get(k).copied().unwrap_or(0);
+        let app_bytes = total(&app) as f64;
+        let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
+        println!(
+            "  [{operator}] WAL: the application's backlog {:.1} MiB; during the drain \
+             walflow's tables {:.1} MiB ({:.2}x the application's), the derived table \
+             {:.1} MiB, records of no table (commits, messages) {:.1} MiB",
+            mib(total(&app)),
+            mib(of(&during, "walflow")),
+            of(&during, "walflow") as f64 / app_bytes,
+            mib(of(&during, "public")),
+            mib(of(&during, "-")),
+        );
+    } else {
+        println!("  [{operator}] WAL: pg_walinspect is not available (PostgreSQL 15 or newer)");
+    }
     let (n, total): (i64, i64) = sqlx::query_as(
         "SELECT count(*), coalesce(sum(comments_count), 0)::int8 FROM post_with_comments_counts",
     )
@@ -485,4 +513,41 @@ async fn exec_conn(conn: &mut sqlx::PgConnection, sql: &str) {
         .execute(conn)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// The server's WAL flush position, as text.
+async fn flush_lsn(pool: &sqlx::PgPool) -> String {
+    sqlx::query_scalar("SELECT pg_current_wal_flush_lsn()::text")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Bytes of WAL records between two positions by the schema of the first
+/// relation each record touches (`-`: no relation, such as commit records;
+/// `?`: a relation of another database), read with `pg_walinspect`.
+async fn wal_by_schema(
+    pool: &sqlx::PgPool,
+    from: &str,
+    to: &str,
+) -> std::collections::BTreeMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>(
+        "WITH r AS (
+             SELECT record_length,
+                    (regexp_match(block_ref, 'rel [0-9]+/[0-9]+/([0-9]+)'))[1]::oid AS node
+             FROM pg_get_wal_records_info($1::pg_lsn, $2::pg_lsn))
+         SELECT CASE WHEN r.node IS NULL THEN '-'
+                     ELSE coalesce(n.nspname::text, '?') END,
+                sum(r.record_length)::int8
+         FROM r LEFT JOIN pg_class c ON c.relfilenode = r.node
+                LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+         GROUP BY 1",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
 }
