@@ -108,6 +108,31 @@ impl<'de> Deserialize<'de> for Lsn {
     }
 }
 
+/// Stored as a `bigint` (walflow's tables; PostgreSQL's `pg_lsn` is
+/// unsigned, a `bigint` orders the same below 2⁶³).
+impl sqlx::Type<sqlx::Postgres> for Lsn {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <i64 as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+}
+
+impl sqlx::Encode<'_, sqlx::Postgres> for Lsn {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <i64 as sqlx::Encode<sqlx::Postgres>>::encode(self.0 as i64, buf)
+    }
+}
+
+impl sqlx::Decode<'_, sqlx::Postgres> for Lsn {
+    fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(Lsn(
+            <i64 as sqlx::Decode<sqlx::Postgres>>::decode(value)? as u64
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

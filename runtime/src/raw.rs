@@ -118,3 +118,50 @@ impl RawEvent {
         }
     }
 }
+
+/// An unknown event kind name (see [`EventKind`]'s `FromStr`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event kind `{0}`; expected insert, update, delete or truncate")]
+pub struct UnknownEventKind(pub String);
+
+impl std::str::FromStr for EventKind {
+    type Err = UnknownEventKind;
+
+    /// Parses the lowercase name ([`EventKind::as_str`]).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "insert" => Ok(EventKind::Insert),
+            "update" => Ok(EventKind::Update),
+            "delete" => Ok(EventKind::Delete),
+            "truncate" => Ok(EventKind::Truncate),
+            other => Err(UnknownEventKind(other.to_owned())),
+        }
+    }
+}
+
+/// Stored as its lowercase name in a `text` column.
+impl sqlx::Type<sqlx::Postgres> for EventKind {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl sqlx::Encode<'_, sqlx::Postgres> for EventKind {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buf)
+    }
+}
+
+impl sqlx::Decode<'_, sqlx::Postgres> for EventKind {
+    fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
+        let s = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        Ok(s.parse()?)
+    }
+}

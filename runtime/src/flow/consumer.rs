@@ -159,7 +159,7 @@ impl Consumer {
             for r in batch.rows.iter().filter(|r| r.operator == op) {
                 if absorb {
                     let key = r.id_key.as_str();
-                    if r.kind == EventKind::Delete.as_str() {
+                    if r.kind == EventKind::Delete {
                         barriers.insert(key);
                     } else if r.updated_at.is_none()
                         && r.covers.is_empty()

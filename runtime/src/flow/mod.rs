@@ -875,7 +875,7 @@ impl Walflow {
             String,
             i64,
             i32,
-            String,
+            EventKind,
             String,
             String,
             String,
@@ -901,12 +901,7 @@ impl Walflow {
                     commit_lsn: Lsn(r.2 as u64),
                     seq: r.3 as u32,
                 },
-                kind: match r.4.as_str() {
-                    "insert" => EventKind::Insert,
-                    "update" => EventKind::Update,
-                    "delete" => EventKind::Delete,
-                    _ => EventKind::Truncate,
-                },
+                kind: r.4,
                 table: format!("{}.{}", r.5, r.6),
                 mapped_id: id_display(&r.7),
                 error: r.8,
@@ -957,37 +952,31 @@ impl Walflow {
     /// queue: the row goes back to its operator's inbox.
     async fn retry_dead_letter_in_memory(&self, id: i64) -> Result<bool, FlowError> {
         let mut tx = self.shared.pool.begin().await?;
-        type Dead = (
-            String,
-            i64,
-            i32,
-            i16,
-            String,
-            String,
-            String,
-            String,
-            Option<String>,
-            Option<i64>,
-        );
-        let row: Option<Dead> = sqlx::query_as(
+        #[derive(sqlx::FromRow)]
+        struct Dead {
+            operator: String,
+            #[sqlx(flatten)]
+            row: crate::queue::dequeue::QueuedRow,
+        }
+        let dead: Option<Dead> = sqlx::query_as(
             "DELETE FROM walflow.dead_letters WHERE slot = $1 AND id = $2
-             RETURNING operator, commit_lsn, seq, part, mapped_id, kind, schema_name, table_name,
-                       event::text, updated_at",
+             RETURNING operator, commit_lsn, seq, part, mapped_id AS id, kind, schema_name,
+                       table_name, event::text AS event, updated_at,
+                       NULL::int8[] AS cover_lsns, NULL::int4[] AS cover_seqs",
         )
         .bind(&self.shared.slot)
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((operator, l, sq, p, i, k, sc, t, e, u)) = row else {
+        let Some(dead) = dead else {
             return Ok(false);
         };
-        let tuple = (l, sq, p, i, k, sc, t, e, u, None, None);
         // Kept as a dead letter unless its operator runs here.
-        let Some(signals) = self.signals.get(operator.as_str()) else {
+        let Some(signals) = self.signals.get(dead.operator.as_str()) else {
             return Ok(false);
         };
         tx.commit().await?;
-        let row = executor::Row::from_tuple(tuple);
+        let row = executor::Row::from_queued(dead.row);
         self.shared.memory.requeued(row.key().0);
         signals
             .inbox

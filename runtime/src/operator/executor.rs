@@ -248,45 +248,23 @@ pub(crate) struct Row {
     pub(crate) flush: u64,
 }
 
-pub(crate) type RowTuple = (
-    i64,
-    i32,
-    i16,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<i64>,
-    Option<Vec<i64>>,
-    Option<Vec<i32>>,
-);
-
-fn parse_kind(s: &str) -> EventKind {
-    match s {
-        "insert" => EventKind::Insert,
-        "update" => EventKind::Update,
-        "delete" => EventKind::Delete,
-        _ => EventKind::Truncate,
-    }
-}
-
 impl Row {
-    pub(crate) fn from_tuple(t: RowTuple) -> Row {
+    /// A row read back from the queue.
+    pub(crate) fn from_queued(q: crate::queue::dequeue::QueuedRow) -> Row {
         Row {
-            commit_lsn: t.0,
-            seq: t.1,
-            part: t.2,
-            id_key: id_key(&t.3),
-            id: t.3,
-            kind: parse_kind(&t.4),
-            schema: t.5,
-            table: t.6,
-            event: t.7,
+            commit_lsn: q.commit_lsn,
+            seq: q.seq,
+            part: q.part,
+            id_key: id_key(&q.id),
+            id: q.id,
+            kind: q.kind,
+            schema: q.schema_name,
+            table: q.table_name,
+            event: q.event,
             raw: None,
-            updated_at: t.8,
+            updated_at: q.updated_at,
             first_lsn: None,
-            covers: match (t.9, t.10) {
+            covers: match (q.cover_lsns, q.cover_seqs) {
                 (Some(l), Some(s)) => l.into_iter().zip(s).collect(),
                 _ => Vec::new(),
             },
@@ -303,7 +281,7 @@ impl Row {
             part: r.part,
             id: r.id.clone(),
             id_key: r.id_key.clone(),
-            kind: parse_kind(r.kind),
+            kind: r.kind,
             schema: r.schema.to_string(),
             table: r.table.to_string(),
             event: r.event.clone(),

@@ -25,7 +25,7 @@ pub(crate) struct NewRow {
     pub id: String,
     /// [`id_key`] of `id`, computed once.
     pub id_key: String,
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub schema: Arc<str>,
     pub table: Arc<str>,
     pub event: Option<String>,
@@ -101,7 +101,7 @@ impl Batch {
                 continue;
             }
             let key = (row.operator, row.id_key.clone());
-            if row.kind == EventKind::Delete.as_str() {
+            if row.kind == EventKind::Delete {
                 open.remove(&key);
                 out.push(row);
                 continue;
@@ -203,7 +203,7 @@ pub(crate) fn dispatch(
                 part,
                 id_key: value_key(id, &json),
                 id: json,
-                kind: raw.kind.as_str(),
+                kind: raw.kind,
                 schema: raw.schema.clone(),
                 table: raw.table.clone(),
                 raw: event.as_ref().map(|_| raw.clone()),

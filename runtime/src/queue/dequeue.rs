@@ -4,15 +4,34 @@
 
 use sqlx::PgConnection;
 
-use crate::operator::executor::{FETCH, Row, RowTuple, Shared};
+use crate::operator::executor::{FETCH, Row, Shared};
+use crate::raw::EventKind;
+
+/// A row of `walflow.queue` as an executor reads it back.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct QueuedRow {
+    pub commit_lsn: i64,
+    pub seq: i32,
+    pub part: i16,
+    /// The mapped id as JSON.
+    pub id: String,
+    pub kind: EventKind,
+    pub schema_name: String,
+    pub table_name: String,
+    /// A handler row's event as JSON.
+    pub event: Option<String>,
+    pub updated_at: Option<i64>,
+    pub cover_lsns: Option<Vec<i64>>,
+    pub cover_seqs: Option<Vec<i32>>,
+}
 
 pub(crate) async fn fetch(
     shared: &Shared,
     operator: &str,
     cursor: (i64, i32, i16),
 ) -> sqlx::Result<Vec<Row>> {
-    let rows: Vec<RowTuple> = sqlx::query_as(
-        "SELECT commit_lsn, seq, part, id, kind, schema_name, table_name, event::text, updated_at,
+    let rows: Vec<QueuedRow> = sqlx::query_as(
+        "SELECT commit_lsn, seq, part, id, kind, schema_name, table_name, event::text AS event, updated_at,
                 cover_lsns, cover_seqs
          FROM walflow.queue
          WHERE slot = $1 AND operator = $2 AND (commit_lsn, seq, part) > ($3, $4, $5)
@@ -27,7 +46,7 @@ pub(crate) async fn fetch(
     .bind(FETCH)
     .fetch_all(&shared.pool)
     .await?;
-    Ok(rows.into_iter().map(Row::from_tuple).collect())
+    Ok(rows.into_iter().map(Row::from_queued).collect())
 }
 
 /// Deletes the rows from the queue and moves the process status of the

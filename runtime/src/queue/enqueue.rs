@@ -263,7 +263,7 @@ async fn flush(
     .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.part).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.kind).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| &*r.schema).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| &*r.table).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.event.as_deref()).collect::<Vec<_>>())
