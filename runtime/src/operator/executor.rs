@@ -1048,30 +1048,16 @@ impl UnitRunner {
 
     async fn dead_letter(&self, rows: &[Row], error: &str, attempts: u32) -> Result<(), Failure> {
         let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
-        for r in rows {
-            sqlx::query(
-                "INSERT INTO walflow.dead_letters
-                   (slot, operator, commit_lsn, seq, part, mapped_id, kind, schema_name, table_name,
-                    event, updated_at, error, attempts)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12, $13)",
-            )
-            .bind(&self.shared.slot)
-            .bind(self.op.name)
-            .bind(r.commit_lsn)
-            .bind(r.seq)
-            .bind(r.part)
-            .bind(&r.id)
-            .bind(r.kind.as_str())
-            .bind(&r.schema)
-            .bind(&r.table)
-            .bind(&r.event)
-            .bind(r.updated_at)
-            .bind(error)
-            .bind(attempts as i32)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql_failure)?;
-        }
+        crate::queue::dequeue::dead_letter(
+            &self.shared,
+            self.op.name,
+            rows,
+            error,
+            attempts,
+            &mut tx,
+        )
+        .await
+        .map_err(sql_failure)?;
         self.complete(tx, &rows.iter().collect::<Vec<_>>()).await
     }
 }

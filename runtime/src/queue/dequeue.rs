@@ -1,6 +1,7 @@
 //! Taking rows off the queue: reading an operator's rows back in order,
-//! and deleting a unit's rows (with the process status they release) in the
-//! unit's own transaction (rule 4 of the [protocol](super)).
+//! deleting a unit's rows (with the process status they release) in the
+//! unit's own transaction (rule 4 of the [protocol](super)), and recording
+//! rows given up as dead letters.
 
 use sqlx::PgConnection;
 
@@ -133,4 +134,41 @@ pub(crate) async fn finish(
     .execute(&mut *tx)
     .await?;
     Ok(true)
+}
+
+/// Records `rows` as given up by `operator` after `attempts`, with `error`,
+/// in `tx` (the unit then completes them: removed from the queue in the
+/// same transaction), one statement for all of them.
+pub(crate) async fn dead_letter(
+    shared: &Shared,
+    operator: &str,
+    rows: &[Row],
+    error: &str,
+    attempts: u32,
+    tx: &mut PgConnection,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO walflow.dead_letters
+           (slot, operator, commit_lsn, seq, part, mapped_id, kind, schema_name, table_name,
+            event, updated_at, error, attempts)
+         SELECT $1, $2, l, s, p, i, k, sc, t, e::jsonb, u, $12, $13
+         FROM UNNEST($3::int8[], $4::int4[], $5::int2[], $6::text[], $7::text[], $8::text[],
+                     $9::text[], $10::text[], $11::int8[]) AS x(l, s, p, i, k, sc, t, e, u)",
+    )
+    .bind(&shared.slot)
+    .bind(operator)
+    .bind(rows.iter().map(|r| r.commit_lsn).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.part).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.schema.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.table.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.event.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind(error)
+    .bind(attempts as i32)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
