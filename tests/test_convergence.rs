@@ -219,23 +219,7 @@ async fn child_process_entry() {
 /// Starts the flow once a killed predecessor's session has let go of the
 /// slot.
 async fn start(url: &str, slot: &str, coalesce: bool) -> Walflow {
-    let pool = sqlx::PgPool::connect(url).await.unwrap();
-    common::wait_until(Duration::from_secs(60), || {
-        let pool = pool.clone();
-        async move {
-            let held: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots
-                                WHERE slot_name = $1 AND active)",
-            )
-            .bind(slot)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            !held
-        }
-    })
-    .await;
-    pool.close().await;
+    common::wait_slot_released(url, slot).await;
     Walflow::builder()
         .database_url(url)
         .slot_name(slot)
@@ -679,116 +663,35 @@ async fn wait_progress(done: &AtomicU64, until: u64, finished: &AtomicBool) {
 
 const TXNS: u64 = 600;
 
-#[tokio::test]
-async fn one_writer_coalescing() {
-    Run {
-        writers: 1,
-        transactions: TXNS,
-        kills: 0,
-        coalesce: true,
-        restarts: false,
-        crash_at: None,
-    }
-    .go()
-    .await;
+/// One test per configuration: writers, kills, `coalesce`, PostgreSQL
+/// restarts.
+macro_rules! runs {
+    ($($name:ident: $writers:expr, $kills:expr, $coalesce:expr, $restarts:expr;)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            Run {
+                writers: $writers,
+                transactions: TXNS,
+                kills: $kills,
+                coalesce: $coalesce,
+                restarts: $restarts,
+                crash_at: None,
+            }
+            .go()
+            .await;
+        }
+    )*};
 }
 
-#[tokio::test]
-async fn one_writer_one_event_at_a_time() {
-    Run {
-        writers: 1,
-        transactions: TXNS,
-        kills: 0,
-        coalesce: false,
-        restarts: false,
-        crash_at: None,
-    }
-    .go()
-    .await;
-}
-
-#[tokio::test]
-async fn four_writers_coalescing() {
-    Run {
-        writers: 4,
-        transactions: TXNS,
-        kills: 0,
-        coalesce: true,
-        restarts: false,
-        crash_at: None,
-    }
-    .go()
-    .await;
-}
-
-#[tokio::test]
-async fn four_writers_killed_coalescing() {
-    Run {
-        writers: 4,
-        transactions: TXNS,
-        kills: 4,
-        coalesce: true,
-        restarts: false,
-        crash_at: None,
-    }
-    .go()
-    .await;
-}
-
-#[tokio::test]
-async fn four_writers_killed_one_event_at_a_time() {
-    Run {
-        writers: 4,
-        transactions: TXNS,
-        kills: 4,
-        coalesce: false,
-        restarts: false,
-        crash_at: None,
-    }
-    .go()
-    .await;
-}
-
-#[tokio::test]
-async fn one_writer_killed_coalescing() {
-    Run {
-        writers: 1,
-        transactions: TXNS,
-        kills: 4,
-        coalesce: true,
-        restarts: false,
-        crash_at: None,
-    }
-    .go()
-    .await;
-}
-
-#[tokio::test]
-async fn four_writers_postgres_restarted_coalescing() {
-    Run {
-        writers: 4,
-        transactions: TXNS,
-        kills: 0,
-        coalesce: true,
-        restarts: true,
-        crash_at: None,
-    }
-    .go()
-    .await;
-}
-
-#[tokio::test]
-async fn four_writers_postgres_restarted_one_event_at_a_time() {
-    Run {
-        writers: 4,
-        transactions: TXNS,
-        kills: 0,
-        coalesce: false,
-        restarts: true,
-        crash_at: None,
-    }
-    .go()
-    .await;
+runs! {
+    one_writer_coalescing: 1, 0, true, false;
+    one_writer_one_event_at_a_time: 1, 0, false, false;
+    four_writers_coalescing: 4, 0, true, false;
+    four_writers_killed_coalescing: 4, 4, true, false;
+    four_writers_killed_one_event_at_a_time: 4, 4, false, false;
+    one_writer_killed_coalescing: 1, 4, true, false;
+    four_writers_postgres_restarted_coalescing: 4, 0, true, true;
+    four_writers_postgres_restarted_one_event_at_a_time: 4, 0, false, true;
 }
 
 /// Each crash point of the queue protocol, under the random workload: the

@@ -49,23 +49,7 @@ async fn child_process_entry() {
 /// the operators then run one transaction at a time, so more ids wait and
 /// more events are queued without rows of their own.
 async fn start(url: &str, slot: &str, status_field: Option<&str>) -> Walflow {
-    let pool = sqlx::PgPool::connect(url).await.unwrap();
-    common::wait_until(Duration::from_secs(60), || {
-        let pool = pool.clone();
-        async move {
-            let held: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots
-                                WHERE slot_name = $1 AND active)",
-            )
-            .bind(slot)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            !held
-        }
-    })
-    .await;
-    pool.close().await;
+    common::wait_slot_released(url, slot).await;
     Walflow::builder()
         .database_url(url)
         .slot_name(slot)

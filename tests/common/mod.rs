@@ -140,3 +140,25 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Waits (bounded) until no session holds `slot`: a killed predecessor's
+/// WAL sender lets go of it a moment after its client died.
+pub async fn wait_slot_released(url: &str, slot: &str) {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    wait_until(Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            let held: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots
+                                WHERE slot_name = $1 AND active)",
+            )
+            .bind(slot)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            !held
+        }
+    })
+    .await;
+    pool.close().await;
+}
