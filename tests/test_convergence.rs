@@ -22,7 +22,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -428,20 +427,7 @@ async fn spawn_child_crashing(
     if !wait {
         return child;
     }
-    let stdout = child.stdout.take().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .any(|line| line.unwrap().contains("READY"))
-    });
-    let ready = tokio::time::timeout(Duration::from_secs(60), ready)
-        .await
-        .expect("the child is ready within 60 s")
-        .unwrap();
-    if !ready {
-        let status = child.wait().unwrap();
-        panic!("the child exited before it was ready: {status}");
-    }
+    common::wait_ready(&mut child).await;
     child
 }
 

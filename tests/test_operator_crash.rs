@@ -11,7 +11,6 @@ mod blog;
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -246,20 +245,7 @@ async fn ready_child(url: &str, slot: &str, status_field: Option<&str>) -> Child
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .any(|line| line.unwrap().contains("READY"))
-    });
-    let ready = tokio::time::timeout(Duration::from_secs(60), ready)
-        .await
-        .expect("the child is ready within 60 s")
-        .unwrap();
-    if !ready {
-        let status = child.wait().unwrap();
-        panic!("the child exited before it was ready: {status}");
-    }
+    common::wait_ready(&mut child).await;
     child
 }
 

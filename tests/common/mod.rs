@@ -162,3 +162,23 @@ pub async fn wait_slot_released(url: &str, slot: &str) {
     .await;
     pool.close().await;
 }
+
+/// Waits (bounded) until a child process started with piped stdout prints
+/// `READY`.
+pub async fn wait_ready(child: &mut std::process::Child) {
+    use std::io::{BufRead, BufReader};
+    let stdout = child.stdout.take().expect("the child's stdout is piped");
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .any(|line| line.unwrap().contains("READY"))
+    });
+    let ready = tokio::time::timeout(Duration::from_secs(60), ready)
+        .await
+        .expect("the child is ready within 60 s")
+        .unwrap();
+    if !ready {
+        let status = child.wait().unwrap();
+        panic!("the child exited before it was ready: {status}");
+    }
+}
