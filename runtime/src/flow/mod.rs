@@ -924,19 +924,8 @@ impl Walflow {
             return self.retry_dead_letter_in_memory(id).await;
         }
         let mut tx = self.shared.pool.begin().await?;
-        let operator: Option<String> = sqlx::query_scalar(
-            "WITH d AS (DELETE FROM walflow.dead_letters WHERE slot = $1 AND id = $2 RETURNING *)
-             INSERT INTO walflow.queue
-               (slot, operator, commit_lsn, seq, part, id, kind, schema_name, table_name, event, updated_at)
-             SELECT slot, operator, commit_lsn, seq, part, mapped_id, kind, schema_name, table_name,
-                    event, updated_at FROM d
-             ON CONFLICT DO NOTHING
-             RETURNING operator",
-        )
-        .bind(&self.shared.slot)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let operator =
+            crate::queue::dequeue::requeue_dead_letter(&mut tx, &self.shared.slot, id).await?;
         tx.commit().await?;
         let Some(operator) = operator else {
             return Ok(false);
@@ -952,22 +941,7 @@ impl Walflow {
     /// queue: the row goes back to its operator's inbox.
     async fn retry_dead_letter_in_memory(&self, id: i64) -> Result<bool, FlowError> {
         let mut tx = self.shared.pool.begin().await?;
-        #[derive(sqlx::FromRow)]
-        struct Dead {
-            operator: String,
-            #[sqlx(flatten)]
-            row: crate::queue::dequeue::QueuedRow,
-        }
-        let dead: Option<Dead> = sqlx::query_as(
-            "DELETE FROM walflow.dead_letters WHERE slot = $1 AND id = $2
-             RETURNING operator, commit_lsn, seq, part, mapped_id AS id, kind, schema_name,
-                       table_name, event::text AS event, updated_at,
-                       NULL::int8[] AS cover_lsns, NULL::int4[] AS cover_seqs",
-        )
-        .bind(&self.shared.slot)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let dead = crate::queue::dequeue::take_dead_letter(&mut tx, &self.shared.slot, id).await?;
         let Some(dead) = dead else {
             return Ok(false);
         };

@@ -172,3 +172,52 @@ pub(crate) async fn dead_letter(
     .await?;
     Ok(())
 }
+
+/// Moves dead letter `id` back into its operator's queue, in `tx`; its
+/// operator, or `None` when there is no such dead letter.
+pub(crate) async fn requeue_dead_letter(
+    tx: &mut PgConnection,
+    slot: &str,
+    id: i64,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "WITH d AS (DELETE FROM walflow.dead_letters WHERE slot = $1 AND id = $2 RETURNING *)
+         INSERT INTO walflow.queue
+           (slot, operator, commit_lsn, seq, part, id, kind, schema_name, table_name, event, updated_at)
+         SELECT slot, operator, commit_lsn, seq, part, mapped_id, kind, schema_name, table_name,
+                event, updated_at FROM d
+         ON CONFLICT DO NOTHING
+         RETURNING operator",
+    )
+    .bind(slot)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await
+}
+
+/// A dead letter taken out to run again (the memory queue).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct DeadLetterRow {
+    pub operator: String,
+    #[sqlx(flatten)]
+    pub row: QueuedRow,
+}
+
+/// Deletes dead letter `id` in `tx` and returns it as a queue row (the
+/// memory queue hands it to its operator's inbox).
+pub(crate) async fn take_dead_letter(
+    tx: &mut PgConnection,
+    slot: &str,
+    id: i64,
+) -> sqlx::Result<Option<DeadLetterRow>> {
+    sqlx::query_as(
+        "DELETE FROM walflow.dead_letters WHERE slot = $1 AND id = $2
+         RETURNING operator, commit_lsn, seq, part, mapped_id AS id, kind, schema_name,
+                   table_name, event::text AS event, updated_at,
+                   NULL::int8[] AS cover_lsns, NULL::int4[] AS cover_seqs",
+    )
+    .bind(slot)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await
+}

@@ -3,11 +3,12 @@
 //! or applied on the state before its own transaction — rule by rule, with
 //! what a crash between any two steps leaves behind.
 //!
-//! Queueing lives in [`enqueue`], reading rows back, deleting them and
-//! dead-lettering them in [`dequeue`]; the consumer ([`crate::flow`])
-//! dispatches and hands rows over, the executors ([`crate::operator`]) run
-//! them. (Listing and replaying dead letters, the fence and the in-memory
-//! hand-over still live beside them.)
+//! Queueing lives in [`enqueue`]; reading rows back, deleting them,
+//! dead-lettering them and putting dead letters back in [`dequeue`]; the
+//! consumer ([`crate::flow`]) dispatches and hands rows over, the executors
+//! ([`crate::operator`]) run them. (Listing dead letters, the fence and
+//! `processed` in [`crate::status`], and the in-memory hand-over, still
+//! live beside them.)
 //!
 //! # Terms
 //!
