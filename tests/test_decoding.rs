@@ -414,3 +414,42 @@ async fn json_null_is_not_sql_null() {
     assert_eq!(decoded[0].jb, Some(serde_json::Value::Null));
     assert_eq!(decoded[1].jb, None);
 }
+
+/// JSON that PostgreSQL accepts never stops the stream: a number beyond
+/// `f64` and a lone surrogate arrive as their text, nesting deeper than
+/// serde_json's default limit as JSON, and the rows after them arrive too.
+#[tokio::test]
+async fn json_postgresql_accepts_never_stops_the_stream() {
+    let db = common::db().await;
+    db.exec("CREATE TABLE docs (id int8 PRIMARY KEY, j json, jb jsonb)")
+        .await;
+    let slot = db.slot("jsonodd");
+    db.setup(&slot, &["docs"]).await;
+    let mut l = db.listener(&slot).await.unwrap();
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    db.exec(&format!(
+        r#"INSERT INTO docs VALUES (1, '{{"a": 1}}', '{{"a": 1}}');
+           INSERT INTO docs VALUES (2, '{{"x": 1e400}}', '{{"x": 1e400}}');
+           INSERT INTO docs VALUES (3, '{{"s": "\ud800"}}', '{deep}');
+           INSERT INTO docs VALUES (4, '{{"b": 2}}', '{{"b": 2}}');"#
+    ))
+    .await;
+    // One transaction (one simple query), four changes.
+    let txs = tx_changes(&mut l, 1).await;
+    let col = |row: usize, c: &str| txs[0][row].new.as_ref().unwrap().get(c).cloned().unwrap();
+    assert_eq!(col(0, "jb"), Value::Json(serde_json::json!({"a": 1})));
+    assert_eq!(col(1, "j"), Value::Text(r#"{"x": 1e400}"#.to_owned()));
+    // jsonb stores the number as numeric and prints it in full.
+    assert!(matches!(col(1, "jb"), Value::Text(t) if t.starts_with(r#"{"x": 1000000"#)));
+    assert_eq!(col(2, "j"), Value::Text(r#"{"s": "\ud800"}"#.to_owned()));
+    let Value::Json(mut j) = col(2, "jb") else {
+        panic!("deep jsonb is JSON")
+    };
+    let mut depth = 0;
+    while let serde_json::Value::Array(mut a) = j {
+        depth += 1;
+        j = a.pop().unwrap();
+    }
+    assert_eq!(depth, 200);
+    assert_eq!(col(3, "jb"), Value::Json(serde_json::json!({"b": 2})));
+}

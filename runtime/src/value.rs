@@ -74,7 +74,12 @@ pub enum Value {
     TimestampTz(DateTime<Utc>),
     /// `interval`.
     Interval(Interval),
-    /// `json` / `jsonb`.
+    /// `json` / `jsonb`, at any nesting depth. A JSON `null` is
+    /// `Json(Null)` (and `Some(..)` in an `Option` field); only SQL `NULL`
+    /// is [`Value::Null`]. What serde_json cannot represent arrives as its
+    /// original JSON text in [`Value::Text`] instead (the stream never stops
+    /// for a value): a number beyond `f64` such as `1e400`, and a lone
+    /// surrogate escape such as `"\ud800"` (which `json` keeps as written).
     Json(serde_json::Value),
     /// `bytea`.
     Bytea(Vec<u8>),

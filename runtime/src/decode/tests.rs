@@ -1237,3 +1237,29 @@ fn events_round_trip_through_json() {
         matches!(back.values(), [Value::Float8(x), Value::Float4(y)] if x.is_nan() && y.is_nan())
     );
 }
+
+#[test]
+fn json_that_postgresql_accepts_is_always_delivered() {
+    let v = |oid: u32, s: &str| super::text::decode_text(oid, s.as_bytes()).unwrap();
+    // A number beyond f64: its text.
+    assert_eq!(
+        v(oid::JSONB, r#"{"x": 1e400}"#),
+        Value::Text(r#"{"x": 1e400}"#.to_owned())
+    );
+    // Deeper than serde_json's default limit of 128.
+    let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    let Value::Json(mut j) = v(oid::JSONB, &deep) else {
+        panic!("jsonb")
+    };
+    let mut depth = 0;
+    while let serde_json::Value::Array(mut a) = j {
+        depth += 1;
+        j = a.pop().unwrap();
+    }
+    assert_eq!((depth, j), (5000, serde_json::json!(1)));
+    // A lone surrogate (kept by `json`): its original text.
+    assert_eq!(
+        v(oid::JSON, r#"{"s": "\ud800"}"#),
+        Value::Text(r#"{"s": "\ud800"}"#.to_owned())
+    );
+}

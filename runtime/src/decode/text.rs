@@ -139,9 +139,7 @@ pub(crate) fn decode_text(type_oid: u32, s: &[u8]) -> Result<Value, Reason> {
             b"infinity" | b"-infinity" => Value::Text(utf8(s)?.to_owned()),
             _ => Value::Interval(parse_interval(s)?),
         },
-        oid::JSON | oid::JSONB => {
-            Value::Json(serde_json::from_slice(s).map_err(|_| "invalid JSON")?)
-        }
+        oid::JSON | oid::JSONB => parse_json(s)?,
         oid::BYTEA => Value::Bytea(parse_bytea(s)?),
         other => match array_element(other) {
             Some(elem) => parse_array(elem, s)?,
@@ -688,4 +686,32 @@ fn unescape(raw: &[u8], out: &mut Vec<u8>) {
             out.push(b);
         }
     }
+}
+
+/// A `json` / `jsonb` value PostgreSQL accepted, at any depth (the stack
+/// grows as needed). What serde_json cannot represent arrives as the
+/// original JSON text in [`Value::Text`] rather than stopping the stream: a
+/// number beyond `f64` (`1e400`; exact numbers are not kept yet) and a lone
+/// surrogate escape (`"\ud800"`, which `json` keeps as written).
+fn parse_json(s: &[u8]) -> Result<Value, Reason> {
+    use serde::Deserialize;
+    let mut de = serde_json::Deserializer::from_slice(s);
+    de.disable_recursion_limit();
+    let parsed = serde_json::Value::deserialize(serde_stacker::Deserializer::new(&mut de))
+        .and_then(|v| de.end().map(|()| v));
+    match parsed {
+        Ok(v) => Ok(Value::Json(v)),
+        Err(e) if unrepresentable(&e) => Ok(Value::Text(utf8(s)?.to_owned())),
+        Err(_) => Err("invalid JSON"),
+    }
+}
+
+/// Whether serde_json refused valid JSON for want of a representation.
+fn unrepresentable(e: &serde_json::Error) -> bool {
+    let text = e.to_string();
+    // serde_json reports a lone surrogate as a surrogate or hex escape
+    // error, depending on what follows it.
+    text.contains("surrogate")
+        || text.contains("hex escape")
+        || text.contains("number out of range")
 }
