@@ -83,7 +83,11 @@ pub enum Value {
     Json(serde_json::Value),
     /// `bytea`.
     Bytea(Vec<u8>),
-    /// A one-dimensional array of one of the above (`NULL` elements allowed).
+    /// An array of one of the above (`NULL` elements allowed). A
+    /// multi-dimensional array (up to PostgreSQL's 6 dimensions) nests:
+    /// `{{1,2},{3,4}}` is an `Array` of two `Array`s, which deserializes
+    /// into `Vec<Vec<i32>>`; explicit lower bounds (`[0:1]={1,2}`) are not
+    /// kept.
     Array(Vec<Value>),
     /// A TOASTed value the update did not change, on a table without
     /// `REPLICA IDENTITY FULL`: PostgreSQL did not send it and there is no
