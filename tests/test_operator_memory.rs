@@ -195,3 +195,138 @@ async fn run(queue: QueueStorage, status: ProcessStatusStorage) {
     assert_eq!(table_rows(&db, "pending_status").await, 0);
     flow.shutdown().await.unwrap();
 }
+
+/// A row whose handler waits at the gate.
+#[event_source(table = "gated")]
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Gated {
+    /// Its id.
+    pub id: i64,
+}
+
+on_event! {
+    /// Waits at the gate, then counts.
+    operator AtTheGate {
+        events: [insert],
+        entities: [Gated],
+        id: [Gated.id],
+        handler: at_the_gate,
+    }
+}
+
+/// Opened by `a_full_memory_queue_lets_a_fast_shutdown_finish`.
+static GATE: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(false).0);
+static PASSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+async fn at_the_gate(_: Event<Gated>, _: Ctx) -> Result<(), walflow::BoxError> {
+    let _ = GATE.subscribe().wait_for(|open| *open).await;
+    PASSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+async fn current_wal_lsn(db: &common::Db) -> String {
+    sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+async fn confirmed_at_least(db: &common::Db, slot: &str, lsn: &str) -> bool {
+    sqlx::query_scalar(
+        "SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(slot)
+    .bind(lsn)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// A memory queue that is full waits for room without touching the
+/// database; a fast shutdown must still finish (the flow lets go of the
+/// replication connection), and once the server is back and room is made,
+/// every event handed over or sent again arrives once.
+#[tokio::test]
+async fn a_full_memory_queue_lets_a_fast_shutdown_finish() {
+    // A bound past which the fast shutdown would turn into an immediate one.
+    const STOP_WITHIN: Duration = Duration::from_secs(30);
+    let pg = walflow::embedded::EmbeddedPostgres::builder()
+        .timeout(STOP_WITHIN)
+        // Idle, the WAL sender sends a keepalive every 2.5 s, so the
+        // slot's confirmed position reaches the end of the WAL once
+        // everything received is acknowledged.
+        .setting("wal_sender_timeout", "5s")
+        .start()
+        .await
+        .unwrap();
+    let db = common::Db::connect(&pg.create_database("gate").await.unwrap()).await;
+    db.exec("CREATE TABLE gated (id bigint PRIMARY KEY)").await;
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(db.slot("gate"))
+        .queue_storage(QueueStorage::Memory)
+        .process_status_storage(ProcessStatusStorage::Memory)
+        .min_restart_time(Duration::from_millis(20))
+        .max_restart_time(Duration::from_millis(500))
+        .operators(["AtTheGate"])
+        .start()
+        .await
+        .expect("the flow starts");
+    // More than the memory queue holds (100,000 rows) in one transaction:
+    // handed over whole (room is checked before each batch), then
+    // acknowledged.
+    db.exec("INSERT INTO gated SELECT generate_series(1, 100001)")
+        .await;
+    let slot = db.slot("gate");
+    let first = current_wal_lsn(&db).await;
+    common::wait_until(Duration::from_secs(120), || async {
+        confirmed_at_least(&db, &slot, &first).await
+    })
+    .await;
+    // Behind it, a transaction the flow receives and cannot hand over: it
+    // waits for room, unacknowledged, without touching the database.
+    db.exec("INSERT INTO gated SELECT generate_series(100002, 100010)")
+        .await;
+    let second = current_wal_lsn(&db).await;
+    common::wait_until(Duration::from_secs(60), || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT coalesce(bool_or(r.sent_lsn >= $2::pg_lsn), false)
+             FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+             WHERE s.slot_name = $1",
+        )
+        .bind(&slot)
+        .bind(&second)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert!(
+        !confirmed_at_least(&db, &slot, &second).await,
+        "the second transaction is held back while the queue is full"
+    );
+    db.pool.close().await;
+
+    let t = std::time::Instant::now();
+    pg.restart(walflow::embedded::ShutdownMode::Fast)
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < STOP_WITHIN,
+        "the fast shutdown completed by itself (took {:?})",
+        t.elapsed()
+    );
+
+    GATE.send_replace(true);
+    let lsn = flow.current_lsn().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        PASSED.load(std::sync::atomic::Ordering::Relaxed),
+        100_010,
+        "every event once"
+    );
+    flow.shutdown().await.unwrap();
+}

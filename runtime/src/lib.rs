@@ -21,12 +21,12 @@ pub mod listener;
 pub mod lsn;
 pub mod migrate;
 pub(crate) mod operator;
+pub(crate) mod pg_error;
 pub mod preflight;
 pub(crate) mod queue;
 pub mod raw;
 pub mod registry;
 pub mod setup;
-pub mod status;
 pub mod subscribe;
 pub mod value;
 
@@ -36,5 +36,7 @@ pub use event::{Event, EventDecodeError, EventMeta, Position};
 pub use flow::{DeadLetter, FlowError, Walflow, WalflowBuilder};
 pub use lsn::Lsn;
 pub use raw::{Change, Changes, ColumnType, EventKind, RawEvent};
-pub use registry::{EventSource, Field, Registry, RegistryError, RegistryProblem, TableRef};
+pub use registry::{
+    EventSource, Field, Registry, RegistryError, RegistryProblem, TableName, TableRef,
+};
 pub use value::{Interval, Numeric, Record, RecordError, Value};

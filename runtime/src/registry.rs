@@ -261,22 +261,62 @@ pub struct OperatorRegistration {
 }
 
 impl OperatorRegistration {
-    /// Whether the operator runs on a `kind` event of `table`.
-    pub fn listens_to(&self, table: TableRef, kind: EventKind) -> bool {
-        self.events.contains(&kind) && self.entities.contains(&table)
+    /// Whether the operator runs on a `kind` event of `table` (a
+    /// [`TableRef`], or the table of a [`RawEvent`]).
+    pub fn listens_to(&self, table: impl TableName, kind: EventKind) -> bool {
+        self.events.contains(&kind) && self.listens_to_table(table)
+    }
+
+    /// Whether `table` is one of the operator's entities (whatever the
+    /// kind of event).
+    pub fn listens_to_table(&self, table: impl TableName) -> bool {
+        self.entities.iter().any(|t| t.is(&table))
     }
 
     /// The id column for events of `table`.
-    pub fn id_column(&self, table: TableRef) -> Option<&'static str> {
+    pub fn id_column(&self, table: impl TableName) -> Option<&'static str> {
         self.id_mapping
             .iter()
-            .find(|m| m.table == table)
+            .find(|m| m.table.is(&table))
             .map(|m| m.column)
     }
 
     /// Whether a delete of `table` deletes the target row.
-    pub fn deletes_with(&self, table: TableRef) -> bool {
-        self.delete_with.contains(&table)
+    pub fn deletes_with(&self, table: impl TableName) -> bool {
+        self.delete_with.iter().any(|t| t.is(&table))
+    }
+}
+
+/// Names a table: a [`TableRef`], or the table of an event.
+pub trait TableName {
+    /// The schema.
+    fn schema_name(&self) -> &str;
+    /// The table, unqualified.
+    fn table_name(&self) -> &str;
+}
+
+impl TableName for TableRef {
+    fn schema_name(&self) -> &str {
+        self.schema
+    }
+    fn table_name(&self) -> &str {
+        self.table
+    }
+}
+
+impl TableName for &RawEvent {
+    fn schema_name(&self) -> &str {
+        &self.schema
+    }
+    fn table_name(&self) -> &str {
+        &self.table
+    }
+}
+
+impl TableRef {
+    /// Whether `other` names this table.
+    fn is(&self, other: &impl TableName) -> bool {
+        self.schema == other.schema_name() && self.table == other.table_name()
     }
 }
 

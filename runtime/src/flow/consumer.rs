@@ -1,7 +1,8 @@
-//! The listener's consumer: writes each transaction's events into the
-//! operator queues, then acknowledges it.
+//! The listener's consumer: dispatches each transaction's changes into
+//! queue rows, hands them to the executors and enqueues them
+//! ([`Store::enqueue`]), then acknowledges them. The protocol is argued in
+//! [`crate::queue`].
 
-use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,12 +11,8 @@ use tokio::sync::watch;
 
 use crate::listener::{Listener, ListenerMessage, ListenerOptions, PgWireConnector};
 use crate::lsn::Lsn;
-use crate::operator::executor::{Row, Shared, Signals};
-use crate::operator::memory::MAX_OUTSTANDING;
 use crate::operator::{Batch, dispatch};
-use crate::queue::enqueue::{queue_retrying, wait_visible};
-use crate::raw::EventKind;
-use crate::registry::OperatorAction;
+use crate::queue::{Shared, Store};
 use crate::registry::OperatorRegistration;
 
 /// Messages taken from the listener per round; the transactions completed in
@@ -32,7 +29,6 @@ const MAX_HELD: usize = 50_000;
 pub(crate) struct Consumer {
     pub shared: Arc<Shared>,
     pub ops: Vec<&'static OperatorRegistration>,
-    pub signals: HashMap<&'static str, Signals>,
     pub stop: watch::Receiver<bool>,
     pub url: String,
     pub options: ListenerOptions,
@@ -42,7 +38,7 @@ pub(crate) struct Consumer {
     pub partial: Option<(Lsn, u32)>,
     /// The connection rows are queued on.
     pub conn: Option<PgConnection>,
-    /// Flushes so far (see [`Shared::flushed`]).
+    /// Flushes so far (see [`Handover::flushed`](crate::queue::Handover::flushed)).
     pub flushes: u64,
     /// Realtime subscriptions, fed with every new change.
     pub hub: crate::subscribe::Subscriptions,
@@ -64,129 +60,28 @@ impl Consumer {
         }
     }
 
-    /// Queues `ready` on the consumer's own connection, retrying with
-    /// backoff; `false` when the flow stops first (nothing acknowledged:
-    /// delivered again at next start).
-    async fn flush_retrying(
-        &mut self,
-        ready: &Batch,
-        end: Option<Lsn>,
-        partial: Option<(Lsn, u32)>,
-    ) -> bool {
-        let (conn, ok) = queue_retrying(
+    /// Hands `batch` over as flush number `n` and enqueues it, waiting for
+    /// the outcome; `false` when the flow stops first (nothing
+    /// acknowledged: delivered again at next start).
+    async fn flush_now(&mut self, mut batch: Batch, end: Option<Lsn>) -> bool {
+        self.flushes += 1;
+        self.shared
+            .handover
+            .hand(&self.ops, &mut batch, self.flushes);
+        let (conn, ok) = Store::enqueue(
             self.shared.clone(),
             self.stop.clone(),
             self.conn.take(),
-            ready,
+            batch,
             end,
-            partial,
+            None,
         )
         .await;
         self.conn = conn;
+        if ok {
+            self.shared.handover.flushed(self.flushes);
+        }
         ok
-    }
-
-    /// The memory queue: records `batch`'s status marks, hands its rows to
-    /// the executors, then waits while too many rows are outstanding.
-    /// `false` when the flow stops meanwhile.
-    async fn hand_over(&mut self, batch: &mut Batch, end: Option<Lsn>) -> bool {
-        let shared = self.shared.clone();
-        let memory = &shared.memory;
-        // Nothing runs on an event before its transaction is visible.
-        if !wait_visible(&shared, &self.stop, None, &batch.xids).await {
-            return false;
-        }
-        if shared.memory_status() {
-            memory.marks(&batch.status);
-        } else if !batch.status.is_empty() {
-            let status = Batch {
-                status: batch.status.clone(),
-                ..Batch::default()
-            };
-            if !self.flush_retrying(&status, None, None).await {
-                return false;
-            }
-        }
-        memory.queued(&batch.rows, end);
-        self.notify(batch, 0);
-        let mut stop = self.stop.clone();
-        loop {
-            let room = memory.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            if memory.outstanding() <= MAX_OUTSTANDING {
-                return true;
-            }
-            tokio::select! {
-                _ = room => {}
-                _ = stop.wait_for(|s| *s) => return false,
-            }
-        }
-    }
-
-    /// Hands the rows of `batch` to their executors. `flush`: the number of
-    /// the flush queueing them, which they wait for before they finish (0:
-    /// queued already).
-    ///
-    /// With the durable queue, a row of a coalescing query operator is left
-    /// out of the batch (not queued at all) when its id has a pending row
-    /// that no unit has started, with no delete after it: that row's run
-    /// starts after this event was committed, so it covers it, and until it
-    /// is finished the LSN fence waits on it. So is a row whose event was
-    /// visible to the id's last committed run (a backlog read after that
-    /// run): it is applied already. Events that move the process status
-    /// keep their rows.
-    fn notify(&self, batch: &mut Batch, flush: u64) {
-        let absorbing = !self.shared.memory_queue();
-        let touched: BTreeSet<&'static str> = batch.rows.iter().map(|r| r.operator).collect();
-        let mut absorbed: HashSet<(&'static str, i64, i32, i16)> = HashSet::new();
-        for op in touched {
-            let Some(s) = self.signals.get(op) else {
-                continue;
-            };
-            let coalescing = absorbing
-                && self.ops.iter().any(|o| {
-                    o.name == op && o.coalesce && matches!(o.action, OperatorAction::Query(_))
-                });
-            let mut inbox = s.inbox.lock().expect("inbox lock");
-            // Only while every row handed over is admitted: a delete still
-            // in the inbox would otherwise come between the pending row and
-            // this event.
-            let absorb = coalescing && inbox.settled();
-            let mut barriers: HashSet<&str> = HashSet::new();
-            // In queue order (collapsing moved rows within the batch).
-            let mut rows: Vec<Row> = Vec::new();
-            for r in batch.rows.iter().filter(|r| r.operator == op) {
-                if absorb {
-                    let key = r.id_key.as_str();
-                    if r.kind == EventKind::Delete {
-                        barriers.insert(key);
-                    } else if r.updated_at.is_none()
-                        && r.covers.is_empty()
-                        && !barriers.contains(key)
-                        && (inbox.hosts.contains(key)
-                            || inbox.covered.get(key).is_some_and(|s| s.saw(r.xid)))
-                    {
-                        absorbed.insert((op, r.commit_lsn, r.seq, r.part));
-                        // The run that covers it waits until this flush
-                        // is committed, so until its transaction is
-                        // visible (see `Inbox::absorbed_flush`).
-                        inbox.absorbed_flush = inbox.absorbed_flush.max(flush);
-                        continue;
-                    }
-                }
-                rows.push(Row::from_new(r, flush));
-            }
-            rows.sort_by_key(Row::key);
-            inbox.push(rows.into_iter());
-            drop(inbox);
-            s.notify.notify_one();
-        }
-        if !absorbed.is_empty() {
-            batch
-                .rows
-                .retain(|r| !absorbed.contains(&(r.operator, r.commit_lsn, r.seq, r.part)));
-        }
     }
 
     pub async fn run(mut self, first: Listener) {
@@ -293,14 +188,10 @@ impl Consumer {
                     }
                     if ready_end.is_some() {
                         ready.collapse(&self.ops);
-                        self.flushes += 1;
-                        self.notify(&mut ready, self.flushes);
-                        if !self.flush_retrying(&ready, ready_end, None).await {
+                        let batch = std::mem::take(&mut ready);
+                        if !self.flush_now(batch, ready_end.take()).await {
                             return self.stop_listener(listener).await;
                         }
-                        self.shared.flushed.send_replace(self.flushes);
-                        ready = Batch::default();
-                        ready_end = None;
                     }
                     if let Some(l) = listener.take() {
                         let _ = l.shutdown().await;
@@ -383,23 +274,12 @@ impl Consumer {
                 ready.append(b);
             }
             ready.collapse(&self.ops);
-            if self.shared.memory_queue() {
-                if !self.hand_over(&mut ready, ready_end).await {
-                    return self.stop_listener(listener).await;
-                }
-                if let Some(end) = ready_end.take() {
-                    l.ack(end);
-                }
-                ready = Batch::default();
-                continue;
-            }
-            if self.shared.memory_status() {
-                self.shared.memory.marks(&ready.status);
-            }
-            // The executors start on the rows while they are being queued;
-            // a unit finishes (and so commits) only once they are.
+            // The executors admit the rows while they are being queued; a
+            // unit runs only once they are (and so are visible).
             self.flushes += 1;
-            self.notify(&mut ready, self.flushes);
+            self.shared
+                .handover
+                .hand(&self.ops, &mut ready, self.flushes);
             let batch = std::mem::take(&mut ready);
             let (end, conn) = (ready_end.take(), self.conn.take());
             let (shared, stop) = (self.shared.clone(), self.stop.clone());
@@ -407,9 +287,7 @@ impl Consumer {
                 number: self.flushes,
                 end,
                 partial,
-                task: tokio::spawn(async move {
-                    queue_retrying(shared, stop, conn, &batch, end, partial).await
-                }),
+                task: tokio::spawn(Store::enqueue(shared, stop, conn, batch, end, partial)),
             });
         }
         // Stopping: the flush under way still completes (or gives up), and
@@ -442,7 +320,7 @@ impl Consumer {
             // Not acknowledged: delivered again at next start.
             return false;
         }
-        self.shared.flushed.send_replace(f.number);
+        self.shared.handover.flushed(f.number);
         if f.partial.is_some() {
             crate::crash_point::hit("queue.partial");
             self.partial = f.partial;
@@ -468,7 +346,7 @@ impl Consumer {
 
 /// A flush under way: queueing a batch while the next one is received.
 struct Inflight {
-    /// The flush's number (see [`Shared::flushed`]).
+    /// The flush's number (see [`Handover::flushed`](crate::queue::Handover::flushed)).
     number: u64,
     /// The end of the last whole transaction it queues, acknowledged once
     /// it is done.

@@ -106,10 +106,8 @@ use crate::subscribe::{
 };
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
@@ -121,9 +119,12 @@ use crate::config::{
 use crate::event::Position;
 use crate::listener::{ListenerError, ListenerOptions};
 use crate::lsn::Lsn;
-use crate::operator::executor::{self, Shared, Signals};
-use crate::operator::id_display;
-use crate::raw::EventKind;
+use crate::operator::executor;
+use crate::pg_error::transient_retried;
+use crate::queue::handover::Signals;
+pub use crate::queue::status::DeadLetter;
+use crate::queue::store::StoreError;
+use crate::queue::{Handover, Shared, Store};
 use crate::registry::{OperatorRegistration, Registry, RegistryError};
 use crate::setup::{SetupError, SetupSpec, TableSpec, prepare};
 
@@ -174,6 +175,15 @@ pub enum FlowError {
         /// How long it waited.
         timeout: Duration,
     },
+}
+
+impl From<StoreError> for FlowError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Sql(e) => FlowError::Sql(e),
+            StoreError::Unavailable(what) => FlowError::SubscriberOnly(what),
+        }
+    }
 }
 
 /// Configures and starts a [`Walflow`]. Every [`Config`] option has a method;
@@ -480,20 +490,17 @@ impl WalflowBuilder {
         let mut options = ListenerOptions::new(&slot, config.publication());
         options.durable_slot = config.durable_slot();
         options.heartbeat_interval = Some(config.heartbeat_interval());
+        let store = Store::new(&config, false);
+        let handover = Handover::new(&operators, store.durable_queue());
         let shared = Arc::new(Shared {
             pool: pool.clone(),
             config: config.clone(),
             slot: slot.clone(),
-            memory: Default::default(),
-            flushed: watch::channel(0).0,
+            store,
+            handover,
             server_gone: watch::channel(0).0,
         });
         let (stop, stop_rx) = watch::channel(false);
-        let memory_queue = config.queue_storage() == QueueStorage::Memory;
-        let signals: HashMap<&'static str, Signals> = operators
-            .iter()
-            .map(|o| (o.name, Signals::new(memory_queue)))
-            .collect();
         // Realtime subscriptions see every change committed from now on.
         let hub = Subscriptions::new(HubOptions {
             start: Some(Lsn(watermark.unwrap_or(0) as u64)),
@@ -517,7 +524,6 @@ impl WalflowBuilder {
         let consumer = consumer::Consumer {
             shared: shared.clone(),
             ops: operators.clone(),
-            signals: signals.clone(),
             stop: stop_rx.clone(),
             url: replication_url(&config),
             options,
@@ -544,7 +550,11 @@ impl WalflowBuilder {
                 tokio::spawn(supervise(
                     op,
                     shared.clone(),
-                    signals[op.name].clone(),
+                    shared
+                        .handover
+                        .signals(op.name)
+                        .expect("every operator has an inbox")
+                        .clone(),
                     n,
                     stop_rx.clone(),
                 ))
@@ -554,7 +564,6 @@ impl WalflowBuilder {
         Ok(Walflow {
             hub,
             shared,
-            signals,
             operators,
             stop,
             consumer: Some(consumer),
@@ -618,34 +627,10 @@ fn replication_url(config: &Config) -> String {
     )
 }
 
-/// An event an operator gave up on, kept in `walflow.dead_letters`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetter {
-    /// Its id, for [`Walflow::retry_dead_letter`].
-    pub id: i64,
-    /// The operator.
-    pub operator: String,
-    /// The event's position.
-    pub position: Position,
-    /// What happened to the row.
-    pub kind: EventKind,
-    /// `schema.table` of the event.
-    pub table: String,
-    /// The mapped id, rendered as text.
-    pub mapped_id: String,
-    /// The last error.
-    pub error: String,
-    /// How many attempts were made.
-    pub attempts: u32,
-    /// When it was given up.
-    pub failed_at: DateTime<Utc>,
-}
-
 /// A running flow. See the [module documentation](self).
 pub struct Walflow {
     hub: Subscriptions,
     shared: Arc<Shared>,
-    signals: HashMap<&'static str, Signals>,
     operators: Vec<&'static OperatorRegistration>,
     stop: watch::Sender<bool>,
     consumer: Option<JoinHandle<()>>,
@@ -778,11 +763,6 @@ impl Walflow {
     /// ([`FlowError::SubscriberOnly`] with the memory queue); the chain is
     /// that of every operator declared in the program.
     pub async fn wait_processed(&self, lsn: Lsn, timeout: Duration) -> Result<(), FlowError> {
-        if self.subscriber_only && self.shared.memory_queue() {
-            return Err(FlowError::SubscriberOnly(
-                "wait_processed with queue_storage = memory",
-            ));
-        }
         let deadline = tokio::time::Instant::now() + timeout;
         let rounds = if self.subscriber_only {
             Registry::global().map_or(1, |r| chain_depth(&r.operators().collect::<Vec<_>>()))
@@ -816,14 +796,11 @@ impl Walflow {
     ) -> Result<(), FlowError> {
         let mut nudged: Option<tokio::time::Instant> = None;
         loop {
-            let reached = if self.shared.memory_queue() {
-                self.shared.memory.fence(lsn)
-            } else {
-                transient_retried(|| {
-                    crate::status::fence_reached(&self.shared.pool, &self.shared.slot, lsn)
-                })
-                .await?
-            };
+            let reached = self
+                .shared
+                .store
+                .fence(&self.shared.pool, &self.shared.slot, lsn)
+                .await?;
             match reached {
                 Some(true) => return Ok(()),
                 Some(false) => {}
@@ -856,59 +833,19 @@ impl Walflow {
     /// On a subscriber-only node with the memory process status:
     /// [`FlowError::SubscriberOnly`].
     pub async fn processed(&self, table: &str, micros: i64) -> Result<bool, FlowError> {
-        if self.subscriber_only && self.shared.memory_status() {
-            return Err(FlowError::SubscriberOnly(
-                "processed with process_status_storage = memory",
-            ));
-        }
-        if self.shared.memory_status() {
-            let (schema, table) = crate::status::split_table(table);
-            return Ok(self.shared.memory.processed(schema, table, micros));
-        }
-        Ok(crate::status::processed(&self.shared.pool, &self.shared.slot, table, micros).await?)
+        Ok(self
+            .shared
+            .store
+            .processed(&self.shared.pool, &self.shared.slot, table, micros)
+            .await?)
     }
 
     /// The dead letters of `operator`, oldest first.
     pub async fn dead_letters(&self, operator: &str) -> Result<Vec<DeadLetter>, FlowError> {
-        type DeadRow = (
-            i64,
-            String,
-            i64,
-            i32,
-            EventKind,
-            String,
-            String,
-            String,
-            String,
-            i32,
-            DateTime<Utc>,
-        );
-        let rows: Vec<DeadRow> = sqlx::query_as(
-            "SELECT id, operator, commit_lsn, seq, kind, schema_name, table_name, mapped_id, error,
-                    attempts, failed_at
-             FROM walflow.dead_letters WHERE slot = $1 AND operator = $2 ORDER BY id",
+        Ok(
+            crate::queue::status::dead_letters(&self.shared.pool, &self.shared.slot, operator)
+                .await?,
         )
-        .bind(&self.shared.slot)
-        .bind(operator)
-        .fetch_all(&self.shared.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| DeadLetter {
-                id: r.0,
-                operator: r.1,
-                position: Position {
-                    commit_lsn: Lsn(r.2 as u64),
-                    seq: r.3 as u32,
-                },
-                kind: r.4,
-                table: format!("{}.{}", r.5, r.6),
-                mapped_id: id_display(&r.7),
-                error: r.8,
-                attempts: r.9 as u32,
-                failed_at: r.10,
-            })
-            .collect())
     }
 
     /// Puts dead letter `id` back in its operator's queue, to run again
@@ -917,48 +854,11 @@ impl Walflow {
     ///
     /// On a subscriber-only node: [`FlowError::SubscriberOnly`].
     pub async fn retry_dead_letter(&self, id: i64) -> Result<bool, FlowError> {
-        if self.subscriber_only {
-            return Err(FlowError::SubscriberOnly("retry_dead_letter"));
-        }
-        if self.shared.memory_queue() {
-            return self.retry_dead_letter_in_memory(id).await;
-        }
-        let mut tx = self.shared.pool.begin().await?;
-        let operator =
-            crate::queue::dequeue::requeue_dead_letter(&mut tx, &self.shared.slot, id).await?;
-        tx.commit().await?;
-        let Some(operator) = operator else {
-            return Ok(false);
-        };
-        if let Some(s) = self.signals.get(operator.as_str()) {
-            s.rescan.store(true, Ordering::Release);
-            s.notify.notify_one();
-        }
-        Ok(true)
-    }
-
-    /// [`retry_dead_letter`](Self::retry_dead_letter) with the memory
-    /// queue: the row goes back to its operator's inbox.
-    async fn retry_dead_letter_in_memory(&self, id: i64) -> Result<bool, FlowError> {
-        let mut tx = self.shared.pool.begin().await?;
-        let dead = crate::queue::dequeue::take_dead_letter(&mut tx, &self.shared.slot, id).await?;
-        let Some(dead) = dead else {
-            return Ok(false);
-        };
-        // Kept as a dead letter unless its operator runs here.
-        let Some(signals) = self.signals.get(dead.operator.as_str()) else {
-            return Ok(false);
-        };
-        tx.commit().await?;
-        let row = executor::Row::from_queued(dead.row);
-        self.shared.memory.requeued(row.key().0);
-        signals
-            .inbox
-            .lock()
-            .expect("inbox lock")
-            .push(std::iter::once(row));
-        signals.notify.notify_one();
-        Ok(true)
+        Ok(self
+            .shared
+            .store
+            .retry_dead_letter(&self.shared, id)
+            .await?)
     }
 
     /// Stops gracefully: the listener stops taking transactions and sends its
@@ -1006,7 +906,7 @@ fn chain_depth(ops: &[&'static OperatorRegistration]) -> usize {
         let mut changed = false;
         for (i, down) in ops.iter().enumerate() {
             for (j, up) in ops.iter().enumerate() {
-                let feeds = up.target.is_some_and(|t| down.entities.contains(&t.table));
+                let feeds = up.target.is_some_and(|t| down.listens_to_table(t.table));
                 if i != j && feeds && level[j] + 1 > level[i] && level[j] < ops.len() {
                     level[i] = level[j] + 1;
                     changed = true;
@@ -1018,26 +918,4 @@ fn chain_depth(ops: &[&'static OperatorRegistration]) -> usize {
         }
     }
     level.into_iter().max().unwrap_or(1)
-}
-
-/// Runs `f` again (up to four more times, 50 ms apart and doubling) while
-/// it fails with a connection error: after a server restart the pool may
-/// still hold connections the server has closed, and the first statement
-/// on each finds out.
-async fn transient_retried<T, F, Fut>(mut f: F) -> Result<T, sqlx::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
-{
-    let mut pause = Duration::from_millis(50);
-    for _ in 0..4 {
-        match f().await {
-            Err(e) if crate::operator::executor::is_transient(&e) => {
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
-            done => return done,
-        }
-    }
-    f().await
 }

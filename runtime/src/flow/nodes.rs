@@ -1,7 +1,6 @@
 //! Several nodes: the broadcaster of the node holding the slot, and the
 //! subscriber-only node.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlx::postgres::PgPoolOptions;
@@ -11,7 +10,7 @@ use tokio::task::JoinHandle;
 use super::{FlowError, Walflow, WalflowBuilder};
 use crate::config::{Config, ConfigError, PubSub};
 use crate::lsn::Lsn;
-use crate::operator::executor::Shared;
+use crate::queue::{Handover, Shared, Store};
 use crate::subscribe::{Broadcast, HubOptions, PgPubSub, Subscriptions, Transaction};
 
 /// With [`PubSub::Postgres`], what the listener's consumer feeds instead of
@@ -129,12 +128,11 @@ pub(super) async fn start_subscriber(builder: WalflowBuilder) -> Result<Walflow,
         shared: Arc::new(Shared {
             pool,
             slot: config.slot_name().to_owned(),
+            store: Store::new(&config, true),
+            handover: Handover::new(&[], false),
             config,
-            memory: Default::default(),
-            flushed: watch::channel(0).0,
             server_gone: watch::channel(0).0,
         }),
-        signals: HashMap::new(),
         operators: Vec::new(),
         stop,
         consumer: None,

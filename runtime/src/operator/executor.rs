@@ -7,7 +7,10 @@
 //! one unit at a time. A unit is one event, or (with `coalesce: true`) every
 //! pending event of the id up to the next delete, which is a barrier: the
 //! query runs once for them; while such a row waits, the consumer queues
-//! later events of its id without rows of their own (see [`Inbox::hosts`]).
+//! later events of its id without rows of their own (see
+//! [`Inbox::hosts`]). The protocol is argued in [`crate::queue`]; what the
+//! executor does there goes through [`crate::queue`] too (fetching,
+//! finishing, dead-lettering).
 //! Units of a query operator are grouped, up to
 //! 64 ids per transaction; a handler runs one unit per transaction. A unit
 //! applies its work and deletes its queue rows in one transaction, so a
@@ -23,11 +26,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, FailureInfo, ProcessStatusStorage, QueueStorage, RetryInfo};
+use crate::config::{FailureInfo, RetryInfo};
 use crate::ctx::Ctx;
 use crate::event::Position;
 use crate::ident::quote_ident;
@@ -37,269 +40,16 @@ use crate::registry::{HandlerError, OperatorAction, OperatorRegistration};
 use crate::value::Value;
 
 use super::bind::bind_value;
-use super::memory::{Finished, MemoryState};
-use super::{id_display, id_key};
-use crate::queue::dequeue::{fetch, finish};
-
-/// Rows fetched per round trip.
-pub(crate) const FETCH: i64 = 2_000;
+use super::id_display;
+use crate::pg_error::is_transient;
+use crate::queue::dequeue::{FETCH, fetch};
+use crate::queue::handover::{Inbox, RunSnapshot, Signals};
+use crate::queue::store::Completion;
+use crate::queue::{Row, RowKey, Shared};
 /// Upper bound of rows held in memory per operator.
 const MAX_PENDING: usize = 20_000;
 /// Most units of a query operator run in one transaction.
 const MAX_GROUP: usize = 64;
-
-/// What the executors of one flow share.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub pool: PgPool,
-    pub config: Config,
-    pub slot: String,
-    /// The memory queue's bookkeeping and the memory process status.
-    pub memory: MemoryState,
-    /// The number of the consumer's last committed flush: rows handed over
-    /// with a higher number are not queued yet.
-    pub flushed: watch::Sender<u64>,
-    /// Counts the errors that say the server refuses or terminates walflow's connections as
-    /// it does while shutting down (see [`is_shutdown`]): the consumer then
-    /// lets go of the replication connection, so the server can stop.
-    pub server_gone: watch::Sender<u64>,
-}
-
-impl Shared {
-    /// Passes on a database error that says the server is shutting down.
-    pub fn note_error(&self, e: &sqlx::Error) {
-        if is_shutdown(e) {
-            self.server_gone.send_modify(|n| *n += 1);
-        }
-    }
-
-    /// Whether the queue is in memory (`queue_storage = memory`).
-    pub fn memory_queue(&self) -> bool {
-        self.config.queue_storage() == QueueStorage::Memory
-    }
-
-    /// Whether the process status is in memory.
-    pub fn memory_status(&self) -> bool {
-        self.config.process_status_storage() == ProcessStatusStorage::Memory
-    }
-}
-
-/// Rows handed from the consumer to an executor in memory, right after
-/// they are queued: the executor then need not read them back.
-#[derive(Debug, Default)]
-pub(crate) struct Inbox {
-    rows: Vec<Row>,
-    /// More was queued than the inbox holds: read the queue instead.
-    overflow: bool,
-    /// The memory queue: the inbox is the queue, it never overflows (the
-    /// consumer waits for room instead).
-    unbounded: bool,
-    /// The highest flush number among the rows dropped on overflow: reading
-    /// the queue finds them only once that flush is committed.
-    dropped: u64,
-    /// Ids whose pending events (held by the executor, no unit started on
-    /// them) end with one that is not a delete. For a coalescing query
-    /// operator, a later event of such an id needs no queue row of its own:
-    /// that pending row's run starts after the event is committed, so it
-    /// covers it. Kept under the inbox's lock by the executor; read by the
-    /// consumer while the inbox is empty (every row handed over admitted).
-    pub hosts: HashSet<String>,
-    /// The highest flush number among the events left out because a host
-    /// covers them. Their transactions are visible once that flush is
-    /// committed (the flush checks it), and only then: a unit of a
-    /// coalescing operator taken from the pending set waits for it before
-    /// its statements, so the run that covers them sees them. (Taken under
-    /// the inbox's lock, after every absorption into its host.)
-    pub absorbed_flush: u64,
-    /// The executor reads the queue: rows handed over may have been dropped
-    /// and not admitted yet, so [`hosts`](Self::hosts) may be incomplete.
-    reading: bool,
-    /// For a coalescing query operator, per id: the snapshot of the last
-    /// committed run of its query with no delete of the id pending after it.
-    /// An event arriving later whose transaction that snapshot saw needs no
-    /// queue row: the run already applied it. Cleared by a delete; used for
-    /// [`COVERED_FOR`] after the run (transaction ids wrap around).
-    pub covered: HashMap<String, RunSnapshot>,
-}
-
-/// What a run's snapshot saw: transactions before `xmax` except those in
-/// `running` (PostgreSQL's `pg_snapshot`, as 32-bit transaction ids).
-#[derive(Debug, Clone)]
-pub(crate) struct RunSnapshot {
-    xmax: u32,
-    running: Arc<[u32]>,
-    at: std::time::Instant,
-}
-
-impl RunSnapshot {
-    /// Parses `pg_current_snapshot()::text` (`xmin:xmax:xip,...`, each an
-    /// `xid8` whose low 32 bits are the transaction id).
-    fn parse(text: &str) -> Option<RunSnapshot> {
-        let mut parts = text.split(':');
-        let _xmin = parts.next()?;
-        let xmax = parts.next()?.parse::<u64>().ok()? as u32;
-        let running = parts
-            .next()
-            .unwrap_or("")
-            .split(',')
-            .filter(|x| !x.is_empty())
-            .map(|x| x.parse::<u64>().map(|x| x as u32))
-            .collect::<Result<Arc<[u32]>, _>>()
-            .ok()?;
-        Some(RunSnapshot {
-            xmax,
-            running,
-            at: std::time::Instant::now(),
-        })
-    }
-
-    /// Whether the committed transaction `xid` was visible to the run (and
-    /// the snapshot is recent enough to compare transaction ids).
-    pub fn saw(&self, xid: u32) -> bool {
-        xid != 0
-            && super::xid_precedes(xid, self.xmax)
-            && !self.running.contains(&xid)
-            && self.at.elapsed() < COVERED_FOR
-    }
-}
-
-/// How long a run's snapshot stands for the events it covered (see
-/// [`Inbox::covered`]): far below the time two billion transactions take.
-const COVERED_FOR: Duration = Duration::from_secs(60);
-/// Ids kept in [`Inbox::covered`] before older entries are dropped.
-const COVERED_MAX: usize = 100_000;
-
-/// Rows an inbox holds before the executor is told to read the queue.
-const INBOX_MAX: usize = 10_000;
-
-impl Inbox {
-    /// Whether every row handed over was admitted by the executor, so
-    /// [`hosts`](Self::hosts) is up to date.
-    pub fn settled(&self) -> bool {
-        self.rows.is_empty() && !self.overflow && !self.reading
-    }
-
-    /// Hands over rows just queued (in queue order).
-    pub fn push(&mut self, rows: impl Iterator<Item = Row>) {
-        if self.overflow {
-            self.dropped = rows.map(|r| r.flush).fold(self.dropped, u64::max);
-            return;
-        }
-        self.rows.extend(rows);
-        if !self.unbounded && self.rows.len() > INBOX_MAX {
-            self.dropped = self
-                .rows
-                .iter()
-                .map(|r| r.flush)
-                .fold(self.dropped, u64::max);
-            self.rows = Vec::new();
-            self.overflow = true;
-        }
-    }
-}
-
-impl Signals {
-    /// The signals of one operator; `memory_queue`: its inbox is its queue.
-    pub fn new(memory_queue: bool) -> Self {
-        let signals = Signals::default();
-        {
-            let mut inbox = signals.inbox.lock().expect("inbox lock");
-            inbox.unbounded = memory_queue;
-            // An executor starts by reading the queue.
-            inbox.reading = !memory_queue;
-        }
-        signals
-    }
-}
-
-/// The handle the flow keeps per operator.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Signals {
-    /// New rows were queued (and are in the inbox, unless it overflowed).
-    pub notify: Arc<Notify>,
-    /// Rows just queued.
-    pub inbox: Arc<std::sync::Mutex<Inbox>>,
-    /// Rows were queued behind the read position (a replayed dead letter).
-    pub rescan: Arc<AtomicBool>,
-}
-
-/// A queue row as read back.
-#[derive(Debug, Clone)]
-pub(crate) struct Row {
-    pub(crate) commit_lsn: i64,
-    pub(crate) seq: i32,
-    pub(crate) part: i16,
-    pub(crate) id: String,
-    /// [`id_key`] of `id`.
-    pub(crate) id_key: String,
-    pub(crate) kind: EventKind,
-    pub(crate) schema: String,
-    pub(crate) table: String,
-    /// A handler row's event as JSON (as queued).
-    pub(crate) event: Option<String>,
-    /// A handler row's event, when handed over in memory.
-    pub(crate) raw: Option<Arc<RawEvent>>,
-    pub(crate) updated_at: Option<i64>,
-    /// The first commit LSN the row stands for (events collapsed into it).
-    pub(crate) first_lsn: Option<i64>,
-    /// Events collapsed into this row whose process status waits on it.
-    pub(crate) covers: Vec<(i64, i32)>,
-    /// The consumer's flush queueing the row (0: queued already).
-    pub(crate) flush: u64,
-}
-
-impl Row {
-    /// A row read back from the queue.
-    pub(crate) fn from_queued(q: crate::queue::dequeue::QueuedRow) -> Row {
-        Row {
-            commit_lsn: q.commit_lsn,
-            seq: q.seq,
-            part: q.part,
-            id_key: id_key(&q.id),
-            id: q.id,
-            kind: q.kind,
-            schema: q.schema_name,
-            table: q.table_name,
-            event: q.event,
-            raw: None,
-            updated_at: q.updated_at,
-            first_lsn: None,
-            covers: match (q.cover_lsns, q.cover_seqs) {
-                (Some(l), Some(s)) => l.into_iter().zip(s).collect(),
-                _ => Vec::new(),
-            },
-            flush: 0,
-        }
-    }
-
-    /// A row handed over in memory, queued by the consumer's flush number
-    /// `flush` (0: queued already).
-    pub(crate) fn from_new(r: &super::NewRow, flush: u64) -> Row {
-        Row {
-            commit_lsn: r.commit_lsn,
-            seq: r.seq,
-            part: r.part,
-            id: r.id.clone(),
-            id_key: r.id_key.clone(),
-            kind: r.kind,
-            schema: r.schema.to_string(),
-            table: r.table.to_string(),
-            event: r.event.clone(),
-            raw: r.raw.clone(),
-            updated_at: r.updated_at,
-            first_lsn: r.first_lsn,
-            covers: r.covers.clone(),
-            flush,
-        }
-    }
-
-    pub(crate) fn key(&self) -> (i64, i32, i16) {
-        (self.commit_lsn, self.seq, self.part)
-    }
-}
-
-/// `(commit_lsn, seq, part)`: a queue row's key within its operator.
-type RowKey = (i64, i32, i16);
 
 /// Why an attempt failed.
 enum Failure {
@@ -312,36 +62,6 @@ enum Failure {
     Failed(String),
     /// The flow stopped before the rows were queued: left unfinished.
     Stopped,
-}
-
-/// Whether a database error is about the connection (or a conflict), not
-/// about the statement.
-pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            c.starts_with("08")
-                || c.starts_with("57P")
-                || c == "40001"
-                || c == "40P01"
-                || c == "53300"
-        }),
-        _ => false,
-    }
-}
-
-/// Whether a database error says the server is going away: walflow's
-/// connection was terminated by an administrator command or a crash
-/// shutdown (`57P01`, `57P02`), or the server refuses connections while it
-/// starts or stops (`57P03`).
-pub(crate) fn is_shutdown(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db)
-        if matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03")))
 }
 
 fn sql_failure(e: sqlx::Error) -> Failure {
@@ -376,8 +96,8 @@ pub(crate) async fn run(
     let mut known: HashSet<(i64, i32, i16)> = HashSet::new();
     let mut held = 0usize;
     let mut cursor = (i64::MIN, i32::MIN, i16::MIN);
-    let memory_queue = shared.memory_queue();
-    // The memory queue is only the inbox: nothing to read back.
+    // Without a durable queue the inbox is the queue: nothing to read back.
+    let memory_queue = !shared.handover.backed();
     let mut more = !memory_queue;
     let mut need_flush = 0u64;
     let mut fetch_failures = 0u32;
@@ -402,7 +122,7 @@ pub(crate) async fn run(
             cursor = (i64::MIN, i32::MIN, i16::MIN);
             more = true;
             // Rows queued behind the read position are not admitted yet.
-            signals.inbox.lock().expect("inbox lock").reading = true;
+            signals.inbox.lock().expect("inbox lock").set_reading(true);
         }
         let mut fetch_error = false;
         // Read everything available (up to the bound) before starting units:
@@ -410,15 +130,8 @@ pub(crate) async fn run(
         while !stopping && more && held < MAX_PENDING && !fetch_error {
             // Rows handed over while their flush was under way and dropped
             // here: the read must see them, or the cursor would pass them.
-            if need_flush > *shared.flushed.borrow() {
-                let mut flushed = shared.flushed.subscribe();
-                let committed = tokio::select! {
-                    r = flushed.wait_for(|f| *f >= need_flush) => r.is_ok(),
-                    _ = stop.wait_for(|s| *s) => false,
-                };
-                if !committed {
-                    break;
-                }
+            if !shared.handover.wait_flushed(need_flush, &stop).await {
+                break;
             }
             match fetch(&shared, op.name, cursor).await {
                 Ok(rows) => {
@@ -428,7 +141,7 @@ pub(crate) async fn run(
                     fetch_failures = 0;
                     more = rows.len() as i64 == FETCH;
                     let mut inbox = signals.inbox.lock().expect("inbox lock");
-                    inbox.reading = more;
+                    inbox.set_reading(more);
                     for row in rows {
                         cursor = cursor.max(row.key());
                         if !known.insert(row.key()) {
@@ -439,6 +152,7 @@ pub(crate) async fn run(
                     }
                 }
                 Err(e) => {
+                    shared.note_error(&e);
                     fetch_failures += 1;
                     fetch_error = true;
                     tracing::warn!(operator = op.name, error = %e, "reading the operator queue failed; retrying");
@@ -465,14 +179,15 @@ pub(crate) async fn run(
                     continue;
                 };
                 let mut rows = take_unit(op, queue);
+                let emptied = queue.is_empty();
+                if emptied {
+                    pending.remove(&key);
+                }
                 // It may cover events left out since: it waits for their
                 // flush (see `Inbox::absorbed_flush`).
+                let absorbed = inbox.taken(&key, emptied);
                 if let Some(last) = rows.last_mut() {
-                    last.flush = last.flush.max(inbox.absorbed_flush);
-                }
-                if queue.is_empty() {
-                    pending.remove(&key);
-                    inbox.hosts.remove(&key);
+                    last.flush = last.flush.max(absorbed);
                 }
                 if rows.is_empty() {
                     continue;
@@ -524,23 +239,13 @@ pub(crate) async fn run(
                     Ok(Outcome::Done(units)) => {
                         let ran = std::mem::take(&mut *unit.ran.lock().expect("ran lock"));
                         if !ran.is_empty() {
-                            let mut inbox = signals.inbox.lock().expect("inbox lock");
-                            for (key, snapshot) in ran {
-                                // A delete admitted since the run comes after
-                                // it: nothing is covered past that.
-                                let delete_pending = pending
-                                    .get(&key)
-                                    .is_some_and(|q| q.iter().any(|r| r.kind == EventKind::Delete));
-                                if !delete_pending {
-                                    inbox.covered.insert(key, snapshot);
-                                }
-                            }
-                            if inbox.covered.len() > COVERED_MAX {
-                                inbox.covered.retain(|_, s| s.at.elapsed() < COVERED_FOR);
-                                if inbox.covered.len() > COVERED_MAX {
-                                    inbox.covered.clear();
-                                }
-                            }
+                            // A delete admitted since a run comes after it:
+                            // nothing of its id is covered past that.
+                            signals.inbox.lock().expect("inbox lock").ran(ran, |key| {
+                                pending
+                                    .get(key)
+                                    .is_some_and(|q| q.iter().any(|r| r.kind == EventKind::Delete))
+                            });
                         }
                         for (key, keys) in units {
                             for k in keys {
@@ -562,10 +267,7 @@ pub(crate) async fn run(
                         while tasks.join_next().await.is_some() {}
                         pending.clear();
                         {
-                            let mut inbox = signals.inbox.lock().expect("inbox lock");
-                            inbox.hosts.clear();
-                            inbox.covered.clear();
-                            inbox.reading = !memory_queue;
+                            signals.inbox.lock().expect("inbox lock").reset();
                         }
                         ready.clear();
                         in_flight.clear();
@@ -580,14 +282,12 @@ pub(crate) async fn run(
                 // Admitted under the inbox's lock, so the consumer sees the
                 // rows either in the inbox or admitted (with their hosts).
                 let mut inbox = signals.inbox.lock().expect("inbox lock");
-                let overflow = std::mem::replace(&mut inbox.overflow, false);
-                let dropped = std::mem::take(&mut inbox.dropped);
-                let rows = std::mem::take(&mut inbox.rows);
+                let (rows, overflow, dropped) = inbox.take();
                 if overflow || more {
                     // Read from the queue (which holds these rows too, once
                     // their flush is committed).
                     more = true;
-                    inbox.reading = true;
+                    inbox.set_reading(true);
                     need_flush = rows.iter().map(|r| r.flush).fold(need_flush.max(dropped), u64::max);
                 } else {
                     let last_flush = rows.iter().map(|r| r.flush).max().unwrap_or(0);
@@ -600,7 +300,7 @@ pub(crate) async fn run(
                             // The rest is read from the queue.
                             known.remove(&row.key());
                             more = true;
-                            inbox.reading = true;
+                            inbox.set_reading(true);
                             need_flush = need_flush.max(last_flush);
                             break;
                         }
@@ -628,13 +328,7 @@ fn admit(
     inbox: &mut Inbox,
 ) {
     let key = row.id_key.clone();
-    let hosts = &mut inbox.hosts;
-    if row.kind == EventKind::Delete {
-        hosts.remove(&key);
-        inbox.covered.remove(&key);
-    } else {
-        hosts.insert(key.clone());
-    }
+    inbox.admitted(&row);
     let queue = pending.entry(key.clone()).or_default();
     if queue.is_empty() && !in_flight.contains(&key) {
         ready.push_back(key);
@@ -704,12 +398,7 @@ impl UnitRunner {
         let Some(n) = rows.iter().map(|r| r.flush).max().filter(|n| *n > 0) else {
             return true;
         };
-        let mut flushed = self.shared.flushed.subscribe();
-        let mut stop = self.stop.clone();
-        tokio::select! {
-            r = flushed.wait_for(|f| *f >= n) => r.is_ok(),
-            _ = stop.wait_for(|s| *s) => false,
-        }
+        self.shared.handover.wait_flushed(n, &self.stop).await
     }
 
     async fn run(&self, rows: Vec<Row>) {
@@ -825,7 +514,12 @@ impl UnitRunner {
         sql: &'static str,
         units: &[(String, Vec<Row>)],
     ) -> Result<(), Failure> {
-        let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
+        let mut tx = self
+            .shared
+            .pool
+            .begin()
+            .await
+            .map_err(|e| self.failure(e))?;
         let snapshot = self.snapshot(&mut tx).await?;
         for (_, rows) in units {
             self.apply_query(sql, rows, &mut tx).await?;
@@ -840,13 +534,14 @@ impl UnitRunner {
     /// taken before the unit's statements (each sees at least what it
     /// sees).
     async fn snapshot(&self, tx: &mut PgConnection) -> Result<Option<RunSnapshot>, Failure> {
-        if !self.op.coalesce || self.shared.memory_queue() {
+        // Covered runs (rule 6) need a durable queue.
+        if !self.op.coalesce || !self.shared.handover.backed() {
             return Ok(None);
         }
         let text: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
             .fetch_one(&mut *tx)
             .await
-            .map_err(sql_failure)?;
+            .map_err(|e| self.failure(e))?;
         Ok(RunSnapshot::parse(&text))
     }
 
@@ -866,13 +561,7 @@ impl UnitRunner {
     /// the query.
     fn runs_delete(&self, rows: &[Row]) -> bool {
         let last = &rows[rows.len() - 1];
-        last.kind == EventKind::Delete
-            && rows.len() == 1
-            && self
-                .op
-                .delete_with
-                .iter()
-                .any(|t| t.schema == last.schema && t.table == last.table)
+        last.kind == EventKind::Delete && rows.len() == 1 && self.op.deletes_with(last)
     }
 
     /// Finishes `rows` in `tx` (queue rows deleted, process status moved)
@@ -886,15 +575,18 @@ impl UnitRunner {
         if !self.queued(rows).await {
             return Err(Failure::Stopped);
         }
-        let finished = finish(&self.shared, self.op.name, rows, &mut tx)
+        let finished = self
+            .shared
+            .store
+            .finish(&self.shared, self.op.name, rows, &mut tx)
             .await
-            .map_err(sql_failure)?;
+            .map_err(|e| self.failure(e))?;
         if !finished {
             // Another executor finished (some of) these rows meanwhile: a
             // second flow on the slot, say one still shutting down while
             // this one starts. Its work stands; this unit's is undone, and
             // whatever rows remain are read again.
-            tx.rollback().await.map_err(sql_failure)?;
+            tx.rollback().await.map_err(|e| self.failure(e))?;
             tracing::warn!(
                 operator = self.op.name,
                 "queue rows were finished by another executor meanwhile (two flows on one slot?); \
@@ -908,42 +600,42 @@ impl UnitRunner {
                 // earlier, did not see: the ids are recomputed now, in a
                 // transaction of their own (a coalescing query recomputes
                 // its id, so running it again is harmless).
-                let mut again = self.shared.pool.begin().await.map_err(sql_failure)?;
+                let mut again = self
+                    .shared
+                    .pool
+                    .begin()
+                    .await
+                    .map_err(|e| self.failure(e))?;
                 for unit in rows.chunk_by(|a, b| a.id_key == b.id_key) {
                     let unit: Vec<Row> = unit.iter().map(|r| (*r).clone()).collect();
                     self.apply_query(sql, &unit, &mut again).await?;
                 }
-                again.commit().await.map_err(sql_failure)?;
+                again.commit().await.map_err(|e| self.failure(e))?;
             }
             self.rescan.store(true, Ordering::Release);
             return Ok(());
         }
         crate::crash_point::hit("unit.before_commit");
-        tx.commit().await.map_err(sql_failure)?;
+        tx.commit().await.map_err(|e| self.failure(e))?;
         crate::crash_point::hit("unit.after_commit");
-        self.finished_in_memory(rows);
+        self.shared.store.finished(rows);
         Ok(())
     }
 
-    fn finished_in_memory(&self, rows: &[&Row]) {
-        let (queue, status) = (self.shared.memory_queue(), self.shared.memory_status());
-        if !queue && !status {
-            return;
-        }
-        let rows: Vec<Finished> = rows
-            .iter()
-            .map(|r| Finished {
-                first_lsn: r.first_lsn.unwrap_or(r.commit_lsn),
-                commit_lsn: r.commit_lsn,
-                seq: r.seq,
-                covers: r.covers.clone(),
-            })
-            .collect();
-        self.shared.memory.finished(&rows, queue, status);
+    /// Turns a database error into a failure, passing on one that says the
+    /// server is shutting down (rule 7).
+    fn failure(&self, e: sqlx::Error) -> Failure {
+        self.shared.note_error(&e);
+        sql_failure(e)
     }
 
     async fn run_query(&self, sql: &'static str, rows: &[Row]) -> Result<(), Failure> {
-        let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
+        let mut tx = self
+            .shared
+            .pool
+            .begin()
+            .await
+            .map_err(|e| self.failure(e))?;
         let snapshot = self.snapshot(&mut tx).await?;
         self.apply_query(sql, rows, &mut tx).await?;
         self.complete(tx, &rows.iter().collect::<Vec<_>>()).await?;
@@ -974,10 +666,10 @@ impl UnitRunner {
             );
             let q =
                 bind_value(sqlx::query(sqlx::AssertSqlSafe(stmt)), &id).map_err(Failure::Decode)?;
-            q.execute(&mut *tx).await.map_err(sql_failure)?;
+            q.execute(&mut *tx).await.map_err(|e| self.failure(e))?;
         } else {
             let q = bind_value(sqlx::query(sql), &id).map_err(Failure::Decode)?;
-            q.execute(&mut *tx).await.map_err(sql_failure)?;
+            q.execute(&mut *tx).await.map_err(|e| self.failure(e))?;
         }
         Ok(())
     }
@@ -1022,34 +714,52 @@ impl UnitRunner {
             Ok(Ok(())) => {}
         }
         let rows = &[row][..];
-        let tx = match own {
-            Some(tx) => tx,
-            // Nothing to record in the database.
-            None if self.shared.memory_queue() && self.shared.memory_status() => {
-                self.finished_in_memory(rows);
+        let tx = match (own, self.shared.store.completion(row)) {
+            (Some(tx), _) => tx,
+            (None, Completion::Memory) => {
+                self.shared.store.finished(rows);
                 return Ok(());
             }
-            // One statement (the queue row's delete): no transaction needed.
-            None if !self.shared.memory_queue() && row.updated_at.is_none() => {
+            (None, Completion::Statement) => {
                 if !self.queued(rows).await {
                     return Err(Failure::Stopped);
                 }
-                let mut conn = self.shared.pool.acquire().await.map_err(sql_failure)?;
-                finish(&self.shared, self.op.name, rows, &mut conn)
+                let mut conn = self
+                    .shared
+                    .pool
+                    .acquire()
                     .await
-                    .map_err(sql_failure)?;
-                self.finished_in_memory(rows);
+                    .map_err(|e| self.failure(e))?;
+                let done = self
+                    .shared
+                    .store
+                    .finish(&self.shared, self.op.name, rows, &mut conn)
+                    .await
+                    .map_err(|e| self.failure(e))?;
+                if done {
+                    self.shared.store.finished(rows);
+                }
                 return Ok(());
             }
-            None => self.shared.pool.begin().await.map_err(sql_failure)?,
+            (None, Completion::Transaction) => self
+                .shared
+                .pool
+                .begin()
+                .await
+                .map_err(|e| self.failure(e))?,
         };
         self.complete(tx, rows).await
     }
 
     async fn dead_letter(&self, rows: &[Row], error: &str, attempts: u32) -> Result<(), Failure> {
-        let mut tx = self.shared.pool.begin().await.map_err(sql_failure)?;
+        let mut tx = self
+            .shared
+            .pool
+            .begin()
+            .await
+            .map_err(|e| self.failure(e))?;
         crate::queue::dequeue::dead_letter(
-            &self.shared,
+            &self.shared.slot,
             self.op.name,
             rows,
             error,
@@ -1057,14 +767,14 @@ impl UnitRunner {
             &mut tx,
         )
         .await
-        .map_err(sql_failure)?;
+        .map_err(|e| self.failure(e))?;
         self.complete(tx, &rows.iter().collect::<Vec<_>>()).await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::RunSnapshot;
+    use crate::queue::handover::RunSnapshot;
 
     #[test]
     fn a_run_saw_what_committed_before_its_snapshot() {
@@ -1084,8 +794,8 @@ mod tests {
 
     #[test]
     fn transaction_ids_compare_across_wraparound() {
-        assert!(super::super::xid_precedes(u32::MAX - 5, 10));
-        assert!(!super::super::xid_precedes(10, u32::MAX - 5));
-        assert!(super::super::xid_precedes(3, 4));
+        assert!(crate::operator::xid_precedes(u32::MAX - 5, 10));
+        assert!(!crate::operator::xid_precedes(10, u32::MAX - 5));
+        assert!(crate::operator::xid_precedes(3, 4));
     }
 }

@@ -6,7 +6,6 @@
 
 pub(crate) mod bind;
 pub(crate) mod executor;
-pub(crate) mod memory;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -133,14 +132,6 @@ impl Batch {
     }
 }
 
-/// The value of the column mapping `raw`'s table to the operator's id.
-fn id_column(op: &OperatorRegistration, raw: &RawEvent) -> Option<&'static str> {
-    op.id_mapping
-        .iter()
-        .find(|m| m.table.schema == &*raw.schema && m.table.table == &*raw.table)
-        .map(|m| m.column)
-}
-
 fn id_of(record: Option<&Record>, column: &str) -> Value {
     record
         .and_then(|r| r.get(column))
@@ -172,11 +163,7 @@ pub(crate) fn dispatch(
     let before = batch.rows.len();
     let mut event_json: Option<String> = None;
     for op in ops {
-        let listens = op
-            .entities
-            .iter()
-            .any(|t| t.schema == &*raw.schema && t.table == &*raw.table);
-        if !listens {
+        if !op.listens_to_table(&**raw) {
             continue;
         }
         if raw.kind == EventKind::Truncate
@@ -191,7 +178,7 @@ pub(crate) fn dispatch(
             );
             continue;
         }
-        if !op.events.contains(&raw.kind) {
+        if !op.listens_to(&**raw, raw.kind) {
             continue;
         }
         let row = |part: i16, id: &Value, event: Option<String>| {
@@ -216,7 +203,7 @@ pub(crate) fn dispatch(
         };
         match op.action {
             OperatorAction::Handler(_) => {
-                let id = match (raw.kind, id_column(op, raw)) {
+                let id = match (raw.kind, op.id_column(&**raw)) {
                     (EventKind::Truncate, _) | (_, None) => Value::Null,
                     (_, Some(col)) => id_of(raw.record(), col),
                 };
@@ -226,7 +213,7 @@ pub(crate) fn dispatch(
                 batch.rows.push(row(0, &id, Some(json)));
             }
             OperatorAction::Query(_) => {
-                let Some(col) = id_column(op, raw) else {
+                let Some(col) = op.id_column(&**raw) else {
                     continue;
                 };
                 let id = id_of(raw.record(), col);

@@ -5,7 +5,7 @@
 
 use sqlx::PgConnection;
 
-use crate::operator::executor::{FETCH, Row, Shared};
+use super::{Row, Shared};
 use crate::raw::EventKind;
 
 /// A row of `walflow.queue` as an executor reads it back.
@@ -26,6 +26,10 @@ pub(crate) struct QueuedRow {
     pub cover_seqs: Option<Vec<i32>>,
 }
 
+/// Rows fetched per round trip.
+pub(crate) const FETCH: i64 = 2_000;
+
+/// Up to [`FETCH`] of `operator`'s rows after `cursor`, in queue order.
 pub(crate) async fn fetch(
     shared: &Shared,
     operator: &str,
@@ -50,27 +54,21 @@ pub(crate) async fn fetch(
     Ok(rows.into_iter().map(Row::from_queued).collect())
 }
 
-/// Deletes the rows from the queue and moves the process status of the
-/// events all of whose rows are now done, in `tx` (what is kept in the
-/// database: see [`UnitRunner::complete`] for the rest).
-pub(crate) async fn finish(
-    shared: &Shared,
-    operator_name: &str,
+/// Deletes `rows` from `operator`'s queue in `tx`; `false` when fewer
+/// were found (another executor finished some: rule 4).
+pub(crate) async fn delete_rows(
+    slot: &str,
+    operator: &str,
     rows: &[&Row],
     tx: &mut PgConnection,
 ) -> sqlx::Result<bool> {
-    let lsns: Vec<i64> = rows.iter().map(|r| r.commit_lsn).collect();
-    let seqs: Vec<i32> = rows.iter().map(|r| r.seq).collect();
-    let parts: Vec<i16> = rows.iter().map(|r| r.part).collect();
-    let deleted = if shared.memory_queue() {
-        rows.len() as u64
-    } else if let [row] = rows {
+    let deleted = if let [row] = rows {
         sqlx::query(
             "DELETE FROM walflow.queue
              WHERE slot = $1 AND operator = $2 AND commit_lsn = $3 AND seq = $4 AND part = $5",
         )
-        .bind(&shared.slot)
-        .bind(operator_name)
+        .bind(slot)
+        .bind(operator)
         .bind(row.commit_lsn)
         .bind(row.seq)
         .bind(row.part)
@@ -79,27 +77,33 @@ pub(crate) async fn finish(
         .rows_affected()
     } else {
         let n: i64 = sqlx::query_scalar("SELECT walflow.delete_queue_rows($1, $2, $3, $4, $5)")
-            .bind(&shared.slot)
-            .bind(operator_name)
-            .bind(&lsns)
-            .bind(&seqs)
-            .bind(&parts)
+            .bind(slot)
+            .bind(operator)
+            .bind(rows.iter().map(|r| r.commit_lsn).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.part).collect::<Vec<_>>())
             .fetch_one(&mut *tx)
             .await?;
         n as u64
     };
-    if deleted != rows.len() as u64 {
-        return Ok(false);
-    }
-    if shared.memory_status()
-        || rows
-            .iter()
-            .all(|r| r.updated_at.is_none() && r.covers.is_empty())
+    Ok(deleted == rows.len() as u64)
+}
+
+/// Moves the process status of the events all of whose rows are done with
+/// `rows` (theirs and those collapsed into them), in `tx`.
+pub(crate) async fn release_status(
+    slot: &str,
+    rows: &[&Row],
+    tx: &mut PgConnection,
+) -> sqlx::Result<()> {
+    if rows
+        .iter()
+        .all(|r| r.updated_at.is_none() && r.covers.is_empty())
     {
-        return Ok(true);
+        return Ok(());
     }
-    let mut lsns = lsns;
-    let mut seqs = seqs;
+    let mut lsns: Vec<i64> = rows.iter().map(|r| r.commit_lsn).collect();
+    let mut seqs: Vec<i32> = rows.iter().map(|r| r.seq).collect();
     for (l, s) in rows.iter().flat_map(|r| r.covers.iter()) {
         lsns.push(*l);
         seqs.push(*s);
@@ -111,7 +115,7 @@ pub(crate) async fn finish(
          WHERE p.slot = $1 AND p.commit_lsn = ANY($2::int8[]) AND p.seq = ANY($3::int4[])
            AND p.commit_lsn = u.l AND p.seq = u.s",
     )
-    .bind(&shared.slot)
+    .bind(slot)
     .bind(&lsns)
     .bind(&seqs)
     .execute(&mut *tx)
@@ -128,19 +132,19 @@ pub(crate) async fn finish(
          ON CONFLICT (slot, schema_name, table_name)
          DO UPDATE SET updated_at = GREATEST(walflow.process_status.updated_at, EXCLUDED.updated_at)",
     )
-    .bind(&shared.slot)
+    .bind(slot)
     .bind(&lsns)
     .bind(&seqs)
     .execute(&mut *tx)
     .await?;
-    Ok(true)
+    Ok(())
 }
 
 /// Records `rows` as given up by `operator` after `attempts`, with `error`,
 /// in `tx` (the unit then completes them: removed from the queue in the
 /// same transaction), one statement for all of them.
 pub(crate) async fn dead_letter(
-    shared: &Shared,
+    slot: &str,
     operator: &str,
     rows: &[Row],
     error: &str,
@@ -155,7 +159,7 @@ pub(crate) async fn dead_letter(
          FROM UNNEST($3::int8[], $4::int4[], $5::int2[], $6::text[], $7::text[], $8::text[],
                      $9::text[], $10::text[], $11::int8[]) AS x(l, s, p, i, k, sc, t, e, u)",
     )
-    .bind(&shared.slot)
+    .bind(slot)
     .bind(operator)
     .bind(rows.iter().map(|r| r.commit_lsn).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())

@@ -10,9 +10,10 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
 
+use super::Shared;
 use crate::lsn::Lsn;
-use crate::operator::executor::{Shared, is_transient};
 use crate::operator::{Batch, StatusMark};
+use crate::pg_error::is_transient;
 
 /// Queues `batch` on `conn` (connected first if `None`: a connection of
 /// its own, so queueing never waits for the pool, which units waiting for
@@ -206,13 +207,9 @@ async fn flush(
             })
             .collect()
     };
-    // The memory process status is kept by the caller.
-    let status: &[StatusMark] = if shared.memory_status() {
-        &[]
-    } else {
-        &batch.status
-    };
-    let (pending, done): (Vec<_>, Vec<_>) = status.iter().partition(|s| s.remaining > 0);
+    // (With the memory process status, the store took the marks out.)
+    let (pending, done): (Vec<&StatusMark>, Vec<_>) =
+        batch.status.iter().partition(|s| s.remaining > 0);
     // Events no operator runs on are done as soon as they are seen.
     let mut max: HashMap<(&str, &str), i64> = HashMap::new();
     for s in &done {

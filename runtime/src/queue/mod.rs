@@ -3,12 +3,25 @@
 //! or applied on the state before its own transaction — rule by rule, with
 //! what a crash between any two steps leaves behind.
 //!
-//! Queueing lives in [`enqueue`]; reading rows back, deleting them,
-//! dead-lettering them and putting dead letters back in [`dequeue`]; the
-//! consumer ([`crate::flow`]) dispatches and hands rows over, the executors
-//! ([`crate::operator`]) run them. (Listing dead letters, the fence and
-//! `processed` in [`crate::status`], and the in-memory hand-over, still
-//! live beside them.)
+//! Every statement on walflow's own tables (`walflow.queue`,
+//! `pending_status`, `process_status`, `dead_letters`, `streams`) is in
+//! this module:
+//! - [`enqueue`]: queueing a batch (one statement) and what a start needs
+//!   to read the position safely;
+//! - [`dequeue`]: reading an operator's rows back, deleting a unit's rows
+//!   with the process status they release, dead letters in and out;
+//! - [`status`]: the LSN fence, the process status and the dead letters as
+//!   the API reports them;
+//! - [`memory`]: the same bookkeeping in memory (`queue_storage = memory`,
+//!   `process_status_storage = memory`);
+//! - [`store`]: the one place that chooses between the two;
+//! - [`handover`]: the consumer ↔ executor hand-over (inboxes, pending
+//!   hosts, covered runs, the flush counter).
+//!
+//! The consumer ([`crate::flow`]) only dispatches changes into batches,
+//! hands them over and enqueues them; the executors ([`crate::operator`])
+//! only fetch, run, complete or dead-letter; [`Walflow`](crate::Walflow)
+//! delegates to [`store::Store`].
 //!
 //! # Terms
 //!
@@ -71,9 +84,15 @@
 //!   rows read from the queue were visible to the reader, so their flush
 //!   committed);
 //! - hence every statement of a unit sees every transaction whose events
-//!   it applies. The memory queue checks the same before it hands rows
-//!   over. A chain is covered the same way: the upstream unit's commit is a
-//!   transaction of the next batch.
+//!   it applies. A chain is covered the same way: the upstream unit's
+//!   commit is a transaction of the next batch.
+//!
+//! The memory queue keeps the same order: its "flush" waits until the
+//! batch's transactions are visible (polling `walflow.invisible_xids`),
+//! then counts the rows as outstanding, and only then is its number
+//! published; the rows were handed over tagged with it, so no unit starts
+//! on them earlier. It is bounded by waiting for room *before* a batch is
+//! counted (the batch's own rows cannot finish before it is).
 //!
 //! *Crash*: the check and the inserts are one statement: both or neither.
 //!
@@ -119,11 +138,13 @@
 //!
 //! **7. A shut-down server.** A WAL sender waits at shutdown until its
 //! client confirms the end of the WAL, which the flow cannot do while the
-//! queue is unreachable. When the server terminates or refuses walflow's
-//! connections (`57P01`, `57P02`, `57P03`), the consumer lets go of the
-//! replication connection at once; what it received is queued once the
-//! server is back (rules 1 and 2), and it streams again from the confirmed
-//! position.
+//! queue is unreachable (or, with the memory queue, while the executors
+//! that would make room cannot reach the database). When the server
+//! terminates or refuses walflow's connections (`57P01`, `57P02`,
+//! `57P03`), seen by the consumer's queueing connection, the visibility
+//! check or any executor, the consumer lets go of the replication
+//! connection at once; what it received is queued once the server is back
+//! (rules 1 and 2), and it streams again from the confirmed position.
 //!
 //! **8. The fence through chains.** `wait_processed(lsn)` waits until the
 //! queue's position has passed `lsn` and no row at or before it remains,
@@ -140,3 +161,132 @@
 
 pub(crate) mod dequeue;
 pub(crate) mod enqueue;
+pub(crate) mod handover;
+pub(crate) mod memory;
+pub(crate) mod status;
+pub(crate) mod store;
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::pg_error::is_shutdown;
+use crate::raw::{EventKind, RawEvent};
+
+pub(crate) use handover::Handover;
+pub(crate) use store::Store;
+
+/// What the consumer, the executors and the flow of one flow share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub pool: PgPool,
+    pub config: Config,
+    pub slot: String,
+    /// Where the queue and the process status are kept.
+    pub store: Store,
+    /// The consumer ↔ executor hand-over.
+    pub handover: Handover,
+    /// Counts the errors that say the server refuses or terminates
+    /// walflow's connections as it does while shutting down (see
+    /// [`is_shutdown`]): the consumer then lets go of the replication
+    /// connection, so the server can stop (rule 7).
+    pub server_gone: watch::Sender<u64>,
+}
+
+impl Shared {
+    /// Passes on a database error that says the server is shutting down.
+    pub fn note_error(&self, e: &sqlx::Error) {
+        if is_shutdown(e) {
+            self.server_gone.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+/// A queue row as read back.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    pub(crate) commit_lsn: i64,
+    pub(crate) seq: i32,
+    pub(crate) part: i16,
+    pub(crate) id: String,
+    /// [`id_key`] of `id`.
+    pub(crate) id_key: String,
+    pub(crate) kind: EventKind,
+    pub(crate) schema: String,
+    pub(crate) table: String,
+    /// A handler row's event as JSON (as queued).
+    pub(crate) event: Option<String>,
+    /// A handler row's event, when handed over in memory.
+    pub(crate) raw: Option<Arc<RawEvent>>,
+    pub(crate) updated_at: Option<i64>,
+    /// The first commit LSN the row stands for (events collapsed into it).
+    pub(crate) first_lsn: Option<i64>,
+    /// Events collapsed into this row whose process status waits on it.
+    pub(crate) covers: Vec<(i64, i32)>,
+    /// The consumer's flush queueing the row (0: queued already).
+    pub(crate) flush: u64,
+}
+
+impl Row {
+    /// A row read back from the queue.
+    pub(crate) fn from_queued(q: dequeue::QueuedRow) -> Row {
+        Row {
+            commit_lsn: q.commit_lsn,
+            seq: q.seq,
+            part: q.part,
+            id_key: crate::operator::id_key(&q.id),
+            id: q.id,
+            kind: q.kind,
+            schema: q.schema_name,
+            table: q.table_name,
+            event: q.event,
+            raw: None,
+            updated_at: q.updated_at,
+            first_lsn: None,
+            covers: match (q.cover_lsns, q.cover_seqs) {
+                (Some(l), Some(s)) => l.into_iter().zip(s).collect(),
+                _ => Vec::new(),
+            },
+            flush: 0,
+        }
+    }
+
+    /// A row handed over in memory, queued by the consumer's flush number
+    /// `flush` (0: queued already).
+    pub(crate) fn from_new(r: &crate::operator::NewRow, flush: u64) -> Row {
+        Row {
+            commit_lsn: r.commit_lsn,
+            seq: r.seq,
+            part: r.part,
+            id: r.id.clone(),
+            id_key: r.id_key.clone(),
+            kind: r.kind,
+            schema: r.schema.to_string(),
+            table: r.table.to_string(),
+            event: r.event.clone(),
+            raw: r.raw.clone(),
+            updated_at: r.updated_at,
+            first_lsn: r.first_lsn,
+            covers: r.covers.clone(),
+            flush,
+        }
+    }
+
+    pub(crate) fn key(&self) -> (i64, i32, i16) {
+        (self.commit_lsn, self.seq, self.part)
+    }
+}
+
+/// `(commit_lsn, seq, part)`: a queue row's key within its operator.
+pub(crate) type RowKey = (i64, i32, i16);
+
+impl crate::registry::TableName for &Row {
+    fn schema_name(&self) -> &str {
+        &self.schema
+    }
+    fn table_name(&self) -> &str {
+        &self.table
+    }
+}

@@ -1,0 +1,140 @@
+//! How far the operators have got, as the API reports it, and the dead
+//! letters they left.
+//!
+//! Two views:
+//! - per table, the largest `process_status_entity_field` (default
+//!   `updated_at`, in microseconds since the Unix epoch) of an event all of
+//!   whose operators have finished — applied or dead-lettered — kept as a
+//!   maximum (EventStreamex's `processed?/2`, which overwrites instead);
+//! - the LSN fence: every operator has applied everything committed up to a
+//!   WAL position ([`Walflow::wait_processed`](crate::flow::Walflow::wait_processed)).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::event::Position;
+use crate::lsn::Lsn;
+use crate::raw::EventKind;
+
+/// Splits `"schema.table"` (or `"table"`, in `public`).
+pub(crate) fn split_table(table: &str) -> (&str, &str) {
+    match table.split_once('.') {
+        Some((s, t)) => (s, t),
+        None => ("public", table),
+    }
+}
+
+/// Whether the table's status is at least `micros`.
+pub(crate) async fn processed(
+    pool: &PgPool,
+    slot: &str,
+    schema: &str,
+    table: &str,
+    micros: i64,
+) -> Result<bool, sqlx::Error> {
+    let stored: Option<i64> = sqlx::query_scalar(
+        "SELECT updated_at FROM walflow.process_status
+         WHERE slot = $1 AND schema_name = $2 AND table_name = $3",
+    )
+    .bind(slot)
+    .bind(schema)
+    .bind(table)
+    .fetch_optional(pool)
+    .await?;
+    Ok(stored.is_some_and(|s| s >= micros))
+}
+
+/// Whether every transaction committed up to `lsn` is queued and every
+/// queued event at or before it has been applied (or dead-lettered).
+/// `Ok(None)` when the queue has not yet reached `lsn`.
+pub(crate) async fn fence_reached(
+    pool: &PgPool,
+    slot: &str,
+    lsn: Lsn,
+) -> Result<Option<bool>, sqlx::Error> {
+    let row: (Option<i64>, bool) = sqlx::query_as(
+        "SELECT (SELECT enqueued_lsn FROM walflow.streams WHERE slot = $1),
+                EXISTS (SELECT 1 FROM walflow.queue
+                        WHERE slot = $1 AND coalesce(first_lsn, commit_lsn) <= $2)",
+    )
+    .bind(slot)
+    .bind(lsn.0 as i64)
+    .fetch_one(pool)
+    .await?;
+    match row {
+        (Some(enqueued), busy) if enqueued as u64 >= lsn.0 => Ok(Some(!busy)),
+        _ => Ok(None),
+    }
+}
+
+/// An event an operator gave up on, kept in `walflow.dead_letters`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Its id, for [`Walflow::retry_dead_letter`](crate::Walflow::retry_dead_letter).
+    pub id: i64,
+    /// The operator.
+    pub operator: String,
+    /// The event's position.
+    pub position: Position,
+    /// What happened to the row.
+    pub kind: EventKind,
+    /// `schema.table` of the event.
+    pub table: String,
+    /// The mapped id, rendered as text.
+    pub mapped_id: String,
+    /// The last error.
+    pub error: String,
+    /// How many attempts were made.
+    pub attempts: u32,
+    /// When it was given up.
+    pub failed_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DeadLetterRow {
+    id: i64,
+    operator: String,
+    commit_lsn: Lsn,
+    seq: i32,
+    kind: EventKind,
+    schema_name: String,
+    table_name: String,
+    mapped_id: String,
+    error: String,
+    attempts: i32,
+    failed_at: DateTime<Utc>,
+}
+
+/// The dead letters of `operator` on `slot`, oldest first.
+pub(crate) async fn dead_letters(
+    pool: &PgPool,
+    slot: &str,
+    operator: &str,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let rows: Vec<DeadLetterRow> = sqlx::query_as(
+        "SELECT id, operator, commit_lsn, seq, kind, schema_name, table_name, mapped_id, error,
+                attempts, failed_at
+         FROM walflow.dead_letters WHERE slot = $1 AND operator = $2 ORDER BY id",
+    )
+    .bind(slot)
+    .bind(operator)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| DeadLetter {
+            id: r.id,
+            operator: r.operator,
+            position: Position {
+                commit_lsn: r.commit_lsn,
+                seq: r.seq as u32,
+            },
+            kind: r.kind,
+            table: format!("{}.{}", r.schema_name, r.table_name),
+            mapped_id: crate::operator::id_display(&r.mapped_id),
+            error: r.error,
+            attempts: r.attempts as u32,
+            failed_at: r.failed_at,
+        })
+        .collect())
+}

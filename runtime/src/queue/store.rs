@@ -1,0 +1,260 @@
+//! Where the queue and the process status are kept: the one place that
+//! chooses between PostgreSQL (the default: [`enqueue`](super::enqueue),
+//! [`dequeue`](super::dequeue), [`status`](super::status)) and memory
+//! ([`memory`](super::memory)). The two choices are independent
+//! (`queue_storage`, `process_status_storage`); nothing outside this file
+//! asks which was made.
+
+use std::sync::Arc;
+
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+
+use super::memory::{Finished, MAX_OUTSTANDING, MemoryState};
+use super::{Row, Shared, dequeue, enqueue, status};
+use crate::config::{Config, ProcessStatusStorage, QueueStorage};
+use crate::lsn::Lsn;
+use crate::operator::Batch;
+
+/// How often the memory queue probes the database while it waits for room.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The storage of one flow's queue and process status.
+#[derive(Debug)]
+pub(crate) struct Store {
+    memory_queue: bool,
+    memory_status: bool,
+    /// A subscriber-only node: the queue and status are another process's;
+    /// only what is in the database can be read.
+    remote: bool,
+    memory: MemoryState,
+}
+
+/// Why the store cannot answer.
+#[derive(Debug)]
+pub(crate) enum StoreError {
+    /// A statement failed.
+    Sql(sqlx::Error),
+    /// What is asked is kept in another process's memory.
+    Unavailable(&'static str),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Sql(e)
+    }
+}
+
+/// What finishing a unit's rows needs when the unit wrote nothing itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Completion {
+    /// Nothing in the database: memory bookkeeping only.
+    Memory,
+    /// One statement (deleting one queue row): no transaction.
+    Statement,
+    /// A transaction.
+    Transaction,
+}
+
+impl Store {
+    /// The storage `config` asks for; `remote`: on a subscriber-only node.
+    pub fn new(config: &Config, remote: bool) -> Store {
+        Store {
+            memory_queue: config.queue_storage() == QueueStorage::Memory,
+            memory_status: config.process_status_storage() == ProcessStatusStorage::Memory,
+            remote,
+            memory: MemoryState::default(),
+        }
+    }
+
+    /// Whether the queue is in PostgreSQL (rows can be read back).
+    pub fn durable_queue(&self) -> bool {
+        !self.memory_queue
+    }
+
+    /// Queues `batch` (its rows already handed over, tagged with this
+    /// flush): in PostgreSQL, one statement retried with backoff
+    /// ([`enqueue::queue_retrying`]); in memory, once there is room and the
+    /// batch's transactions are visible. Returns the consumer's connection
+    /// and `false` when the flow stops first (nothing is then acknowledged).
+    pub async fn enqueue(
+        shared: Arc<Shared>,
+        stop: watch::Receiver<bool>,
+        conn: Option<PgConnection>,
+        mut batch: Batch,
+        end: Option<Lsn>,
+        partial: Option<(Lsn, u32)>,
+    ) -> (Option<PgConnection>, bool) {
+        let store = &shared.store;
+        if !store.memory_queue {
+            if store.memory_status {
+                store.memory.marks(&batch.status);
+                batch.status.clear();
+            }
+            return enqueue::queue_retrying(shared.clone(), stop, conn, &batch, end, partial).await;
+        }
+        // The memory queue: bounded, by waiting before more is added (rows
+        // of this batch cannot finish before it is "queued"). While it
+        // waits, the database is probed: should the server shut down, the
+        // consumer must let go of the replication connection (rule 7) even
+        // if no executor happens to reach the database meanwhile.
+        let mut stopping = stop.clone();
+        loop {
+            let room = store.memory.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if store.memory.outstanding() <= MAX_OUTSTANDING {
+                break;
+            }
+            let probe = tokio::select! {
+                _ = room => false,
+                _ = stopping.wait_for(|s| *s) => return (conn, false),
+                _ = tokio::time::sleep(PROBE_EVERY) => true,
+            };
+            if probe && let Err(e) = sqlx::query("SELECT 1").execute(&shared.pool).await {
+                shared.note_error(&e);
+            }
+        }
+        // Nothing runs on an event before its transaction is visible.
+        if !enqueue::wait_visible(&shared, &stop, None, &batch.xids).await {
+            return (conn, false);
+        }
+        let mut conn = conn;
+        if store.memory_status {
+            store.memory.marks(&batch.status);
+        } else if !batch.status.is_empty() {
+            let marks = Batch {
+                status: std::mem::take(&mut batch.status),
+                ..Batch::default()
+            };
+            let (c, ok) =
+                enqueue::queue_retrying(shared.clone(), stop, conn, &marks, None, None).await;
+            if !ok {
+                return (c, false);
+            }
+            conn = c;
+        }
+        store.memory.queued(&batch.rows, end);
+        (conn, true)
+    }
+
+    /// Finishes `rows` in `tx`: their queue rows deleted, the process
+    /// status of events all of whose rows are done moved. `false` when
+    /// fewer rows were found than given (another executor finished some).
+    pub async fn finish(
+        &self,
+        shared: &Shared,
+        operator: &str,
+        rows: &[&Row],
+        tx: &mut PgConnection,
+    ) -> sqlx::Result<bool> {
+        if !self.memory_queue && !dequeue::delete_rows(&shared.slot, operator, rows, tx).await? {
+            return Ok(false);
+        }
+        if !self.memory_status {
+            dequeue::release_status(&shared.slot, rows, tx).await?;
+        }
+        Ok(true)
+    }
+
+    /// After the transaction that finished `rows` committed: the memory
+    /// bookkeeping.
+    pub fn finished(&self, rows: &[&Row]) {
+        if !self.memory_queue && !self.memory_status {
+            return;
+        }
+        let rows: Vec<Finished> = rows
+            .iter()
+            .map(|r| Finished {
+                first_lsn: r.first_lsn.unwrap_or(r.commit_lsn),
+                commit_lsn: r.commit_lsn,
+                seq: r.seq,
+                covers: r.covers.clone(),
+            })
+            .collect();
+        self.memory
+            .finished(&rows, self.memory_queue, self.memory_status);
+    }
+
+    /// What finishing `row` needs when its unit wrote nothing.
+    pub fn completion(&self, row: &Row) -> Completion {
+        match (self.memory_queue, self.memory_status) {
+            (true, true) => Completion::Memory,
+            (false, _) if row.updated_at.is_none() && row.covers.is_empty() => {
+                Completion::Statement
+            }
+            (false, true) => Completion::Statement,
+            _ => Completion::Transaction,
+        }
+    }
+
+    /// The LSN fence: `None` until every transaction up to `lsn` is
+    /// queued, then whether every queued event at or before it is applied.
+    pub async fn fence(
+        &self,
+        pool: &PgPool,
+        slot: &str,
+        lsn: Lsn,
+    ) -> Result<Option<bool>, StoreError> {
+        match (self.memory_queue, self.remote) {
+            (true, true) => Err(StoreError::Unavailable(
+                "wait_processed with queue_storage = memory",
+            )),
+            (true, false) => Ok(self.memory.fence(lsn)),
+            (false, _) => {
+                Ok(
+                    crate::pg_error::transient_retried(|| status::fence_reached(pool, slot, lsn))
+                        .await?,
+                )
+            }
+        }
+    }
+
+    /// Whether `table`'s process status is at least `micros`.
+    pub async fn processed(
+        &self,
+        pool: &PgPool,
+        slot: &str,
+        table: &str,
+        micros: i64,
+    ) -> Result<bool, StoreError> {
+        let (schema, name) = status::split_table(table);
+        match (self.memory_status, self.remote) {
+            (true, true) => Err(StoreError::Unavailable(
+                "processed with process_status_storage = memory",
+            )),
+            (true, false) => Ok(self.memory.processed(schema, name, micros)),
+            (false, _) => Ok(status::processed(pool, slot, schema, name, micros).await?),
+        }
+    }
+
+    /// Puts dead letter `id` back in its operator's queue; `false` when
+    /// there is no such dead letter (or, with the memory queue, its
+    /// operator does not run here: it stays a dead letter).
+    pub async fn retry_dead_letter(&self, shared: &Shared, id: i64) -> Result<bool, StoreError> {
+        if self.remote {
+            return Err(StoreError::Unavailable("retry_dead_letter"));
+        }
+        let mut tx = shared.pool.begin().await?;
+        if !self.memory_queue {
+            let operator = dequeue::requeue_dead_letter(&mut tx, &shared.slot, id).await?;
+            tx.commit().await?;
+            let Some(operator) = operator else {
+                return Ok(false);
+            };
+            shared.handover.rescan(&operator);
+            return Ok(true);
+        }
+        let Some(dead) = dequeue::take_dead_letter(&mut tx, &shared.slot, id).await? else {
+            return Ok(false);
+        };
+        if shared.handover.signals(&dead.operator).is_none() {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        let row = Row::from_queued(dead.row);
+        self.memory.requeued(row.commit_lsn);
+        shared.handover.push(&dead.operator, row);
+        Ok(true)
+    }
+}
