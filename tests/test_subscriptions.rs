@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use walflow::listener::ListenerMessage;
 use walflow::prelude::*;
 use walflow::subscribe::{
-    Action, Delivery, HubOptions, Lagged, Scope, Subscription, Subscriptions, WaitError,
+    Action, Delivery, HubOptions, Scope, Subscription, SubscriptionError, Subscriptions, WaitError,
     after_commit,
 };
 
@@ -62,7 +62,7 @@ async fn setup(options: HubOptions) -> (common::Db, Subscriptions, tokio::task::
 
 async fn next<T: EventSource + serde::de::DeserializeOwned>(
     sub: &mut Subscription<T>,
-) -> Result<Delivery<T>, Lagged> {
+) -> Result<Delivery<T>, SubscriptionError> {
     tokio::time::timeout(TIMEOUT, sub.next())
         .await
         .expect("no change in time")
@@ -181,7 +181,9 @@ async fn an_overflowing_subscriber_learns_what_it_missed_and_resumes() {
     assert_eq!(comment(&mut slow).await.1, 1);
     let second = next(&mut slow).await.unwrap();
     assert_eq!(second.row().unwrap().id, 2);
-    let lagged = next(&mut slow).await.unwrap_err();
+    let Err(SubscriptionError::Lagged(lagged)) = next(&mut slow).await else {
+        panic!("lagged")
+    };
     assert_eq!(lagged.missed, 3);
     assert_eq!(lagged.resume_from, second.position());
     slow.resume(lagged.resume_from).unwrap();

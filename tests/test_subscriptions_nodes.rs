@@ -16,7 +16,9 @@ use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 use walflow::config::{ProcessStatusStorage, PubSub, QueueStorage};
 use walflow::prelude::*;
-use walflow::subscribe::{Broadcast, HubOptions, PgPubSub, Scope, Subscriptions, Transaction};
+use walflow::subscribe::{
+    Broadcast, HubOptions, PgPubSub, Scope, SubscriptionError, Subscriptions, Transaction,
+};
 
 #[event_source(table = "comments")]
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -98,11 +100,13 @@ fn subscriber_node() {
                     }
                     line
                 }
-                Err(lagged) if lagged.lost => match sub.resume(lagged.resume_from) {
-                    Ok(()) => "lost, then resumed".to_owned(),
-                    Err(_) => "lost\nreload".to_owned(),
-                },
-                Err(lagged) => format!("lagged {lagged}"),
+                Err(SubscriptionError::Lagged(lagged)) if lagged.lost => {
+                    match sub.resume(lagged.resume_from) {
+                        Ok(()) => "lost, then resumed".to_owned(),
+                        Err(_) => "lost\nreload".to_owned(),
+                    }
+                }
+                Err(e) => format!("lagged {e}"),
             };
             println!("{line}");
             std::io::stdout().flush().unwrap();
@@ -567,7 +571,7 @@ async fn receivers_learn_of_transactions_a_crashed_sender_never_broadcast() {
     second.send(&empty(400)).await.unwrap();
     common::wait_until(TIMEOUT, reached(400)).await;
     match sub.try_next() {
-        Some(Err(lagged)) => assert!(lagged.lost, "{lagged}"),
+        Some(Err(SubscriptionError::Lagged(lagged))) => assert!(lagged.lost, "{lagged}"),
         other => panic!("expected the loss to be reported, got {other:?}"),
     }
     listening.abort();

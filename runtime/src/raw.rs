@@ -117,6 +117,21 @@ impl RawEvent {
             EventKind::Truncate => None,
         }
     }
+
+    /// The columns whose text did not parse for their type
+    /// ([`Value::Invalid`](crate::Value::Invalid)): those of the new row,
+    /// then those of the old row.
+    pub fn invalid_columns(&self) -> Vec<(&str, &crate::value::InvalidValue)> {
+        [self.new.as_ref(), self.old.as_ref()]
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r.iter())
+            .filter_map(|(name, v)| match v {
+                crate::Value::Invalid(i) => Some((name, i)),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// An unknown event kind name (see [`EventKind`]'s `FromStr`).

@@ -40,6 +40,43 @@ pub struct Interval {
     pub microseconds: i64,
 }
 
+/// A value whose text did not parse for its column's type
+/// ([`Value::Invalid`]): the event still arrives, and only what needs this
+/// value fails, with an error naming the table, the column, the type and
+/// the text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InvalidValue {
+    /// The SQL type name, e.g. `timestamptz`.
+    pub type_name: String,
+    /// The text PostgreSQL sent, whole (bytes that are not UTF-8 replaced
+    /// by `U+FFFD`).
+    pub text: String,
+    /// Why it did not parse.
+    pub reason: String,
+}
+
+impl InvalidValue {
+    /// The text cut after 100 characters, for messages.
+    pub fn text_truncated(&self) -> std::borrow::Cow<'_, str> {
+        match self.text.char_indices().nth(100) {
+            Some((i, _)) => format!("{}…", &self.text[..i]).into(),
+            None => self.text.as_str().into(),
+        }
+    }
+}
+
+impl std::fmt::Display for InvalidValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invalid {} value {:?}: {}",
+            self.type_name,
+            self.text_truncated(),
+            self.reason
+        )
+    }
+}
+
 /// A column value decoded from the WAL, typed by the column's type OID.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Value {
@@ -94,6 +131,15 @@ pub enum Value {
     /// old row to take it from. Never present on tables with full identity
     /// (the default walflow sets up).
     UnchangedToast,
+    /// A value whose text did not parse for its type (for instance text
+    /// that is not UTF-8 from a `SQL_ASCII` database). The stream never
+    /// stops for a value: the event carries this instead, and whatever
+    /// needs the column fails with an error naming the table, the column,
+    /// the type and the text — a typed field ([`RecordError`]), or a query
+    /// operator's id (the event is dead-lettered). Fields a struct does not
+    /// declare are not read, so an event whose invalid column nobody reads
+    /// is delivered as usual.
+    Invalid(InvalidValue),
 }
 
 /// A row: column names (shared by every row of a relation) and values.
@@ -249,7 +295,8 @@ impl Record {
 
 impl Value {
     /// The value as plain JSON (numbers, strings, arrays; dates and times as
-    /// ISO 8601 text, bytea as an array of bytes, numeric as text).
+    /// ISO 8601 text, bytea as an array of bytes, numeric as text, an
+    /// invalid value as the text PostgreSQL sent).
     pub fn to_plain_json(&self) -> serde_json::Value {
         use serde_json::Value as J;
         match self {
@@ -273,6 +320,8 @@ impl Value {
             Value::Json(j) => j.clone(),
             Value::Bytea(b) => J::Array(b.iter().map(|x| J::from(*x)).collect()),
             Value::Array(a) => J::Array(a.iter().map(Value::to_plain_json).collect()),
+            // What PostgreSQL sent.
+            Value::Invalid(i) => J::String(i.text.clone()),
         }
     }
 }

@@ -38,9 +38,11 @@
 //! timestamps and intervals, BC dates and timestamps (`0044-03-15 BC`), years
 //! beyond chrono's range, and the time `24:00:00`.
 //!
-//! A value that does not parse for its type is an error
-//! ([`DecodeError::InvalidValue`], naming table, column and type), never a
-//! silently wrong value.
+//! A value that does not parse for its type is never a silently wrong
+//! value, nor an error that stops the stream: the event carries
+//! [`Value::Invalid`] for that column (its type, text and the reason), and
+//! only what reads the column fails, naming table, column, type and text.
+//! Decoding errors are protocol faults only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,7 +51,7 @@ use chrono::{DateTime, Utc};
 
 use crate::lsn::Lsn;
 use crate::raw::{Change, Changes, ColumnType, EventKind, RawEvent};
-use crate::value::{Record, Value};
+use crate::value::{InvalidValue, Record, Value};
 
 mod message;
 mod text;
@@ -115,20 +117,6 @@ pub enum DecodeError {
         table: String,
         /// Column.
         column: String,
-    },
-    /// A value's text does not parse for its type.
-    #[error("table `{table}`, column `{column}`: invalid {type_name} value {value:?}: {reason}")]
-    InvalidValue {
-        /// Table (`schema.table`).
-        table: String,
-        /// Column.
-        column: String,
-        /// SQL type name, e.g. `timestamptz`.
-        type_name: String,
-        /// The text received (cut after 100 characters).
-        value: String,
-        /// Why it did not parse.
-        reason: &'static str,
     },
 }
 
@@ -636,20 +624,15 @@ impl RelationInfo {
                 table: self.qualified.clone(),
                 column: ty.name.to_string(),
             }),
-            TupleColumn::Text(s) => text::decode_text(ty.type_oid, s).map_err(|reason| {
-                let text = String::from_utf8_lossy(s);
-                let value = match text.char_indices().nth(100) {
-                    Some((i, _)) => format!("{}…", &text[..i]),
-                    None => text.into_owned(),
-                };
-                DecodeError::InvalidValue {
-                    table: self.qualified.clone(),
-                    column: ty.name.to_string(),
-                    type_name: text::type_name(ty.type_oid),
-                    value,
-                    reason,
-                }
-            }),
+            TupleColumn::Text(s) => {
+                Ok(text::decode_text(ty.type_oid, s).unwrap_or_else(|reason| {
+                    Value::Invalid(InvalidValue {
+                        type_name: text::type_name(ty.type_oid),
+                        text: String::from_utf8_lossy(s).into_owned(),
+                        reason: reason.to_owned(),
+                    })
+                }))
+            }
         }
     }
 }

@@ -749,7 +749,7 @@ fn intervals() {
     );
     assert_eq!(v(oid::INTERVAL, "infinity"), Value::Text("infinity".into()));
     for bad in ["1 day", "P", "PT", "P1H", "P1.5Y", "PT1X", "P1Y2", "PT.S"] {
-        assert!(value_of(oid::INTERVAL, bad).is_err(), "{bad}");
+        assert!(is_invalid(oid::INTERVAL, bad), "{bad}");
     }
 }
 
@@ -895,25 +895,70 @@ fn arrays() {
         "{a}",
         "1,2",
     ] {
-        assert!(value_of(1007, bad).is_err(), "{bad:?}");
+        assert!(is_invalid(1007, bad), "{bad:?}");
     }
+}
+
+fn is_invalid(oid: u32, text: &str) -> bool {
+    matches!(value_of(oid, text), Ok(Value::Invalid(_)))
+}
+
+/// The error a typed field of `oid` gets for `text`.
+fn field_error(oid: u32, text: &str) -> String {
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Row {
+        c: serde_json::Value,
+    }
+    let record = Record::new(names(&["c"]), vec![value_of(oid, text).unwrap()]);
+    record
+        .deserialize_into::<Row>("public.t")
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
 fn invalid_values_name_table_column_and_type() {
-    let err = value_of(oid::INT4, "12x").unwrap_err();
+    // The event arrives; the value carries its type, text and reason.
     assert_eq!(
-        err.to_string(),
+        value_of(oid::INT4, "12x").unwrap(),
+        Value::Invalid(crate::value::InvalidValue {
+            type_name: "int4".into(),
+            text: "12x".into(),
+            reason: "not an integer".into(),
+        })
+    );
+    // A field that reads it fails, naming table, column, type and text.
+    assert_eq!(
+        field_error(oid::INT4, "12x"),
         "table `public.t`, column `c`: invalid int4 value \"12x\": not an integer"
     );
-    let err = value_of(oid::TIMESTAMPTZ, "2024-13-01 00:00:00+00").unwrap_err();
+    let err = field_error(oid::TIMESTAMPTZ, "2024-13-01 00:00:00+00");
     assert!(
-        err.to_string()
-            .starts_with("table `public.t`, column `c`: invalid timestamptz value"),
+        err.starts_with("table `public.t`, column `c`: invalid timestamptz value"),
         "{err}"
     );
-    let err = value_of(1007, "{1,x}").unwrap_err();
-    assert!(err.to_string().contains("invalid int4[] value"), "{err}");
+    let err = field_error(1007, "{1,x}");
+    assert!(err.contains("invalid int4[] value"), "{err}");
+    // Long text is cut in messages, kept whole in the value.
+    let long = "9".repeat(300) + "x";
+    let err = field_error(oid::INT8, &long);
+    assert!(err.contains(&format!("\"{}…\"", "9".repeat(100))), "{err}");
+    let Ok(Value::Invalid(i)) = value_of(oid::INT8, &long) else {
+        panic!("invalid")
+    };
+    assert_eq!(i.text, long);
+    // A struct that does not read the column is not bothered.
+    #[derive(Debug, serde::Deserialize)]
+    struct Other {
+        #[serde(default)]
+        d: Option<i64>,
+    }
+    let record = Record::new(names(&["c"]), vec![value_of(oid::INT4, "12x").unwrap()]);
+    assert_eq!(
+        record.deserialize_into::<Other>("public.t").unwrap().d,
+        None
+    );
     let cases: &[(u32, &str)] = &[
         (oid::BOOL, "yes"),
         (oid::INT2, "40000"),
@@ -943,11 +988,7 @@ fn invalid_values_name_table_column_and_type() {
         (oid::BYTEA, "abc"),
     ];
     for &(t, text) in cases {
-        assert!(
-            matches!(value_of(t, text), Err(DecodeError::InvalidValue { .. })),
-            "{t} {text:?}: {:?}",
-            value_of(t, text)
-        );
+        assert!(is_invalid(t, text), "{t} {text:?}: {:?}", value_of(t, text));
     }
     // Invalid UTF-8 in text.
     let mut dec = Decoder::new();
@@ -962,10 +1003,18 @@ fn invalid_values_name_table_column_and_type() {
     .unwrap();
     let mut m = Msg::tag(b'I').u32(1).u8(b'N').u16(1).u8(b't').i32(2);
     m.0.extend_from_slice(&[0xff, 0xfe]);
-    assert!(matches!(
-        dec.decode(&mut tx, Lsn(2), &m.0, &mut out),
-        Err(DecodeError::InvalidValue { .. })
-    ));
+    dec.decode(&mut tx, Lsn(2), &m.0, &mut out).unwrap();
+    let event = out.pop().unwrap();
+    let invalid = event.new.as_ref().unwrap().values()[0].clone();
+    assert_eq!(
+        invalid,
+        Value::Invalid(crate::value::InvalidValue {
+            type_name: "text".into(),
+            text: "\u{fffd}\u{fffd}".into(),
+            reason: "not valid UTF-8".into(),
+        })
+    );
+    assert_eq!(event.invalid_columns().len(), 1);
 }
 
 fn sample_messages() -> Vec<Vec<u8>> {

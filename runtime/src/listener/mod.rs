@@ -298,6 +298,22 @@ impl std::fmt::Debug for Listener {
     }
 }
 
+/// The replication session's `client_encoding` for the database `pool`
+/// reaches: `SQL_ASCII` when the database is `SQL_ASCII` (no conversion: a
+/// conversion to `UTF8` validates each text value and ends the session at
+/// the first that is not UTF-8), else `UTF8`.
+async fn client_encoding(pool: &PgPool) -> Result<&'static str, ListenerError> {
+    let encoding: String = sqlx::query_scalar("SELECT current_setting('server_encoding')")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| ListenerError::Connection(format!("reading the database encoding: {e}")))?;
+    Ok(if encoding == "SQL_ASCII" {
+        "SQL_ASCII"
+    } else {
+        "UTF8"
+    })
+}
+
 impl Listener {
     /// Starts streaming the slot through `connector`. Returns once the server
     /// accepted the replication session, or with the reason it did not
@@ -315,6 +331,7 @@ impl Listener {
         } else {
             Lsn::ZERO
         };
+        let client_encoding = client_encoding(&pool).await?;
         let shared = Arc::new(Shared {
             acked: AtomicU64::new(start_lsn.0),
             confirmed: AtomicU64::new(start_lsn.0),
@@ -334,6 +351,7 @@ impl Listener {
                 publication: options.publication.clone(),
                 start_lsn,
                 create_temporary_slot: !options.durable_slot,
+                client_encoding,
             },
             options: options.clone(),
             shared: Arc::clone(&shared),

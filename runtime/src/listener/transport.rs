@@ -76,6 +76,11 @@ pub struct SessionSpec {
     pub start_lsn: Lsn,
     /// Create the slot as a temporary slot on this session before starting.
     pub create_temporary_slot: bool,
+    /// The session's `client_encoding`: `UTF8`, or `SQL_ASCII` for a
+    /// `SQL_ASCII` database (its text bytes arrive as stored, and those
+    /// that are not UTF-8 become [`Value::Invalid`](crate::Value::Invalid)
+    /// instead of ending the session).
+    pub client_encoding: &'static str,
 }
 
 /// An open replication session.
@@ -235,6 +240,7 @@ impl Connector for PgWireConnector {
         .with_wakeup_interval(Duration::from_secs(10))
         .with_buffer_size(4096)
         .with_options(SESSION_OPTIONS)
+        .with_client_encoding(spec.client_encoding)
         .with_application_name(self.application_name.clone());
 
         let mut client = ReplicationClient::connect_gated(cfg)

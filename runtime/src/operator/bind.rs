@@ -43,6 +43,7 @@ pub(crate) fn bind_value<'q>(
             ));
         }
         Value::Array(_) => return Err("an array cannot be bound as the id $1".to_owned()),
+        Value::Invalid(i) => return Err(format!("the id column's value: {i}")),
         Value::UnchangedToast => {
             return Err("the id column's value was not sent (unchanged TOAST)".to_owned());
         }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::pubsub::Transaction;
 use super::scope::{Scope, ScopeKey, record_key};
-use crate::event::{Event, Position};
+use crate::event::{Event, EventDecodeError, Position};
 use crate::lsn::Lsn;
 use crate::raw::{EventKind, RawEvent};
 use crate::registry::EventSource;
@@ -159,6 +159,32 @@ impl fmt::Display for Lagged {
 
 impl std::error::Error for Lagged {}
 
+/// A change in scope whose row does not deserialize into the
+/// subscription's type (a value that did not parse for its column's type,
+/// see [`Value::Invalid`](crate::Value::Invalid), or a field that does not
+/// fit). It is reported once, in its place; the stream goes on with the
+/// next change, so a subscriber can skip it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the change at {position} cannot be read: {error}")]
+pub struct Undecodable {
+    /// Where the change is in the WAL.
+    pub position: Position,
+    /// What did not deserialize: table, column and why.
+    pub error: EventDecodeError,
+}
+
+/// What a [`Subscription`] yields besides its changes.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscriptionError {
+    /// It missed changes; resume or reload (see [`Lagged`]).
+    #[error(transparent)]
+    Lagged(#[from] Lagged),
+    /// One change could not be read; the next ones follow.
+    #[error(transparent)]
+    Undecodable(#[from] Undecodable),
+}
+
 /// Resuming from a position the hub no longer retains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -187,7 +213,7 @@ impl fmt::Display for OldestPosition {
 }
 
 /// Why [`Subscriptions::wait_for`] did not resolve with a change.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WaitError {
     /// No change in scope within the timeout.
     #[error("no change in scope within {0:?}")]
@@ -198,6 +224,18 @@ pub enum WaitError {
     /// The hub's subscription fell behind (buffer overflow).
     #[error(transparent)]
     Lagged(#[from] Lagged),
+    /// The first change in scope could not be read.
+    #[error(transparent)]
+    Undecodable(#[from] Undecodable),
+}
+
+impl From<SubscriptionError> for WaitError {
+    fn from(e: SubscriptionError) -> Self {
+        match e {
+            SubscriptionError::Lagged(l) => WaitError::Lagged(l),
+            SubscriptionError::Undecodable(u) => WaitError::Undecodable(u),
+        }
+    }
 }
 
 /// The position just after every change of transaction `lsn` (its commit
@@ -425,6 +463,19 @@ impl TableSubs {
     }
 }
 
+/// A change as the subscriptions of `T` receive it.
+fn decode_change<T: EventSource + DeserializeOwned>(
+    raw: &RawEvent,
+) -> Result<Arc<Event<T>>, Undecodable> {
+    Event::<T>::from_raw(raw).map(Arc::new).map_err(|e| {
+        tracing::warn!(error = %e, "subscription: a change cannot be read; its subscribers are told");
+        Undecodable {
+            position: Position::from(raw),
+            error: e,
+        }
+    })
+}
+
 /// The type-erased side of a subscription the hub delivers to.
 trait Sink: Send + Sync {
     fn event_type(&self) -> TypeId;
@@ -442,7 +493,7 @@ trait Sink: Send + Sync {
 type Predicate<T> = Arc<dyn Fn(&T) -> bool + Send + Sync>;
 
 struct Queue<T> {
-    buf: VecDeque<Delivery<T>>,
+    buf: VecDeque<Result<Delivery<T>, Undecodable>>,
     capacity: usize,
     /// Position of the last change put in the buffer.
     last: Position,
@@ -461,8 +512,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<T: EventSource + DeserializeOwned> TypedSink<T> {
-    fn push(&self, delivery: Delivery<T>, position: Position, unbounded: bool) {
-        if let (Some(predicate), Some(row)) = (&self.predicate, delivery.row())
+    fn push(
+        &self,
+        delivery: Result<Delivery<T>, Undecodable>,
+        position: Position,
+        unbounded: bool,
+    ) {
+        if let Ok(delivery) = &delivery
+            && let (Some(predicate), Some(row)) = (&self.predicate, delivery.row())
             && !predicate(row)
         {
             return;
@@ -494,13 +551,10 @@ impl<T: EventSource + DeserializeOwned> Sink for TypedSink<T> {
     }
 
     fn decode(&self, raw: &RawEvent) -> Decoded {
-        match Event::<T>::from_raw(raw) {
-            Ok(event) => Some(Arc::new(Arc::new(event))),
-            Err(e) => {
-                tracing::warn!(error = %e, "subscription: cannot decode a change; skipped");
-                None
-            }
-        }
+        Some(match decode_change::<T>(raw) {
+            Ok(event) => Arc::new(event),
+            Err(undecodable) => Arc::new(undecodable),
+        })
     }
 
     fn offer(&self, decoded: &Arc<dyn Any + Send + Sync>, action: Action, position: Position) {
@@ -509,7 +563,9 @@ impl<T: EventSource + DeserializeOwned> Sink for TypedSink<T> {
                 action,
                 event: event.clone(),
             };
-            self.push(delivery, position, false);
+            self.push(Ok(delivery), position, false);
+        } else if let Some(undecodable) = decoded.downcast_ref::<Undecodable>() {
+            self.push(Err(undecodable.clone()), position, false);
         }
     }
 
@@ -804,7 +860,7 @@ impl Subscriptions {
         let mut sub = builder.start()?;
         match tokio::time::timeout(timeout, sub.next()).await {
             Ok(Some(Ok(delivery))) => Ok(delivery),
-            Ok(Some(Err(lagged))) => Err(lagged.into()),
+            Ok(Some(Err(e))) => Err(e.into()),
             Ok(None) | Err(_) => Err(WaitError::Timeout(timeout)),
         }
     }
@@ -942,13 +998,8 @@ fn replay<T: EventSource + DeserializeOwned>(
         }
         let position = Position::from(&**raw);
         for (_, action) in table.route(raw) {
-            if let Ok(event) = Event::<T>::from_raw(raw) {
-                let delivery = Delivery {
-                    action,
-                    event: Arc::new(event),
-                };
-                sink.push(delivery, position, true);
-            }
+            let delivery = decode_change::<T>(raw).map(|event| Delivery { action, event });
+            sink.push(delivery, position, true);
         }
     }
     if let Some(last) = state.last.filter(|l| *l > after) {
@@ -1018,8 +1069,11 @@ impl<T: EventSource + DeserializeOwned> SubscriptionBuilder<T> {
 }
 
 /// A stream of the changes of rows of `T` in a scope, in commit order:
-/// `Ok(`[`Delivery`]`)`, or `Err(`[`Lagged`]`)` once after a buffer overflow
-/// (then the later changes; [`resume`](Self::resume) fills the gap).
+/// `Ok(`[`Delivery`]`)`; `Err(`[`SubscriptionError::Lagged`]`)` once after
+/// a buffer overflow (then the later changes; [`resume`](Self::resume)
+/// fills the gap); `Err(`[`SubscriptionError::Undecodable`]`)` in place of
+/// a change that does not deserialize into `T` (skip it: the next changes
+/// follow).
 ///
 /// Dropping it unsubscribes. The stream ends when the hub is dropped.
 pub struct Subscription<T> {
@@ -1070,25 +1124,25 @@ impl<T: EventSource + DeserializeOwned> Subscription<T> {
     }
 
     /// Takes a buffered change without waiting.
-    pub fn try_next(&mut self) -> Option<Result<Delivery<T>, Lagged>> {
+    pub fn try_next(&mut self) -> Option<Result<Delivery<T>, SubscriptionError>> {
         let mut q = lock(&self.sink.queue);
         if let Some(d) = q.buf.pop_front() {
-            return Some(Ok(d));
+            return Some(d.map_err(SubscriptionError::from));
         }
-        q.lag.take().map(Err)
+        q.lag.take().map(|l| Err(l.into()))
     }
 }
 
 impl<T: EventSource + DeserializeOwned> Stream for Subscription<T> {
-    type Item = Result<Delivery<T>, Lagged>;
+    type Item = Result<Delivery<T>, SubscriptionError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut q = lock(&self.sink.queue);
         if let Some(d) = q.buf.pop_front() {
-            return Poll::Ready(Some(Ok(d)));
+            return Poll::Ready(Some(d.map_err(SubscriptionError::from)));
         }
         if let Some(lag) = q.lag.take() {
-            return Poll::Ready(Some(Err(lag)));
+            return Poll::Ready(Some(Err(lag.into())));
         }
         if q.closed {
             return Poll::Ready(None);
@@ -1252,7 +1306,9 @@ mod tests {
         // What was buffered before the gap, then the gap.
         let first = live.try_next().unwrap().unwrap();
         assert_eq!(first.row().unwrap().id, 1);
-        let lagged = live.try_next().unwrap().unwrap_err();
+        let Err(SubscriptionError::Lagged(lagged)) = live.try_next().unwrap() else {
+            panic!("lagged")
+        };
         assert!(lagged.lost);
         assert_eq!(lagged.resume_from, first.position());
         assert_eq!(
@@ -1267,7 +1323,9 @@ mod tests {
         );
         let too_old = live.resume(lagged.resume_from).unwrap_err();
         assert_eq!(too_old.oldest, OldestPosition(Some(after_commit(Lsn(300)))));
-        let lagged = idle.try_next().unwrap().unwrap_err();
+        let Err(SubscriptionError::Lagged(lagged)) = idle.try_next().unwrap() else {
+            panic!("lagged")
+        };
         assert!(lagged.lost && lagged.missed == 0);
 
         // Nothing from before the gap can be resumed; after it can.

@@ -43,6 +43,11 @@
 //!   On overflow it drops the changes, and once the buffer is drained yields
 //!   one `Err(`[`Lagged`]`)` with how many it missed and the position to
 //!   [`Subscription::resume`] from.
+//! - A change whose row does not deserialize into the subscription's type
+//!   (a value that did not parse for its column's type, or a field that
+//!   does not fit) is an `Err(`[`Undecodable`]`)` in its place, naming the
+//!   position, table and column; the next changes follow, so a subscriber
+//!   can skip it. Over SSE it is an `undecodable` event.
 //! - The hub retains the latest changes ([`HubOptions::retain_events`],
 //!   [`HubOptions::retain_for`]): a subscription can start after a position
 //!   ([`SubscriptionBuilder::after`]) and first receive what it missed;
@@ -65,7 +70,7 @@ pub mod sse;
 
 pub use hub::{
     Action, Delivery, HubOptions, Lagged, OldestPosition, Subscription, SubscriptionBuilder,
-    Subscriptions, TooOld, WaitError, after_commit, parse_position,
+    SubscriptionError, Subscriptions, TooOld, Undecodable, WaitError, after_commit, parse_position,
 };
 pub use pubsub::{Broadcast, LocalPubSub, LogRetention, PgPubSub, PubSubError, Transaction};
 pub use scope::{Filter, Scope};

@@ -51,7 +51,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::hub::{Delivery, Subscription, Subscriptions, parse_position};
+use super::hub::{Delivery, Subscription, SubscriptionError, Subscriptions, parse_position};
 use super::scope::Scope;
 use crate::event::Position;
 use crate::registry::EventSource;
@@ -173,7 +173,21 @@ where
                 let event = encode(&delivery, &options);
                 Some((Ok(event), Some((sub, options))))
             }
-            Err(lagged) => match sub.resume(lagged.resume_from) {
+            Err(SubscriptionError::Undecodable(u)) => {
+                // Skipped, in its place: the client learns which change.
+                let event = SseEvent::default()
+                    .event("undecodable")
+                    .id(u.position.to_string())
+                    .data(
+                        serde_json::json!({
+                            "position": u.position.to_string(),
+                            "error": u.error.to_string(),
+                        })
+                        .to_string(),
+                    );
+                Some((Ok(event), Some((sub, options))))
+            }
+            Err(SubscriptionError::Lagged(lagged)) => match sub.resume(lagged.resume_from) {
                 Ok(()) => Some((
                     Ok(SseEvent::default().comment("resumed")),
                     Some((sub, options)),

@@ -267,6 +267,10 @@ impl<'de> de::Deserializer<'de> for ValueDeserializer<'de> {
             Value::Array(a) => visitor.visit_seq(de::value::SeqDeserializer::new(
                 a.iter().map(ValueDeserializer),
             )),
+            Value::Invalid(i) => Err(DeError {
+                column: None,
+                message: i.to_string(),
+            }),
         }
     }
 
