@@ -453,3 +453,68 @@ async fn json_postgresql_accepts_never_stops_the_stream() {
     assert_eq!(depth, 200);
     assert_eq!(col(3, "jb"), Value::Json(serde_json::json!({"b": 2})));
 }
+
+/// A domain arrives as its base type (through a domain over a domain, and
+/// for an array of a domain), so it deserializes into the base type's Rust
+/// type; its declared type stays in the event's columns.
+#[tokio::test]
+async fn a_domain_arrives_as_its_base_type() {
+    let db = common::db().await;
+    db.exec(
+        "CREATE DOMAIN posint AS int4 CHECK (VALUE > 0);
+         CREATE DOMAIN small_posint AS posint CHECK (VALUE < 100);
+         CREATE DOMAIN label AS text;
+         CREATE DOMAIN moment AS timestamptz;
+         CREATE TYPE mood AS ENUM ('ok', 'meh');
+         CREATE TABLE typed (id int8 PRIMARY KEY, n posint, s small_posint, l label,
+                             m moment, ns posint[], mood mood);",
+    )
+    .await;
+    let slot = db.slot("domains");
+    db.setup(&slot, &["typed"]).await;
+    let mut l = db.listener(&slot).await.unwrap();
+    db.exec(
+        "INSERT INTO typed VALUES (1, 7, 42, 'x', '2024-05-06 07:08:09.123456+00',
+                                   '{1,2,3}', 'meh')",
+    )
+    .await;
+    let txs = tx_changes(&mut l, 1).await;
+    let event = &txs[0][0];
+    let row = event.new.as_ref().unwrap();
+    assert_eq!(row.get("n"), Some(&Value::Int4(7)));
+    assert_eq!(row.get("s"), Some(&Value::Int4(42)));
+    assert_eq!(row.get("l"), Some(&text("x")));
+    assert!(
+        matches!(row.get("m"), Some(Value::TimestampTz(_))),
+        "{row:?}"
+    );
+    assert_eq!(
+        row.get("ns"),
+        Some(&Value::Array(vec![
+            Value::Int4(1),
+            Value::Int4(2),
+            Value::Int4(3)
+        ]))
+    );
+    // Other types that are not built in stay text.
+    assert_eq!(row.get("mood"), Some(&text("meh")));
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Typed {
+        id: i64,
+        n: i32,
+        s: i32,
+        l: String,
+        m: chrono::DateTime<chrono::Utc>,
+        ns: Vec<i32>,
+    }
+    let typed: Typed = row.deserialize_into("typed").unwrap();
+    assert_eq!((typed.n, typed.s, typed.ns), (7, 42, vec![1, 2, 3]));
+    // The declared type stays visible.
+    let posint: i64 = sqlx::query_scalar("SELECT 'posint'::regtype::oid::int8")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let n = event.columns.iter().find(|c| &*c.name == "n").unwrap();
+    assert_eq!(i64::from(n.type_oid), posint);
+}

@@ -30,8 +30,11 @@
 //! (exact text, [`Numeric`](crate::Numeric)), `text`/`varchar`/`bpchar`/`name`,
 //! `uuid`, `date`, `time`, `timestamp`, `timestamptz` (microseconds kept),
 //! `interval`, `json`/`jsonb`, `bytea`, and arrays of all of these (nested
-//! [`Value::Array`]s for multi-dimensional arrays). Enums and every other type
-//! become [`Value::Text`] with PostgreSQL's text form.
+//! [`Value::Array`]s for multi-dimensional arrays). A domain is decoded as
+//! its base type, and an array of a domain as an array of its base, once
+//! [`Decoder::set_base_types`] says so (the listener resolves them from the
+//! catalog when a relation is announced). Enums and every other type become
+//! [`Value::Text`] with PostgreSQL's text form.
 //!
 //! Values chrono cannot represent are kept as [`Value::Text`] holding the
 //! literal as PostgreSQL printed it: `infinity` and `-infinity` dates,
@@ -227,6 +230,17 @@ pub struct RelationInfo {
     pub key_indices: Box<[usize]>,
     /// `schema.table`, for error messages.
     qualified: String,
+    /// Per column, the type its text is decoded as: the column's type, or
+    /// for a domain its base type ([`Decoder::set_base_types`]).
+    decode_oids: Box<[u32]>,
+}
+
+impl RelationInfo {
+    /// The type column `i`'s values are decoded as (a domain's base type
+    /// once [`Decoder::set_base_types`] told it).
+    pub fn decode_oid(&self, i: usize) -> u32 {
+        self.decode_oids[i]
+    }
 }
 
 /// A custom type, as announced by a Type message.
@@ -295,6 +309,20 @@ impl Decoder {
     /// The relation with id `id`, if announced.
     pub fn relation(&self, id: u32) -> Option<&RelationInfo> {
         self.relations.get(&id)
+    }
+
+    /// Decodes the columns of relation `relation_id` whose type is a key of
+    /// `base` as the type it maps to: a domain as its base type (an array
+    /// of a domain as the array of its base), so a domain over `int4`
+    /// arrives as [`Value::Int4`]. The listener resolves them from the
+    /// catalog when a Relation message announces a column of a type that
+    /// is not built in. No effect on a relation not announced.
+    pub fn set_base_types(&mut self, relation_id: u32, base: &HashMap<u32, u32>) {
+        if let Some(r) = self.relations.get_mut(&relation_id) {
+            for (i, c) in r.columns.iter().enumerate() {
+                r.decode_oids[i] = base.get(&c.type_oid).copied().unwrap_or(c.type_oid);
+            }
+        }
     }
 
     /// The custom type with OID `id`, if announced.
@@ -566,6 +594,7 @@ impl RelationInfo {
             key_names,
             key_indices,
             qualified: format!("{}.{}", m.namespace, m.name),
+            decode_oids: m.columns.iter().map(|c| c.type_oid).collect(),
         }
     }
 
@@ -596,7 +625,7 @@ impl RelationInfo {
                     Some(old) => old[i].clone(),
                     None => Value::UnchangedToast,
                 },
-                other => self.value(ty, other)?,
+                other => self.value(i, ty, other)?,
             });
         }
         Ok(values)
@@ -610,13 +639,14 @@ impl RelationInfo {
         for (i, col) in tuple.iter().enumerate() {
             if keys.peek() == Some(&&i) {
                 keys.next();
-                values.push(self.value(&self.columns[i], col)?);
+                values.push(self.value(i, &self.columns[i], col)?);
             }
         }
         Ok(Record::new(self.key_names.clone(), values))
     }
 
-    fn value(&self, ty: &ColumnType, col: TupleColumn<'_>) -> Result<Value, DecodeError> {
+    fn value(&self, i: usize, ty: &ColumnType, col: TupleColumn<'_>) -> Result<Value, DecodeError> {
+        let oid = self.decode_oids[i];
         match col {
             TupleColumn::Null => Ok(Value::Null),
             TupleColumn::UnchangedToast => Ok(Value::UnchangedToast),
@@ -624,15 +654,13 @@ impl RelationInfo {
                 table: self.qualified.clone(),
                 column: ty.name.to_string(),
             }),
-            TupleColumn::Text(s) => {
-                Ok(text::decode_text(ty.type_oid, s).unwrap_or_else(|reason| {
-                    Value::Invalid(InvalidValue {
-                        type_name: text::type_name(ty.type_oid),
-                        text: String::from_utf8_lossy(s).into_owned(),
-                        reason: reason.to_owned(),
-                    })
-                }))
-            }
+            TupleColumn::Text(s) => Ok(text::decode_text(oid, s).unwrap_or_else(|reason| {
+                Value::Invalid(InvalidValue {
+                    type_name: text::type_name(oid),
+                    text: String::from_utf8_lossy(s).into_owned(),
+                    reason: reason.to_owned(),
+                })
+            })),
         }
     }
 }

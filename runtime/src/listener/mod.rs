@@ -51,7 +51,7 @@
 mod error;
 mod transport;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -359,6 +359,8 @@ impl Listener {
             out: Vec::with_capacity(BATCH),
             stop: stop_rx.clone(),
             decoder: Decoder::new(),
+            pool: pool.clone(),
+            base_types: HashMap::new(),
             tx_info: None,
             open: None,
             delivered_commit: Lsn::ZERO,
@@ -649,6 +651,29 @@ struct OpenTx {
     changes: u32,
 }
 
+/// Per type OID (`$1`): itself, or for a domain its base type (through
+/// domains over domains), or for an array of a domain the array of that
+/// base.
+const BASE_TYPES: &str = "
+    WITH RECURSIVE input AS (
+        SELECT t.oid AS start,
+               t.typcategory = 'A' AND t.typelem <> 0 AS is_array,
+               CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem ELSE t.oid END AS elem
+        FROM pg_type t WHERE t.oid = ANY($1::int8[]::oid[])
+    ), chain(start, cur, depth) AS (
+        SELECT start, elem, 0 FROM input
+        UNION ALL
+        SELECT c.start, t.typbasetype, c.depth + 1
+        FROM chain c JOIN pg_type t ON t.oid = c.cur
+        WHERE t.typtype = 'd' AND c.depth < 64
+    ), base AS (
+        SELECT DISTINCT ON (start) start, cur FROM chain ORDER BY start, depth DESC
+    )
+    SELECT i.start::int8,
+           (CASE WHEN i.is_array THEN coalesce(NULLIF(bt.typarray, 0), i.start)
+                 ELSE b.cur END)::int8
+    FROM input i JOIN base b ON b.start = i.start JOIN pg_type bt ON bt.oid = b.cur";
+
 enum SessionEnd {
     Stopped,
     Lost(ListenerError),
@@ -665,6 +690,12 @@ struct Pump<C: Connector> {
     out: Batch,
     stop: watch::Receiver<bool>,
     decoder: Decoder,
+    /// For resolving the types of announced columns.
+    pool: PgPool,
+    /// Types that are not built in, resolved: a domain to its base type (an
+    /// array of a domain to its base's array), any other to itself. Kept
+    /// across sessions: a type's OID never changes its base.
+    base_types: HashMap<u32, u32>,
     tx_info: Option<TxInfo>,
     open: Option<OpenTx>,
     /// Commit LSN of the last transaction delivered completely.
@@ -679,6 +710,45 @@ struct Pump<C: Connector> {
 }
 
 impl<C: Connector> Pump<C> {
+    /// Resolves the column types of relation `id` that are not built in
+    /// (OID 16384 and above) and not resolved yet, and tells the decoder.
+    async fn resolve_types(&mut self, id: u32) -> Result<(), ListenerError> {
+        const FIRST_NORMAL_OID: u32 = 16_384;
+        let Some(relation) = self.decoder.relation(id) else {
+            return Ok(());
+        };
+        let custom: Vec<u32> = relation
+            .columns
+            .iter()
+            .map(|c| c.type_oid)
+            .filter(|oid| *oid >= FIRST_NORMAL_OID)
+            .collect();
+        if custom.is_empty() {
+            return Ok(());
+        }
+        let missing: Vec<i64> = custom
+            .iter()
+            .filter(|oid| !self.base_types.contains_key(oid))
+            .map(|oid| i64::from(*oid))
+            .collect();
+        if !missing.is_empty() {
+            let rows: Vec<(i64, i64)> = sqlx::query_as(BASE_TYPES)
+                .bind(&missing)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| {
+                    ListenerError::Connection(format!(
+                        "reading the column types of relation {id} from the catalog: {e}"
+                    ))
+                })?;
+            for (oid, base) in rows {
+                self.base_types.insert(oid as u32, base as u32);
+            }
+        }
+        self.decoder.set_base_types(id, &self.base_types);
+        Ok(())
+    }
+
     async fn run(mut self, started: oneshot::Sender<Result<(), ListenerError>>) {
         let mut started = Some(started);
         let mut backoff = self.options.reconnect_min;
@@ -902,6 +972,10 @@ impl<C: Connector> Pump<C> {
                         lsn: wal_start,
                         source,
                     }));
+                }
+                if data.first() == Some(&b'R') && data.len() >= 5 {
+                    let id = u32::from_be_bytes([data[1], data[2], data[3], data[4]]);
+                    self.resolve_types(id).await.map_err(SessionEnd::Lost)?;
                 }
                 for ev in batch.drain(..) {
                     if self.take_slot() {
