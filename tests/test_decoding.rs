@@ -518,3 +518,63 @@ async fn a_domain_arrives_as_its_base_type() {
     let n = event.columns.iter().find(|c| &*c.name == "n").unwrap();
     assert_eq!(i64::from(n.type_oid), posint);
 }
+
+/// BC dates and timestamps arrive typed, as sqlx reads the same rows
+/// (PostgreSQL's BC years are proleptic Gregorian, 1 BC being chrono's year
+/// 0); `infinity` arrives as text and deserializes into `MaybeInfinite`.
+#[tokio::test]
+async fn bc_and_infinite_dates_match_sqlx() {
+    let db = common::db().await;
+    db.exec("CREATE TABLE eras (id int8 PRIMARY KEY, d date, t timestamp, tz timestamptz)")
+        .await;
+    let slot = db.slot("eras");
+    db.setup(&slot, &["eras"]).await;
+    let mut l = db.listener(&slot).await.unwrap();
+    db.exec(
+        "INSERT INTO eras VALUES
+           (1, '0044-03-15 BC', '0044-03-15 12:34:56.789 BC', '0001-12-31 23:59:59+00 BC'),
+           (2, '0001-02-29 BC', '4713-01-01 00:00:00 BC', '2024-02-29 12:00:00+00'),
+           (3, 'infinity', '-infinity', 'infinity')",
+    )
+    .await;
+    let txs = tx_changes(&mut l, 1).await;
+    type Finite = (
+        i64,
+        chrono::NaiveDate,
+        chrono::NaiveDateTime,
+        chrono::DateTime<chrono::Utc>,
+    );
+    let truth: Vec<Finite> =
+        sqlx::query_as("SELECT id, d, t, tz FROM eras WHERE id < 3 ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    for (event, (id, d, t, tz)) in txs[0].iter().zip(&truth) {
+        let row = event.new.as_ref().unwrap();
+        assert_eq!(row.get("id"), Some(&int8(*id)));
+        assert_eq!(row.get("d"), Some(&Value::Date(*d)), "row {id}");
+        assert_eq!(row.get("t"), Some(&Value::Timestamp(*t)), "row {id}");
+        assert_eq!(row.get("tz"), Some(&Value::TimestampTz(*tz)), "row {id}");
+    }
+    #[derive(Debug, serde::Deserialize)]
+    struct Era {
+        d: walflow::MaybeInfinite<chrono::NaiveDate>,
+        t: walflow::MaybeInfinite<chrono::NaiveDateTime>,
+        tz: walflow::MaybeInfinite<chrono::DateTime<chrono::Utc>>,
+    }
+    let era: Era = txs[0][2]
+        .new
+        .as_ref()
+        .unwrap()
+        .deserialize_into("eras")
+        .unwrap();
+    use walflow::MaybeInfinite::{Infinity, NegInfinity};
+    assert_eq!((era.d, era.t, era.tz), (Infinity, NegInfinity, Infinity));
+    let first: Era = txs[0][0]
+        .new
+        .as_ref()
+        .unwrap()
+        .deserialize_into("eras")
+        .unwrap();
+    assert_eq!(first.d.finite(), Some(truth[0].1));
+}

@@ -39,4 +39,4 @@ pub use raw::{Change, Changes, ColumnType, EventKind, RawEvent};
 pub use registry::{
     EventSource, Field, Registry, RegistryError, RegistryProblem, TableName, TableRef,
 };
-pub use value::{Interval, InvalidValue, Numeric, Record, RecordError, Value};
+pub use value::{Interval, InvalidValue, MaybeInfinite, Numeric, Record, RecordError, Value};

@@ -40,6 +40,74 @@ pub struct Interval {
     pub microseconds: i64,
 }
 
+/// A `date`, `timestamp` or `timestamptz` that may be `infinity` or
+/// `-infinity`: PostgreSQL's special values, which chrono cannot hold. A
+/// plain chrono field fails on them (the error names the value and this
+/// type); a `MaybeInfinite<NaiveDate>` (or `<NaiveDateTime>`,
+/// `<DateTime<Utc>>`) field takes them.
+///
+/// ```
+/// # use walflow::{MaybeInfinite, Record, Value};
+/// # use std::sync::Arc;
+/// #[derive(serde::Deserialize)]
+/// struct Offer {
+///     valid_until: MaybeInfinite<chrono::NaiveDate>,
+/// }
+/// let record = Record::new(
+///     Arc::from(vec![Arc::from("valid_until")]),
+///     vec![Value::Text("infinity".into())],
+/// );
+/// let offer: Offer = record.deserialize_into("offers").unwrap();
+/// assert_eq!(offer.valid_until, MaybeInfinite::Infinity);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MaybeInfinite<T> {
+    /// `-infinity`: before every other value.
+    NegInfinity,
+    /// A value chrono holds.
+    Finite(T),
+    /// `infinity`: after every other value.
+    Infinity,
+}
+
+impl<T> MaybeInfinite<T> {
+    /// The finite value, if it is one.
+    pub fn finite(self) -> Option<T> {
+        match self {
+            MaybeInfinite::Finite(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl<'de, T> Deserialize<'de> for MaybeInfinite<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        match &*text {
+            "infinity" => Ok(MaybeInfinite::Infinity),
+            "-infinity" => Ok(MaybeInfinite::NegInfinity),
+            other => other
+                .parse()
+                .map(MaybeInfinite::Finite)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for MaybeInfinite<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MaybeInfinite::NegInfinity => s.serialize_str("-infinity"),
+            MaybeInfinite::Finite(t) => t.serialize(s),
+            MaybeInfinite::Infinity => s.serialize_str("infinity"),
+        }
+    }
+}
+
 /// A value whose text did not parse for its column's type
 /// ([`Value::Invalid`]): the event still arrives, and only what needs this
 /// value fails, with an error naming the table, the column, the type and

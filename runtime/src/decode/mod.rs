@@ -36,10 +36,13 @@
 //! catalog when a relation is announced). Enums and every other type become
 //! [`Value::Text`] with PostgreSQL's text form.
 //!
-//! Values chrono cannot represent are kept as [`Value::Text`] holding the
-//! literal as PostgreSQL printed it: `infinity` and `-infinity` dates,
-//! timestamps and intervals, BC dates and timestamps (`0044-03-15 BC`), years
-//! beyond chrono's range, and the time `24:00:00`.
+//! BC dates and timestamps (`0044-03-15 BC`) are typed: PostgreSQL's BC
+//! years are proleptic Gregorian like chrono's, `N BC` being chrono's year
+//! `1 - N`. Values chrono cannot represent are kept as [`Value::Text`]
+//! holding the literal as PostgreSQL printed it: `infinity` and `-infinity`
+//! dates, timestamps and intervals (a [`MaybeInfinite`](crate::MaybeInfinite)
+//! field takes them; a plain chrono field fails naming the value and that
+//! type), years beyond chrono's range, and the time `24:00:00`.
 //!
 //! A value that does not parse for its type is never a silently wrong
 //! value, nor an error that stops the stream: the event carries

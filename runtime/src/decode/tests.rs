@@ -658,7 +658,12 @@ fn date_time_types() {
     assert_eq!(v(oid::DATE, "-infinity"), Value::Text("-infinity".into()));
     assert_eq!(
         v(oid::DATE, "0044-03-15 BC"),
-        Value::Text("0044-03-15 BC".into())
+        Value::Date(NaiveDate::from_ymd_opt(-43, 3, 15).unwrap())
+    );
+    // 1 BC is chrono's year 0, a leap year in both.
+    assert_eq!(
+        v(oid::DATE, "0001-02-29 BC"),
+        Value::Date(NaiveDate::from_ymd_opt(0, 2, 29).unwrap())
     );
     assert_eq!(
         v(oid::DATE, "5874897-12-31"),
@@ -688,7 +693,12 @@ fn date_time_types() {
     );
     assert_eq!(
         v(oid::TIMESTAMP, "0044-03-15 12:00:00 BC"),
-        Value::Text("0044-03-15 12:00:00 BC".into())
+        Value::Timestamp(
+            NaiveDate::from_ymd_opt(-43, 3, 15)
+                .unwrap()
+                .and_hms_opt(12, 0, 0)
+                .unwrap()
+        )
     );
     let tstz = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap()
         + chrono::TimeDelta::microseconds(123_456);
@@ -714,7 +724,13 @@ fn date_time_types() {
     );
     assert_eq!(
         v(oid::TIMESTAMPTZ, "0001-01-01 00:00:00+00 BC"),
-        Value::Text("0001-01-01 00:00:00+00 BC".into())
+        Value::TimestampTz(
+            NaiveDate::from_ymd_opt(0, 1, 1)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_utc()
+        )
     );
     if let Value::TimestampTz(t) = v(oid::TIMESTAMPTZ, "2024-01-02 03:04:05.000001+00") {
         assert_eq!(t.timestamp_subsec_micros(), 1);

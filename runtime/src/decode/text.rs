@@ -333,8 +333,10 @@ impl Cursor<'_> {
 const BAD_DATE: Reason = "not a date (expected YYYY-MM-DD)";
 const BAD_TIME: Reason = "not a time (expected HH:MM:SS[.ffffff])";
 
-/// `YYYY-MM-DD`; `Ok(None)` for a valid-looking date chrono cannot hold
-/// (years beyond its range, or BC dates: their leap years differ).
+/// `YYYY-MM-DD` (a date of a text ending in ` BC` in year `1 - YYYY`:
+/// PostgreSQL's BC years are proleptic Gregorian like chrono's, 1 BC being
+/// chrono's year 0); `Ok(None)` for a valid-looking date chrono cannot hold
+/// (years beyond its range).
 fn date_part(c: &mut Cursor<'_>) -> Result<Option<NaiveDate>, Reason> {
     let bc = c.s.ends_with(b" BC");
     let start = c.pos;
@@ -350,6 +352,7 @@ fn date_part(c: &mut Cursor<'_>) -> Result<Option<NaiveDate>, Reason> {
         return Err("date out of range");
     }
     let year = i32::try_from(year).map_err(|_| "date out of range")?;
+    let year = if bc { 1 - year } else { year };
     match NaiveDate::from_ymd_opt(year, month, day) {
         Some(d) => Ok(Some(d)),
         None if year > 9999 || bc => Ok(None),
@@ -397,7 +400,7 @@ fn parse_date_value(s: &[u8]) -> Result<Value, Reason> {
     let mut c = Cursor { s, pos: 0 };
     let d = date_part(&mut c)?;
     if &s[c.pos..] == b" BC" {
-        return literal(s);
+        c.pos += 3;
     }
     if !c.done() {
         return Err(BAD_DATE);
@@ -461,7 +464,7 @@ fn parse_timestamp_value(s: &[u8], tz: bool) -> Result<Value, Reason> {
         }
     }
     if &s[c.pos..] == b" BC" {
-        return literal(s);
+        c.pos += 3;
     }
     if !c.done() {
         return Err(if tz { BAD_TZ } else { BAD });

@@ -68,6 +68,22 @@ impl de::Error for DeError {
     }
 }
 
+/// A field that does not take one of PostgreSQL's special date and time
+/// values, which arrive as text: the error says which value it was and
+/// what takes it.
+fn hint(mut e: DeError, text: &str) -> DeError {
+    let alternative = match text {
+        "infinity" | "-infinity" => "`walflow::MaybeInfinite<…>` or `String`",
+        "24:00:00" => "`String` (chrono has no 24:00:00)",
+        _ => return e,
+    };
+    e.message = format!(
+        "{} (the value is PostgreSQL's `{text}`; read it as {alternative})",
+        e.message
+    );
+    e
+}
+
 /// Deserializes a whole record as a map of column names to values.
 pub(crate) struct RecordDeserializer<'a>(pub(crate) &'a Record);
 
@@ -237,7 +253,7 @@ impl<'de> de::Deserializer<'de> for ValueDeserializer<'de> {
             Value::Float4(v) => visitor.visit_f32(*v),
             Value::Float8(v) => visitor.visit_f64(*v),
             Value::Numeric(n) => visitor.visit_borrowed_str(&n.0),
-            Value::Text(s) => visitor.visit_borrowed_str(s),
+            Value::Text(s) => visitor.visit_borrowed_str(s).map_err(|e| hint(e, s)),
             Value::Uuid(u) => {
                 let mut buf = uuid::Uuid::encode_buffer();
                 visitor.visit_str(u.hyphenated().encode_lower(&mut buf))

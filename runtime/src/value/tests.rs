@@ -391,3 +391,71 @@ fn json_null_is_a_value_and_sql_null_is_none() {
         }
     );
 }
+
+#[test]
+fn special_dates_and_times_are_typed_or_named() {
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Row {
+        d: MaybeInfinite<NaiveDate>,
+        t: MaybeInfinite<NaiveDateTime>,
+        tz: MaybeInfinite<DateTime<Utc>>,
+    }
+    let bc = NaiveDate::from_ymd_opt(-43, 3, 15).unwrap();
+    let finite = record(vec![
+        ("d", Value::Date(bc)),
+        ("t", Value::Timestamp(ts())),
+        ("tz", Value::TimestampTz(Utc.from_utc_datetime(&ts()))),
+    ]);
+    assert_eq!(
+        finite.deserialize_into::<Row>("t").unwrap(),
+        Row {
+            d: MaybeInfinite::Finite(bc),
+            t: MaybeInfinite::Finite(ts()),
+            tz: MaybeInfinite::Finite(Utc.from_utc_datetime(&ts())),
+        }
+    );
+    let special = record(vec![
+        ("d", Value::Text("infinity".into())),
+        ("t", Value::Text("-infinity".into())),
+        ("tz", Value::Text("infinity".into())),
+    ]);
+    assert_eq!(
+        special.deserialize_into::<Row>("t").unwrap(),
+        Row {
+            d: MaybeInfinite::Infinity,
+            t: MaybeInfinite::NegInfinity,
+            tz: MaybeInfinite::Infinity,
+        }
+    );
+    assert!(MaybeInfinite::NegInfinity < MaybeInfinite::Finite(bc));
+    assert!(MaybeInfinite::Finite(bc) < MaybeInfinite::Infinity);
+    // A BC date is a plain chrono date too.
+    #[derive(Debug, Deserialize)]
+    struct Plain {
+        d: NaiveDate,
+    }
+    let plain = record(vec![("d", Value::Date(bc))]);
+    assert_eq!(plain.deserialize_into::<Plain>("t").unwrap().d, bc);
+    // A plain chrono field names the special value and what takes it.
+    let err = record(vec![("d", Value::Text("infinity".into()))])
+        .deserialize_into::<Plain>("events")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("table `events`, column `d`:")
+            && err.contains(
+                "the value is PostgreSQL's `infinity`; read it as `walflow::MaybeInfinite<…>`"
+            ),
+        "{err}"
+    );
+    #[derive(Debug, Deserialize)]
+    struct Clock {
+        #[allow(dead_code)]
+        t: NaiveTime,
+    }
+    let err = record(vec![("t", Value::Text("24:00:00".into()))])
+        .deserialize_into::<Clock>("events")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("chrono has no 24:00:00"), "{err}");
+}
