@@ -47,7 +47,7 @@ pub struct Interval {
 /// `<DateTime<Utc>>`) field takes them.
 ///
 /// ```
-/// # use walflow::{MaybeInfinite, Record, Value};
+/// # use walflow_runtime::{MaybeInfinite, Record, Value};
 /// # use std::sync::Arc;
 /// #[derive(serde::Deserialize)]
 /// struct Offer {
