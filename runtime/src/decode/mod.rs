@@ -669,4 +669,6 @@ impl RelationInfo {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
