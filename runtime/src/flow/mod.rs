@@ -474,18 +474,10 @@ impl WalflowBuilder {
         crate::crash_point::hit("start.prepared");
         let slot = config.slot_name().to_owned();
         crate::queue::enqueue::wait_for_predecessor(&pool, &slot, Duration::from_secs(30)).await?;
-        let stream: Option<(i64, Option<i64>, Option<i32>)> = sqlx::query_as(
-            "SELECT enqueued_lsn, partial_lsn, partial_seq FROM walflow.streams WHERE slot = $1",
-        )
-        .bind(&slot)
-        .fetch_optional(&pool)
-        .await?;
+        let position = crate::queue::enqueue::read_position(&pool, &slot).await?;
         crate::crash_point::hit("start.streams_read");
-        let watermark = stream.map(|s| s.0);
-        let partial = stream.and_then(|s| match s {
-            (_, Some(lsn), Some(seq)) => Some((Lsn(lsn as u64), seq as u32)),
-            _ => None,
-        });
+        let watermark = position.map(|p| p.enqueued.0 as i64);
+        let partial = position.and_then(|p| p.partial);
 
         let mut options = ListenerOptions::new(&slot, config.publication());
         options.durable_slot = config.durable_slot();

@@ -106,23 +106,51 @@ async fn committed(
     if end.is_none() && partial.is_none() {
         return Ok(false);
     }
-    let row: Option<(i64, Option<i64>, Option<i32>)> = sqlx::query_as(
-        "SELECT enqueued_lsn, partial_lsn, partial_seq FROM walflow.streams WHERE slot = $1",
-    )
-    .bind(&shared.slot)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((enqueued, partial_lsn, partial_seq)) = row else {
+    let Some(position) = read_position(&mut *conn, &shared.slot).await? else {
         return Ok(false);
     };
     Ok(match (end, partial) {
         (_, Some((lsn, seq))) => {
-            partial_lsn == Some(lsn.0 as i64) && partial_seq.is_some_and(|s| s >= seq as i32)
-                || enqueued >= lsn.0 as i64
+            position.partial.is_some_and(|(l, s)| l == lsn && s >= seq) || position.enqueued >= lsn
         }
-        (Some(end), None) => enqueued >= end.0 as i64,
+        (Some(end), None) => position.enqueued >= end,
         (None, None) => false,
     })
+}
+
+/// How far the queue of a slot has got (`walflow.streams`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueuePosition {
+    /// The end of the last whole transaction queued (0 when only part of
+    /// one was ever queued).
+    pub enqueued: Lsn,
+    /// A transaction queued in part: its commit LSN and last queued change.
+    pub partial: Option<(Lsn, u32)>,
+}
+
+/// Reads the queue's position for `slot`; `None` before its first flush.
+pub(crate) async fn read_position<'e, E>(
+    executor: E,
+    slot: &str,
+) -> sqlx::Result<Option<QueuePosition>>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let row: Option<(i64, Option<i64>, Option<i32>)> = sqlx::query_as(
+        "SELECT enqueued_lsn, partial_lsn, partial_seq FROM walflow.streams WHERE slot = $1",
+    )
+    .bind(slot)
+    .fetch_optional(executor)
+    .await?;
+    Ok(
+        row.map(|(enqueued, partial_lsn, partial_seq)| QueuePosition {
+            enqueued: Lsn(enqueued as u64),
+            partial: match (partial_lsn, partial_seq) {
+                (Some(l), Some(s)) => Some((Lsn(l as u64), s as u32)),
+                _ => None,
+            },
+        }),
+    )
 }
 
 /// The `application_name` of a flow's queueing connection on `slot`.
