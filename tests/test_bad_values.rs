@@ -52,6 +52,100 @@ on_event! {
     }
 }
 
+/// A document, `json` and `jsonb`.
+#[event_source(table = "docs")]
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Doc {
+    /// Its id.
+    pub id: i64,
+    /// As written.
+    pub j: serde_json::Value,
+    /// As stored.
+    pub jb: serde_json::Value,
+}
+
+on_event! {
+    /// Records what kind of JSON value each document arrived as.
+    operator Docs {
+        events: [insert],
+        entities: [Doc],
+        id: [Doc.id],
+        handler: docs,
+    }
+}
+
+async fn docs(event: Event<Doc>, ctx: Ctx) -> Result<(), walflow::BoxError> {
+    let doc = event.record().expect("a row");
+    let kind = |v: &serde_json::Value| match v {
+        serde_json::Value::Object(_) => "object",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::String(_) => "text",
+        _ => "other",
+    };
+    sqlx::query("INSERT INTO handled (id, j, jb) VALUES ($1, $2, $3)")
+        .bind(doc.id)
+        .bind(kind(&doc.j))
+        .bind(kind(&doc.jb))
+        .execute(ctx.pool())
+        .await?;
+    Ok(())
+}
+
+/// JSON PostgreSQL accepts and serde_json cannot hold (a number beyond
+/// `f64`, a lone surrogate in `json`, nesting beyond serde_json's default
+/// limit) is delivered through a flow, with the rows around it.
+#[tokio::test]
+async fn json_postgresql_accepts_is_delivered_through_a_flow() {
+    let db = common::db().await;
+    db.exec(
+        "CREATE TABLE docs (id int8 PRIMARY KEY, j json NOT NULL, jb jsonb NOT NULL);
+         CREATE TABLE handled (id int8 PRIMARY KEY, j text NOT NULL, jb text NOT NULL);",
+    )
+    .await;
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(db.slot("jsonflow"))
+        .max_retries(1)
+        .operators(["Docs"])
+        .start()
+        .await
+        .expect("the flow starts");
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    db.exec(r#"INSERT INTO docs VALUES (1, '{"a": 1}', '{"a": 1}')"#)
+        .await;
+    db.exec(r#"INSERT INTO docs VALUES (2, '{"x": 1e400}', '{"x": 1e400}')"#)
+        .await;
+    db.exec(&format!(
+        r#"INSERT INTO docs VALUES (3, '{{"s": "\ud800"}}', '{deep}')"#
+    ))
+    .await;
+    db.exec(r#"INSERT INTO docs VALUES (4, '{"b": 2}', '{"b": 2}')"#)
+        .await;
+    let lsn = flow.current_lsn().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let handled: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT id, j, jb FROM handled ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let row = |id: i64, j: &str, jb: &str| (id, j.to_owned(), jb.to_owned());
+    assert_eq!(
+        handled,
+        vec![
+            row(1, "object", "object"),
+            // Beyond f64: the document's text.
+            row(2, "text", "text"),
+            // A lone surrogate in `json`: its text; 200 levels: an array.
+            row(3, "text", "array"),
+            row(4, "object", "object"),
+        ]
+    );
+    assert!(flow.dead_letters("Docs").await.unwrap().is_empty());
+    flow.shutdown().await.unwrap();
+}
+
 async fn bodies(event: Event<Note>, ctx: Ctx) -> Result<(), walflow::BoxError> {
     let note = event.record().expect("a row");
     sqlx::query("INSERT INTO bodies (id, length) VALUES ($1, $2)")
