@@ -119,7 +119,7 @@ impl RawEvent {
     }
 
     /// The columns whose text did not parse for their type
-    /// ([`Value::Invalid`](crate::Value::Invalid)): those of the new row,
+    /// ([`Value::Invalid`]): those of the new row,
     /// then those of the old row.
     pub fn invalid_columns(&self) -> Vec<(&str, &crate::value::InvalidValue)> {
         [self.new.as_ref(), self.old.as_ref()]

@@ -181,10 +181,16 @@ pub enum Value {
     Interval(Interval),
     /// `json` / `jsonb`, at any nesting depth. A JSON `null` is
     /// `Json(Null)` (and `Some(..)` in an `Option` field); only SQL `NULL`
-    /// is [`Value::Null`]. What serde_json cannot represent arrives as its
-    /// original JSON text in [`Value::Text`] instead (the stream never stops
-    /// for a value): a number beyond `f64` such as `1e400`, and a lone
-    /// surrogate escape such as `"\ud800"` (which `json` keeps as written).
+    /// is [`Value::Null`]. Numbers are never rounded: integers that fit
+    /// `i64`/`u64` are exact, other numbers are `f64`s that print back as
+    /// written (`0.1`, `1E2`). What serde_json cannot hold exactly arrives
+    /// as its original JSON text in [`Value::Text`] instead (the stream
+    /// never stops for a value): a number beyond `f64` such as `1e400`, one
+    /// `f64` would round (`12345678901234567890123`,
+    /// `3.14159265358979323846`), and a lone surrogate escape such as
+    /// `"\ud800"` (which `json` keeps as written). Parse that text with
+    /// serde_json's `arbitrary_precision` feature when you need the
+    /// numbers.
     Json(serde_json::Value),
     /// `bytea`.
     Bytea(Vec<u8>),

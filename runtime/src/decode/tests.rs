@@ -1328,3 +1328,30 @@ fn json_that_postgresql_accepts_is_always_delivered() {
         Value::Text(r#"{"s": "\ud800"}"#.to_owned())
     );
 }
+
+#[test]
+fn json_numbers_are_never_rounded() {
+    let v = |s: &str| super::text::decode_text(oid::JSONB, s.as_bytes()).unwrap();
+    let is_json = |s: &str| matches!(v(s), Value::Json(_));
+    // Held exactly: as JSON.
+    for exact in [
+        r#"{"a": 0.1}"#,
+        "[1E2, 2.50, -0, 0.0, 1e-7, 123456789.125]",
+        "[9223372036854775807, -9223372036854775808, 18446744073709551615]",
+        "1180591620717411303424",
+        r#"{"s": "12345678901234567890123 in a string", "n": 1}"#,
+        r#"["\"", "\\", 5]"#,
+    ] {
+        assert!(is_json(exact), "{exact}");
+    }
+    // f64 would round: the text, exact.
+    for rounded in [
+        "12345678901234567890123",
+        r#"{"pi": 3.14159265358979323846}"#,
+        "[1, 18446744073709551617]",
+        "0.10000000000000000001",
+        "9007199254740993.0",
+    ] {
+        assert_eq!(v(rounded), Value::Text(rounded.to_owned()), "{rounded}");
+    }
+}

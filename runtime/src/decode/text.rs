@@ -692,9 +692,11 @@ fn unescape(raw: &[u8], out: &mut Vec<u8>) {
 }
 
 /// A `json` / `jsonb` value PostgreSQL accepted, at any depth (the stack
-/// grows as needed). What serde_json cannot represent arrives as the
-/// original JSON text in [`Value::Text`] rather than stopping the stream: a
-/// number beyond `f64` (`1e400`; exact numbers are not kept yet) and a lone
+/// grows as needed). What serde_json cannot represent exactly arrives as
+/// the original JSON text in [`Value::Text`] rather than stopping the
+/// stream or being rounded: a number beyond `f64` (`1e400`), a number
+/// `f64` would round (more digits than it keeps, such as
+/// `12345678901234567890123` or `3.14159265358979323846`), and a lone
 /// surrogate escape (`"\ud800"`, which `json` keeps as written).
 fn parse_json(s: &[u8]) -> Result<Value, Reason> {
     use serde::Deserialize;
@@ -703,10 +705,84 @@ fn parse_json(s: &[u8]) -> Result<Value, Reason> {
     let parsed = serde_json::Value::deserialize(serde_stacker::Deserializer::new(&mut de))
         .and_then(|v| de.end().map(|()| v));
     match parsed {
-        Ok(v) => Ok(Value::Json(v)),
+        Ok(v) if numbers_exact(s) => Ok(Value::Json(v)),
+        Ok(_) => Ok(Value::Text(utf8(s)?.to_owned())),
         Err(e) if unrepresentable(&e) => Ok(Value::Text(utf8(s)?.to_owned())),
         Err(_) => Err("invalid JSON"),
     }
+}
+
+/// Whether every number of the (valid) JSON text `s` is held exactly by
+/// serde_json: an integer that fits `i64` or `u64` or whose `f64` is
+/// exactly it, or a number whose `f64` prints back as the same decimal
+/// (`0.1`, `1E2`, `2.50`).
+fn numbers_exact(s: &[u8]) -> bool {
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'"' => {
+                i += 1;
+                while i < s.len() && s[i] != b'"' {
+                    i += if s[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < s.len() && matches!(s[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                // Valid JSON: the token is ASCII.
+                let token = std::str::from_utf8(&s[start..i]).unwrap_or("");
+                if !number_exact(token) {
+                    return false;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    true
+}
+
+fn number_exact(token: &str) -> bool {
+    let integer = !token.contains(['.', 'e', 'E']);
+    if integer && (token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok()) {
+        return true;
+    }
+    match token.parse::<f64>() {
+        Ok(f) if f.is_finite() => {
+            let token = decimal(token);
+            // It prints back as itself, or (an integer) it is the exact
+            // value (2^70 prints shorter, as 1.1805916207174113e21).
+            token == decimal(&format!("{f:e}")) || integer && token == decimal(&format!("{f:.0}"))
+        }
+        _ => false,
+    }
+}
+
+/// A decimal number as `(negative, digits, exponent)`: `digits × 10^exponent`,
+/// digits without leading or trailing zeros (zero: no digits, sign ignored);
+/// `None` for an exponent beyond `i64`.
+fn decimal(text: &str) -> Option<(bool, String, i64)> {
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match rest.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().ok()?),
+        None => (rest, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut exponent = exponent.checked_sub(frac.len() as i64)?;
+    let digits = format!("{int}{frac}");
+    let digits = digits.trim_start_matches('0');
+    let trimmed = digits.trim_end_matches('0');
+    exponent = exponent.checked_add((digits.len() - trimmed.len()) as i64)?;
+    if trimmed.is_empty() {
+        return Some((false, String::new(), 0));
+    }
+    Some((negative, trimmed.to_owned(), exponent))
 }
 
 /// Whether serde_json refused valid JSON for want of a representation.
