@@ -234,3 +234,62 @@ async fn a_unit_whose_rows_another_executor_finished_is_rolled_back() {
     assert!(flow.dead_letters("Raced").await.unwrap().is_empty());
     flow.shutdown().await.unwrap();
 }
+
+/// `Walflow::start` checks the server first and says what is wrong before
+/// it creates anything: here `wal_level`, and a role without REPLICATION.
+#[tokio::test]
+async fn start_says_why_the_server_cannot_stream() {
+    let pg = walflow::embedded::EmbeddedPostgres::builder()
+        .setting("wal_level", "replica")
+        .start()
+        .await
+        .unwrap();
+    let err = Walflow::builder()
+        .database_url(pg.url())
+        .operators(Vec::<String>::new())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            walflow::FlowError::Preflight(walflow::preflight::PreflightError::WalLevel { wal_level })
+                if wal_level == "replica"
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("wal_level"), "{err}");
+    // Nothing was created.
+    let admin = common::Db::connect(&pg.url()).await;
+    let schema: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'walflow')")
+            .fetch_one(&admin.pool)
+            .await
+            .unwrap();
+    assert!(!schema, "the walflow schema was created");
+
+    let db = common::db().await;
+    let role = format!("plain_{}", db.name);
+    db.exec(&format!("CREATE ROLE {role} LOGIN PASSWORD 'pw'"))
+        .await;
+    let mut url = url::Url::parse(&db.url).unwrap();
+    url.set_username(&role).unwrap();
+    url.set_password(Some("pw")).unwrap();
+    let err = Walflow::builder()
+        .database_url(url.as_str())
+        .slot_name(db.slot("plain"))
+        .operators(Vec::<String>::new())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            walflow::FlowError::Preflight(
+                walflow::preflight::PreflightError::NoReplicationAttribute { .. }
+            )
+        ),
+        "{err}"
+    );
+    db.exec(&format!("DROP ROLE {role}")).await;
+}

@@ -1,6 +1,7 @@
 //! [`Walflow`]: the runtime that keeps derived tables in step.
 //!
-//! [`Walflow::builder`]`...`[`start`](WalflowBuilder::start) migrates the
+//! [`Walflow::builder`]`...`[`start`](WalflowBuilder::start) checks the server
+//! ([`preflight`](crate::preflight)), migrates the
 //! `walflow` schema (see [`migrate`](crate::migrate)), publishes the tables
 //! of the selected operators, creates the slot, starts the listener and one
 //! supervised executor per operator.
@@ -146,6 +147,11 @@ pub enum FlowError {
     /// The listener could not start.
     #[error(transparent)]
     Listener(#[from] ListenerError),
+    /// The server cannot stream to walflow (`wal_level`, the REPLICATION
+    /// attribute, free WAL senders and slots, the slot itself), checked
+    /// before anything is set up.
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
     /// The throwaway PostgreSQL could not start.
     #[cfg(feature = "embedded")]
     #[error(transparent)]
@@ -450,6 +456,8 @@ impl WalflowBuilder {
                 .execute(&pool)
                 .await?;
         }
+        // Clear messages before anything is created (see `preflight`).
+        crate::preflight::check_server(&pool, &config).await?;
         crate::migrate::migrate(&pool).await?;
         crate::crash_point::hit("start.migrated");
         prepare(
