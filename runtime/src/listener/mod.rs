@@ -86,10 +86,7 @@ const COALESCE_AFTER: usize = 16;
 /// How long a busy stream is left to accumulate.
 const COALESCE_PAUSE: Duration = Duration::from_micros(30);
 
-/// Quotes an SQL identifier.
-pub(crate) fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+pub(crate) use crate::ident::quote_ident;
 
 /// A transaction starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
