@@ -514,12 +514,7 @@ impl UnitRunner {
         sql: &'static str,
         units: &[(String, Vec<Row>)],
     ) -> Result<(), Failure> {
-        let mut tx = self
-            .shared
-            .pool
-            .begin()
-            .await
-            .map_err(|e| self.failure(e))?;
+        let mut tx = self.begin().await?;
         let snapshot = self.snapshot(&mut tx).await?;
         for (_, rows) in units {
             self.apply_query(sql, rows, &mut tx).await?;
@@ -600,12 +595,7 @@ impl UnitRunner {
                 // earlier, did not see: the ids are recomputed now, in a
                 // transaction of their own (a coalescing query recomputes
                 // its id, so running it again is harmless).
-                let mut again = self
-                    .shared
-                    .pool
-                    .begin()
-                    .await
-                    .map_err(|e| self.failure(e))?;
+                let mut again = self.begin().await?;
                 for unit in rows.chunk_by(|a, b| a.id_key == b.id_key) {
                     let unit: Vec<Row> = unit.iter().map(|r| (*r).clone()).collect();
                     self.apply_query(sql, &unit, &mut again).await?;
@@ -622,6 +612,11 @@ impl UnitRunner {
         Ok(())
     }
 
+    /// A transaction on the pool.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, Failure> {
+        self.shared.pool.begin().await.map_err(|e| self.failure(e))
+    }
+
     /// Turns a database error into a failure, passing on one that says the
     /// server is shutting down (rule 7).
     fn failure(&self, e: sqlx::Error) -> Failure {
@@ -630,12 +625,7 @@ impl UnitRunner {
     }
 
     async fn run_query(&self, sql: &'static str, rows: &[Row]) -> Result<(), Failure> {
-        let mut tx = self
-            .shared
-            .pool
-            .begin()
-            .await
-            .map_err(|e| self.failure(e))?;
+        let mut tx = self.begin().await?;
         let snapshot = self.snapshot(&mut tx).await?;
         self.apply_query(sql, rows, &mut tx).await?;
         self.complete(tx, &rows.iter().collect::<Vec<_>>()).await?;
@@ -741,23 +731,13 @@ impl UnitRunner {
                 }
                 return Ok(());
             }
-            (None, Completion::Transaction) => self
-                .shared
-                .pool
-                .begin()
-                .await
-                .map_err(|e| self.failure(e))?,
+            (None, Completion::Transaction) => self.begin().await?,
         };
         self.complete(tx, rows).await
     }
 
     async fn dead_letter(&self, rows: &[Row], error: &str, attempts: u32) -> Result<(), Failure> {
-        let mut tx = self
-            .shared
-            .pool
-            .begin()
-            .await
-            .map_err(|e| self.failure(e))?;
+        let mut tx = self.begin().await?;
         crate::queue::dequeue::dead_letter(
             &self.shared.slot,
             self.op.name,
