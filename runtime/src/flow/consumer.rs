@@ -225,7 +225,9 @@ impl Consumer {
                             }
                         }
                         // A transaction queued before a restart comes again:
-                        // its changes were published then.
+                        // its changes were published then. (The part of one
+                        // received before a restart inside it comes again
+                        // too: the hub ignores what it already published.)
                         if ev.commit_lsn >= self.watermark {
                             self.hub.publish_arc(ev);
                         }

@@ -673,6 +673,11 @@ impl Subscriptions {
     /// Delivers one change to the subscriptions it touches and retains it.
     /// Call in commit order, for every change of every transaction, then
     /// [`publish_commit`](Self::publish_commit) with the transaction's end.
+    ///
+    /// A change at or before the last one published is ignored: a feed that
+    /// restarts inside a transaction receives it again from its start, and
+    /// positions only grow in commit order, so what was delivered before the
+    /// restart is not delivered twice.
     pub fn publish(&self, raw: &RawEvent) {
         self.publish_arc(Arc::new(raw.clone()));
     }
@@ -685,6 +690,9 @@ impl Subscriptions {
         }
         let mut state = lock(&self.inner.state);
         let position = Position::from(&*raw);
+        if state.last.is_some_and(|last| position <= last) {
+            return;
+        }
         if state.floor.is_none() {
             state.floor = Some(after_commit(Lsn(raw.commit_lsn.0.saturating_sub(1))));
         }
