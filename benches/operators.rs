@@ -408,7 +408,7 @@ async fn latency(base: &str) {
     // The floor of any WAL consumer: commit to the commit message arriving
     // on a bare listener (no queue, no operator).
     let config = walflow::Config::builder()
-        .url(&url)
+        .database_url(&url)
         .slot_name("bench_latency_raw")
         .build()
         .unwrap();

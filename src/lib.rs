@@ -162,3 +162,24 @@ pub mod __private {
     };
     pub use walflow_runtime::{Ctx, Event, EventDecodeError, EventKind, EventMeta, RawEvent};
 }
+
+#[cfg(test)]
+mod tests {
+    /// The README's table of options is the one generated from their
+    /// declaration.
+    #[test]
+    fn the_readme_lists_every_option() {
+        let readme = include_str!("../README.md");
+        let start = "<!-- options table: generated from walflow::config::OPTIONS_TABLE -->\n";
+        let table = readme
+            .split_once(start)
+            .and_then(|(_, rest)| rest.split_once("<!-- end of options table -->"))
+            .map(|(table, _)| table)
+            .expect("the README has the options table's markers");
+        assert!(
+            table == crate::config::OPTIONS_TABLE,
+            "the README's options table is out of date; replace it with:\n{}",
+            crate::config::OPTIONS_TABLE
+        );
+    }
+}

@@ -122,7 +122,7 @@ async fn exec(flow: &Walflow, sql: &'static str) -> Result<(), Error> {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let started = Instant::now();
-    let mut builder = Walflow::builder().app_name("blog");
+    let mut builder = Walflow::builder().application_name("blog");
     let url = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
     match url {
         Some(url) => builder = builder.database_url(url),

@@ -7,6 +7,7 @@
 
 #![doc(test(attr(deny(warnings))))]
 
+pub mod backoff;
 pub mod config;
 #[doc(hidden)]
 pub mod crash_point;
@@ -30,7 +31,7 @@ pub mod setup;
 pub mod subscribe;
 pub mod value;
 
-pub use config::Config;
+pub use config::{Config, ErrorLogger, FailureInfo, RetryInfo, TracingErrorLogger};
 pub use ctx::Ctx;
 pub use event::{Event, EventDecodeError, EventMeta, Position};
 pub use flow::{DeadLetter, FlowError, Walflow, WalflowBuilder};

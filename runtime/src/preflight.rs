@@ -600,7 +600,7 @@ mod server_tests {
             .start()
             .await
             .unwrap();
-        let cfg = Config::from_url(pg.url()).unwrap();
+        let cfg = Config::from_database_url(pg.url()).unwrap();
         let err = check(&cfg).await.unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -625,7 +625,7 @@ mod server_tests {
             .config_builder()
             .username(&role)
             .password("pw'\\x")
-            .url(
+            .database_url(
                 url::Url::parse(db.url())
                     .map(|mut u| {
                         u.set_username("").unwrap();
@@ -689,7 +689,7 @@ mod server_tests {
             .execute(&mut conn)
             .await
             .unwrap();
-        let cfg = Config::from_url(pg.url()).unwrap();
+        let cfg = Config::from_database_url(pg.url()).unwrap();
         let err = check(&cfg).await.unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -795,7 +795,7 @@ mod server_tests {
             .unwrap()
             .port();
         let cfg = Config::builder()
-            .url(format!("postgres://app:s3cret-pw@127.0.0.1:{port}/shop"))
+            .database_url(format!("postgres://app:s3cret-pw@127.0.0.1:{port}/shop"))
             .build()
             .unwrap();
         let err = check(&cfg).await.unwrap_err();
@@ -812,7 +812,7 @@ mod server_tests {
         let mut url = url::Url::parse(&crate::embedded::test_server_url().await.unwrap()).unwrap();
         url.set_password(Some("s3cret-wrong")).unwrap();
         url.set_path("/walflow_no_such_database");
-        let cfg = Config::from_url(url.to_string()).unwrap();
+        let cfg = Config::from_database_url(url.to_string()).unwrap();
         let err = check(&cfg).await.unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, PreflightError::Refused { .. }), "{msg}");

@@ -155,7 +155,9 @@ impl TestDatabase {
     /// A [`Config`] builder pointing at this database, with the replication
     /// slot named after it (and everything else at its default).
     pub fn config_builder(&self) -> ConfigBuilder {
-        Config::builder().url(&self.url).slot_name(&self.name)
+        Config::builder()
+            .database_url(&self.url)
+            .slot_name(&self.name)
     }
 
     /// [`config_builder`](Self::config_builder), built.

@@ -8,7 +8,7 @@
 //!
 //! # Guarantees
 //!
-//! With the default durable queue ([`QueueStorage::Postgres`]):
+//! With the default durable queue ([`QueueStorage::Postgres`](crate::config::QueueStorage::Postgres)):
 //!
 //! - A transaction's events are in the durable queue (`walflow.queue`)
 //!   before the listener acknowledges it; a transaction delivered again after
@@ -57,7 +57,7 @@
 //!
 //! # Queue and process status storage
 //!
-//! [`QueueStorage::Memory`] keeps operator queues in memory: a transaction
+//! [`QueueStorage::Memory`](crate::config::QueueStorage::Memory) keeps operator queues in memory: a transaction
 //! is acknowledged to PostgreSQL as soon as its rows are handed to the
 //! executors, so **events not yet applied when the process stops or
 //! crashes are lost** (the slot has moved past them), and a query
@@ -65,7 +65,7 @@
 //! writes; the consumer waits when 100,000 rows are outstanding. Dead
 //! letters are still kept in `walflow.dead_letters`.
 //!
-//! [`ProcessStatusStorage::Memory`] keeps the process status
+//! [`ProcessStatusStorage::Memory`](crate::config::ProcessStatusStorage::Memory) keeps the process status
 //! ([`Walflow::processed`]) in memory: it starts empty at each start and
 //! covers the events seen since.
 //!
@@ -114,9 +114,7 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{
-    Config, ConfigBuilder, ConfigError, ErrorLogger, ProcessStatusStorage, PubSub, QueueStorage,
-};
+use crate::config::{Config, ConfigBuilder, ConfigError, ErrorLogger, PubSub};
 use crate::event::Position;
 use crate::listener::{ListenerError, ListenerOptions};
 use crate::lsn::Lsn;
@@ -218,17 +216,6 @@ impl std::fmt::Debug for WalflowBuilder {
     }
 }
 
-macro_rules! forward {
-    ($($(#[$doc:meta])* $name:ident($arg:ident: $ty:ty);)*) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(self, $arg: $ty) -> Self {
-                self.map(|b| b.$name($arg))
-            }
-        )*
-    };
-}
-
 impl WalflowBuilder {
     fn map(mut self, f: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Self {
         self.config = self.config.map(f);
@@ -241,66 +228,12 @@ impl WalflowBuilder {
         self
     }
 
-    /// Connection URL, `postgres://user:password@host:port/database`.
-    pub fn database_url(self, url: impl Into<String>) -> Self {
-        let url = url.into();
-        self.map(|b| b.url(url))
-    }
+    // One setter per option of the configuration, forwarded to it.
+    crate::config::with_options!(crate::config::forward_setters);
 
-    forward! {
-        /// Database host (when no URL is given).
-        host(host: impl Into<String>);
-        /// Database port.
-        port(port: u16);
-        /// Database name.
-        database(database: impl Into<String>);
-        /// User name (needs the REPLICATION attribute).
-        username(username: impl Into<String>);
-        /// Password.
-        password(password: impl Into<String>);
-        /// Application name (the sessions' `application_name`).
-        app_name(app_name: impl Into<String>);
-        /// `false`: a temporary slot; changes made while the flow is down are lost.
-        durable_slot(durable: bool);
-        /// Replication slot name.
-        slot_name(slot_name: impl Into<String>);
-        /// Publication name.
-        publication(publication: impl Into<String>);
-        /// Wait before the first retry of a failed event.
-        min_restart_time(d: Duration);
-        /// Factor applied to the wait after each failed attempt.
-        backoff_multiplicator(m: f64);
-        /// Upper bound of the wait between attempts.
-        max_restart_time(d: Duration);
-        /// Retries before an event is dead-lettered (1 + max_retries attempts).
-        max_retries(n: u32);
-        /// Column holding the entities' last update time (process status).
-        process_status_entity_field(field: impl Into<String>);
-        /// Where queues are kept (see [Queue and process status storage](crate::flow#queue-and-process-status-storage)).
-        queue_storage(storage: QueueStorage);
-        /// Where the process status is kept.
-        process_status_storage(storage: ProcessStatusStorage);
-        /// Receiver of retries and final failures.
-        error_logger(logger: impl ErrorLogger);
-        /// Receiver of retries and final failures, shared.
-        error_logger_arc(logger: Arc<dyn ErrorLogger>);
-        /// How events reach subscribers: [`PubSub::Local`] (default) or
-        /// [`PubSub::Postgres`] to feed the hubs of several processes (see
-        /// [Several nodes](self#several-nodes)).
-        pubsub(pubsub: PubSub);
-        /// `LISTEN`/`NOTIFY` channel of [`PubSub::Postgres`] (default
-        /// `walflow_events`); the same on every node of one application,
-        /// one channel per slot.
-        pubsub_channel(channel: impl Into<String>);
-        /// How many of the latest transactions `walflow.pubsub_log` keeps
-        /// for nodes catching up after a reconnection (default 100,000).
-        pubsub_retain_transactions(n: usize);
-        /// How long `walflow.pubsub_log` keeps a transaction (default 1 hour).
-        pubsub_retain_for(d: Duration);
-        /// Heartbeat keeping the slot moving on an idle database.
-        heartbeat_interval(d: Duration);
-        /// Interval of the replication status updates.
-        status_interval(d: Duration);
+    /// Receiver of retries and final failures, already shared.
+    pub fn error_logger_arc(self, logger: Arc<dyn ErrorLogger>) -> Self {
+        self.map(|b| b.error_logger_arc(logger))
     }
 
     /// Runs only these operators (by name) and publishes only the tables
@@ -364,9 +297,9 @@ impl WalflowBuilder {
     /// [`Walflow::dead_letters`] read the shared tables of the slot named by
     /// [`slot_name`](Self::slot_name); [`Walflow::retry_dead_letter`]
     /// returns [`FlowError::SubscriberOnly`], and so do `wait_processed`
-    /// with [`QueueStorage::Memory`]
+    /// with [`QueueStorage::Memory`](crate::config::QueueStorage::Memory)
     /// and `processed` with
-    /// [`ProcessStatusStorage::Memory`]:
+    /// [`ProcessStatusStorage::Memory`](crate::config::ProcessStatusStorage::Memory):
     /// that state is only in the memory of the node holding the slot.
     ///
     /// ```no_run
@@ -413,7 +346,7 @@ impl WalflowBuilder {
         #[cfg(feature = "embedded")]
         let (builder, embedded) = if self.embedded {
             let pg = crate::embedded::EmbeddedPostgres::start().await?;
-            (builder.url(pg.url()), Some(pg))
+            (builder.database_url(pg.url()), Some(pg))
         } else {
             (builder, None)
         };
@@ -611,7 +544,7 @@ async fn supervise(
 
 /// The URL of the replication connection.
 fn replication_url(config: &Config) -> String {
-    if let Some(url) = config.url() {
+    if let Some(url) = config.database_url() {
         return url.to_owned();
     }
     let enc = |s: &str| {

@@ -84,7 +84,7 @@ pub(super) async fn start_subscriber(builder: WalflowBuilder) -> Result<Walflow,
     #[cfg(feature = "embedded")]
     let (config, embedded) = if builder.embedded {
         let pg = crate::embedded::EmbeddedPostgres::start().await?;
-        (config.url(pg.url()), Some(pg))
+        (config.database_url(pg.url()), Some(pg))
     } else {
         (config, None)
     };

@@ -232,7 +232,7 @@ impl Listener {
             .await
             .map_err(|source| ConnectError::Pool {
                 url: config
-                    .redacted_url()
+                    .redacted_database_url()
                     .unwrap_or_else(|| format!("{}:{}", config.host(), config.port())),
                 source,
             })?;
@@ -748,7 +748,12 @@ impl<C: Connector> Pump<C> {
 
     async fn run(mut self, started: oneshot::Sender<Result<(), ListenerError>>) {
         let mut started = Some(started);
-        let mut backoff = self.options.reconnect_min;
+        let backoff = crate::backoff::Backoff::new(
+            self.options.reconnect_min,
+            2.0,
+            self.options.reconnect_max,
+        );
+        let mut failures = 0u32;
         loop {
             let stopped = *self.stop.borrow();
             if stopped {
@@ -779,17 +784,18 @@ impl<C: Connector> Pump<C> {
                         let _ = self.tx.send(std::mem::take(&mut self.out)).await;
                         return;
                     }
+                    failures += 1;
+                    let wait = backoff.delay(failures);
                     tracing::warn!(
                         slot = %self.spec.slot,
                         error = %e,
-                        retry_in = ?backoff,
+                        retry_in = ?wait,
                         "walflow replication connection failed; retrying"
                     );
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = self.stop.wait_for(|s| *s) => return,
                     }
-                    backoff = (backoff * 2).min(self.options.reconnect_max);
                     continue;
                 }
             };
@@ -800,7 +806,7 @@ impl<C: Connector> Pump<C> {
                 tracing::info!(slot = %self.spec.slot, from = %self.spec.start_lsn, "walflow replication session re-established");
             }
             self.shared.connected.store(true, Ordering::Release);
-            backoff = self.options.reconnect_min;
+            failures = 0;
             // A new session re-sends Relation messages before first use.
             self.decoder = Decoder::new();
             if let Some(open) = &mut self.open {

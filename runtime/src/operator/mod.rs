@@ -5,6 +5,7 @@
 //! by one [`executor`] per operator.
 
 pub(crate) mod bind;
+pub(crate) mod error_logger;
 pub(crate) mod executor;
 
 use std::collections::HashMap;

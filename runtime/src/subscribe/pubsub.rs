@@ -44,6 +44,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::hub::Subscriptions;
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::lsn::Lsn;
 use crate::raw::RawEvent;
@@ -136,26 +137,6 @@ impl Default for LogRetention {
     }
 }
 
-/// Waits between reconnection attempts.
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    min: Duration,
-    factor: f64,
-    max: Duration,
-}
-
-impl Backoff {
-    fn delay(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(i32::MAX as u32) as i32;
-        let secs = self.min.as_secs_f64() * self.factor.powi(exp);
-        if !secs.is_finite() || secs >= self.max.as_secs_f64() {
-            self.max
-        } else {
-            Duration::from_secs_f64(secs)
-        }
-    }
-}
-
 /// `LISTEN`/`NOTIFY` on channel `channel` (default `walflow_events`), with
 /// the log `walflow.pubsub_log`; see the [module documentation](self).
 ///
@@ -244,11 +225,7 @@ impl PgPubSub {
             pool,
             channel,
             retention: LogRetention::default(),
-            backoff: Backoff {
-                min: defaults.min_restart_time(),
-                factor: defaults.backoff_multiplicator(),
-                max: defaults.max_restart_time(),
-            },
+            backoff: defaults.backoff(),
             sender: Arc::default(),
         })
     }
@@ -263,11 +240,7 @@ impl PgPubSub {
             transactions: config.pubsub_retain_transactions(),
             max_age: config.pubsub_retain_for(),
         };
-        pubsub.backoff = Backoff {
-            min: config.min_restart_time(),
-            factor: config.backoff_multiplicator(),
-            max: config.max_restart_time(),
-        };
+        pubsub.backoff = config.backoff();
         Ok(pubsub)
     }
 
@@ -284,11 +257,7 @@ impl PgPubSub {
     /// Waits `min`, doubling up to `max`, between reconnection attempts of
     /// [`listen`](Self::listen) (default 500 ms to 10 s).
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.backoff = Backoff {
-            min,
-            factor: 2.0,
-            max: max.max(min),
-        };
+        self.backoff = Backoff::new(min, 2.0, max);
         self
     }
 
@@ -685,18 +654,5 @@ mod tests {
         );
         assert_eq!(Note::parse("hello"), None);
         assert_eq!(Note::parse("1"), None);
-    }
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let b = Backoff {
-            min: Duration::from_millis(100),
-            factor: 2.0,
-            max: Duration::from_millis(350),
-        };
-        assert_eq!(b.delay(1), Duration::from_millis(100));
-        assert_eq!(b.delay(2), Duration::from_millis(200));
-        assert_eq!(b.delay(3), Duration::from_millis(350));
-        assert_eq!(b.delay(u32::MAX), Duration::from_millis(350));
     }
 }
