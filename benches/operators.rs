@@ -412,7 +412,7 @@ async fn latency(base: &str) {
         .slot_name("bench_latency_raw")
         .build()
         .unwrap();
-    let (mut raw, _) = walflow::listener::Listener::connect(
+    let (mut raw, _) = walflow::setup::listen(
         &config,
         vec![walflow::setup::TableSpec::new("public", "pings")],
     )

@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::declare::EventSource;
 use crate::lsn::Lsn;
 use crate::raw::{Change, Changes, EventKind, RawEvent};
-use crate::registry::EventSource;
 use crate::value::{Record, RecordError};
 
 /// A stable identifier of one change: the commit position of its transaction

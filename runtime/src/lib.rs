@@ -12,9 +12,12 @@ pub mod config;
 #[doc(hidden)]
 pub mod crash_point;
 pub mod ctx;
+pub mod declare;
 pub mod decode;
+pub(crate) mod dispatch;
 #[cfg(feature = "embedded")]
 pub mod embedded;
+pub(crate) mod error_logger;
 pub mod event;
 pub mod flow;
 pub mod ident;

@@ -50,7 +50,8 @@ use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row};
 
-use crate::listener::quote_ident;
+use crate::ident::quote_ident;
+use crate::listener::{Listener, ListenerError, ListenerOptions, PgWireConnector};
 
 /// A table to publish.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -574,4 +575,67 @@ mod tests {
             "{text}"
         );
     }
+}
+
+/// Why [`listen`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The server cannot serve logical replication as configured.
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
+    /// The publication, replica identities or slot could not be set up.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The replication session did not start.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    /// The connection pool could not connect.
+    #[error("connecting to {url}: {source}")]
+    Pool {
+        /// The server, without password.
+        url: String,
+        /// The error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// The listener for direct use, everything at once: checks the server
+/// (`wal_level`, REPLICATION, free slots), publishes `tables` (exactly these,
+/// `REPLICA IDENTITY FULL` unless a table opts out), creates the slot and
+/// starts a [`Listener`] on it. Returns it with a connection pool to the same
+/// database.
+pub async fn listen(
+    config: &crate::Config,
+    tables: Vec<TableSpec>,
+) -> Result<(Listener, PgPool), ConnectError> {
+    crate::preflight::check(config).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(config.connect_options())
+        .await
+        .map_err(|source| ConnectError::Pool {
+            url: config
+                .redacted_database_url()
+                .unwrap_or_else(|| format!("{}:{}", config.host(), config.port())),
+            source,
+        })?;
+    prepare(
+        &pool,
+        &SetupSpec {
+            publication: config.publication().to_owned(),
+            slot: config.slot_name().to_owned(),
+            durable_slot: config.durable_slot(),
+            tables,
+        },
+    )
+    .await?;
+    let listener = Listener::start(
+        PgWireConnector::from_config(config),
+        ListenerOptions::from_config(config),
+        pool.clone(),
+    )
+    .await?;
+    Ok((listener, pool))
 }

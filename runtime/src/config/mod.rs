@@ -41,7 +41,7 @@ pub use self::builder::ConfigBuilder;
 pub(crate) use self::options::{forward_setters, with_options};
 pub use self::url::redact_url;
 use crate::backoff::Backoff;
-pub use crate::operator::error_logger::{ErrorLogger, FailureInfo, RetryInfo, TracingErrorLogger};
+pub use crate::error_logger::{ErrorLogger, FailureInfo, RetryInfo, TracingErrorLogger};
 
 /// PostgreSQL's `NAMEDATALEN - 1`: the longest identifier, in bytes.
 pub const MAX_IDENTIFIER_BYTES: usize = 63;

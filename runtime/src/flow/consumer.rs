@@ -9,9 +9,9 @@ use std::time::Duration;
 use sqlx::PgConnection;
 use tokio::sync::watch;
 
+use crate::dispatch::{Batch, dispatch};
 use crate::listener::{Listener, ListenerMessage, ListenerOptions, PgWireConnector};
 use crate::lsn::Lsn;
-use crate::operator::{Batch, dispatch};
 use crate::queue::{Shared, Store};
 use crate::registry::OperatorRegistration;
 

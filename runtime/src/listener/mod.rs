@@ -9,14 +9,13 @@
 //! # Example
 //!
 //! ```no_run
-//! use walflow_runtime::listener::{Listener, ListenerMessage};
-//! use walflow_runtime::setup::TableSpec;
+//! use walflow_runtime::listener::ListenerMessage;
+//! use walflow_runtime::setup::{TableSpec, listen};
 //!
 //! # #[allow(dead_code)]
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = walflow_runtime::Config::from_env()?;
-//! let (mut listener, _pool) =
-//!     Listener::connect(&config, vec![TableSpec::new("public", "posts")]).await?;
+//! let (mut listener, _pool) = listen(&config, vec![TableSpec::new("public", "posts")]).await?;
 //! while let Some(message) = listener.recv().await? {
 //!     match message {
 //!         ListenerMessage::Change(event) => println!("{} {}", event.kind, event.table),
@@ -85,8 +84,6 @@ type Batch = Vec<Result<ListenerMessage, ListenerError>>;
 const COALESCE_AFTER: usize = 16;
 /// How long a busy stream is left to accumulate.
 const COALESCE_PAUSE: Duration = Duration::from_micros(30);
-
-pub(crate) use crate::ident::quote_ident;
 
 /// A transaction starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,70 +186,6 @@ impl ListenerOptions {
         options.durable_slot = config.durable_slot();
         options.heartbeat_interval = Some(config.heartbeat_interval());
         options
-    }
-}
-
-/// Why [`Listener::connect`] failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConnectError {
-    /// The server cannot serve logical replication as configured.
-    #[error(transparent)]
-    Preflight(#[from] crate::preflight::PreflightError),
-    /// The publication, replica identities or slot could not be set up.
-    #[error(transparent)]
-    Setup(#[from] crate::setup::SetupError),
-    /// The replication session did not start.
-    #[error(transparent)]
-    Listener(#[from] ListenerError),
-    /// The connection pool could not connect.
-    #[error("connecting to {url}: {source}")]
-    Pool {
-        /// The server, without password.
-        url: String,
-        /// The error.
-        #[source]
-        source: sqlx::Error,
-    },
-}
-
-impl Listener {
-    /// Everything at once: checks the server (`wal_level`, REPLICATION,
-    /// free slots), publishes `tables` (exactly these, `REPLICA IDENTITY
-    /// FULL` unless a table opts out), creates the slot and starts the
-    /// listener. Returns it with a connection pool to the same database.
-    pub async fn connect(
-        config: &crate::Config,
-        tables: Vec<crate::setup::TableSpec>,
-    ) -> Result<(Listener, PgPool), ConnectError> {
-        crate::preflight::check(config).await?;
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(config.connect_options())
-            .await
-            .map_err(|source| ConnectError::Pool {
-                url: config
-                    .redacted_database_url()
-                    .unwrap_or_else(|| format!("{}:{}", config.host(), config.port())),
-                source,
-            })?;
-        crate::setup::prepare(
-            &pool,
-            &crate::setup::SetupSpec {
-                publication: config.publication().to_owned(),
-                slot: config.slot_name().to_owned(),
-                durable_slot: config.durable_slot(),
-                tables,
-            },
-        )
-        .await?;
-        let listener = Listener::start(
-            PgWireConnector::from_config(config),
-            ListenerOptions::from_config(config),
-            pool.clone(),
-        )
-        .await?;
-        Ok((listener, pool))
     }
 }
 

@@ -231,7 +231,7 @@ impl Connector for PgWireConnector {
             spec.slot.clone(),
             // `publication_names` is a list of identifiers: quote the name so
             // case, spaces and quotes survive.
-            crate::listener::quote_ident(&spec.publication),
+            crate::ident::quote_ident(&spec.publication),
         )
         .with_port(self.port)
         .with_tls(tls)
@@ -249,7 +249,7 @@ impl Connector for PgWireConnector {
         if spec.create_temporary_slot {
             let sql = format!(
                 "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput",
-                crate::listener::quote_ident(&spec.slot)
+                crate::ident::quote_ident(&spec.slot)
             );
             client
                 .simple_query(&sql)

@@ -40,7 +40,7 @@ use crate::registry::{HandlerError, OperatorAction, OperatorRegistration};
 use crate::value::Value;
 
 use super::bind::bind_value;
-use super::id_display;
+use crate::dispatch::id_display;
 use crate::pg_error::is_transient;
 use crate::queue::dequeue::{FETCH, fetch};
 use crate::queue::handover::{Inbox, RunSnapshot, Signals};
@@ -774,8 +774,8 @@ mod tests {
 
     #[test]
     fn transaction_ids_compare_across_wraparound() {
-        assert!(crate::operator::xid_precedes(u32::MAX - 5, 10));
-        assert!(!crate::operator::xid_precedes(10, u32::MAX - 5));
-        assert!(crate::operator::xid_precedes(3, 4));
+        assert!(crate::dispatch::xid_precedes(u32::MAX - 5, 10));
+        assert!(!crate::dispatch::xid_precedes(10, u32::MAX - 5));
+        assert!(crate::dispatch::xid_precedes(3, 4));
     }
 }

@@ -11,8 +11,8 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
 
 use super::Shared;
+use crate::dispatch::{Batch, StatusMark};
 use crate::lsn::Lsn;
-use crate::operator::{Batch, StatusMark};
 use crate::pg_error::is_transient;
 
 /// Queues `batch` on `conn` (connected first if `None`: a connection of

@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use super::Row;
-use crate::operator::Batch;
+use crate::dispatch::Batch;
 use crate::raw::EventKind;
 use crate::registry::{OperatorAction, OperatorRegistration};
 
@@ -272,7 +272,7 @@ impl RunSnapshot {
     /// the snapshot is recent enough to compare transaction ids).
     pub fn saw(&self, xid: u32) -> bool {
         xid != 0
-            && crate::operator::xid_precedes(xid, self.xmax)
+            && crate::dispatch::xid_precedes(xid, self.xmax)
             && !self.running.contains(&xid)
             && self.at.elapsed() < COVERED_FOR
     }

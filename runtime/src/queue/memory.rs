@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::dispatch::{NewRow, StatusMark};
 use crate::lsn::Lsn;
-use crate::operator::{NewRow, StatusMark};
 
 /// Rows handed over and not yet finished, above which the consumer waits.
 pub(crate) const MAX_OUTSTANDING: usize = 100_000;

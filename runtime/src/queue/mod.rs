@@ -236,7 +236,7 @@ impl Row {
             commit_lsn: q.commit_lsn,
             seq: q.seq,
             part: q.part,
-            id_key: crate::operator::id_key(&q.id),
+            id_key: crate::dispatch::id_key(&q.id),
             id: q.id,
             kind: q.kind,
             schema: q.schema_name,
@@ -255,7 +255,7 @@ impl Row {
 
     /// A row handed over in memory, queued by the consumer's flush number
     /// `flush` (0: queued already).
-    pub(crate) fn from_new(r: &crate::operator::NewRow, flush: u64) -> Row {
+    pub(crate) fn from_new(r: &crate::dispatch::NewRow, flush: u64) -> Row {
         Row {
             commit_lsn: r.commit_lsn,
             seq: r.seq,

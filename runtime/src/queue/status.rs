@@ -131,7 +131,7 @@ pub(crate) async fn dead_letters(
             },
             kind: r.kind,
             table: format!("{}.{}", r.schema_name, r.table_name),
-            mapped_id: crate::operator::id_display(&r.mapped_id),
+            mapped_id: crate::dispatch::id_display(&r.mapped_id),
             error: r.error,
             attempts: r.attempts as u32,
             failed_at: r.failed_at,

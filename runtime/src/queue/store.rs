@@ -13,8 +13,8 @@ use tokio::sync::watch;
 use super::memory::{Finished, MAX_OUTSTANDING, MemoryState};
 use super::{Row, Shared, dequeue, enqueue, status};
 use crate::config::{Config, ProcessStatusStorage, QueueStorage};
+use crate::dispatch::Batch;
 use crate::lsn::Lsn;
-use crate::operator::Batch;
 
 /// How often the memory queue probes the database while it waits for room.
 const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);

@@ -1,0 +1,271 @@
+//! The dispatch stage: each change becomes the queue rows of the operators
+//! that listen to it (its mapped ids, its kind, its transaction), gathered in
+//! a [`Batch`] per flush, plus the process-status marks. The consumer
+//! ([`crate::flow`]) dispatches; [`crate::queue`] takes the batch on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::raw::{EventKind, RawEvent};
+use crate::registry::{OperatorAction, OperatorRegistration};
+use crate::value::{Record, Value};
+
+/// One queue row to insert: an event for one operator (and one mapped id).
+#[derive(Debug, Clone)]
+pub(crate) struct NewRow {
+    pub operator: &'static str,
+    pub commit_lsn: i64,
+    pub seq: i32,
+    pub part: i16,
+    pub id: String,
+    /// [`id_key`] of `id`, computed once.
+    pub id_key: String,
+    pub kind: EventKind,
+    pub schema: Arc<str>,
+    pub table: Arc<str>,
+    pub event: Option<String>,
+    /// A handler row's event, handed to the executor in memory.
+    pub raw: Option<Arc<RawEvent>>,
+    pub updated_at: Option<i64>,
+    /// With events collapsed into this row: the commit LSN of the first.
+    pub first_lsn: Option<i64>,
+    /// With events collapsed into this row: those whose process status
+    /// waits on it.
+    pub covers: Vec<(i64, i32)>,
+    /// The transaction id of its event; with events of several
+    /// transactions collapsed into it, 0 (unknown).
+    pub xid: u32,
+}
+
+/// Whether transaction id `a` is older than `b` (PostgreSQL's modulo-2³²
+/// comparison of normal transaction ids).
+pub(crate) fn xid_precedes(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// An event whose completion by all its operators moves the process status.
+#[derive(Debug, Clone)]
+pub(crate) struct StatusMark {
+    pub commit_lsn: i64,
+    pub seq: i32,
+    pub schema: Arc<str>,
+    pub table: Arc<str>,
+    pub updated_at: i64,
+    /// How many queue rows the event produced (0: done already).
+    pub remaining: i32,
+}
+
+/// The queue rows (and status marks) of one or more transactions.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub rows: Vec<NewRow>,
+    pub status: Vec<StatusMark>,
+    /// The transaction ids of the transactions whose events the batch
+    /// holds (whether or not they produced rows): queueing the batch waits
+    /// until every one of them is visible to new snapshots.
+    pub xids: Vec<u32>,
+}
+
+impl Batch {
+    pub fn append(&mut self, other: &mut Batch) {
+        self.rows.append(&mut other.rows);
+        self.status.append(&mut other.status);
+        self.xids.append(&mut other.xids);
+    }
+
+    /// Collapses the rows of coalescing query operators: consecutive rows of
+    /// one operator and id, up to the next delete (a barrier, kept as a row
+    /// of its own), become the last of them. The query then runs once for
+    /// them, as the executor would run it once for them anyway; the row
+    /// remembers the first commit LSN (for the LSN fence) and the events
+    /// whose process status waits on it.
+    pub fn collapse(&mut self, ops: &[&'static OperatorRegistration]) {
+        let coalescing: Vec<&str> = ops
+            .iter()
+            .filter(|o| o.coalesce && matches!(o.action, OperatorAction::Query(_)))
+            .map(|o| o.name)
+            .collect();
+        if coalescing.is_empty() {
+            return;
+        }
+        let mut open: HashMap<(&'static str, String), usize> = HashMap::new();
+        let mut out: Vec<NewRow> = Vec::with_capacity(self.rows.len());
+        for row in self.rows.drain(..) {
+            if !coalescing.contains(&row.operator) {
+                out.push(row);
+                continue;
+            }
+            let key = (row.operator, row.id_key.clone());
+            if row.kind == EventKind::Delete {
+                open.remove(&key);
+                out.push(row);
+                continue;
+            }
+            match open.get(&key) {
+                Some(&i) => {
+                    let prev = std::mem::replace(&mut out[i], row);
+                    let cur = &mut out[i];
+                    cur.first_lsn = Some(prev.first_lsn.unwrap_or(prev.commit_lsn));
+                    // One transaction id stands for the row only when all
+                    // its events share it: transaction ids are not in
+                    // commit order, so a snapshot that saw the highest did
+                    // not necessarily see the others.
+                    if prev.xid != cur.xid {
+                        cur.xid = 0;
+                    }
+                    cur.covers = prev.covers;
+                    if prev.updated_at.is_some() {
+                        cur.covers.push((prev.commit_lsn, prev.seq));
+                    }
+                }
+                None => {
+                    open.insert(key, out.len());
+                    out.push(row);
+                }
+            }
+        }
+        self.rows = out;
+    }
+}
+
+fn id_of(record: Option<&Record>, column: &str) -> Value {
+    record
+        .and_then(|r| r.get(column))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// The microsecond timestamp of `field` in the event's record.
+pub(crate) fn updated_at_micros(raw: &RawEvent, field: &str) -> Option<i64> {
+    match raw.record()?.get(field)? {
+        Value::TimestampTz(t) => Some(t.timestamp_micros()),
+        Value::Timestamp(t) => Some(t.and_utc().timestamp_micros()),
+        Value::Int8(n) => Some(*n),
+        Value::Int4(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+/// Adds the queue rows of `raw` for `ops` to `batch`.
+pub(crate) fn dispatch(
+    raw: &Arc<RawEvent>,
+    ops: &[&'static OperatorRegistration],
+    status_field: &str,
+    batch: &mut Batch,
+) {
+    let commit_lsn = raw.commit_lsn.0 as i64;
+    let seq = raw.seq as i32;
+    let updated_at = updated_at_micros(raw, status_field);
+    let before = batch.rows.len();
+    let mut event_json: Option<String> = None;
+    for op in ops {
+        if !op.listens_to_table(&**raw) {
+            continue;
+        }
+        if raw.kind == EventKind::Truncate
+            && let (OperatorAction::Query(_), Some(target)) = (op.action, op.target)
+        {
+            tracing::warn!(
+                operator = op.name,
+                table = %format_args!("{}.{}", raw.schema, raw.table),
+                target = %target.table,
+                "table truncated: query operators do not run on truncate, `{}` may now be stale",
+                target.table
+            );
+            continue;
+        }
+        if !op.listens_to(&**raw, raw.kind) {
+            continue;
+        }
+        let row = |part: i16, id: &Value, event: Option<String>| {
+            let json = serde_json::to_string(id).expect("values serialize");
+            NewRow {
+                operator: op.name,
+                commit_lsn,
+                seq,
+                part,
+                id_key: value_key(id, &json),
+                id: json,
+                kind: raw.kind,
+                schema: raw.schema.clone(),
+                table: raw.table.clone(),
+                raw: event.as_ref().map(|_| raw.clone()),
+                event,
+                updated_at,
+                first_lsn: None,
+                covers: Vec::new(),
+                xid: raw.xid,
+            }
+        };
+        match op.action {
+            OperatorAction::Handler(_) => {
+                let id = match (raw.kind, op.id_column(&**raw)) {
+                    (EventKind::Truncate, _) | (_, None) => Value::Null,
+                    (_, Some(col)) => id_of(raw.record(), col),
+                };
+                let json = event_json
+                    .get_or_insert_with(|| serde_json::to_string(raw).expect("events serialize"))
+                    .clone();
+                batch.rows.push(row(0, &id, Some(json)));
+            }
+            OperatorAction::Query(_) => {
+                let Some(col) = op.id_column(&**raw) else {
+                    continue;
+                };
+                let id = id_of(raw.record(), col);
+                if id != Value::Null {
+                    batch.rows.push(row(0, &id, None));
+                }
+                // A moved row: the old parent is recomputed too.
+                if raw.kind == EventKind::Update {
+                    let old = id_of(raw.old.as_ref(), col);
+                    if old != Value::Null && old != id && old != Value::UnchangedToast {
+                        batch.rows.push(row(1, &old, None));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(updated_at) = updated_at {
+        batch.status.push(StatusMark {
+            commit_lsn,
+            seq,
+            schema: raw.schema.clone(),
+            table: raw.table.clone(),
+            updated_at,
+            remaining: (batch.rows.len() - before) as i32,
+        });
+    }
+}
+
+/// The grouping key of a mapped id (its JSON form, with integers of every
+/// width alike so `int4` and `int8` columns map to one id).
+pub(crate) fn id_key(id_json: &str) -> String {
+    match serde_json::from_str::<Value>(id_json) {
+        Ok(id) => value_key(&id, id_json),
+        Err(_) => id_json.to_owned(),
+    }
+}
+
+/// [`id_key`] of `id`, whose JSON form is `json`.
+fn value_key(id: &Value, json: &str) -> String {
+    match id {
+        Value::Int2(n) => format!("i:{n}"),
+        Value::Int4(n) => format!("i:{n}"),
+        Value::Int8(n) => format!("i:{n}"),
+        _ => json.to_owned(),
+    }
+}
+
+/// The mapped id rendered for people: `42`, `"abc"`, a UUID.
+pub(crate) fn id_display(id_json: &str) -> String {
+    match serde_json::from_str::<Value>(id_json) {
+        Ok(Value::Int2(n)) => n.to_string(),
+        Ok(Value::Int4(n)) => n.to_string(),
+        Ok(Value::Int8(n)) => n.to_string(),
+        Ok(Value::Text(s)) => s,
+        Ok(Value::Uuid(u)) => u.to_string(),
+        Ok(Value::Null) => "NULL".to_owned(),
+        _ => id_json.to_owned(),
+    }
+}
