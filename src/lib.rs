@@ -134,13 +134,48 @@
 
 #![doc(test(attr(deny(warnings))))]
 
-pub use walflow_runtime::*;
+// The flow and its configuration.
+pub use walflow_runtime::config::{self, Config, ConfigBuilder, ConfigError};
+pub use walflow_runtime::flow::{self, DeadLetter, FlowError, Walflow, WalflowBuilder};
+
+// Events.
+pub use walflow_runtime::event::{
+    Carries, Event, EventDecodeError, EventEnum, EventMeta, FromRawEvent,
+};
+pub use walflow_runtime::lsn::{Lsn, ParseLsnError, ParsePositionError, Position};
+pub use walflow_runtime::raw::{
+    Change, Changes, ColumnType, EventKind, RawEvent, UnknownEventKind,
+};
+pub use walflow_runtime::value::{
+    Interval, InvalidValue, MaybeInfinite, Numeric, Record, RecordError, Value,
+};
+
+// Declarations and what handlers get.
+pub use walflow_runtime::ctx::Ctx;
+pub use walflow_runtime::declare::{BoxError, EventSource, Field, Location, TableName, TableRef};
+pub use walflow_runtime::registry::{
+    EntityRegistration, HandlerError, HandlerFn, OperatorAction, OperatorRegistration, Registry,
+    RegistryError, RegistryProblem,
+};
+
+// Retries.
+pub use walflow_runtime::backoff::Backoff;
+pub use walflow_runtime::config::{ErrorLogger, FailureInfo, RetryInfo, TracingErrorLogger};
+
+// Realtime subscriptions (and Server-Sent Events with the `axum` feature).
+pub use walflow_runtime::subscribe;
+
+// The listener for direct use, the set-up it needs, and the server checks.
+pub use walflow_runtime::{ident, listener, migrate, preflight, setup};
+
+/// A throwaway PostgreSQL for tests, examples and local development.
+#[cfg(feature = "embedded")]
+pub use walflow_runtime::embedded;
 
 pub use chrono;
-pub use walflow_runtime::event::{Carries, EventEnum, FromRawEvent};
-pub use walflow_runtime::registry::{
-    BoxError, EntityRegistration, HandlerError, HandlerFn, OperatorAction, OperatorRegistration,
-};
+
+#[doc(hidden)]
+pub use walflow_runtime::crash_point;
 
 /// What declarations need: `use walflow::prelude::*;`.
 pub mod prelude {

@@ -130,7 +130,7 @@ async fn handlers_run_through_their_registration() {
     assert_eq!(AUDITED.load(Ordering::SeqCst), 2);
 
     let audit = registry.operator("Audit").unwrap();
-    let comments = walflow::registry::TableRef {
+    let comments = walflow::TableRef {
         schema: "public",
         table: "comments",
     };

@@ -30,6 +30,7 @@ pub struct Ctx {
 impl Ctx {
     /// Built by the runtime for each handler call.
     #[doc(hidden)]
+    #[doc(hidden)]
     pub fn new(operator: &'static str, position: Position, pool: sqlx::PgPool) -> Self {
         Ctx {
             operator,
@@ -82,7 +83,7 @@ impl Ctx {
     /// Takes the transaction begun by [`transaction`](Self::transaction), if
     /// any. Used by the runtime after the handler returned.
     #[doc(hidden)]
-    pub async fn take_transaction(&self) -> Option<Transaction<'static, Postgres>> {
+    pub(crate) async fn take_transaction(&self) -> Option<Transaction<'static, Postgres>> {
         self.tx.lock().await.take()
     }
 }

@@ -1,6 +1,5 @@
 //! Typed change events: a [`RawEvent`] decoded into the application's struct.
 
-use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -9,40 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::declare::EventSource;
 use crate::lsn::Lsn;
+pub use crate::lsn::Position;
 use crate::raw::{Change, Changes, EventKind, RawEvent};
 use crate::value::{Record, RecordError};
-
-/// A stable identifier of one change: the commit position of its transaction
-/// and its index within the transaction.
-///
-/// Ordered like the WAL (commit order, then order within the transaction), so
-/// it can be stored as an idempotency key: a handler that records the
-/// position of the last event it applied can skip events at or before it.
-/// Displayed as `16/B374D848#3`.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub struct Position {
-    /// Commit position (`end_lsn`) of the enclosing transaction.
-    pub commit_lsn: Lsn,
-    /// Index of the change within its transaction, from 0.
-    pub seq: u32,
-}
-
-impl fmt::Display for Position {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}#{}", self.commit_lsn, self.seq)
-    }
-}
-
-impl From<&RawEvent> for Position {
-    fn from(raw: &RawEvent) -> Self {
-        Position {
-            commit_lsn: raw.commit_lsn,
-            seq: raw.seq,
-        }
-    }
-}
 
 /// Where and when a change happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +198,7 @@ impl<T: DeserializeOwned> Event<T> {
 
 /// A raw event could not be turned into the typed event a handler takes.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EventDecodeError {
     /// A row did not deserialize into the struct.
     #[error("cannot decode the {kind} event into `{rust_type}`: {source}")]

@@ -13,6 +13,7 @@ pub mod config;
 pub mod crash_point;
 pub mod ctx;
 pub mod declare;
+#[doc(hidden)]
 pub mod decode;
 pub(crate) mod dispatch;
 #[cfg(feature = "embedded")]

@@ -1,4 +1,5 @@
-//! Log sequence numbers.
+//! Positions in the WAL: log sequence numbers ([`Lsn`]) and the position
+//! of one change ([`Position`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -84,6 +85,50 @@ impl FromStr for Lsn {
         let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
         let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
         Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))
+    }
+}
+
+/// A stable identifier of one change: the commit position of its transaction
+/// and its index within the transaction.
+///
+/// Ordered like the WAL (commit order, then order within the transaction), so
+/// it can be stored as an idempotency key: a handler that records the
+/// position of the last event it applied can skip events at or before it.
+/// Displayed as `16/B374D848#3`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Position {
+    /// Commit position (`end_lsn`) of the enclosing transaction.
+    pub commit_lsn: Lsn,
+    /// Index of the change within its transaction, from 0.
+    pub seq: u32,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.commit_lsn, self.seq)
+    }
+}
+
+/// The text could not be read as a [`Position`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid position `{0}`: expected an LSN, `#` and the change's index, such as `16/B374D848#3`"
+)]
+pub struct ParsePositionError(String);
+
+impl FromStr for Position {
+    type Err = ParsePositionError;
+
+    /// Reads the [`Display`](fmt::Display) form, `16/B374D848#3`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParsePositionError(s.to_owned());
+        let (lsn, seq) = s.split_once('#').ok_or_else(err)?;
+        Ok(Position {
+            commit_lsn: lsn.parse().map_err(|_| err())?,
+            seq: seq.parse().map_err(|_| err())?,
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::lsn::Lsn;
+use crate::lsn::{Lsn, Position};
 use crate::value::{Record, Value};
 
 /// What happened to a row (or a table, for `Truncate`).
@@ -102,10 +102,11 @@ pub struct RawEvent {
 }
 
 impl RawEvent {
-    /// A stable identifier of this change: `(commit_lsn, seq)`. Usable as an
-    /// idempotency key; increases in commit order.
-    pub fn position(&self) -> (Lsn, u32) {
-        (self.commit_lsn, self.seq)
+    /// A stable identifier of this change: its transaction's commit
+    /// position and its index in it. Usable as an idempotency key;
+    /// increases in commit order.
+    pub fn position(&self) -> Position {
+        Position::from(self)
     }
 
     /// The record an operator reads: the new row for inserts and updates, the
@@ -178,5 +179,14 @@ impl sqlx::Decode<'_, sqlx::Postgres> for EventKind {
     fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
         let s = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
         Ok(s.parse()?)
+    }
+}
+
+impl From<&RawEvent> for Position {
+    fn from(raw: &RawEvent) -> Self {
+        Position {
+            commit_lsn: raw.commit_lsn,
+            seq: raw.seq,
+        }
     }
 }

@@ -22,6 +22,7 @@ pub type HandlerFn = fn(&RawEvent, Ctx) -> BoxFuture<'static, Result<(), Handler
 
 /// Why a handler call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandlerError {
     /// The event did not decode into the type the handler takes (names the
     /// type, table and column). Retrying does not help.
@@ -168,6 +169,7 @@ inventory::collect!(OperatorRegistration);
 
 /// One way the declarations do not fit together.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistryProblem {
     /// Two `#[event_source]` structs name one table.
     #[error(

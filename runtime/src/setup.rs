@@ -527,6 +527,7 @@ pub async fn ensure_slot(pool: &PgPool, slot: &str) -> Result<bool, SetupError> 
 }
 
 /// Drops the slot if it exists (and is not in use).
+#[doc(hidden)]
 pub async fn drop_slot(pool: &PgPool, slot: &str) -> Result<(), SetupError> {
     sqlx::query(
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
@@ -616,9 +617,7 @@ pub async fn listen(
         .connect_with(config.connect_options())
         .await
         .map_err(|source| ConnectError::Pool {
-            url: config
-                .redacted_database_url()
-                .unwrap_or_else(|| format!("{}:{}", config.host(), config.port())),
+            url: config.server(),
             source,
         })?;
     prepare(

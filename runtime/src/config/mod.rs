@@ -119,6 +119,7 @@ impl FromStr for PubSub {
 /// An invalid configuration value. Messages name the option and the value
 /// (never a password) and say how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// `slot_name` is not a valid replication slot name.
     #[error(
@@ -317,6 +318,13 @@ impl Config {
         self.database_url.as_deref().map(redact_url)
     }
 
+    /// The server, for messages: the URL with its password masked, or
+    /// `host:port`.
+    pub fn server(&self) -> String {
+        self.redacted_database_url()
+            .unwrap_or_else(|| format!("{}:{}", self.conn.host, self.conn.port))
+    }
+
     /// The URL's `sslmode` parameter (`disable`, `prefer`, `require`,
     /// `verify-ca`, `verify-full`), if the URL has one.
     pub fn ssl_mode(&self) -> Option<&str> {
@@ -440,7 +448,7 @@ fn validate_name_bytes(name: &str) -> Result<(), String> {
 
 /// Checks a replication slot name against PostgreSQL's rule: 1 to 63
 /// characters among lower-case ASCII letters, digits and `_`.
-pub fn validate_slot_name(name: &str) -> Result<(), ConfigError> {
+pub(crate) fn validate_slot_name(name: &str) -> Result<(), ConfigError> {
     validate_channel(name).map_err(|reason| ConfigError::InvalidSlotName {
         value: name.to_string(),
         reason,
@@ -470,7 +478,7 @@ pub(crate) fn validate_channel(name: &str) -> Result<(), String> {
 
 /// Checks a publication name: 1 to 63 bytes, no NUL. Any other character is
 /// allowed, since the name is always quoted.
-pub fn validate_publication(name: &str) -> Result<(), ConfigError> {
+pub(crate) fn validate_publication(name: &str) -> Result<(), ConfigError> {
     validate_name_bytes(name).map_err(|reason| ConfigError::InvalidPublication {
         value: name.to_string(),
         reason,

@@ -495,6 +495,7 @@ impl EmbeddedPostgres {
 
     /// Kills the server as a crash would (immediate shutdown: no checkpoint,
     /// every connection dropped at once).
+    #[doc(hidden)]
     pub async fn crash(&self) -> Result<(), EmbeddedError> {
         self.stop(ShutdownMode::Immediate).await
     }

@@ -129,6 +129,7 @@ use crate::setup::{SetupError, SetupSpec, TableSpec, prepare};
 
 /// Why the flow could not start or answer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FlowError {
     /// The configuration is invalid.
     #[error(transparent)]
@@ -136,9 +137,16 @@ pub enum FlowError {
     /// The declarations do not fit together.
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    /// A database statement failed.
-    #[error("database error: {0}")]
-    Sql(#[from] sqlx::Error),
+    /// A database statement failed; `step` says what walflow was doing
+    /// and on what ("reading the dead letters of operator `PostStats`").
+    #[error("{step}: {source}")]
+    Sql {
+        /// What walflow was doing, and on what.
+        step: String,
+        /// The database's error.
+        #[source]
+        source: sqlx::Error,
+    },
     /// Publishing the tables or creating the slot failed.
     #[error(transparent)]
     Setup(#[from] SetupError),
@@ -181,10 +189,18 @@ pub enum FlowError {
     },
 }
 
-impl From<StoreError> for FlowError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Sql(e) => FlowError::Sql(e),
+impl FlowError {
+    /// A database error met while doing `step`.
+    pub(crate) fn sql(step: impl Into<String>) -> impl FnOnce(sqlx::Error) -> FlowError {
+        let step = step.into();
+        move |source| FlowError::Sql { step, source }
+    }
+
+    /// A queue store error met while doing `step`.
+    pub(crate) fn store(step: impl Into<String>) -> impl FnOnce(StoreError) -> FlowError {
+        let step = step.into();
+        move |e| match e {
+            StoreError::Sql(source) => FlowError::Sql { step, source },
             StoreError::Unavailable(what) => FlowError::SubscriberOnly(what),
         }
     }
@@ -383,15 +399,19 @@ impl WalflowBuilder {
             // statement, and that is retried as transient.
             .test_before_acquire(false)
             .connect_with(config.connect_options())
-            .await?;
+            .await
+            .map_err(FlowError::sql(format!("connecting to {}", config.server())))?;
         for sql in &self.setup_sql {
             sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
                 .execute(&pool)
-                .await?;
+                .await
+                .map_err(FlowError::sql(format!("running the set-up SQL {sql:?}")))?;
         }
         // Clear messages before anything is created (see `preflight`).
         crate::preflight::check_server(&pool, &config).await?;
-        crate::migrate::migrate(&pool).await?;
+        crate::migrate::migrate(&pool)
+            .await
+            .map_err(FlowError::sql("migrating the `walflow` schema"))?;
         crate::crash_point::hit("start.migrated");
         prepare(
             &pool,
@@ -414,8 +434,16 @@ impl WalflowBuilder {
         .await?;
         crate::crash_point::hit("start.prepared");
         let slot = config.slot_name().to_owned();
-        crate::queue::enqueue::wait_for_predecessor(&pool, &slot, Duration::from_secs(30)).await?;
-        let position = crate::queue::enqueue::read_position(&pool, &slot).await?;
+        crate::queue::enqueue::wait_for_predecessor(&pool, &slot, Duration::from_secs(30))
+            .await
+            .map_err(FlowError::sql(format!(
+                "waiting for slot `{slot}`'s previous holder to stop"
+            )))?;
+        let position = crate::queue::enqueue::read_position(&pool, &slot)
+            .await
+            .map_err(FlowError::sql(format!(
+                "reading the queue's position for slot `{slot}`"
+            )))?;
         crate::crash_point::hit("start.streams_read");
         let watermark = position.map(|p| p.enqueued.0 as i64);
         let partial = position.and_then(|p| p.partial);
@@ -674,7 +702,8 @@ impl Walflow {
         let text: String = transient_retried(|| {
             sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&self.shared.pool)
         })
-        .await?;
+        .await
+        .map_err(FlowError::sql("reading the current WAL position"))?;
         text.parse()
             .map_err(|e| FlowError::Unsupported(format!("unreadable LSN {text:?}: {e}")))
     }
@@ -709,7 +738,8 @@ impl Walflow {
                     sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
                         .fetch_one(&self.shared.pool)
                 })
-                .await?;
+                .await
+                .map_err(FlowError::sql("reading the WAL insert position"))?;
                 lsn = text
                     .parse()
                     .map_err(|e| FlowError::Unsupported(format!("unreadable LSN {text:?}: {e}")))?;
@@ -733,7 +763,10 @@ impl Walflow {
                 .shared
                 .store
                 .fence(&self.shared.pool, &self.shared.slot, lsn)
-                .await?;
+                .await
+                .map_err(FlowError::store(format!(
+                    "checking whether the operators reached {lsn}"
+                )))?;
             match reached {
                 Some(true) => return Ok(()),
                 Some(false) => {}
@@ -746,7 +779,8 @@ impl Walflow {
                             sqlx::query("SELECT pg_logical_emit_message(true, 'walflow.fence', '')")
                                 .execute(&self.shared.pool)
                         })
-                        .await?;
+                        .await
+                        .map_err(FlowError::sql("writing a fence message to the WAL"))?;
                         nudged = Some(now);
                     }
                 }
@@ -770,14 +804,20 @@ impl Walflow {
             .shared
             .store
             .processed(&self.shared.pool, &self.shared.slot, table, micros)
-            .await?)
+            .await
+            .map_err(FlowError::store(format!(
+                "reading the process status of table `{table}`"
+            )))?)
     }
 
     /// The dead letters of `operator`, oldest first.
     pub async fn dead_letters(&self, operator: &str) -> Result<Vec<DeadLetter>, FlowError> {
         Ok(
             crate::queue::status::dead_letters(&self.shared.pool, &self.shared.slot, operator)
-                .await?,
+                .await
+                .map_err(FlowError::sql(format!(
+                    "reading the dead letters of operator `{operator}`"
+                )))?,
         )
     }
 
@@ -791,7 +831,8 @@ impl Walflow {
             .shared
             .store
             .retry_dead_letter(&self.shared, id)
-            .await?)
+            .await
+            .map_err(FlowError::store(format!("retrying dead letter {id}")))?)
     }
 
     /// Stops gracefully: the listener stops taking transactions and sends its

@@ -109,11 +109,13 @@ pub(super) async fn start_subscriber(builder: WalflowBuilder) -> Result<Walflow,
     let pool = PgPoolOptions::new()
         .max_connections(builder.max_connections)
         .connect_with(config.connect_options())
-        .await?;
+        .await
+        .map_err(FlowError::sql(format!("connecting to {}", config.server())))?;
     for sql in &builder.setup_sql {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
             .execute(&pool)
-            .await?;
+            .await
+            .map_err(FlowError::sql(format!("running the set-up SQL {sql:?}")))?;
     }
     let pubsub = PgPubSub::from_config(pool.clone(), &config).await?;
     // Subscriptions see every transaction sent from now on.

@@ -19,6 +19,7 @@ use super::error::{ListenerError, classify_server_error};
 
 /// What the replication connection delivers, in WAL order.
 #[derive(Debug, Clone)]
+#[doc(hidden)]
 pub enum TransportEvent {
     /// A transaction starts.
     Begin {
@@ -66,6 +67,7 @@ pub enum TransportEvent {
 
 /// Where a replication session starts and which slot it uses.
 #[derive(Debug, Clone)]
+#[doc(hidden)]
 pub struct SessionSpec {
     /// Slot name.
     pub slot: String,
@@ -84,6 +86,7 @@ pub struct SessionSpec {
 }
 
 /// An open replication session.
+#[doc(hidden)]
 pub trait Transport: Send + 'static {
     /// The next event; `Ok(None)` when the session ended cleanly.
     fn recv(
@@ -99,6 +102,7 @@ pub trait Transport: Send + 'static {
 }
 
 /// Opens replication sessions (once at start, again after a connection loss).
+#[doc(hidden)]
 pub trait Connector: Send + Sync + 'static {
     /// The session type.
     type Transport: Transport;
@@ -209,6 +213,7 @@ impl PgWireConnector {
 }
 
 /// A session opened by [`PgWireConnector`].
+#[doc(hidden)]
 pub struct PgWireTransport {
     client: ReplicationClient,
     acked: Lsn,

@@ -214,6 +214,7 @@ impl fmt::Display for OldestPosition {
 
 /// Why [`Subscriptions::wait_for`] did not resolve with a change.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum WaitError {
     /// No change in scope within the timeout.
     #[error("no change in scope within {0:?}")]

@@ -71,6 +71,7 @@ impl Transaction {
 
 /// Why a transaction could not be broadcast or received.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PubSubError {
     /// A database error (sending, listening, reading the log).
     #[error("pubsub: {0}")]
