@@ -800,25 +800,22 @@ impl Walflow {
     /// On a subscriber-only node with the memory process status:
     /// [`FlowError::SubscriberOnly`].
     pub async fn processed(&self, table: &str, micros: i64) -> Result<bool, FlowError> {
-        Ok(self
-            .shared
+        self.shared
             .store
             .processed(&self.shared.pool, &self.shared.slot, table, micros)
             .await
             .map_err(FlowError::store(format!(
                 "reading the process status of table `{table}`"
-            )))?)
+            )))
     }
 
     /// The dead letters of `operator`, oldest first.
     pub async fn dead_letters(&self, operator: &str) -> Result<Vec<DeadLetter>, FlowError> {
-        Ok(
-            crate::queue::status::dead_letters(&self.shared.pool, &self.shared.slot, operator)
-                .await
-                .map_err(FlowError::sql(format!(
-                    "reading the dead letters of operator `{operator}`"
-                )))?,
-        )
+        crate::queue::status::dead_letters(&self.shared.pool, &self.shared.slot, operator)
+            .await
+            .map_err(FlowError::sql(format!(
+                "reading the dead letters of operator `{operator}`"
+            )))
     }
 
     /// Puts dead letter `id` back in its operator's queue, to run again
@@ -827,12 +824,11 @@ impl Walflow {
     ///
     /// On a subscriber-only node: [`FlowError::SubscriberOnly`].
     pub async fn retry_dead_letter(&self, id: i64) -> Result<bool, FlowError> {
-        Ok(self
-            .shared
+        self.shared
             .store
             .retry_dead_letter(&self.shared, id)
             .await
-            .map_err(FlowError::store(format!("retrying dead letter {id}")))?)
+            .map_err(FlowError::store(format!("retrying dead letter {id}")))
     }
 
     /// Stops gracefully: the listener stops taking transactions and sends its
