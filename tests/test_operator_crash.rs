@@ -3,15 +3,20 @@
 //! crashed) mid-workload. Afterwards the derived table equals a from-scratch
 //! recompute and a non-idempotent counting operator (`n = n + 1`, no
 //! coalescing) equals the true number of events.
+//!
+//! This target has its own `main` (`harness = false`): the binary is also
+//! the child process running the flow until killed.
 
 #![allow(dead_code)] // struct fields are read through serde
 
 #[path = "common/blog.rs"]
 mod blog;
 mod common;
+#[path = "common/harness.rs"]
+mod harness;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -24,17 +29,25 @@ use blog::SCHEMA;
 
 const OPERATORS: [&str; 2] = ["Counts", "Tally"];
 
+/// Set in the child process.
 const CHILD: &str = "WALFLOW_OPERATOR_CHILD";
 
-/// The child process's entry: the re-executed test binary runs only this
-/// test, with `WALFLOW_OPERATOR_CHILD` set, and it runs the flow until
-/// killed. Without the variable it does nothing. (Not a `ctor`: the
-/// declarations must be collected first.)
-#[tokio::test]
-async fn child_process_entry() {
-    if std::env::var_os(CHILD).is_none() {
-        return;
+fn main() -> ExitCode {
+    if harness::is_child(CHILD) {
+        return harness::child(child());
     }
+    harness::run(harness::tests![
+        exactly_once_when_the_runtime_is_killed,
+        exactly_once_when_the_runtime_is_killed_without_process_status,
+        exactly_once_when_postgres_restarts_mid_workload,
+        exactly_once_when_killed_inside_a_big_transaction,
+    ])
+}
+
+/// The child process (this binary, spawned by [`ready_child`]): runs the
+/// flow on `URL`'s slot `SLOT` until killed, `READY` printed once it has
+/// started.
+async fn child() {
     let url = std::env::var("URL").unwrap();
     let slot = std::env::var("SLOT").unwrap();
     let status_field = std::env::var("STATUS_FIELD").ok();
@@ -228,16 +241,10 @@ async fn check(
     }
 }
 
-/// Runs `child_process_entry` in a child process and waits (bounded) until
-/// its flow has started.
+/// Runs [`child`] in a child process and waits (bounded) until its flow
+/// has started.
 async fn ready_child(url: &str, slot: &str, status_field: Option<&str>) -> Child {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
         .env(CHILD, "1")
         .env("URL", url)
         .env("SLOT", slot)
@@ -258,7 +265,6 @@ fn seed() -> u64 {
     seed
 }
 
-#[tokio::test]
 async fn exactly_once_when_the_runtime_is_killed() {
     killed_five_times(None).await;
 }
@@ -266,7 +272,6 @@ async fn exactly_once_when_the_runtime_is_killed() {
 /// Without a process status field, events of a pending id are queued
 /// without rows of their own (the coalescing operator's pending row covers
 /// them): killed at random points, nothing is lost either.
-#[tokio::test]
 async fn exactly_once_when_the_runtime_is_killed_without_process_status() {
     killed_five_times(Some("no_such_field")).await;
 }
@@ -324,7 +329,6 @@ async fn killed_five_times(status_field: Option<&str>) {
     flow.shutdown().await.unwrap();
 }
 
-#[tokio::test]
 async fn exactly_once_when_postgres_restarts_mid_workload() {
     // A cluster of its own: restarting the shared one would disturb other tests.
     let pg = EmbeddedPostgres::start().await.unwrap();
@@ -359,7 +363,6 @@ async fn exactly_once_when_postgres_restarts_mid_workload() {
 /// seen. The runtime is killed after a chunk is queued and before the
 /// transaction is: the restarted runtime queues the rest, and nothing is
 /// applied twice or lost.
-#[tokio::test]
 async fn exactly_once_when_killed_inside_a_big_transaction() {
     const POSTS: i64 = 50;
     const COMMENTS: i64 = 30_000;
