@@ -14,7 +14,8 @@
 //! round trip and beside the commit-to-listener time of a bare listener,
 //! measured in the same run. Figures, not assertions.
 //!
-//! `WALFLOW_BENCH_COMMENTS` changes the number of comments;
+//! `WALFLOW_BENCH_COMMENTS` changes the number of comments; `WALFLOW_SEED`
+//! their order (by default the same every run);
 //! `WALFLOW_BENCH_LATENCY_ONLY` runs only the latency part;
 //! `WALFLOW_BENCH_COALESCED_ONLY` only (a) and (c).
 
@@ -242,16 +243,14 @@ async fn drain(
         &format!("INSERT INTO posts SELECT i, 'post ' || i FROM generate_series(1, {POSTS}) i"),
     )
     .await;
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    // The same comments every run unless WALFLOW_SEED says otherwise.
+    let mut rng = support::Rng::new(support::seed_or(0x9E37_79B9_7F4A_7C15));
     let mut id = 0i64;
     while id < comments {
         let mut values = Vec::with_capacity(ROWS_PER_TX as usize);
         for _ in 0..ROWS_PER_TX.min(comments - id) {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
             id += 1;
-            values.push(format!("({id}, {})", 1 + (rng % POSTS as u64)));
+            values.push(format!("({id}, {})", 1 + rng.below(POSTS as u64)));
         }
         exec_conn(
             &mut conn,

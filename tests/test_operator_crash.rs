@@ -26,6 +26,7 @@ use walflow::embedded::{EmbeddedPostgres, ShutdownMode};
 use walflow::prelude::*;
 
 use blog::SCHEMA;
+use common::Rng;
 
 const OPERATORS: [&str; 2] = ["Counts", "Tally"];
 
@@ -75,21 +76,6 @@ async fn start(url: &str, slot: &str, status_field: Option<&str>) -> Walflow {
         .expect("the flow starts")
 }
 
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// A random workload and the number of events `Tally` must count per post.
 struct Workload {
     rng: Rng,
@@ -102,7 +88,7 @@ struct Workload {
 impl Workload {
     fn new(seed: u64) -> Self {
         Workload {
-            rng: Rng(seed | 1),
+            rng: Rng::new(seed),
             posts: 0,
             next_comment: 0,
             comments: Vec::new(),
@@ -256,15 +242,6 @@ async fn ready_child(url: &str, slot: &str, status_field: Option<&str>) -> Child
     child
 }
 
-fn seed() -> u64 {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("workload seed: {seed}");
-    seed
-}
-
 async fn exactly_once_when_the_runtime_is_killed() {
     killed_five_times(None).await;
 }
@@ -284,7 +261,7 @@ async fn killed_five_times(status_field: Option<&str>) {
     let db = common::db().await;
     db.exec(SCHEMA).await;
     let slot = db.slot("opkill");
-    let mut rng = Rng(seed());
+    let mut rng = Rng::new(common::seed());
 
     // The first child creates the slot before anything is written.
     let t0 = std::time::Instant::now();
@@ -337,7 +314,7 @@ async fn exactly_once_when_postgres_restarts_mid_workload() {
     db.exec(SCHEMA).await;
     let slot = db.slot("oprestart");
     let flow = start(&url, &slot, None).await;
-    let mut w = Workload::new(seed());
+    let mut w = Workload::new(common::seed());
 
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
     w.run(&mut conn, 150).await;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use sqlx::Connection;
 use walflow::prelude::*;
 
-use crate::common;
+use crate::common::{self, Rng};
 
 #[event_source(table = "posts")]
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -210,21 +210,6 @@ pub async fn start(url: &str, slot: &str, coalesce: bool) -> Walflow {
         .expect("the flow starts")
 }
 
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// A random statement of the workload. Rows are picked at random in SQL,
 /// so concurrent writers act on each other's rows.
 fn statement(rng: &mut Rng) -> String {
@@ -257,7 +242,7 @@ fn statement(rng: &mut Rng) -> String {
 /// truth is what committed.
 async fn write(url: String, seed: u64, n: u64, done: Arc<AtomicU64>) -> u64 {
     let mut conn = connect_retrying(&url).await;
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut committed = 0;
     for _ in 0..n {
         let statements: Vec<String> = (0..1 + rng.below(12))
@@ -405,18 +390,6 @@ async fn spawn_child_crashing(
     child
 }
 
-fn seed() -> u64 {
-    let seed = match std::env::var("WALFLOW_SEED") {
-        Ok(s) => s.parse().expect("WALFLOW_SEED is a number"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-    };
-    eprintln!("workload seed: {seed} (replay with WALFLOW_SEED={seed})");
-    seed
-}
-
 /// One convergence run.
 pub struct Run {
     pub writers: u64,
@@ -458,7 +431,7 @@ impl Run {
         };
         db.exec(SCHEMA).await;
         let slot = db.slot("conv");
-        let mut rng = Rng(seed() | 1);
+        let mut rng = Rng::new(common::seed());
         let t0 = std::time::Instant::now();
 
         // The first flow creates the slot before anything is written.
