@@ -21,6 +21,8 @@
 
 #![allow(dead_code)] // fields are read through serde
 
+#[path = "../tests/common/blog.rs"]
+mod blog;
 mod support;
 
 use std::process::Command;
@@ -34,27 +36,8 @@ use walflow::config::{ProcessStatusStorage, QueueStorage};
 use walflow::listener::ListenerMessage;
 use walflow::prelude::*;
 
-#[event_source(table = "posts")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct Post {
-    id: i64,
-    title: String,
-}
-
-#[event_source(table = "comments")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct Comment {
-    id: i64,
-    post_id: i64,
-}
-
-#[event_source(table = "post_with_comments_counts")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct PostWithCommentsCount {
-    id: i64,
-    title: String,
-    comments_count: i64,
-}
+// The blog model's `Counts` is the coalescing operator (a).
+use blog::{Comment, Post, PostWithCommentsCount};
 
 #[event_source(table = "pings")]
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -63,22 +46,6 @@ struct Ping {
 }
 
 on_event! {
-    operator Coalesced for PostWithCommentsCount {
-        events: all,
-        entities: [Comment, Post],
-        id: [Comment.post_id, Post.id],
-        delete_with: [Post],
-        coalesce: true,
-        query: "MERGE INTO post_with_comments_counts dest
-                USING (SELECT p.id, p.title, count(c.id) AS comments_count
-                       FROM posts p LEFT JOIN comments c ON c.post_id = p.id
-                       WHERE p.id = $1 GROUP BY p.id) src
-                ON dest.id = src.id
-                WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
-                WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
-                     VALUES (src.id, src.title, src.comments_count)",
-    }
-
     operator EveryEvent for PostWithCommentsCount {
         events: all,
         entities: [Comment, Post],
@@ -110,6 +77,8 @@ async fn on_ping(_event: Event<Ping>, _ctx: Ctx) -> Result<(), std::io::Error> {
     Ok(())
 }
 
+/// The blog model's tables without `updated_at` (no process status to
+/// keep), with an index on `post_id`, and the pings.
 const SCHEMA: &str = "
     CREATE TABLE posts (id bigint PRIMARY KEY, title text NOT NULL);
     CREATE TABLE comments (id bigint PRIMARY KEY, post_id bigint NOT NULL);
@@ -161,7 +130,7 @@ async fn async_main() {
         latency(&base).await;
         return;
     }
-    let (coalesced, recv) = drain(&base, "a", "Coalesced", comments, true).await;
+    let (coalesced, recv) = drain(&base, "a", "Counts", comments, true).await;
     if std::env::var_os("WALFLOW_BENCH_COALESCED_ONLY").is_some() {
         println!(
             "  (a) {coalesced:.2?}, (c) {:.2?}",
