@@ -14,12 +14,15 @@
 //! round trip and beside the commit-to-listener time of a bare listener,
 //! measured in the same run. Figures, not assertions.
 //!
-//! `WALFLOW_BENCH_COMMENTS` changes the number of comments;
+//! `WALFLOW_BENCH_COMMENTS` changes the number of comments; `WALFLOW_SEED`
+//! their order (by default the same every run);
 //! `WALFLOW_BENCH_LATENCY_ONLY` runs only the latency part;
 //! `WALFLOW_BENCH_COALESCED_ONLY` only (a) and (c).
 
 #![allow(dead_code)] // fields are read through serde
 
+#[path = "../tests/common/blog.rs"]
+mod blog;
 mod support;
 
 use std::process::Command;
@@ -33,27 +36,8 @@ use walflow::config::{ProcessStatusStorage, QueueStorage};
 use walflow::listener::ListenerMessage;
 use walflow::prelude::*;
 
-#[event_source(table = "posts")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct Post {
-    id: i64,
-    title: String,
-}
-
-#[event_source(table = "comments")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct Comment {
-    id: i64,
-    post_id: i64,
-}
-
-#[event_source(table = "post_with_comments_counts")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct PostWithCommentsCount {
-    id: i64,
-    title: String,
-    comments_count: i64,
-}
+// The blog model's `Counts` is the coalescing operator (a).
+use blog::{Comment, Post, PostWithCommentsCount};
 
 #[event_source(table = "pings")]
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -62,22 +46,6 @@ struct Ping {
 }
 
 on_event! {
-    operator Coalesced for PostWithCommentsCount {
-        events: all,
-        entities: [Comment, Post],
-        id: [Comment.post_id, Post.id],
-        delete_with: [Post],
-        coalesce: true,
-        query: "MERGE INTO post_with_comments_counts dest
-                USING (SELECT p.id, p.title, count(c.id) AS comments_count
-                       FROM posts p LEFT JOIN comments c ON c.post_id = p.id
-                       WHERE p.id = $1 GROUP BY p.id) src
-                ON dest.id = src.id
-                WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
-                WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
-                     VALUES (src.id, src.title, src.comments_count)",
-    }
-
     operator EveryEvent for PostWithCommentsCount {
         events: all,
         entities: [Comment, Post],
@@ -109,6 +77,8 @@ async fn on_ping(_event: Event<Ping>, _ctx: Ctx) -> Result<(), std::io::Error> {
     Ok(())
 }
 
+/// The blog model's tables without `updated_at` (no process status to
+/// keep), with an index on `post_id`, and the pings.
 const SCHEMA: &str = "
     CREATE TABLE posts (id bigint PRIMARY KEY, title text NOT NULL);
     CREATE TABLE comments (id bigint PRIMARY KEY, post_id bigint NOT NULL);
@@ -160,7 +130,7 @@ async fn async_main() {
         latency(&base).await;
         return;
     }
-    let (coalesced, recv) = drain(&base, "a", "Coalesced", comments, true).await;
+    let (coalesced, recv) = drain(&base, "a", "Counts", comments, true).await;
     if std::env::var_os("WALFLOW_BENCH_COALESCED_ONLY").is_some() {
         println!(
             "  (a) {coalesced:.2?}, (c) {:.2?}",
@@ -242,16 +212,14 @@ async fn drain(
         &format!("INSERT INTO posts SELECT i, 'post ' || i FROM generate_series(1, {POSTS}) i"),
     )
     .await;
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    // The same comments every run unless WALFLOW_SEED says otherwise.
+    let mut rng = support::Rng::new(support::seed_or(0x9E37_79B9_7F4A_7C15));
     let mut id = 0i64;
     while id < comments {
         let mut values = Vec::with_capacity(ROWS_PER_TX as usize);
         for _ in 0..ROWS_PER_TX.min(comments - id) {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
             id += 1;
-            values.push(format!("({id}, {})", 1 + (rng % POSTS as u64)));
+            values.push(format!("({id}, {})", 1 + rng.below(POSTS as u64)));
         }
         exec_conn(
             &mut conn,

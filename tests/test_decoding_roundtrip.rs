@@ -126,17 +126,7 @@ async fn generated_values_decode_as_sqlx_reads_them() {
     db.setup(&slot, &["every"]).await;
     let mut l = db.listener(&slot).await.unwrap();
 
-    // Seeded from WALFLOW_SEED when set (a failure prints the seed).
-    let seed: u64 = std::env::var("WALFLOW_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("WALFLOW_SEED={seed}");
+    let seed = common::seed();
     let mut bytes = [0u8; 32];
     bytes[..8].copy_from_slice(&seed.to_le_bytes());
     let mut runner = TestRunner::new_with_rng(

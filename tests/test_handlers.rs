@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use walflow::prelude::*;
-use walflow::{HandlerError, Lsn, OperatorAction, Position, RawEvent, Record, Registry, Value};
+use walflow::{
+    EventDecodeError, HandlerError, Lsn, OperatorAction, Position, RawEvent, Record, Registry,
+    Value,
+};
 
 #[event_source(table = "posts")]
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -147,8 +150,14 @@ async fn decode_and_handler_errors_are_told_apart() {
         vec![Value::Text("x".into()), Value::Text("t".into())],
     );
     let err = run(registry, "TitleWatcher", &bad).await.unwrap_err();
-    assert!(matches!(err, HandlerError::Decode(_)), "{err}");
-    assert!(err.to_string().contains("posts"), "{err}");
+    assert!(
+        matches!(
+            &err,
+            HandlerError::Decode(EventDecodeError::Record { source, .. })
+                if source.table == "posts" && source.column.as_deref() == Some("id")
+        ),
+        "{err}"
+    );
 
     let refused = raw(
         "posts",
@@ -161,6 +170,14 @@ async fn decode_and_handler_errors_are_told_apart() {
 
     let other = raw("tags", &["id"], vec![Value::Int8(1)]);
     let err = run(registry, "Audit", &other).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            HandlerError::Decode(EventDecodeError::UnexpectedTable { schema, table, .. })
+                if schema == "public" && table == "tags"
+        ),
+        "{err}"
+    );
     assert!(
         err.to_string()
             .contains("does not carry events of table `public.tags`"),

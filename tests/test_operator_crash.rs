@@ -3,15 +3,20 @@
 //! crashed) mid-workload. Afterwards the derived table equals a from-scratch
 //! recompute and a non-idempotent counting operator (`n = n + 1`, no
 //! coalescing) equals the true number of events.
+//!
+//! This target has its own `main` (`harness = false`): the binary is also
+//! the child process running the flow until killed.
 
 #![allow(dead_code)] // struct fields are read through serde
 
 #[path = "common/blog.rs"]
 mod blog;
 mod common;
+#[path = "common/harness.rs"]
+mod harness;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -21,20 +26,29 @@ use walflow::embedded::{EmbeddedPostgres, ShutdownMode};
 use walflow::prelude::*;
 
 use blog::SCHEMA;
+use common::Rng;
 
 const OPERATORS: [&str; 2] = ["Counts", "Tally"];
 
+/// Set in the child process.
 const CHILD: &str = "WALFLOW_OPERATOR_CHILD";
 
-/// The child process's entry: the re-executed test binary runs only this
-/// test, with `WALFLOW_OPERATOR_CHILD` set, and it runs the flow until
-/// killed. Without the variable it does nothing. (Not a `ctor`: the
-/// declarations must be collected first.)
-#[tokio::test]
-async fn child_process_entry() {
-    if std::env::var_os(CHILD).is_none() {
-        return;
+fn main() -> ExitCode {
+    if harness::is_child(CHILD) {
+        return harness::child(child());
     }
+    harness::run(harness::tests![
+        exactly_once_when_the_runtime_is_killed,
+        exactly_once_when_the_runtime_is_killed_without_process_status,
+        exactly_once_when_postgres_restarts_mid_workload,
+        exactly_once_when_killed_inside_a_big_transaction,
+    ])
+}
+
+/// The child process (this binary, spawned by [`ready_child`]): runs the
+/// flow on `URL`'s slot `SLOT` until killed, `READY` printed once it has
+/// started.
+async fn child() {
     let url = std::env::var("URL").unwrap();
     let slot = std::env::var("SLOT").unwrap();
     let status_field = std::env::var("STATUS_FIELD").ok();
@@ -62,21 +76,6 @@ async fn start(url: &str, slot: &str, status_field: Option<&str>) -> Walflow {
         .expect("the flow starts")
 }
 
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// A random workload and the number of events `Tally` must count per post.
 struct Workload {
     rng: Rng,
@@ -89,7 +88,7 @@ struct Workload {
 impl Workload {
     fn new(seed: u64) -> Self {
         Workload {
-            rng: Rng(seed | 1),
+            rng: Rng::new(seed),
             posts: 0,
             next_comment: 0,
             comments: Vec::new(),
@@ -228,16 +227,10 @@ async fn check(
     }
 }
 
-/// Runs `child_process_entry` in a child process and waits (bounded) until
-/// its flow has started.
+/// Runs [`child`] in a child process and waits (bounded) until its flow
+/// has started.
 async fn ready_child(url: &str, slot: &str, status_field: Option<&str>) -> Child {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
         .env(CHILD, "1")
         .env("URL", url)
         .env("SLOT", slot)
@@ -249,16 +242,6 @@ async fn ready_child(url: &str, slot: &str, status_field: Option<&str>) -> Child
     child
 }
 
-fn seed() -> u64 {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("workload seed: {seed}");
-    seed
-}
-
-#[tokio::test]
 async fn exactly_once_when_the_runtime_is_killed() {
     killed_five_times(None).await;
 }
@@ -266,7 +249,6 @@ async fn exactly_once_when_the_runtime_is_killed() {
 /// Without a process status field, events of a pending id are queued
 /// without rows of their own (the coalescing operator's pending row covers
 /// them): killed at random points, nothing is lost either.
-#[tokio::test]
 async fn exactly_once_when_the_runtime_is_killed_without_process_status() {
     killed_five_times(Some("no_such_field")).await;
 }
@@ -279,7 +261,7 @@ async fn killed_five_times(status_field: Option<&str>) {
     let db = common::db().await;
     db.exec(SCHEMA).await;
     let slot = db.slot("opkill");
-    let mut rng = Rng(seed());
+    let mut rng = Rng::new(common::seed());
 
     // The first child creates the slot before anything is written.
     let t0 = std::time::Instant::now();
@@ -324,7 +306,6 @@ async fn killed_five_times(status_field: Option<&str>) {
     flow.shutdown().await.unwrap();
 }
 
-#[tokio::test]
 async fn exactly_once_when_postgres_restarts_mid_workload() {
     // A cluster of its own: restarting the shared one would disturb other tests.
     let pg = EmbeddedPostgres::start().await.unwrap();
@@ -333,7 +314,7 @@ async fn exactly_once_when_postgres_restarts_mid_workload() {
     db.exec(SCHEMA).await;
     let slot = db.slot("oprestart");
     let flow = start(&url, &slot, None).await;
-    let mut w = Workload::new(seed());
+    let mut w = Workload::new(common::seed());
 
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
     w.run(&mut conn, 150).await;
@@ -359,7 +340,6 @@ async fn exactly_once_when_postgres_restarts_mid_workload() {
 /// seen. The runtime is killed after a chunk is queued and before the
 /// transaction is: the restarted runtime queues the rest, and nothing is
 /// applied twice or lost.
-#[tokio::test]
 async fn exactly_once_when_killed_inside_a_big_transaction() {
     const POSTS: i64 = 50;
     const COMMENTS: i64 = 30_000;

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // struct fields are read through serde
 
+#[path = "common/blog.rs"]
+mod blog;
 mod common;
 
 use std::sync::Mutex;
@@ -13,19 +15,7 @@ use std::time::Duration;
 use walflow::prelude::*;
 use walflow::subscribe::Scope;
 
-#[event_source(table = "posts")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct Post {
-    id: i64,
-    title: String,
-}
-
-#[event_source(table = "comments")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct Comment {
-    id: i64,
-    post_id: i64,
-}
+use blog::{Comment, Post, PostWithCommentsCount};
 
 #[event_source(table = "tags")]
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -53,32 +43,7 @@ struct TopicCount {
     n: i64,
 }
 
-#[event_source(table = "post_with_comments_counts")]
-#[derive(Debug, Clone, serde::Deserialize)]
-struct PostWithCommentsCount {
-    id: i64,
-    title: String,
-    comments_count: i64,
-}
-
 on_event! {
-    /// The seed's MERGE.
-    operator PostWithCommentsCountOperator for PostWithCommentsCount {
-        events: all,
-        entities: [Comment, Post],
-        id: [Comment.post_id, Post.id],
-        delete_with: [Post],
-        coalesce: true,
-        query: "MERGE INTO post_with_comments_counts dest
-                USING (SELECT p.id, p.title, count(c.id) AS comments_count
-                       FROM posts p LEFT JOIN comments c ON c.post_id = p.id
-                       WHERE p.id = $1 GROUP BY p.id) src
-                ON dest.id = src.id
-                WHEN MATCHED THEN UPDATE SET title = src.title, comments_count = src.comments_count
-                WHEN NOT MATCHED THEN INSERT (id, title, comments_count)
-                     VALUES (src.id, src.title, src.comments_count)",
-    }
-
     /// Notes per topic (tables without `updated_at`: no process status).
     operator TopicCounts for TopicCount {
         events: all,
@@ -192,14 +157,9 @@ async fn multi_step(event: BlogEvent, ctx: Ctx) -> Result<(), walflow::BoxError>
     Ok(())
 }
 
+/// The tables besides the blog model's.
 const SCHEMA: &str = "
-    CREATE TABLE posts (id bigint PRIMARY KEY, title text NOT NULL,
-                        updated_at timestamptz NOT NULL DEFAULT now());
-    CREATE TABLE comments (id bigint PRIMARY KEY, post_id bigint NOT NULL,
-                           updated_at timestamptz NOT NULL DEFAULT now());
     CREATE TABLE tags (id bigint PRIMARY KEY);
-    CREATE TABLE post_with_comments_counts (id bigint PRIMARY KEY, title text NOT NULL,
-                                            comments_count bigint NOT NULL);
     CREATE TABLE runs (op text, post_id bigint, n int NOT NULL, PRIMARY KEY (op, post_id));
     CREATE TABLE post_stats (id bigint PRIMARY KEY, n int NOT NULL);
     CREATE TABLE topics (id bigint PRIMARY KEY);
@@ -208,8 +168,14 @@ const SCHEMA: &str = "
                                runs int NOT NULL DEFAULT 1);
 ";
 
-async fn start(db: &common::Db, prefix: &str, ops: &[&str]) -> Walflow {
+/// The blog model's tables and the others.
+async fn schema(db: &common::Db) {
+    db.exec(blog::SCHEMA).await;
     db.exec(SCHEMA).await;
+}
+
+async fn start(db: &common::Db, prefix: &str, ops: &[&str]) -> Walflow {
+    schema(db).await;
     Walflow::builder()
         .database_url(&db.url)
         .slot_name(db.slot(prefix))
@@ -241,7 +207,7 @@ fn row(id: i64, title: &str, n: i64) -> (i64, String, i64) {
 #[tokio::test]
 async fn merge_operator_keeps_the_derived_table_in_step() {
     let db = common::db().await;
-    let flow = start(&db, "merge", &["PostWithCommentsCountOperator"]).await;
+    let flow = start(&db, "merge", &["Counts"]).await;
 
     // A child before its parent: nothing to merge.
     db.exec("INSERT INTO comments (id, post_id) VALUES (1, 1)")
@@ -293,12 +259,7 @@ async fn merge_operator_keeps_the_derived_table_in_step() {
     fence(&flow).await;
     assert_eq!(counts(&db).await, vec![row(2, "second", 1)]);
 
-    assert!(
-        flow.dead_letters("PostWithCommentsCountOperator")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(flow.dead_letters("Counts").await.unwrap().is_empty());
     flow.shutdown().await.unwrap();
 }
 
@@ -382,7 +343,7 @@ async fn multi_step_handler_writes_with_its_progress() {
 #[tokio::test]
 async fn process_status_is_a_maximum_over_finished_events() {
     let db = common::db().await;
-    let flow = start(&db, "status", &["PostWithCommentsCountOperator"]).await;
+    let flow = start(&db, "status", &["Counts"]).await;
     let t1 = 1_700_000_000_000_001i64; // µs
     assert!(!flow.processed("posts", t1).await.unwrap());
     db.exec(
@@ -430,12 +391,7 @@ async fn process_status_is_a_maximum_over_finished_events() {
 #[tokio::test]
 async fn lsn_fence_waits_for_every_operator() {
     let db = common::db().await;
-    let flow = start(
-        &db,
-        "fence",
-        &["PostWithCommentsCountOperator", "EveryRun", "MultiStep"],
-    )
-    .await;
+    let flow = start(&db, "fence", &["Counts", "EveryRun", "MultiStep"]).await;
     // Nothing written yet: the fence returns (it moves the slot itself).
     fence(&flow).await;
     for i in 0..20 {
@@ -472,12 +428,7 @@ async fn lsn_fence_waits_for_every_operator() {
 #[tokio::test]
 async fn truncate_reaches_handlers_that_list_it_and_spares_query_operators() {
     let db = common::db().await;
-    let flow = start(
-        &db,
-        "truncate",
-        &["TagTruncations", "PostWithCommentsCountOperator"],
-    )
-    .await;
+    let flow = start(&db, "truncate", &["TagTruncations", "Counts"]).await;
     db.exec("INSERT INTO tags VALUES (1), (2)").await;
     db.exec("INSERT INTO posts (id, title) VALUES (1, 'a')")
         .await;
@@ -489,12 +440,7 @@ async fn truncate_reaches_handlers_that_list_it_and_spares_query_operators() {
     fence(&flow).await;
     assert_eq!(*TRUNCATES.lock().unwrap(), vec!["tags".to_owned()]);
     assert_eq!(counts(&db).await, vec![row(1, "a", 0)]);
-    assert!(
-        flow.dead_letters("PostWithCommentsCountOperator")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(flow.dead_letters("Counts").await.unwrap().is_empty());
     flow.shutdown().await.unwrap();
 }
 
@@ -525,7 +471,7 @@ async fn commit_queued(db: &common::Db, slot: &str, sql: &str) {
 
 /// Starts `TopicCounts` on a fresh schema.
 async fn start_topics(db: &common::Db, slot: &str, concurrency: Option<usize>) -> Walflow {
-    db.exec(SCHEMA).await;
+    schema(db).await;
     let builder = Walflow::builder()
         .database_url(&db.url)
         .slot_name(slot)

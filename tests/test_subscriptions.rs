@@ -242,6 +242,7 @@ async fn resumes_from_a_position_in_the_window_and_refuses_an_older_one() {
         .after(walflow::Position::default())
         .start()
         .unwrap_err();
+    assert_eq!(too_old.requested, walflow::Position::default());
     assert!(
         too_old.to_string().contains("reload the current state"),
         "{too_old}"

@@ -459,6 +459,16 @@ async fn a_subscriber_only_node_waits_for_changes_and_runs_no_operators() {
         .await
         .unwrap_err();
     assert!(
+        matches!(
+            &err,
+            walflow::FlowError::Config(walflow::config::ConfigError::InvalidValue {
+                option: "pubsub",
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert!(
         err.to_string().starts_with(
             "invalid `pubsub` local: a subscriber-only node receives the changes over PostgreSQL"
         ),
@@ -470,6 +480,7 @@ async fn a_subscriber_only_node_waits_for_changes_and_runs_no_operators() {
         .start()
         .await
         .unwrap_err();
+    assert!(matches!(&err, walflow::FlowError::Unsupported(_)), "{err}");
     assert!(
         err.to_string()
             .contains("a subscriber-only node runs no operators; remove `.operators(..)`"),
@@ -519,8 +530,9 @@ async fn a_subscriber_only_node_waits_for_changes_and_runs_no_operators() {
     );
     let err = node.processed("comments", 0).await.unwrap_err();
     assert!(
-        err.to_string().starts_with(
-            "`processed with process_status_storage = memory` needs the node running the operators"
+        matches!(
+            err,
+            walflow::FlowError::SubscriberOnly("processed with process_status_storage = memory")
         ),
         "{err}"
     );

@@ -8,6 +8,11 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
+#[path = "../../tests/common/random.rs"]
+mod random;
+#[allow(unused_imports)] // each bench uses a part
+pub use random::{Rng, seed_or};
+
 /// Creates (replacing) the database `name` on `base`'s server; returns its
 /// URL and a pool.
 pub async fn fresh_database(base: &str, name: &str) -> (String, PgPool) {

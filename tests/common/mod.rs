@@ -13,6 +13,10 @@ use walflow::listener::{
 };
 use walflow::setup::{SetupSpec, TableSpec, prepare};
 
+mod random;
+#[allow(unused_imports)] // each test uses a part
+pub use random::{Rng, seed};
+
 /// A fresh database, dropped (with its slots) when the test ends.
 pub struct Db {
     pub url: String,
