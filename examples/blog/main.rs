@@ -137,7 +137,11 @@ async fn main() -> Result<(), Error> {
         .setup_sql(SCHEMA)
         .start()
         .await?;
-    let result = run(&flow).await;
+    // Ctrl-C stops it cleanly too.
+    let result = tokio::select! {
+        result = run(&flow) => result,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+    };
     flow.shutdown().await?;
     result?;
     println!("done in {:.1?}", started.elapsed());

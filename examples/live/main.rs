@@ -2,7 +2,9 @@
 //!
 //! Uses `DATABASE_URL` when set (a PostgreSQL with `wal_level = logical`),
 //! otherwise starts a throwaway cluster from the PostgreSQL binaries on
-//! `PATH`. `LISTEN` sets the address (default `127.0.0.1:3000`).
+//! `PATH`. `LISTEN` sets the address (default `127.0.0.1:3000`). Ctrl-C
+//! stops it cleanly: the flow shuts down (its live streams end, so open pages
+//! let go), then the server.
 
 mod app;
 
@@ -23,10 +25,20 @@ async fn main() -> Result<(), walflow::BoxError> {
             url
         }
     };
-    let (router, _app) = app::start(&url, "walflow_live").await?;
+    let (router, app) = app::start(&url, "walflow_live").await?;
     let addr = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("live example on http://{}", listener.local_addr()?);
-    axum::serve(listener, router).await?;
+    let flow = app.flow.clone();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            println!("stopping");
+            if let Err(e) = flow.shutdown().await {
+                eprintln!("the flow did not stop cleanly: {e}");
+            }
+        })
+        .await?;
+    println!("stopped");
     Ok(())
 }

@@ -27,6 +27,32 @@ impl ConfigBuilder {
         Ok(cfg)
     }
 
+    /// Takes the connection (host or socket, port, user name, database) from
+    /// sqlx options when none is configured: no `database_url`, and `host`
+    /// and the others at their defaults. The password stays the configured
+    /// one (sqlx does not give it back).
+    pub fn connection_from(mut self, options: &sqlx::postgres::PgConnectOptions) -> Self {
+        let defaults = Config::default();
+        let cfg = &mut self.cfg;
+        let unset = cfg.database_url.is_none()
+            && cfg.host == defaults.host
+            && cfg.port == defaults.port
+            && cfg.username == defaults.username
+            && cfg.database == defaults.database;
+        if unset {
+            cfg.host = match options.get_socket() {
+                Some(dir) => dir.display().to_string(),
+                None => options.get_host().to_owned(),
+            };
+            cfg.port = options.get_port();
+            cfg.username = options.get_username().to_owned();
+            if let Some(database) = options.get_database() {
+                cfg.database = database.to_owned();
+            }
+        }
+        self
+    }
+
     /// [`error_logger`](Self::error_logger), already shared.
     pub fn error_logger_arc(mut self, logger: Arc<dyn ErrorLogger>) -> Self {
         self.cfg.error_logger = logger;

@@ -1,3 +1,4 @@
+// One file of this length: most of it is the module's documentation; the builder's `start` wires every stage, in order.
 //! [`Walflow`]: the runtime that keeps derived tables in step.
 //!
 //! [`Walflow::builder`]`...`[`start`](WalflowBuilder::start) checks the server
@@ -216,6 +217,8 @@ pub struct WalflowBuilder {
     operator_concurrency: HashMap<String, usize>,
     registry: Option<&'static Registry>,
     max_connections: u32,
+    pool: Option<PgPool>,
+    hub_options: HubOptions,
     setup_sql: Vec<String>,
     subscriber_only: bool,
     #[cfg(feature = "embedded")]
@@ -250,6 +253,30 @@ impl WalflowBuilder {
     /// Receiver of retries and final failures, already shared.
     pub fn error_logger_arc(self, logger: Arc<dyn ErrorLogger>) -> Self {
         self.map(|b| b.error_logger_arc(logger))
+    }
+
+    /// Runs walflow's statements on the application's pool instead of one
+    /// of its own ([`max_connections`](Self::max_connections) then does not
+    /// apply: give it at least 10 connections, one per operator more with
+    /// many operators).
+    ///
+    /// The replication connection cannot come from a pool: it is opened
+    /// from the configured connection options. Those not configured
+    /// (neither `database_url` nor `host` and the rest) are taken from the
+    /// pool's: host, port, user name and database. A password cannot be
+    /// read back from a pool: set it with [`password`](Self::password) or
+    /// `WALFLOW_PASSWORD` if the server asks for one.
+    pub fn pool(mut self, pool: PgPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// The subscription hub's options: how much it retains for resuming and
+    /// the default buffer per subscription (see [`HubOptions`]; its `start`
+    /// is the flow's to set and is ignored).
+    pub fn hub_options(mut self, options: HubOptions) -> Self {
+        self.hub_options = options;
+        self
     }
 
     /// Runs only these operators (by name) and publishes only the tables
@@ -358,7 +385,10 @@ impl WalflowBuilder {
             Some(r) => r,
             None => Registry::global()?,
         };
-        let builder = self.config?;
+        let mut builder = self.config?;
+        if let Some(pool) = &self.pool {
+            builder = builder.connection_from(&pool.connect_options());
+        }
         #[cfg(feature = "embedded")]
         let (builder, embedded) = if self.embedded {
             let pg = crate::embedded::EmbeddedPostgres::start().await?;
@@ -393,14 +423,17 @@ impl WalflowBuilder {
         tables.sort();
         tables.dedup();
 
-        let pool = PgPoolOptions::new()
-            .max_connections(self.max_connections)
-            // No ping round trip per acquire: a broken connection fails its
-            // statement, and that is retried as transient.
-            .test_before_acquire(false)
-            .connect_with(config.connect_options())
-            .await
-            .map_err(FlowError::sql(format!("connecting to {}", config.server())))?;
+        let pool = match self.pool.clone() {
+            Some(pool) => pool,
+            None => PgPoolOptions::new()
+                .max_connections(self.max_connections)
+                // No ping round trip per acquire: a broken connection fails
+                // its statement, and that is retried as transient.
+                .test_before_acquire(false)
+                .connect_with(config.connect_options())
+                .await
+                .map_err(FlowError::sql(format!("connecting to {}", config.server())))?,
+        };
         for sql in &self.setup_sql {
             sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
                 .execute(&pool)
@@ -465,7 +498,7 @@ impl WalflowBuilder {
         // Realtime subscriptions see every change committed from now on.
         let hub = Subscriptions::new(HubOptions {
             start: Some(Lsn(watermark.unwrap_or(0) as u64)),
-            ..HubOptions::default()
+            ..self.hub_options.clone()
         });
         let (feed, broadcaster) = match config.pubsub() {
             PubSub::Local => (hub.clone(), None),
@@ -527,10 +560,14 @@ impl WalflowBuilder {
             shared,
             operators,
             stop,
-            consumer: Some(consumer),
-            executors,
-            broadcaster,
-            listening: None,
+            tasks: std::sync::Mutex::new(Some(Tasks {
+                consumer: Some(consumer),
+                executors,
+                broadcaster,
+                listening: None,
+            })),
+            stopped: watch::channel(false).0,
+            owns_pool: self.pool.is_none(),
             subscriber_only: false,
             #[cfg(feature = "embedded")]
             _embedded: embedded,
@@ -594,12 +631,13 @@ pub struct Walflow {
     shared: Arc<Shared>,
     operators: Vec<&'static OperatorRegistration>,
     stop: watch::Sender<bool>,
-    consumer: Option<JoinHandle<()>>,
-    executors: Vec<JoinHandle<()>>,
-    /// With [`PubSub::Postgres`], on the node holding the slot.
-    broadcaster: Option<JoinHandle<()>>,
-    /// On a subscriber-only node: the `LISTEN` task.
-    listening: Option<JoinHandle<()>>,
+    /// The running tasks, taken by the first [`shutdown`](Walflow::shutdown).
+    tasks: std::sync::Mutex<Option<Tasks>>,
+    /// Set once a shutdown has finished.
+    stopped: watch::Sender<bool>,
+    /// Whether the pool is the flow's own (closed at shutdown), not the
+    /// application's.
+    owns_pool: bool,
     subscriber_only: bool,
     #[cfg(feature = "embedded")]
     _embedded: Option<crate::embedded::EmbeddedPostgres>,
@@ -668,6 +706,8 @@ impl Walflow {
             operator_concurrency: HashMap::new(),
             registry: None,
             max_connections: 10,
+            pool: None,
+            hub_options: HubOptions::default(),
             setup_sql: Vec::new(),
             subscriber_only: false,
             #[cfg(feature = "embedded")]
@@ -834,32 +874,77 @@ impl Walflow {
     /// Stops gracefully: the listener stops taking transactions and sends its
     /// last acknowledgement, the executors finish the units they are running
     /// (waits between retries are cut short; those events stay queued for the
-    /// next start).
-    pub async fn shutdown(mut self) -> Result<(), FlowError> {
+    /// next start), and every subscription's stream ends. Returns once all
+    /// of it is done; a second call waits for the first.
+    ///
+    /// Takes `&self`, so a flow shared with request handlers (an
+    /// `Arc<Walflow>`) can be shut down too. Dropping a flow without it
+    /// stops it as well, without waiting: what was not acknowledged is
+    /// delivered again at the next start.
+    pub async fn shutdown(&self) -> Result<(), FlowError> {
         let _ = self.stop.send(true);
-        if let Some(c) = self.consumer.take() {
+        self.hub.close();
+        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut tasks) = tasks else {
+            let mut stopped = self.stopped.subscribe();
+            let _ = stopped.wait_for(|s| *s).await;
+            return Ok(());
+        };
+        if let Some(c) = tasks.consumer.take() {
             let _ = c.await;
         }
         // The consumer is gone: the broadcaster sends what is left, then ends.
-        if let Some(b) = self.broadcaster.take() {
+        if let Some(b) = tasks.broadcaster.take() {
             let _ = b.await;
         }
-        if let Some(l) = self.listening.take() {
+        if let Some(l) = tasks.listening.take() {
             l.abort();
             let _ = l.await;
         }
-        for e in self.executors.drain(..) {
+        for e in tasks.executors.drain(..) {
             let _ = e.await;
         }
-        self.shared.pool.close().await;
+        if self.owns_pool {
+            self.shared.pool.close().await;
+        }
+        self.stopped.send_replace(true);
         Ok(())
     }
+
+    /// Waits for `signal` (such as `tokio::signal::ctrl_c()`), then
+    /// [shuts down](Self::shutdown) gracefully.
+    ///
+    /// ```no_run
+    /// # async fn run(flow: walflow_runtime::Walflow) -> Result<(), walflow_runtime::FlowError> {
+    /// flow.shutdown_on(async {
+    ///     let _ = tokio::signal::ctrl_c().await;
+    /// })
+    /// .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn shutdown_on(&self, signal: impl Future<Output = ()>) -> Result<(), FlowError> {
+        signal.await;
+        self.shutdown().await
+    }
+}
+
+/// The tasks of a running flow.
+struct Tasks {
+    consumer: Option<JoinHandle<()>>,
+    executors: Vec<JoinHandle<()>>,
+    /// With [`PubSub::Postgres`], on the node holding the slot.
+    broadcaster: Option<JoinHandle<()>>,
+    /// On a subscriber-only node: the `LISTEN` task.
+    listening: Option<JoinHandle<()>>,
 }
 
 impl Drop for Walflow {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
-        if let Some(l) = &self.listening {
+        if let Some(tasks) = self.tasks.get_mut().unwrap_or_else(|e| e.into_inner())
+            && let Some(l) = &tasks.listening
+        {
             l.abort();
         }
     }

@@ -106,11 +106,14 @@ pub(super) async fn start_subscriber(builder: WalflowBuilder) -> Result<Walflow,
                 .into(),
         ));
     }
-    let pool = PgPoolOptions::new()
-        .max_connections(builder.max_connections)
-        .connect_with(config.connect_options())
-        .await
-        .map_err(FlowError::sql(format!("connecting to {}", config.server())))?;
+    let pool = match builder.pool.clone() {
+        Some(pool) => pool,
+        None => PgPoolOptions::new()
+            .max_connections(builder.max_connections)
+            .connect_with(config.connect_options())
+            .await
+            .map_err(FlowError::sql(format!("connecting to {}", config.server())))?,
+    };
     for sql in &builder.setup_sql {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
             .execute(&pool)
@@ -121,7 +124,7 @@ pub(super) async fn start_subscriber(builder: WalflowBuilder) -> Result<Walflow,
     // Subscriptions see every transaction sent from now on.
     let hub = Subscriptions::new(HubOptions {
         start: Some(pubsub.latest().await?.unwrap_or(Lsn::ZERO)),
-        ..HubOptions::default()
+        ..builder.hub_options.clone()
     });
     let listening = pubsub.listen(hub.clone()).await?;
     let (stop, _) = watch::channel(false);
@@ -137,10 +140,14 @@ pub(super) async fn start_subscriber(builder: WalflowBuilder) -> Result<Walflow,
         }),
         operators: Vec::new(),
         stop,
-        consumer: None,
-        executors: Vec::new(),
-        broadcaster: None,
-        listening: Some(listening),
+        tasks: std::sync::Mutex::new(Some(super::Tasks {
+            consumer: None,
+            executors: Vec::new(),
+            broadcaster: None,
+            listening: Some(listening),
+        })),
+        stopped: watch::channel(false).0,
+        owns_pool: builder.pool.is_none(),
         subscriber_only: true,
         #[cfg(feature = "embedded")]
         _embedded: embedded,
