@@ -1,6 +1,12 @@
-//! Runtime of [walflow](https://docs.rs/walflow): the WAL listener, pgoutput
-//! decoding, configuration and the registry of declared entities and
-//! operators.
+//! Runtime of [walflow](https://docs.rs/walflow).
+//!
+//! A change goes through six stages, each with one owner:
+//! listen ([`listener`]) → decode ([`decode`]) → dispatch (`dispatch`) →
+//! queue (`queue`, whose rustdoc argues the protocol) → execute
+//! (`operator`) → publish ([`subscribe`]). [`flow`] wires them;
+//! [`config`], [`declare`] (what the macros speak of), [`registry`] (the
+//! declarations collected), [`setup`] and [`preflight`] sit beside them.
+//! The modules import each other without cycles.
 //!
 //! Applications depend on the `walflow` facade crate, which re-exports this
 //! crate together with the declaration macros.

@@ -1,3 +1,4 @@
+// One file of this length: one parser per pgoutput message, beside the message types it produces.
 //! Low-level parsing of pgoutput (protocol version 1) messages.
 
 use crate::lsn::Lsn;

@@ -1,3 +1,4 @@
+// One file of this length: the decoder's state (relations, types, the open transaction) and its one entry point, `decode`.
 //! pgoutput decoding: from logical replication payloads to [`RawEvent`]s.
 //!
 //! Two layers:

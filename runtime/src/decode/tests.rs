@@ -1,3 +1,4 @@
+// One file of this length: the decoder's unit tests, one per message and type case.
 use super::*;
 use crate::value::{Interval, Numeric};
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone};

@@ -1,3 +1,4 @@
+// One file of this length: one small parser per PostgreSQL type's text form, a table read top to bottom.
 //! Text form of column values → [`Value`], by type OID.
 
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};

@@ -1,3 +1,4 @@
+// One file of this length: one cluster's life cycle (initdb, start, stop, restart, the reaper) over one struct.
 //! Throwaway PostgreSQL clusters for tests, examples and local development.
 //!
 //! [`EmbeddedPostgres::start`] runs `initdb` and `postgres` from the binaries
@@ -887,25 +888,4 @@ fn lookup_user(name: &str) -> Option<(u32, u32)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn conf_values_are_quoted() {
-        assert_eq!(conf_value("logical"), "'logical'");
-        assert_eq!(conf_value("it's"), "'it''s'");
-        assert_eq!(conf_value(r"a\b"), r"'a\\b'");
-    }
-
-    #[test]
-    fn finds_the_current_process_alive() {
-        assert!(process_alive(std::process::id()));
-        assert!(!process_alive(u32::MAX));
-    }
-
-    #[test]
-    fn looks_up_root() {
-        assert_eq!(lookup_user("root"), Some((0, 0)));
-        assert_eq!(lookup_user("no-such-user-walflow"), None);
-    }
-}
+mod tests;

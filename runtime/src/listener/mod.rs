@@ -1,3 +1,4 @@
+// One file of this length: the replication session's state machine (messages, acknowledgements, keepalives, reconnection) over one connection.
 //! The WAL listener: streams a logical replication slot, decodes pgoutput and
 //! hands transactions on in commit order.
 //!

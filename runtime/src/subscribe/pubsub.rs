@@ -1,3 +1,4 @@
+// One file of this length: the sender and the receiver of one protocol (NOTIFY and its log), so the format is written in one place.
 //! Carrying committed transactions to the hubs of every application node.
 //!
 //! The node holding the replication slot hands each committed transaction to
@@ -628,32 +629,4 @@ impl Receiver {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn notifications_inline_small_transactions_and_refer_to_large_ones() {
-        let small = Note::format(Lsn(300), Lsn(200), r#"{"end_lsn":"0/12C"}"#);
-        assert_eq!(small, r#"300 200 {"end_lsn":"0/12C"}"#);
-        assert_eq!(
-            Note::parse(&small),
-            Some(Note {
-                end: Lsn(300),
-                prev: Lsn(200),
-                body: Some(r#"{"end_lsn":"0/12C"}"#)
-            })
-        );
-        let large = Note::format(Lsn(300), Lsn(200), &"x".repeat(MAX_INLINE_PAYLOAD));
-        assert_eq!(large, "300 200");
-        assert_eq!(
-            Note::parse(&large),
-            Some(Note {
-                end: Lsn(300),
-                prev: Lsn(200),
-                body: None
-            })
-        );
-        assert_eq!(Note::parse("hello"), None);
-        assert_eq!(Note::parse("1"), None);
-    }
-}
+mod tests;
