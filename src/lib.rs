@@ -95,6 +95,7 @@
 //! | `schema` | its schema | `"public"` |
 //! | `id` | the field holding the row's id; any type (integers, `Uuid`, `String`, ...) | `"id"` |
 //! | `replica_identity` | `"full"`: walflow sets `REPLICA IDENTITY FULL` so updates and deletes carry the whole old row; `"default"`: leave the table alone (deletes then carry only the key columns, so a handler taking `Event<T>` needs the other fields to be `Option` or `#[serde(default)]`) | `"full"` |
+//! | `crate` | the path walflow is reached through, for a crate that re-exports it (as serde's `crate = "..."`) | `"::walflow"` |
 //!
 //! A field reads the column named like it, or its `#[serde(rename = "...")]`
 //! (`#[serde(rename_all = "...")]` on the struct is honoured too). The struct
@@ -115,6 +116,9 @@
 //! | `handler` | an `async fn(E, Ctx) -> Result<(), Err>` with `Err: Into<BoxError>`; `E` is `Event<T>` when the operator lists only `T`, otherwise an `#[event_enum]` with a variant per entity |
 //! | `delete_with` | query operators only, optional: entities whose deletes delete the target row instead of running the query |
 //! | `coalesce` | query operators only, optional: `true` when the query recomputes from current state, so pending events for one id may run it once |
+//!
+//! A first line `crate = "my_crate::walflow";` gives the path walflow is
+//! reached through (`#[event_enum(crate = "...")]` takes it too).
 //!
 //! Each operator becomes a unit struct (with its doc comments and
 //! visibility) whose `NAME` is the name it is registered under. The types are

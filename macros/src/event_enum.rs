@@ -7,7 +7,7 @@ use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, GenericArgument, Ident, PathArguments, Type};
 
 use crate::ctxt::Ctxt;
-use crate::symbol::EVENT;
+use crate::symbol::{CRATE, EVENT};
 use crate::{private, private_at};
 
 struct Variant<'a> {
@@ -28,9 +28,7 @@ pub fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             return quote!(#input #e);
         }
     };
-    if !args.is_empty() {
-        cx.error_spanned_by(&args, "`#[event_enum]` takes no arguments; remove them");
-    }
+    let krate = parse_args(&mut cx, args);
     if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
         cx.error_spanned_by(
             &item.generics,
@@ -84,7 +82,28 @@ pub fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         let errors = cx.into_compile_errors();
         return quote!(#item #errors);
     }
-    generate(&item, &variants)
+    crate::with_crate(krate, || generate(&item, &variants))
+}
+
+/// The arguments: only `crate = "..."`, the path walflow is reached through.
+fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Option<syn::Path> {
+    if args.is_empty() {
+        return None;
+    }
+    let mut krate = None;
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident(CRATE) {
+            let value: syn::LitStr = meta.value()?.parse()?;
+            krate = crate::crate_path(cx, &value);
+            Ok(())
+        } else {
+            Err(meta.error("`#[event_enum]` takes no arguments but `crate = \"...\"`; remove them"))
+        }
+    });
+    if let Err(e) = syn::parse::Parser::parse2(parser, args) {
+        cx.syn_error(e);
+    }
+    krate
 }
 
 /// `T` in a variant `(Event<T>)`.

@@ -15,17 +15,60 @@ mod on_event;
 mod sql;
 mod symbol;
 
+use std::cell::RefCell;
+
 use proc_macro::TokenStream;
+
+thread_local! {
+    /// The path of the walflow crate for the expansion under way: what its
+    /// `crate = "..."` names, or `None` for `::walflow`. Set by a macro's
+    /// entry point for the length of its expansion ([`with_crate`]).
+    static CRATE: RefCell<Option<syn::Path>> = const { RefCell::new(None) };
+}
+
+/// Expands with `path` as the walflow crate's path (as serde's
+/// `#[serde(crate = "...")]` does), so a crate that re-exports walflow can
+/// hand the macros its own path.
+fn with_crate<R>(path: Option<syn::Path>, expand: impl FnOnce() -> R) -> R {
+    let outer = CRATE.replace(path);
+    let out = expand();
+    CRATE.set(outer);
+    out
+}
+
+/// Reads a `crate = "..."` value: a path such as `"my_crate::walflow"`.
+fn crate_path(cx: &mut ctxt::Ctxt, value: &syn::LitStr) -> Option<syn::Path> {
+    match value.parse::<syn::Path>() {
+        Ok(path) => Some(path),
+        Err(_) => {
+            cx.error_spanned_by(
+                value,
+                format!(
+                    "`crate` takes the path walflow is reached through, such as \
+                     `crate = \"my_crate::walflow\"`; {:?} is not a path",
+                    value.value()
+                ),
+            );
+            None
+        }
+    }
+}
 
 /// The path generated code reaches walflow through.
 fn private() -> proc_macro2::TokenStream {
-    quote::quote!(::walflow::__private)
+    match CRATE.with_borrow(Clone::clone) {
+        Some(path) => quote::quote!(#path::__private),
+        None => quote::quote!(::walflow::__private),
+    }
 }
 
 /// The same path, spanned at a user's token (so that errors in generated
 /// code land on it).
 fn private_at(span: proc_macro2::Span) -> proc_macro2::TokenStream {
-    quote::quote_spanned!(span=> ::walflow::__private)
+    match CRATE.with_borrow(Clone::clone) {
+        Some(path) => quote::quote_spanned!(span=> #path::__private),
+        None => quote::quote_spanned!(span=> ::walflow::__private),
+    }
 }
 
 /// Declares a struct as the Rust side of a table. See the `walflow` crate.

@@ -5,7 +5,10 @@ pub const TABLE: &str = "table";
 pub const SCHEMA: &str = "schema";
 pub const ID: &str = "id";
 pub const REPLICA_IDENTITY: &str = "replica_identity";
-pub const EVENT_SOURCE_KEYS: &[&str] = &[TABLE, SCHEMA, ID, REPLICA_IDENTITY];
+/// The path walflow is reached through (also in `on_event!` and
+/// `#[event_enum]`).
+pub const CRATE: &str = "crate";
+pub const EVENT_SOURCE_KEYS: &[&str] = &[TABLE, SCHEMA, ID, REPLICA_IDENTITY, CRATE];
 
 /// Values of `replica_identity`.
 pub const REPLICA_IDENTITY_FULL: &str = "full";

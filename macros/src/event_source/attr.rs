@@ -16,6 +16,8 @@ pub struct Source {
     pub schema: String,
     pub table: String,
     pub replica_identity_full: bool,
+    /// The path walflow is reached through, when not `::walflow`.
+    pub krate: Option<syn::Path>,
     pub fields: Vec<Column>,
     /// Index of the id field in `fields`.
     pub id: usize,
@@ -35,6 +37,7 @@ struct Args {
     schema: Option<LitStr>,
     id: Option<LitStr>,
     replica_identity: Option<LitStr>,
+    krate: Option<LitStr>,
     /// Whether a key was not recognised (then a missing `table` may be that
     /// key misspelt, and is not reported).
     unknown_key: bool,
@@ -49,6 +52,7 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Args {
             Some(SCHEMA) => &mut out.schema,
             Some(ID) => &mut out.id,
             Some(REPLICA_IDENTITY) => &mut out.replica_identity,
+            Some(CRATE) => &mut out.krate,
             _ => {
                 out.unknown_key = true;
                 let name =
@@ -189,6 +193,10 @@ impl Source {
                 true
             }
         };
+        let krate = args
+            .krate
+            .as_ref()
+            .and_then(|lit| crate::crate_path(cx, lit));
         if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
             cx.error_spanned_by(
                 &item.generics,
@@ -303,6 +311,7 @@ impl Source {
                 .map_or_else(|| DEFAULT_SCHEMA.to_owned(), LitStr::value),
             table: args.table.as_ref().map(LitStr::value).unwrap_or_default(),
             replica_identity_full,
+            krate,
             fields,
             id: id.unwrap_or_default(),
         })

@@ -23,7 +23,9 @@ pub fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     };
     let source = attr::Source::from_syn(&mut cx, args, &item);
     match source {
-        Some(source) if cx.is_ok() => expand::expand(&item, &source),
+        Some(source) if cx.is_ok() => {
+            crate::with_crate(source.krate.clone(), || expand::expand(&item, &source))
+        }
         _ => {
             let errors = cx.into_compile_errors();
             quote!(#item #errors)

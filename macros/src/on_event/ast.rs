@@ -248,11 +248,24 @@ impl Operator {
     }
 }
 
-/// Every operator of one invocation. Syntax errors outside a key's value
-/// stop the reading; they are returned with the operators read before.
-pub fn parse(cx: &mut Ctxt, input: TokenStream) -> Vec<Operator> {
+/// Every operator of one invocation, after an optional `crate = "...";`
+/// (the path walflow is reached through). Syntax errors outside a key's
+/// value stop the reading; they are returned with the operators read before.
+pub fn parse(cx: &mut Ctxt, input: TokenStream) -> (Option<LitStr>, Vec<Operator>) {
     let mut ops = Vec::new();
+    let mut krate = None;
     let parser = |input: ParseStream<'_>| -> syn::Result<()> {
+        if input.peek(Token![crate]) && input.peek2(Token![=]) {
+            input.parse::<Token![crate]>()?;
+            input.parse::<Token![=]>()?;
+            krate = Some(input.parse::<LitStr>().map_err(|e| {
+                syn::Error::new(
+                    e.span(),
+                    "expected a string, as in `crate = \"my_crate::walflow\";`",
+                )
+            })?);
+            input.parse::<Token![;]>()?;
+        }
         while !input.is_empty() {
             ops.push(Operator::parse(cx, input)?);
         }
@@ -261,7 +274,7 @@ pub fn parse(cx: &mut Ctxt, input: TokenStream) -> Vec<Operator> {
     if let Err(e) = parser.parse2(input) {
         cx.syn_error(e);
     }
-    ops
+    (krate, ops)
 }
 
 impl ToTokens for IdEntry {

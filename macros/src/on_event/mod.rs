@@ -11,7 +11,8 @@ use crate::ctxt::Ctxt;
 
 pub fn expand(input: TokenStream) -> TokenStream {
     let mut cx = Ctxt::default();
-    let operators = ast::parse(&mut cx, input);
+    let (krate, operators) = ast::parse(&mut cx, input);
+    let krate = krate.and_then(|lit| crate::crate_path(&mut cx, &lit));
     for (i, op) in operators.iter().enumerate() {
         valid::check(&mut cx, op);
         if operators[..i].iter().any(|other| other.name == op.name) {
@@ -22,9 +23,15 @@ pub fn expand(input: TokenStream) -> TokenStream {
         }
     }
     let register = cx.is_ok();
-    let items = operators.iter().enumerate().map(|(i, op)| {
-        let first = !operators[..i].iter().any(|other| other.name == op.name);
-        expand::operator(op, first, register)
+    let items: Vec<_> = crate::with_crate(krate, || {
+        operators
+            .iter()
+            .enumerate()
+            .map(|(i, op)| {
+                let first = !operators[..i].iter().any(|other| other.name == op.name);
+                expand::operator(op, first, register)
+            })
+            .collect()
     });
     let errors = cx.into_compile_errors();
     quote! {
