@@ -60,6 +60,8 @@ impl ConfigBuilder {
     }
 }
 
+/// Generates the setters and, for each option with a variable, its reading
+/// in [`ConfigBuilder::from_lookup`] (its parser in `env.rs`, then its setter).
 macro_rules! setters {
     ($(
         $(#[doc = $doc:expr])*
@@ -67,10 +69,22 @@ macro_rules! setters {
             set($arg:ident : $argty:ty) => $set:expr;
             get($g:ident) -> $ret:ty => $get:expr;
             show($s:ident) => $show:expr;
-            env($($env:tt)*);
+            env($($var:literal, $kind:ident, $format:literal)?);
             default($dflt:literal), esx($esx:literal);
     )*) => {
         impl ConfigBuilder {
+            /// Like [`from_env`](Self::from_env) but reading the variables
+            /// through `lookup` (for tests, or another source of settings).
+            pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+                let mut b = ConfigBuilder::default();
+                $($(
+                    if let Some(v) = super::env::$kind($var, lookup($var), $format)? {
+                        b = b.$name(v);
+                    }
+                )?)*
+                Ok(b)
+            }
+
             $(
                 $(#[doc = $doc])*
                 #[doc = ""]

@@ -1,4 +1,4 @@
-//! Reading the options from environment variables (`DATABASE_URL` and
+//! The parsers of the environment variables (`DATABASE_URL` and
 //! `WALFLOW_*`, one per option, named in the [options table](super::options)).
 //!
 //! Each parser takes the variable's name, its value (if set) and the format
@@ -8,7 +8,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::{ConfigBuilder, ConfigError};
+use super::ConfigError;
 
 type Parsed<T> = Result<Option<T>, ConfigError>;
 
@@ -71,33 +71,3 @@ pub(super) fn choice<T: FromStr<Err = String>>(
         .map(|v| v.parse().map_err(|reason| invalid(var, v, reason)))
         .transpose()
 }
-
-/// Generates [`ConfigBuilder::from_lookup`]'s body from the options table:
-/// for each option with a variable, its parser, then its setter.
-macro_rules! read_env {
-    ($(
-        $(#[doc = $doc:expr])*
-        $name:ident : $ty:ty = $default:expr;
-            set($arg:ident : $argty:ty) => $set:expr;
-            get($g:ident) -> $ret:ty => $get:expr;
-            show($s:ident) => $show:expr;
-            env($($var:literal, $kind:ident, $format:literal)?);
-            default($dflt:literal), esx($esx:literal);
-    )*) => {
-        impl ConfigBuilder {
-            /// Like [`from_env`](Self::from_env) but reading the variables
-            /// through `lookup` (for tests, or another source of settings).
-            pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-                let mut b = ConfigBuilder::default();
-                $($(
-                    if let Some(v) = $kind($var, lookup($var), $format)? {
-                        b = b.$name(v);
-                    }
-                )?)*
-                Ok(b)
-            }
-        }
-    };
-}
-
-super::options::with_options!(read_env);

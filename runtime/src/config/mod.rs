@@ -458,15 +458,7 @@ pub(crate) fn validate_slot_name(name: &str) -> Result<(), ConfigError> {
 /// Checks a `LISTEN`/`NOTIFY` channel name: 1 to 63 lower-case ASCII
 /// letters, digits and `_` (so it needs no quoting). Returns why not.
 pub(crate) fn validate_channel(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("it is empty".into());
-    }
-    if name.len() > MAX_IDENTIFIER_BYTES {
-        return Err(format!(
-            "it is {} bytes long, the limit is {MAX_IDENTIFIER_BYTES}",
-            name.len()
-        ));
-    }
+    validate_name_bytes(name)?;
     match name
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))

@@ -1,17 +1,6 @@
 use walflow::prelude::*;
 
-#[event_source(table = "posts")]
-#[derive(serde::Deserialize)]
-pub struct Post {
-    pub id: i64,
-}
-
-#[event_source(table = "comments")]
-#[derive(serde::Deserialize)]
-pub struct Comment {
-    pub id: i64,
-    pub post_id: i64,
-}
+include!("../../common/entities.rs");
 
 #[event_enum]
 pub enum BlogEvent {

@@ -1,23 +1,7 @@
 use walflow::prelude::*;
 
-#[event_source(table = "posts")]
-#[derive(serde::Deserialize)]
-pub struct Post {
-    pub id: i64,
-}
-
-#[event_source(table = "comments")]
-#[derive(serde::Deserialize)]
-pub struct Comment {
-    pub id: i64,
-    pub post_id: i64,
-}
-
-#[event_source(table = "counts")]
-#[derive(serde::Deserialize)]
-pub struct Count {
-    pub id: i64,
-}
+include!("../../common/entities.rs");
+include!("../../common/count.rs");
 
 on_event! {
     operator Counter for Count {

@@ -1,18 +1,7 @@
 use walflow::prelude::*;
 use walflow::subscribe::Subscriptions;
 
-#[event_source(table = "posts")]
-#[derive(serde::Deserialize)]
-pub struct Post {
-    pub id: i64,
-}
-
-#[event_source(table = "comments")]
-#[derive(serde::Deserialize)]
-pub struct Comment {
-    pub id: i64,
-    pub post_id: i64,
-}
+include!("../../common/entities.rs");
 
 fn main() {
     let hub = Subscriptions::default();
