@@ -40,8 +40,9 @@ pub(crate) struct Consumer {
     pub conn: Option<PgConnection>,
     /// Flushes so far (see [`Handover::flushed`](crate::queue::Handover::flushed)).
     pub flushes: u64,
-    /// Realtime subscriptions, fed with every new change.
-    pub hub: crate::subscribe::Subscriptions,
+    /// Realtime subscriptions (the hub, or the relay to the hub and the
+    /// broadcaster), fed with every new change.
+    pub hub: Arc<dyn crate::subscribe::Feed>,
 }
 
 impl Consumer {
@@ -229,7 +230,7 @@ impl Consumer {
                         // received before a restart inside it comes again
                         // too: the hub ignores what it already published.)
                         if ev.commit_lsn >= self.watermark {
-                            self.hub.publish_arc(ev);
+                            self.hub.change(ev);
                         }
                     }
                     ListenerMessage::Message(_) => {}
@@ -239,7 +240,7 @@ impl Consumer {
                             ready.append(&mut b);
                             self.watermark = c.end_lsn;
                             ready_end = Some(c.end_lsn);
-                            self.hub.publish_commit(c.end_lsn);
+                            self.hub.commit(c.end_lsn);
                         } else {
                             // Already queued before a crash: only the
                             // acknowledgement was missing.

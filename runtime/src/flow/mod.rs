@@ -500,8 +500,8 @@ impl WalflowBuilder {
             start: Some(Lsn(watermark.unwrap_or(0) as u64)),
             ..self.hub_options.clone()
         });
-        let (feed, broadcaster) = match config.pubsub() {
-            PubSub::Local => (hub.clone(), None),
+        let (feed, broadcaster): (Arc<dyn crate::subscribe::Feed>, _) = match config.pubsub() {
+            PubSub::Local => (Arc::new(hub.clone()), None),
             PubSub::Postgres => {
                 let handed_on = watermark.map(|w| Lsn(w as u64));
                 let (relay, task) = nodes::start_broadcaster(
@@ -512,7 +512,7 @@ impl WalflowBuilder {
                     stop_rx.clone(),
                 )
                 .await?;
-                (relay, Some(task))
+                (Arc::new(relay), Some(task))
             }
         };
         let consumer = consumer::Consumer {

@@ -11,7 +11,7 @@ use super::{FlowError, Walflow, WalflowBuilder};
 use crate::config::{Config, ConfigError, PubSub};
 use crate::lsn::Lsn;
 use crate::queue::{Handover, Shared, Store};
-use crate::subscribe::{Broadcast, HubOptions, PgPubSub, Subscriptions, Transaction};
+use crate::subscribe::{Broadcast, HubOptions, PgPubSub, Relay, Subscriptions, Transaction};
 
 /// With [`PubSub::Postgres`], what the listener's consumer feeds instead of
 /// the hub: a relay that hands each committed transaction, in commit order,
@@ -27,11 +27,11 @@ pub(super) async fn start_broadcaster(
     hub: Subscriptions,
     handed_on: Option<Lsn>,
     stop: watch::Receiver<bool>,
-) -> Result<(Subscriptions, JoinHandle<()>), FlowError> {
+) -> Result<(Relay, JoinHandle<()>), FlowError> {
     let pubsub = PgPubSub::from_config(pool.clone(), config).await?;
     pubsub.resume_sending(handed_on).await?;
     let (out, queued) = mpsc::unbounded_channel();
-    let relay = Subscriptions::relay(hub, out);
+    let relay = Relay::new(hub, out);
     let task = tokio::spawn(broadcast(pubsub, queued, config.clone(), stop));
     Ok((relay, task))
 }

@@ -15,7 +15,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use super::pubsub::Transaction;
 use super::scope::{Scope, ScopeKey, record_key};
 use crate::event::{Event, EventDecodeError, Position};
 use crate::lsn::Lsn;
@@ -289,40 +288,6 @@ struct Inner {
     state: Mutex<State>,
     options: HubOptions,
     processed: watch::Sender<Option<Lsn>>,
-    /// Set on a relay: see [`Subscriptions::relay`].
-    relay: Option<Relay>,
-}
-
-/// What a relay hub does instead of delivering: gathers each transaction's
-/// changes, and on its commit hands the whole transaction to the local hub
-/// and to the broadcaster, in commit order.
-struct Relay {
-    pending: Mutex<Vec<Arc<RawEvent>>>,
-    local: Subscriptions,
-    out: tokio::sync::mpsc::UnboundedSender<Transaction>,
-}
-
-impl Relay {
-    fn change(&self, raw: Arc<RawEvent>) {
-        let mut pending = lock(&self.pending);
-        if let Some(last) = pending.last()
-            && (last.commit_lsn != raw.commit_lsn || last.seq >= raw.seq)
-        {
-            // The transaction is delivered again from its start (the
-            // listener restarted in its middle): drop the partial copy.
-            pending.clear();
-        }
-        pending.push(raw);
-    }
-
-    fn commit(&self, end_lsn: Lsn) {
-        let changes = std::mem::take(&mut *lock(&self.pending));
-        let tx = Transaction { end_lsn, changes };
-        tx.publish_to(&self.local);
-        if self.out.send(tx).is_err() {
-            tracing::error!(%end_lsn, "pubsub: the broadcaster has stopped; transaction not broadcast");
-        }
-    }
 }
 
 #[derive(Default)]
@@ -641,30 +606,6 @@ impl Subscriptions {
                 state: Mutex::new(state),
                 processed: watch::channel(options.start).0,
                 options,
-                relay: None,
-            }),
-        }
-    }
-
-    /// A hub that delivers nothing itself: it gathers the changes published
-    /// to it, and on each commit publishes the whole transaction to `local`
-    /// and sends it to `out` (the node's broadcaster), in commit order. A
-    /// transaction published again from its start replaces its partial
-    /// copy.
-    pub(crate) fn relay(
-        local: Subscriptions,
-        out: tokio::sync::mpsc::UnboundedSender<Transaction>,
-    ) -> Subscriptions {
-        Subscriptions {
-            inner: Arc::new(Inner {
-                state: Mutex::new(State::default()),
-                processed: watch::channel(None).0,
-                options: local.inner.options.clone(),
-                relay: Some(Relay {
-                    pending: Mutex::new(Vec::new()),
-                    local,
-                    out,
-                }),
             }),
         }
     }
@@ -700,10 +641,6 @@ impl Subscriptions {
 
     /// [`publish`](Self::publish) without copying the change.
     pub fn publish_arc(&self, raw: Arc<RawEvent>) {
-        if let Some(relay) = &self.inner.relay {
-            relay.change(raw);
-            return;
-        }
         let mut state = lock(&self.inner.state);
         let position = Position::from(&*raw);
         if state.last.is_some_and(|last| position <= last) {
@@ -723,10 +660,6 @@ impl Subscriptions {
     /// of it went through [`publish`](Self::publish)). [`Subscriptions::processed`]
     /// then returns it.
     pub fn publish_commit(&self, end_lsn: Lsn) {
-        if let Some(relay) = &self.inner.relay {
-            relay.commit(end_lsn);
-            return;
-        }
         {
             let mut state = lock(&self.inner.state);
             let now = Instant::now();
@@ -1189,3 +1122,13 @@ impl<T> Drop for Subscription<T> {
 
 #[cfg(test)]
 mod tests;
+
+impl crate::subscribe::Feed for Subscriptions {
+    fn change(&self, raw: Arc<RawEvent>) {
+        self.publish_arc(raw);
+    }
+
+    fn commit(&self, end_lsn: Lsn) {
+        self.publish_commit(end_lsn);
+    }
+}

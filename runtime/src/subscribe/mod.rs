@@ -64,6 +64,7 @@
 
 mod hub;
 pub mod pubsub;
+mod relay;
 mod scope;
 #[cfg(feature = "axum")]
 pub mod sse;
@@ -76,3 +77,14 @@ pub use pubsub::{Broadcast, LocalPubSub, LogRetention, PgPubSub, PubSubError, Tr
 pub use scope::{Filter, Scope};
 
 pub use crate::event::Position;
+pub(crate) use relay::Relay;
+
+/// What the listener's consumer hands every change and every commit to, in
+/// commit order: the hub ([`Subscriptions`]), or on the node broadcasting
+/// to others the relay, which feeds the hub and the broadcaster.
+pub(crate) trait Feed: Send + Sync {
+    /// A change of the transaction being received.
+    fn change(&self, raw: std::sync::Arc<crate::raw::RawEvent>);
+    /// The end of that transaction.
+    fn commit(&self, end_lsn: crate::lsn::Lsn);
+}

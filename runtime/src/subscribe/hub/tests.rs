@@ -6,6 +6,7 @@ use chrono::DateTime;
 
 use super::*;
 use crate::registry::Field;
+use crate::subscribe::Feed;
 use crate::value::{Record, Value};
 
 thread_local! {
@@ -187,20 +188,18 @@ fn a_relay_hands_on_whole_transactions_in_commit_order() {
     let local = Subscriptions::default();
     let mut sub = local.subscribe::<Item>(Scope::All);
     let (out, mut queued) = tokio::sync::mpsc::unbounded_channel();
-    let relay = Subscriptions::relay(local.clone(), out);
-    let first = raw(EventKind::Insert, Some(row(1, 1)), None, 100);
+    let relay = crate::subscribe::Relay::new(local.clone(), out);
+    let first = Arc::new(raw(EventKind::Insert, Some(row(1, 1)), None, 100));
     let mut second = raw(EventKind::Insert, Some(row(2, 1)), None, 100);
     second.seq = 1;
-    relay.publish(&first);
+    relay.change(first.clone());
     assert_eq!(sub.buffered(), 0, "nothing before the commit");
     // The listener restarted in the middle: the transaction comes again.
-    relay.publish(&first);
-    relay.publish(&second);
-    relay.publish_commit(Lsn(108));
-    relay.publish_transaction(
-        [&raw(EventKind::Insert, Some(row(3, 1)), None, 200)],
-        Lsn(208),
-    );
+    relay.change(first);
+    relay.change(Arc::new(second));
+    relay.commit(Lsn(108));
+    relay.change(Arc::new(raw(EventKind::Insert, Some(row(3, 1)), None, 200)));
+    relay.commit(Lsn(208));
 
     let tx = queued.try_recv().unwrap();
     assert_eq!(tx.end_lsn, Lsn(108));
