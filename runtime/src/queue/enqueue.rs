@@ -31,6 +31,13 @@ pub(crate) async fn queue_retrying(
     // An attempt whose outcome is unknown: the connection broke after the
     // statement was sent, so it may have committed.
     let mut uncertain = false;
+    // What this flush queues, for messages.
+    let what = match (end, partial) {
+        (Some(end), _) => format!("the transactions up to {end}"),
+        (None, Some((lsn, seq))) => format!("transaction {lsn} up to change {seq}"),
+        (None, None) => "process status marks".to_owned(),
+    };
+    let (slot, rows) = (shared.slot.as_str(), batch.rows.len());
     loop {
         let error = match conn.as_mut() {
             None => match connect(&shared).await {
@@ -42,7 +49,7 @@ pub(crate) async fn queue_retrying(
                             Ok(true) => return (Some(c), true),
                             Ok(false) => uncertain = false,
                             Err(e) => {
-                                tracing::warn!(error = %e, "reading the queue's position failed; retrying");
+                                tracing::warn!(slot, error = %e, "reading the queue's position failed; retrying");
                                 tries += 1;
                                 tokio::select! {
                                     _ = tokio::time::sleep(shared.config.restart_delay(tries)) => {}
@@ -57,7 +64,7 @@ pub(crate) async fn queue_retrying(
                 }
                 Err(e) => {
                     shared.note_error(&e);
-                    tracing::warn!(error = %e, "connecting to queue events failed; retrying");
+                    tracing::warn!(slot, error = %e, "connecting to queue {what} failed; retrying");
                     None
                 }
             },
@@ -79,9 +86,9 @@ pub(crate) async fn queue_retrying(
             if is_transient(&e) {
                 conn = None;
                 uncertain = true;
-                tracing::warn!(error = %e, "queueing events failed; retrying");
+                tracing::warn!(slot, rows, error = %e, "queueing {what} failed; retrying");
             } else {
-                tracing::error!(error = %e, "queueing events failed; retrying");
+                tracing::error!(slot, rows, error = %e, "queueing {what} failed; retrying");
             }
         }
         tries += 1;
