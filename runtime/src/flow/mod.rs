@@ -915,6 +915,7 @@ impl Walflow {
     /// [shuts down](Self::shutdown) gracefully.
     ///
     /// ```no_run
+    /// # #[allow(dead_code)]
     /// # async fn run(flow: walflow_runtime::Walflow) -> Result<(), walflow_runtime::FlowError> {
     /// flow.shutdown_on(async {
     ///     let _ = tokio::signal::ctrl_c().await;
