@@ -76,6 +76,9 @@ pub struct SlotInfo {
     pub active_pid: Option<u32>,
     /// Whether it is a temporary slot.
     pub temporary: bool,
+    /// `reserved`, `extended`, `unreserved` or `lost` (invalidated: the WAL
+    /// it needs was removed).
+    pub wal_status: Option<String>,
 }
 
 /// Why the server cannot be used. Messages never contain the password.
@@ -180,6 +183,21 @@ pub enum PreflightError {
         /// What does not match.
         reason: String,
     },
+    /// Our slot was invalidated: PostgreSQL removed WAL it still needed
+    /// (`wal_status = 'lost'`), because more WAL than
+    /// `max_slot_wal_keep_size` was written while nothing read it.
+    #[error(
+        "replication slot `{slot}` was invalidated (wal_status = 'lost'): PostgreSQL removed WAL it \
+         still needed, because more than max_slot_wal_keep_size was written while nothing read it. \
+         The changes made since can no longer be streamed. To go on, drop the slot \
+         (SELECT pg_drop_replication_slot('{slot}')) and start again: the new slot starts from now, \
+         so the changes made in between are not seen and derived tables must be rebuilt from their \
+         sources; raise max_slot_wal_keep_size (or keep a flow running) so it does not happen again"
+    )]
+    SlotLost {
+        /// The slot.
+        slot: String,
+    },
     /// A query of the checks failed.
     #[error("cannot check the server: {0}")]
     Query(#[source] sqlx::Error),
@@ -270,7 +288,7 @@ where
     .map_err(PreflightError::Query)?;
     let slot_row = sqlx::query(
         "SELECT slot_name::text, slot_type, plugin::text, database::text, active, \
-                active_pid, temporary \
+                active_pid, temporary, wal_status \
            FROM pg_replication_slots WHERE slot_name = $1",
     )
     .bind(cfg.slot_name())
@@ -290,6 +308,7 @@ where
                     .try_get::<Option<i32>, _>("active_pid")?
                     .map(|p| to_u32(p.into())),
                 temporary: r.try_get("temporary")?,
+                wal_status: r.try_get("wal_status")?,
             })
         })
         .transpose()
@@ -364,6 +383,11 @@ impl ServerInfo {
                         slot.database.as_deref().unwrap_or(""),
                         self.database
                     )));
+                }
+                if slot.wal_status.as_deref() == Some("lost") {
+                    return Err(PreflightError::SlotLost {
+                        slot: slot_name.to_string(),
+                    });
                 }
                 if slot.active {
                     return Err(PreflightError::SlotInUse {

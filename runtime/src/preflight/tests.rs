@@ -28,6 +28,7 @@ fn slot() -> SlotInfo {
         active: false,
         active_pid: None,
         temporary: false,
+        wal_status: Some("reserved".into()),
     }
 }
 
@@ -46,6 +47,30 @@ fn good_server_passes() {
     superuser.replication = false;
     superuser.superuser = true;
     superuser.verify(&Config::default()).unwrap();
+}
+
+#[test]
+fn a_lost_slot_names_the_way_out() {
+    let mut info = good();
+    info.slot = Some(SlotInfo {
+        wal_status: Some("lost".into()),
+        ..slot()
+    });
+    let err = info.verify(&Config::default()).unwrap_err();
+    assert!(matches!(&err, PreflightError::SlotLost { slot } if slot == "walflow_slot"));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("SELECT pg_drop_replication_slot('walflow_slot')")
+            && msg.contains("derived tables must be rebuilt"),
+        "{msg}"
+    );
+    // Unreserved is a warning sign, not yet an error.
+    let mut info = good();
+    info.slot = Some(SlotInfo {
+        wal_status: Some("unreserved".into()),
+        ..slot()
+    });
+    info.verify(&Config::default()).unwrap();
 }
 
 #[test]

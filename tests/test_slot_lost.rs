@@ -1,0 +1,98 @@
+//! A slot invalidated by `max_slot_wal_keep_size` while the flow was
+//! stopped: the next start says what happened and the way out, and the way
+//! out (drop the slot, start again) works.
+
+mod common;
+
+use std::time::Duration;
+
+use walflow::FlowError;
+use walflow::preflight::PreflightError;
+use walflow::prelude::*;
+
+#[event_source(table = "notes")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Note {
+    id: i64,
+}
+
+const SLOT: &str = "lost_slot";
+
+async fn wal_status(db: &common::Db) -> Option<String> {
+    sqlx::query_scalar("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1")
+        .bind(SLOT)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_lost_while_the_flow_was_down_is_reported_and_recovered_from() {
+    // A cluster of its own: the setting applies to every slot of a server.
+    let pg = walflow::embedded::EmbeddedPostgres::builder()
+        .setting("max_slot_wal_keep_size", "1MB")
+        .setting("wal_keep_size", "0")
+        .start()
+        .await
+        .unwrap();
+    let db = common::Db::connect(&pg.create_database("lost").await.unwrap()).await;
+    db.exec("CREATE TABLE notes (id int8 PRIMARY KEY, pad text NOT NULL)")
+        .await;
+    let start = || {
+        Walflow::builder()
+            .database_url(&db.url)
+            .slot_name(SLOT)
+            .start()
+    };
+    let flow = start().await.expect("the flow starts");
+    flow.shutdown().await.unwrap();
+    common::wait_slot_released(&db.url, SLOT).await;
+
+    // Enough WAL, switched and checkpointed, for the server to remove what
+    // the idle slot still needs.
+    common::wait_until(Duration::from_secs(120), || async {
+        db.exec(
+            "INSERT INTO notes SELECT g, repeat('x', 1000)
+               FROM generate_series(coalesce((SELECT max(id) FROM notes), 0) + 1,
+                                    coalesce((SELECT max(id) FROM notes), 0) + 2000) g",
+        )
+        .await;
+        db.exec("SELECT pg_switch_wal()").await;
+        db.exec("CHECKPOINT").await;
+        wal_status(&db).await.as_deref() == Some("lost")
+    })
+    .await;
+
+    let err = start().await.expect_err("a lost slot is refused");
+    match &err {
+        FlowError::Preflight(PreflightError::SlotLost { slot }) => assert_eq!(slot, SLOT),
+        other => panic!("expected SlotLost, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("SELECT pg_drop_replication_slot('{SLOT}')")),
+        "{msg}"
+    );
+
+    // The way out the message names.
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(SLOT)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let flow = start().await.expect("the flow starts on a new slot");
+    let mut notes = flow.subscribe::<Note>(walflow::subscribe::Scope::All);
+    db.exec("INSERT INTO notes VALUES (-1, 'after')").await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::StreamExt::next(&mut notes),
+    )
+    .await
+    .expect("a change in time")
+    .expect("the stream goes on")
+    .expect("no lag");
+    assert_eq!(got.row().unwrap().id, -1);
+    assert_eq!(wal_status(&db).await.as_deref(), Some("reserved"));
+    flow.shutdown().await.unwrap();
+}
