@@ -747,19 +747,25 @@ fn numbers_exact(s: &[u8]) -> bool {
 }
 
 fn number_exact(token: &str) -> bool {
-    let integer = !token.contains(['.', 'e', 'E']);
-    if integer && (token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok()) {
+    // What serde_json holds for the token, as serde_json writes it back (its
+    // own parser and printer: Rust's may choose another of two shortest
+    // forms of one `f64`, such as `…565.3` for serde_json's `…565.2`).
+    let Ok(number) = serde_json::from_str::<serde_json::Number>(token) else {
+        return false;
+    };
+    let token = decimal(token);
+    if token == decimal(&number.to_string()) {
         return true;
     }
-    match token.parse::<f64>() {
-        Ok(f) if f.is_finite() => {
-            let token = decimal(token);
-            // It prints back as itself, or (an integer) it is the exact
-            // value (2^70 prints shorter, as 1.1805916207174113e21).
-            token == decimal(&format!("{f:e}")) || integer && token == decimal(&format!("{f:.0}"))
-        }
-        _ => false,
-    }
+    // An integer beyond `u64` whose `f64` is exactly it (2^70 prints
+    // shorter, as 1.1805916207174113e21).
+    let integer = token
+        .as_ref()
+        .is_some_and(|(_, _, exponent)| *exponent >= 0);
+    integer
+        && number
+            .as_f64()
+            .is_some_and(|f| token == decimal(&format!("{f:.0}")))
 }
 
 /// A decimal number as `(negative, digits, exponent)`: `digits × 10^exponent`,
