@@ -883,7 +883,6 @@ impl Walflow {
     /// delivered again at the next start.
     pub async fn shutdown(&self) -> Result<(), FlowError> {
         let _ = self.stop.send(true);
-        self.hub.close();
         let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(mut tasks) = tasks else {
             let mut stopped = self.stopped.subscribe();
@@ -901,6 +900,8 @@ impl Walflow {
             l.abort();
             let _ = l.await;
         }
+        // Nothing more is published: the streams end after what they got.
+        self.hub.close();
         for e in tasks.executors.drain(..) {
             let _ = e.await;
         }
