@@ -11,7 +11,7 @@
 //!   transaction whose events are in the queue. A transaction delivered again
 //!   after a crash (enqueued but not yet acknowledged) is skipped.
 //! - `walflow.queue (slot, operator, commit_lsn, seq, part, id, kind,
-//!   schema_name, table_name, event, updated_at)`: one row per operator and
+//!   schema_name, table_name, event, updated_at, queued_at)`: one row per operator and
 //!   event (two for an update that moved the mapped id: `part` 0 for the new
 //!   id, 1 for the old one). `id` is the mapped id as a JSON [`Value`](crate::Value),
 //!   `event` the whole [`RawEvent`](crate::RawEvent) for handler operators.
@@ -28,6 +28,11 @@
 //! - `walflow.dead_letters (id, slot, operator, commit_lsn, seq, part, id,
 //!   kind, schema_name, table_name, event, updated_at, error, attempts,
 //!   failed_at)`: events given up after their last attempt.
+//! - `walflow.requests (id, slot, kind, operator, dead_letter_ids, state,
+//!   total, done, error, created_at, finished_at)`: requests to the running
+//!   flow of a slot (retrying dead letters), with their progress.
+//! - `walflow.operators (slot, operator, started_at)`: the operators of the
+//!   flow that last started on a slot.
 
 use sqlx::PgPool;
 
@@ -184,6 +189,39 @@ CREATE TABLE IF NOT EXISTS walflow.pubsub_log (
     payload text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (channel, end_lsn)
+);
+"#,
+    ),
+    (
+        5,
+        r#"
+-- When a row was queued: the age of the oldest row is how far an operator
+-- is behind (status, metrics).
+ALTER TABLE walflow.queue ADD COLUMN queued_at timestamptz NOT NULL DEFAULT now();
+-- Requests to the running flow of a slot (from `walflow dead-letters retry
+-- --all` and the like): the flow that owns the operators does the work,
+-- and records its progress here for whoever asked.
+CREATE TABLE walflow.requests (
+    id bigserial PRIMARY KEY,
+    slot text NOT NULL,
+    kind text NOT NULL,
+    operator text,
+    dead_letter_ids bigint[],
+    state text NOT NULL DEFAULT 'pending',
+    total integer,
+    done integer NOT NULL DEFAULT 0,
+    error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+CREATE INDEX requests_pending ON walflow.requests (slot) WHERE state IN ('pending', 'running');
+-- The operators of the flow that last started on a slot, so that tools
+-- list every one, even one with nothing queued.
+CREATE TABLE walflow.operators (
+    slot text NOT NULL,
+    operator text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (slot, operator)
 );
 "#,
     ),
