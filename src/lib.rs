@@ -169,6 +169,9 @@ pub use walflow_runtime::config::{ErrorLogger, FailureInfo, RetryInfo, TracingEr
 // Realtime subscriptions (and Server-Sent Events with the `axum` feature).
 pub use walflow_runtime::subscribe;
 
+// Metrics and health (and their HTTP endpoint with the `prometheus` feature).
+pub use walflow_runtime::telemetry::{self, Health, HealthState};
+
 // The listener for direct use, the set-up it needs, and the server checks.
 pub use walflow_runtime::{ident, listener, migrate, preflight, setup};
 
@@ -219,6 +222,22 @@ mod tests {
             table == crate::config::OPTIONS_TABLE,
             "the README's options table is out of date; replace it with:\n{}",
             crate::config::OPTIONS_TABLE
+        );
+    }
+
+    #[test]
+    fn the_readme_lists_every_metric() {
+        let readme = include_str!("../README.md");
+        let start = "<!-- metrics table: generated from walflow::telemetry::METRICS_TABLE -->\n";
+        let table = readme
+            .split_once(start)
+            .and_then(|(_, rest)| rest.split_once("<!-- end of metrics table -->"))
+            .map(|(table, _)| table)
+            .expect("the README has the metrics table's markers");
+        assert!(
+            table == crate::telemetry::METRICS_TABLE,
+            "the README's metrics table is out of date; replace it with:\n{}",
+            crate::telemetry::METRICS_TABLE
         );
     }
 }

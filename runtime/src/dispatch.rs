@@ -35,6 +35,9 @@ pub(crate) struct NewRow {
     /// The transaction id of its event; with events of several
     /// transactions collapsed into it, 0 (unknown).
     pub xid: u32,
+    /// The commit time of its (first) event, in microseconds since the
+    /// Unix epoch: the start of the commit-to-apply latency.
+    pub committed_at: Option<i64>,
 }
 
 /// Whether transaction id `a` is older than `b` (PostgreSQL's modulo-2³²
@@ -106,6 +109,7 @@ impl Batch {
                     let prev = std::mem::replace(&mut out[i], row);
                     let cur = &mut out[i];
                     cur.first_lsn = Some(prev.first_lsn.unwrap_or(prev.commit_lsn));
+                    cur.committed_at = prev.committed_at.or(cur.committed_at);
                     // One transaction id stands for the row only when all
                     // its events share it: transaction ids are not in
                     // commit order, so a snapshot that saw the highest did
@@ -195,6 +199,7 @@ pub(crate) fn dispatch(
                 first_lsn: None,
                 covers: Vec::new(),
                 xid: raw.xid,
+                committed_at: Some(raw.commit_time.timestamp_micros()),
             }
         };
         match op.action {

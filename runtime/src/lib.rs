@@ -39,6 +39,7 @@ pub mod raw;
 pub mod registry;
 pub mod setup;
 pub mod subscribe;
+pub mod telemetry;
 pub mod value;
 
 pub use config::{Config, ErrorLogger, FailureInfo, RetryInfo, TracingErrorLogger};
@@ -50,4 +51,5 @@ pub use raw::{Change, Changes, ColumnType, EventKind, RawEvent};
 pub use registry::{
     EventSource, Field, Registry, RegistryError, RegistryProblem, TableName, TableRef,
 };
+pub use telemetry::{Health, HealthState};
 pub use value::{Interval, InvalidValue, MaybeInfinite, Numeric, Record, RecordError, Value};

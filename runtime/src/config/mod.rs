@@ -391,6 +391,7 @@ impl Config {
         for (option, value) in [
             ("heartbeat_interval", self.heartbeat_interval),
             ("status_interval", self.status_interval),
+            ("health_interval", self.health_interval),
             ("pubsub_retain_for", self.pubsub_retain_for),
         ] {
             if value.is_zero() {

@@ -248,6 +248,37 @@ macro_rules! with_options {
                 show(c) => c.status_interval;
                 env("WALFLOW_STATUS_INTERVAL_MS", ms, "milliseconds");
                 default("1 s"), esx("—");
+
+            /// How often the flow reads its slot's lag and its queues'
+            /// depths, for [`Walflow::health`](crate::Walflow::health), the
+            /// metrics and the slot guard.
+            health_interval: std::time::Duration = std::time::Duration::from_secs(5);
+                set(d: std::time::Duration) => d;
+                get(c) -> std::time::Duration => c.health_interval;
+                show(c) => c.health_interval;
+                env("WALFLOW_HEALTH_INTERVAL_MS", ms, "milliseconds");
+                default("5 s"), esx("—");
+
+            /// The slot lag (WAL bytes not yet acknowledged) within which
+            /// the flow counts as caught up: ready
+            /// ([`Health::ready`](crate::Health::ready), `/readyz`).
+            ready_lag_bytes: u64 = 16 * 1024 * 1024;
+                set(bytes: u64) => bytes;
+                get(c) -> u64 => c.ready_lag_bytes;
+                show(c) => c.ready_lag_bytes;
+                env("WALFLOW_READY_LAG_BYTES", number, "bytes");
+                default("16 MiB"), esx("—");
+
+            /// The slot guard: past this lag the flow logs a warning and
+            /// reports itself degraded. PostgreSQL keeps the WAL a slot has
+            /// not acknowledged, so a stuck flow fills the server's disk
+            /// (or, with `max_slot_wal_keep_size`, loses its slot).
+            max_slot_lag_bytes: u64 = 1024 * 1024 * 1024;
+                set(bytes: u64) => bytes;
+                get(c) -> u64 => c.max_slot_lag_bytes;
+                show(c) => c.max_slot_lag_bytes;
+                env("WALFLOW_MAX_SLOT_LAG_BYTES", number, "bytes");
+                default("1 GiB"), esx("—");
         }
     };
 }

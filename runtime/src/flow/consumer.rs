@@ -14,6 +14,7 @@ use crate::listener::{Listener, ListenerMessage, ListenerOptions, PgWireConnecto
 use crate::lsn::Lsn;
 use crate::queue::{Shared, Store};
 use crate::registry::OperatorRegistration;
+use crate::telemetry;
 
 /// Messages taken from the listener per round; the transactions completed in
 /// a round are queued in one database transaction.
@@ -86,6 +87,7 @@ impl Consumer {
     }
 
     pub async fn run(mut self, first: Listener) {
+        self.shared.health.listening(first.connection_probe());
         let mut listener = Some(first);
         // The transaction being received: its commit LSN and queue rows.
         let mut open: Option<(Lsn, Batch)> = None;
@@ -108,7 +110,10 @@ impl Consumer {
                     Ok(l) => {
                         gone.mark_unchanged();
                         failures = 0;
+                        self.shared.health.listening(l.connection_probe());
                         listener = Some(l);
+                        metrics::counter!(telemetry::RECONNECTS, "connection" => "replication")
+                            .increment(1);
                     }
                     Err(e) => {
                         failures += 1;
@@ -176,6 +181,7 @@ impl Consumer {
                     if let_go {
                         drop(listener.take());
                     }
+                    self.shared.health.streaming(false);
                     tracing::warn!(error = why, "the listener failed; restarting it");
                     // Whole transactions received are queued; the rest
                     // comes again (from the slot's confirmed position: so
@@ -204,6 +210,7 @@ impl Consumer {
                     continue;
                 }
             };
+            let mut counts = telemetry::EventCounts::default();
             for m in buf.drain(..) {
                 match m {
                     ListenerMessage::Begin(b) => {
@@ -230,6 +237,7 @@ impl Consumer {
                         // received before a restart inside it comes again
                         // too: the hub ignores what it already published.)
                         if ev.commit_lsn >= self.watermark {
+                            counts.add(&ev);
                             self.hub.change(ev);
                         }
                     }
@@ -240,6 +248,7 @@ impl Consumer {
                             ready.append(&mut b);
                             self.watermark = c.end_lsn;
                             ready_end = Some(c.end_lsn);
+                            counts.transactions += 1;
                             self.hub.commit(c.end_lsn);
                         } else {
                             // Already queued before a crash: only the
@@ -249,6 +258,7 @@ impl Consumer {
                     }
                 }
             }
+            counts.record();
             if inflight.is_some() {
                 continue;
             }

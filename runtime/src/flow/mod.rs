@@ -98,6 +98,7 @@
 //! up from `walflow.pubsub_log`; see [`crate::subscribe::pubsub`].
 
 mod consumer;
+mod health;
 mod nodes;
 
 use serde::de::DeserializeOwned;
@@ -127,6 +128,7 @@ use crate::queue::store::StoreError;
 use crate::queue::{Handover, Shared, Store};
 use crate::registry::{OperatorRegistration, Registry, RegistryError};
 use crate::setup::{SetupError, SetupSpec, TableSpec, prepare};
+use crate::telemetry::{Health, HealthCell};
 
 /// Why the flow could not start or answer.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +182,16 @@ pub enum FlowError {
          call it on the node holding the slot"
     )]
     SubscriberOnly(&'static str),
+    /// The metrics endpoint could not start (the address is taken, or
+    /// another `metrics` recorder is installed).
+    #[cfg(feature = "prometheus")]
+    #[error("the metrics endpoint on {addr} could not start: {reason}")]
+    MetricsEndpoint {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
     /// [`Walflow::wait_processed`] ran out of time.
     #[error("the operators did not reach {lsn} within {timeout:?}")]
     Timeout {
@@ -223,6 +235,8 @@ pub struct WalflowBuilder {
     subscriber_only: bool,
     #[cfg(feature = "embedded")]
     embedded: bool,
+    #[cfg(feature = "prometheus")]
+    metrics_endpoint: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for WalflowBuilder {
@@ -376,6 +390,19 @@ impl WalflowBuilder {
         self
     }
 
+    /// Serves `/metrics` (Prometheus' text format), `/healthz` and
+    /// `/readyz` on `addr` from the start of [`start`](Self::start) until
+    /// [`shutdown`](Walflow::shutdown); port 0 picks a free port
+    /// ([`Walflow::metrics_addr`]). Installs a Prometheus recorder as the
+    /// process's `metrics` recorder (once per process; flows of one process
+    /// share it). See [`crate::telemetry`] for the metrics and the health
+    /// answers.
+    #[cfg(feature = "prometheus")]
+    pub fn metrics_endpoint(mut self, addr: impl Into<std::net::SocketAddr>) -> Self {
+        self.metrics_endpoint = Some(addr.into());
+        self
+    }
+
     /// Sets up the database and starts the listener and the executors.
     pub async fn start(self) -> Result<Walflow, FlowError> {
         if self.subscriber_only {
@@ -397,6 +424,17 @@ impl WalflowBuilder {
             (builder, None)
         };
         let config = builder.build()?;
+        crate::telemetry::describe();
+        let health = HealthCell::new(config.ready_lag_bytes(), config.max_slot_lag_bytes());
+        #[cfg(feature = "prometheus")]
+        let endpoint = match self.metrics_endpoint {
+            Some(addr) => Some(
+                crate::telemetry::endpoint::serve(addr, health.clone())
+                    .await
+                    .map_err(|reason| FlowError::MetricsEndpoint { addr, reason })?,
+            ),
+            None => None,
+        };
         let operators: Vec<&'static OperatorRegistration> = match &self.operators {
             None => registry.operators().collect(),
             Some(names) => {
@@ -441,11 +479,14 @@ impl WalflowBuilder {
                 .map_err(FlowError::sql(format!("running the set-up SQL {sql:?}")))?;
         }
         // Clear messages before anything is created (see `preflight`).
+        health.step("checking the server");
         crate::preflight::check_server(&pool, &config).await?;
+        health.step("migrating the walflow schema");
         crate::migrate::migrate(&pool)
             .await
             .map_err(FlowError::sql("migrating the `walflow` schema"))?;
         crate::crash_point::hit("start.migrated");
+        health.step("publishing the tables and creating the slot");
         prepare(
             &pool,
             &SetupSpec {
@@ -467,6 +508,7 @@ impl WalflowBuilder {
         .await?;
         crate::crash_point::hit("start.prepared");
         let slot = config.slot_name().to_owned();
+        health.step("waiting for the slot's previous holder to stop");
         crate::queue::enqueue::wait_for_predecessor(&pool, &slot, Duration::from_secs(30))
             .await
             .map_err(FlowError::sql(format!(
@@ -493,6 +535,7 @@ impl WalflowBuilder {
             store,
             handover,
             server_gone: watch::channel(0).0,
+            health: health.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
         // Realtime subscriptions see every change committed from now on.
@@ -527,6 +570,7 @@ impl WalflowBuilder {
             flushes: 0,
             hub: feed,
         };
+        health.step("starting the listener");
         let listener = consumer.start_listener().await?;
 
         let executors = operators
@@ -555,6 +599,13 @@ impl WalflowBuilder {
             })
             .collect();
         let consumer = tokio::spawn(consumer.run(listener));
+        #[cfg(feature = "prometheus")]
+        let metrics_addr = endpoint.as_ref().map(|e| e.addr);
+        let health_task = tokio::spawn(health::watch(
+            shared.clone(),
+            operators.iter().map(|o| o.name).collect(),
+            stop_rx.clone(),
+        ));
         Ok(Walflow {
             hub,
             shared,
@@ -565,10 +616,15 @@ impl WalflowBuilder {
                 executors,
                 broadcaster,
                 listening: None,
+                health: Some(health_task),
+                #[cfg(feature = "prometheus")]
+                endpoint,
             })),
             stopped: watch::channel(false).0,
             owns_pool: self.pool.is_none(),
             subscriber_only: false,
+            #[cfg(feature = "prometheus")]
+            metrics_addr,
             #[cfg(feature = "embedded")]
             _embedded: embedded,
         })
@@ -639,6 +695,8 @@ pub struct Walflow {
     /// application's.
     owns_pool: bool,
     subscriber_only: bool,
+    #[cfg(feature = "prometheus")]
+    metrics_addr: Option<std::net::SocketAddr>,
     #[cfg(feature = "embedded")]
     _embedded: Option<crate::embedded::EmbeddedPostgres>,
 }
@@ -697,6 +755,20 @@ impl Walflow {
         self.hub.wait_for(scope, after, timeout).await
     }
 
+    /// What the flow says about itself: alive, ready, its state and slot
+    /// lag (see [`Health`]). The same answer as `/healthz` and `/readyz`
+    /// of the [metrics endpoint](WalflowBuilder::metrics_endpoint).
+    pub fn health(&self) -> Health {
+        self.shared.health.health()
+    }
+
+    /// The address the [metrics endpoint](WalflowBuilder::metrics_endpoint)
+    /// listens on, if one was asked for.
+    #[cfg(feature = "prometheus")]
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
     /// A builder; see [`WalflowBuilder`].
     pub fn builder() -> WalflowBuilder {
         WalflowBuilder {
@@ -712,6 +784,8 @@ impl Walflow {
             subscriber_only: false,
             #[cfg(feature = "embedded")]
             embedded: false,
+            #[cfg(feature = "prometheus")]
+            metrics_endpoint: None,
         }
     }
 
@@ -905,6 +979,14 @@ impl Walflow {
         for e in tasks.executors.drain(..) {
             let _ = e.await;
         }
+        if let Some(h) = tasks.health.take() {
+            let _ = h.await;
+        }
+        self.shared.health.stop();
+        #[cfg(feature = "prometheus")]
+        if let Some(mut e) = tasks.endpoint.take() {
+            e.stop().await;
+        }
         if self.owns_pool {
             self.shared.pool.close().await;
         }
@@ -939,6 +1021,11 @@ struct Tasks {
     broadcaster: Option<JoinHandle<()>>,
     /// On a subscriber-only node: the `LISTEN` task.
     listening: Option<JoinHandle<()>>,
+    /// The readings of the slot lag and queue depths.
+    health: Option<JoinHandle<()>>,
+    /// The metrics endpoint, served until the shutdown is done.
+    #[cfg(feature = "prometheus")]
+    endpoint: Option<crate::telemetry::endpoint::Endpoint>,
 }
 
 impl Drop for Walflow {

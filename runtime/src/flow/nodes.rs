@@ -48,6 +48,7 @@ async fn broadcast(
     mut stop: watch::Receiver<bool>,
 ) {
     while let Some(tx) = queued.recv().await {
+        metrics::gauge!(crate::telemetry::PUBSUB_PENDING).set((queued.len() + 1) as f64);
         let mut attempt = 0u32;
         while let Err(e) = pubsub.send(&tx).await {
             attempt += 1;
@@ -75,6 +76,7 @@ async fn broadcast(
                 _ = stop.wait_for(|s| *s) => {}
             }
         }
+        metrics::gauge!(crate::telemetry::PUBSUB_PENDING).set(queued.len() as f64);
     }
 }
 
@@ -128,6 +130,21 @@ pub(super) async fn start_subscriber(builder: WalflowBuilder) -> Result<Walflow,
     });
     let listening = pubsub.listen(hub.clone()).await?;
     let (stop, _) = watch::channel(false);
+    crate::telemetry::describe();
+    // No slot: ready once it listens.
+    let health = crate::telemetry::HealthCell::without_slot();
+    health.streaming(true);
+    #[cfg(feature = "prometheus")]
+    let endpoint = match builder.metrics_endpoint {
+        Some(addr) => Some(
+            crate::telemetry::endpoint::serve(addr, health.clone())
+                .await
+                .map_err(|reason| FlowError::MetricsEndpoint { addr, reason })?,
+        ),
+        None => None,
+    };
+    #[cfg(feature = "prometheus")]
+    let metrics_addr = endpoint.as_ref().map(|e| e.addr);
     Ok(Walflow {
         hub,
         shared: Arc::new(Shared {
@@ -137,6 +154,7 @@ pub(super) async fn start_subscriber(builder: WalflowBuilder) -> Result<Walflow,
             handover: Handover::new(&[], false),
             config,
             server_gone: watch::channel(0).0,
+            health,
         }),
         operators: Vec::new(),
         stop,
@@ -145,10 +163,15 @@ pub(super) async fn start_subscriber(builder: WalflowBuilder) -> Result<Walflow,
             executors: Vec::new(),
             broadcaster: None,
             listening: Some(listening),
+            health: None,
+            #[cfg(feature = "prometheus")]
+            endpoint,
         })),
         stopped: watch::channel(false).0,
         owns_pool: builder.pool.is_none(),
         subscriber_only: true,
+        #[cfg(feature = "prometheus")]
+        metrics_addr,
         #[cfg(feature = "embedded")]
         _embedded: embedded,
     })

@@ -438,6 +438,13 @@ impl Listener {
         self.shared.connected.load(Ordering::Acquire)
     }
 
+    /// A probe of [`is_connected`](Self::is_connected) that outlives
+    /// borrows of the listener (for health reports).
+    pub(crate) fn connection_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || shared.connected.load(Ordering::Acquire)
+    }
+
     /// How many times the session was re-established after a loss.
     pub fn reconnects(&self) -> u64 {
         self.shared.reconnects.load(Ordering::Acquire)
@@ -737,6 +744,8 @@ impl<C: Connector> Pump<C> {
                 let _ = s.send(Ok(()));
             } else {
                 self.shared.reconnects.fetch_add(1, Ordering::AcqRel);
+                metrics::counter!(crate::telemetry::RECONNECTS, "connection" => "replication")
+                    .increment(1);
                 tracing::info!(slot = %self.spec.slot, from = %self.spec.start_lsn, "walflow replication session re-established");
             }
             self.shared.connected.store(true, Ordering::Release);

@@ -416,7 +416,10 @@ impl UnitRunner {
         let mut transient = 0u32;
         loop {
             let failure = match self.attempt(&rows).await {
-                Ok(()) => return,
+                Ok(()) => {
+                    crate::telemetry::applied(self.op.name, rows.iter().map(|r| r.committed_at));
+                    return;
+                }
                 Err(f) => f,
             };
             match failure {
@@ -436,6 +439,7 @@ impl UnitRunner {
                     }
                 }
                 Failure::Failed(error) if attempt <= cfg.max_retries() => {
+                    crate::telemetry::failed(self.op.name, true);
                     let next_wait = cfg.restart_delay(attempt);
                     cfg.error_logger().log_retry(&RetryInfo {
                         operator: self.op.name,
@@ -452,6 +456,7 @@ impl UnitRunner {
                     attempt += 1;
                 }
                 Failure::Failed(error) | Failure::Decode(error) => {
+                    crate::telemetry::failed(self.op.name, false);
                     cfg.error_logger().log_failed(&FailureInfo {
                         operator: self.op.name,
                         table: &table,
@@ -463,7 +468,11 @@ impl UnitRunner {
                     let mut tries = 0u32;
                     loop {
                         match self.dead_letter(&rows, &error, attempt).await {
-                            Ok(()) | Err(Failure::Stopped) => return,
+                            Ok(()) => {
+                                crate::telemetry::dead_lettered(self.op.name, rows.len());
+                                return;
+                            }
+                            Err(Failure::Stopped) => return,
                             Err(
                                 Failure::Transient(e) | Failure::Failed(e) | Failure::Decode(e),
                             ) => {
@@ -507,7 +516,13 @@ impl UnitRunner {
             return false;
         }
         let together = AssertUnwindSafe(self.run_queries(sql, units)).catch_unwind();
-        matches!(together.await, Ok(Ok(())))
+        let ok = matches!(together.await, Ok(Ok(())));
+        if ok {
+            for (_, rows) in units {
+                crate::telemetry::applied(self.op.name, rows.iter().map(|r| r.committed_at));
+            }
+        }
+        ok
     }
 
     async fn run_queries(

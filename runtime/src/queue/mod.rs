@@ -193,6 +193,8 @@ pub(crate) struct Shared {
     /// [`is_shutdown`]): the consumer then lets go of the replication
     /// connection, so the server can stop (rule 7).
     pub server_gone: watch::Sender<u64>,
+    /// What the flow says about itself ([`crate::Walflow::health`]).
+    pub health: crate::telemetry::HealthCell,
 }
 
 impl Shared {
@@ -227,6 +229,9 @@ pub(crate) struct Row {
     pub(crate) covers: Vec<(i64, i32)>,
     /// The consumer's flush queueing the row (0: queued already).
     pub(crate) flush: u64,
+    /// The commit time of its (first) event, microseconds since the Unix
+    /// epoch, when handed over in memory (for the commit-to-apply metric).
+    pub(crate) committed_at: Option<i64>,
 }
 
 impl Row {
@@ -250,6 +255,7 @@ impl Row {
                 _ => Vec::new(),
             },
             flush: 0,
+            committed_at: None,
         }
     }
 
@@ -271,6 +277,7 @@ impl Row {
             first_lsn: r.first_lsn,
             covers: r.covers.clone(),
             flush,
+            committed_at: r.committed_at,
         }
     }
 

@@ -138,3 +138,50 @@ pub(crate) async fn dead_letters(
         })
         .collect())
 }
+
+/// An operator's queue, as the health readings see it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Depth {
+    pub operator: String,
+    /// Rows in `walflow.queue`.
+    pub rows: i64,
+    /// Seconds since the oldest row was queued (0 when none).
+    pub oldest_age: f64,
+    /// Rows in `walflow.dead_letters`.
+    pub dead_letters: i64,
+}
+
+/// The queue depth and dead letters of each of `operators` on `slot`.
+pub(crate) async fn depths(
+    pool: &PgPool,
+    slot: &str,
+    operators: &[&str],
+) -> Result<Vec<Depth>, sqlx::Error> {
+    let rows: Vec<(String, i64, f64, i64)> = sqlx::query_as(
+        "SELECT o.name,
+                coalesce(q.n, 0),
+                coalesce(extract(epoch FROM now() - q.oldest)::float8, 0),
+                coalesce(d.n, 0)
+         FROM unnest($2::text[]) AS o(name)
+         LEFT JOIN LATERAL (
+             SELECT count(*) AS n, min(queued_at) AS oldest FROM walflow.queue
+             WHERE slot = $1 AND operator = o.name) q ON true
+         LEFT JOIN LATERAL (
+             SELECT count(*) AS n FROM walflow.dead_letters
+             WHERE slot = $1 AND operator = o.name) d ON true
+         ORDER BY o.name",
+    )
+    .bind(slot)
+    .bind(operators)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(operator, rows, oldest_age, dead_letters)| Depth {
+            operator,
+            rows,
+            oldest_age: oldest_age.max(0.0),
+            dead_letters,
+        })
+        .collect())
+}

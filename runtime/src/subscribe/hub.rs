@@ -496,9 +496,11 @@ impl<T: EventSource + DeserializeOwned> TypedSink<T> {
         let mut q = lock(&self.queue);
         if let Some(lag) = &mut q.lag {
             lag.missed += 1;
+            metrics::counter!(crate::telemetry::SUBSCRIPTION_LAGGED).increment(1);
             return;
         }
         if !unbounded && q.buf.len() >= q.capacity {
+            metrics::counter!(crate::telemetry::SUBSCRIPTION_LAGGED).increment(1);
             q.lag = Some(Lagged {
                 missed: 1,
                 resume_from: q.last,
@@ -1018,6 +1020,7 @@ impl<T: EventSource + DeserializeOwned> SubscriptionBuilder<T> {
             predicate: self.predicate,
         });
         let id = self.hub.register(&self.scope, sink.clone(), self.after)?;
+        metrics::gauge!(crate::telemetry::SUBSCRIBERS).increment(1.0);
         Ok(Subscription {
             hub: Arc::downgrade(&self.hub.inner),
             id,
@@ -1114,6 +1117,7 @@ impl<T: EventSource + DeserializeOwned> Stream for Subscription<T> {
 
 impl<T> Drop for Subscription<T> {
     fn drop(&mut self) {
+        metrics::gauge!(crate::telemetry::SUBSCRIBERS).decrement(1.0);
         if let Some(inner) = self.hub.upgrade() {
             Subscriptions { inner }.unsubscribe(self.id);
         }

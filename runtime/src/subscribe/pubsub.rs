@@ -525,7 +525,11 @@ impl Receiver {
                         }
                         failures += 1;
                         match self.connect().await {
-                            Ok(l) => break l,
+                            Ok(l) => {
+                                metrics::counter!(crate::telemetry::RECONNECTS, "connection" => "pubsub")
+                                    .increment(1);
+                                break l;
+                            }
                             Err(e) => tracing::warn!(
                                 channel = %self.pubsub.channel,
                                 error = %e,
