@@ -1,14 +1,15 @@
 //! A slot invalidated by `max_slot_wal_keep_size` while the flow was
 //! stopped: the next start says what happened and the way out, and the way
-//! out (drop the slot, start again) works.
+//! out (drop the slot, start again) works. Invalidated while the flow runs:
+//! its health turns `failed`, with the same message.
 
 mod common;
 
 use std::time::Duration;
 
-use walflow::FlowError;
 use walflow::preflight::PreflightError;
 use walflow::prelude::*;
+use walflow::{FlowError, HealthState};
 
 #[event_source(table = "notes")]
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -94,5 +95,60 @@ async fn a_slot_lost_while_the_flow_was_down_is_reported_and_recovered_from() {
     .expect("no lag");
     assert_eq!(got.row().unwrap().id, -1);
     assert_eq!(wal_status(&db).await.as_deref(), Some("reserved"));
+    flow.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_lost_while_the_flow_runs_makes_it_failed() {
+    let pg = walflow::embedded::EmbeddedPostgres::builder()
+        .setting("max_slot_wal_keep_size", "1MB")
+        .setting("wal_keep_size", "0")
+        .start()
+        .await
+        .unwrap();
+    let db = common::Db::connect(&pg.create_database("lost_running").await.unwrap()).await;
+    db.exec("CREATE TABLE notes (id int8 PRIMARY KEY, pad text NOT NULL)")
+        .await;
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(SLOT)
+        .health_interval(Duration::from_millis(100))
+        .start()
+        .await
+        .expect("the flow starts");
+    common::wait_until(Duration::from_secs(30), || async { flow.health().ready }).await;
+
+    // The flow cannot record what it received, so it acknowledges nothing
+    // while the server writes WAL past max_slot_wal_keep_size.
+    let mut hold = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE walflow.queue, walflow.streams IN SHARE MODE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    common::wait_until(Duration::from_secs(120), || async {
+        db.exec(
+            "INSERT INTO notes SELECT g, repeat('x', 1000)
+               FROM generate_series(coalesce((SELECT max(id) FROM notes), 0) + 1,
+                                    coalesce((SELECT max(id) FROM notes), 0) + 2000) g",
+        )
+        .await;
+        db.exec("SELECT pg_switch_wal()").await;
+        db.exec("CHECKPOINT").await;
+        wal_status(&db).await.as_deref() == Some("lost")
+    })
+    .await;
+
+    common::wait_until(Duration::from_secs(30), || async {
+        flow.health().state == HealthState::Failed
+    })
+    .await;
+    let health = flow.health();
+    assert!(!health.alive && !health.ready, "{health:?}");
+    let detail = health.detail.unwrap();
+    assert!(
+        detail.contains(SLOT) && detail.contains("pg_drop_replication_slot"),
+        "{detail}"
+    );
+    hold.rollback().await.unwrap();
     flow.shutdown().await.unwrap();
 }

@@ -38,6 +38,9 @@ pub(crate) struct NewRow {
     /// The commit time of its (first) event, in microseconds since the
     /// Unix epoch: the start of the commit-to-apply latency.
     pub committed_at: Option<i64>,
+    /// The span of its transaction ([`crate::flow`]'s consumer sets it):
+    /// the operator's unit span is its child.
+    pub span: tracing::Span,
 }
 
 /// Whether transaction id `a` is older than `b` (PostgreSQL's modulo-2³²
@@ -200,6 +203,7 @@ pub(crate) fn dispatch(
                 covers: Vec::new(),
                 xid: raw.xid,
                 committed_at: Some(raw.commit_time.timestamp_micros()),
+                span: tracing::Span::none(),
             }
         };
         match op.action {

@@ -91,6 +91,9 @@ impl Consumer {
         let mut listener = Some(first);
         // The transaction being received: its commit LSN and queue rows.
         let mut open: Option<(Lsn, Batch)> = None;
+        // The span of the transaction being received, and its changes.
+        let mut open_span = tracing::Span::none();
+        let mut open_changes = 0u64;
         let mut ready = Batch::default();
         let mut ready_end: Option<Lsn> = None;
         // The flush under way: the next batch is received meanwhile, so
@@ -218,6 +221,13 @@ impl Consumer {
                             xids: vec![b.xid],
                             ..Batch::default()
                         };
+                        open_span = tracing::info_span!(
+                            "walflow.transaction",
+                            lsn = %b.commit_lsn,
+                            xid = b.xid,
+                            rows = tracing::field::Empty,
+                        );
+                        open_changes = 0;
                         open = Some((b.commit_lsn, batch));
                     }
                     ListenerMessage::Change(ev) => {
@@ -229,8 +239,15 @@ impl Consumer {
                                 .partial
                                 .is_some_and(|(lsn, seq)| lsn == ev.commit_lsn && ev.seq <= seq);
                             if !queued && ev.commit_lsn.0 >= self.watermark.0 {
+                                let from = b.rows.len();
                                 dispatch(&ev, &self.ops, &field, b);
+                                if !open_span.is_none() {
+                                    for r in &mut b.rows[from..] {
+                                        r.span = open_span.clone();
+                                    }
+                                }
                             }
+                            open_changes += 1;
                         }
                         // A transaction queued before a restart comes again:
                         // its changes were published then. (The part of one
@@ -243,6 +260,8 @@ impl Consumer {
                     }
                     ListenerMessage::Message(_) => {}
                     ListenerMessage::Commit(c) => {
+                        open_span.record("rows", open_changes);
+                        open_span = tracing::Span::none();
                         let mut b = open.take().map(|(_, b)| b).unwrap_or_default();
                         if c.end_lsn > self.watermark {
                             ready.append(&mut b);

@@ -30,6 +30,7 @@ use futures_util::FutureExt;
 use sqlx::PgConnection;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::config::{FailureInfo, RetryInfo};
 use crate::ctx::Ctx;
@@ -71,6 +72,37 @@ fn sql_failure(e: sqlx::Error) -> Failure {
     } else {
         Failure::Failed(e.to_string())
     }
+}
+
+/// The span of a unit of `operator`: a child of the span of its first
+/// event's transaction when the event was handed over in memory, following
+/// from the other transactions' spans.
+fn unit_span<'a>(
+    operator: &'static str,
+    table: &str,
+    ids: &str,
+    rows: impl Iterator<Item = &'a Row> + Clone,
+) -> tracing::Span {
+    let parent = rows.clone().find_map(|r| r.span.id());
+    let span = tracing::info_span!(
+        parent: parent.clone(),
+        "walflow.unit",
+        operator,
+        table,
+        ids,
+        events = rows.clone().count(),
+        attempt = tracing::field::Empty,
+        error = tracing::field::Empty,
+        dead_lettered = tracing::field::Empty,
+    );
+    for r in rows {
+        if let Some(id) = r.span.id()
+            && Some(&id) != parent.as_ref()
+        {
+            span.follows_from(id);
+        }
+    }
+    span
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
@@ -414,8 +446,10 @@ impl UnitRunner {
         let id = id_display(&last.id);
         let mut attempt = 1u32;
         let mut transient = 0u32;
+        let span = unit_span(self.op.name, &table, &id, rows.iter());
         loop {
-            let failure = match self.attempt(&rows).await {
+            span.record("attempt", attempt);
+            let failure = match self.attempt(&rows).instrument(span.clone()).await {
                 Ok(()) => {
                     crate::telemetry::applied(self.op.name, rows.iter().map(|r| r.committed_at));
                     return;
@@ -440,6 +474,7 @@ impl UnitRunner {
                 }
                 Failure::Failed(error) if attempt <= cfg.max_retries() => {
                     crate::telemetry::failed(self.op.name, true);
+                    span.record("error", error.as_str());
                     let next_wait = cfg.restart_delay(attempt);
                     cfg.error_logger().log_retry(&RetryInfo {
                         operator: self.op.name,
@@ -457,6 +492,8 @@ impl UnitRunner {
                 }
                 Failure::Failed(error) | Failure::Decode(error) => {
                     crate::telemetry::failed(self.op.name, false);
+                    span.record("error", error.as_str());
+                    span.record("dead_lettered", true);
                     cfg.error_logger().log_failed(&FailureInfo {
                         operator: self.op.name,
                         table: &table,
@@ -515,7 +552,21 @@ impl UnitRunner {
             // Stopping: the caller's split runs each, which stop as well.
             return false;
         }
-        let together = AssertUnwindSafe(self.run_queries(sql, units)).catch_unwind();
+        let last = &all[all.len() - 1];
+        let ids: Vec<String> = units
+            .iter()
+            .take(10)
+            .map(|(_, rows)| id_display(&rows[rows.len() - 1].id))
+            .collect();
+        let mut ids = ids.join(", ");
+        if units.len() > 10 {
+            ids.push_str(&format!(", … ({} ids)", units.len()));
+        }
+        let table = format!("{}.{}", last.schema, last.table);
+        let span = unit_span(self.op.name, &table, &ids, all.iter().copied());
+        let together = AssertUnwindSafe(self.run_queries(sql, units))
+            .catch_unwind()
+            .instrument(span);
         let ok = matches!(together.await, Ok(Ok(())));
         if ok {
             for (_, rows) in units {

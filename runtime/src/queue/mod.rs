@@ -232,6 +232,8 @@ pub(crate) struct Row {
     /// The commit time of its (first) event, microseconds since the Unix
     /// epoch, when handed over in memory (for the commit-to-apply metric).
     pub(crate) committed_at: Option<i64>,
+    /// The span of its transaction, when handed over in memory.
+    pub(crate) span: tracing::Span,
 }
 
 impl Row {
@@ -256,6 +258,7 @@ impl Row {
             },
             flush: 0,
             committed_at: None,
+            span: tracing::Span::none(),
         }
     }
 
@@ -278,6 +281,7 @@ impl Row {
             covers: r.covers.clone(),
             flush,
             committed_at: r.committed_at,
+            span: r.span.clone(),
         }
     }
 
