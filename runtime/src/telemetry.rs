@@ -321,6 +321,38 @@ pub struct Health {
     pub max_slot_lag_bytes: u64,
 }
 
+/// An operator at the last reading (the status page's feed).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct OperatorReading {
+    pub operator: String,
+    pub queue_rows: i64,
+    pub oldest_age_seconds: f64,
+    pub dead_letters: i64,
+}
+
+/// A dead letter at the last reading (the status page's feed).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct DeadLetterReading {
+    pub id: i64,
+    pub operator: String,
+    pub table: String,
+    pub mapped_id: String,
+    pub error: String,
+    pub attempts: u32,
+    pub failed_at: DateTime<Utc>,
+}
+
+/// What the status page shows: the health, each operator's queue and the
+/// latest dead letters.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+pub(crate) struct StatusReading {
+    pub slot: String,
+    pub health: Health,
+    pub operators: Vec<OperatorReading>,
+    pub dead_letters: Vec<DeadLetterReading>,
+}
+
 /// A slot reading.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SlotReading {
@@ -339,6 +371,8 @@ struct Inner {
     fatal: Option<String>,
     stopped: bool,
     over_limit: bool,
+    operators: Vec<OperatorReading>,
+    dead_letters: Vec<DeadLetterReading>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -356,6 +390,8 @@ impl std::fmt::Debug for Inner {
 #[derive(Debug, Clone)]
 pub(crate) struct HealthCell {
     inner: Arc<Mutex<Inner>>,
+    /// Bumped at each change, for the status page's live feed.
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
     ready_lag: u64,
     max_lag: u64,
     /// A subscriber-only node: no slot, ready while listening.
@@ -369,6 +405,7 @@ impl HealthCell {
                 step: Some("connecting"),
                 ..Inner::default()
             })),
+            changed: Arc::new(tokio::sync::watch::channel(0).0),
             ready_lag,
             max_lag,
             no_slot: false,
@@ -384,6 +421,40 @@ impl HealthCell {
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let r = f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
+        self.changed.send_modify(|n| *n += 1);
+        r
+    }
+
+    /// Changes as they happen (the value is a counter).
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The operators' queues and the latest dead letters, read.
+    pub fn operators_read(&self, operators: Vec<OperatorReading>, dead: Vec<DeadLetterReading>) {
+        self.with(|i| {
+            i.operators = operators;
+            i.dead_letters = dead;
+        });
+    }
+
+    /// What the status page shows.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub fn status(&self, slot: &str) -> StatusReading {
+        let health = self.health();
+        let (operators, dead_letters) =
+            self.with_quietly(|i| (i.operators.clone(), i.dead_letters.clone()));
+        StatusReading {
+            slot: slot.to_owned(),
+            health,
+            operators,
+            dead_letters,
+        }
+    }
+
+    fn with_quietly<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -435,7 +506,7 @@ impl HealthCell {
     }
 
     pub fn health(&self) -> Health {
-        self.with(|i| {
+        self.with_quietly(|i| {
             let lag = i.reading.map(|r| r.lag);
             let (state, detail) = if i.stopped {
                 (HealthState::Stopped, None)

@@ -8,7 +8,10 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::queue::Shared;
-use crate::telemetry::{self, SlotReading};
+use crate::telemetry::{self, DeadLetterReading, OperatorReading, SlotReading};
+
+/// How many dead letters the status page lists (the latest).
+const LATEST_DEAD_LETTERS: i64 = 20;
 
 /// Reads until the flow stops.
 pub(crate) async fn watch(
@@ -86,13 +89,44 @@ async fn read(shared: &Shared, operators: &[&'static str]) -> Result<(), sqlx::E
         }
         None => {}
     }
-    if !operators.is_empty() {
-        for d in crate::queue::status::depths(&shared.pool, slot, operators).await? {
-            let labels = [("operator", d.operator)];
-            metrics::gauge!(telemetry::QUEUE_ROWS, &labels).set(d.rows as f64);
-            metrics::gauge!(telemetry::QUEUE_OLDEST_AGE, &labels).set(d.oldest_age);
-            metrics::gauge!(telemetry::DEAD_LETTERS, &labels).set(d.dead_letters as f64);
-        }
+    if operators.is_empty() {
+        return Ok(());
     }
+    let mut readings = Vec::new();
+    for d in crate::queue::status::depths(&shared.pool, slot, operators).await? {
+        let labels = [("operator", d.operator.clone())];
+        metrics::gauge!(telemetry::QUEUE_ROWS, &labels).set(d.rows as f64);
+        metrics::gauge!(telemetry::QUEUE_OLDEST_AGE, &labels).set(d.oldest_age);
+        metrics::gauge!(telemetry::DEAD_LETTERS, &labels).set(d.dead_letters as f64);
+        readings.push(OperatorReading {
+            operator: d.operator,
+            queue_rows: d.rows,
+            oldest_age_seconds: d.oldest_age,
+            dead_letters: d.dead_letters,
+        });
+    }
+    let dead = if readings.iter().any(|r| r.dead_letters > 0) {
+        crate::queue::status::latest_dead_letters(
+            &shared.pool,
+            slot,
+            operators,
+            LATEST_DEAD_LETTERS,
+        )
+        .await?
+        .into_iter()
+        .map(|d| DeadLetterReading {
+            id: d.id,
+            operator: d.operator,
+            table: d.table,
+            mapped_id: d.mapped_id,
+            error: d.error,
+            attempts: d.attempts,
+            failed_at: d.failed_at,
+        })
+        .collect()
+    } else {
+        Vec::new()
+    };
+    shared.health.operators_read(readings, dead);
     Ok(())
 }

@@ -429,9 +429,13 @@ impl WalflowBuilder {
         #[cfg(feature = "prometheus")]
         let endpoint = match self.metrics_endpoint {
             Some(addr) => Some(
-                crate::telemetry::endpoint::serve(addr, health.clone())
-                    .await
-                    .map_err(|reason| FlowError::MetricsEndpoint { addr, reason })?,
+                crate::telemetry::endpoint::serve(
+                    addr,
+                    health.clone(),
+                    config.slot_name().to_owned(),
+                )
+                .await
+                .map_err(|reason| FlowError::MetricsEndpoint { addr, reason })?,
             ),
             None => None,
         };

@@ -120,9 +120,33 @@ pub(crate) async fn dead_letters(
     .bind(operator)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| DeadLetter {
+    Ok(rows.into_iter().map(DeadLetter::from).collect())
+}
+
+/// The `limit` latest dead letters on `slot` of `operators`, newest first.
+pub(crate) async fn latest_dead_letters(
+    pool: &PgPool,
+    slot: &str,
+    operators: &[&str],
+    limit: i64,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let rows: Vec<DeadLetterRow> = sqlx::query_as(
+        "SELECT id, operator, commit_lsn, seq, kind, schema_name, table_name, mapped_id, error,
+                attempts, failed_at
+         FROM walflow.dead_letters WHERE slot = $1 AND operator = ANY($2)
+         ORDER BY id DESC LIMIT $3",
+    )
+    .bind(slot)
+    .bind(operators)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(DeadLetter::from).collect())
+}
+
+impl From<DeadLetterRow> for DeadLetter {
+    fn from(r: DeadLetterRow) -> DeadLetter {
+        DeadLetter {
             id: r.id,
             operator: r.operator,
             position: Position {
@@ -135,8 +159,8 @@ pub(crate) async fn dead_letters(
             error: r.error,
             attempts: r.attempts as u32,
             failed_at: r.failed_at,
-        })
-        .collect())
+        }
+    }
 }
 
 /// An operator's queue, as the health readings see it.

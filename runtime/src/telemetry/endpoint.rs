@@ -1,15 +1,20 @@
 //! The HTTP endpoint of [`WalflowBuilder::metrics_endpoint`](crate::WalflowBuilder::metrics_endpoint):
 //! `/metrics` (Prometheus' text format), `/healthz` and `/readyz` (200 or
-//! 503, with the [`Health`](super::Health) as JSON).
+//! 503, with the [`Health`](super::Health) as JSON), and `/status`, a page
+//! fed live by `/status/events` (Server-Sent Events, one `status` event
+//! with the whole state at each reading).
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use futures_util::stream::{self, Stream};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -74,7 +79,11 @@ impl Drop for Endpoint {
 }
 
 /// Binds `addr` and serves until stopped.
-pub(crate) async fn serve(addr: SocketAddr, health: HealthCell) -> Result<Endpoint, String> {
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    health: HealthCell,
+    slot: String,
+) -> Result<Endpoint, String> {
     let handle = recorder()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -82,7 +91,8 @@ pub(crate) async fn serve(addr: SocketAddr, health: HealthCell) -> Result<Endpoi
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop, mut stopped) = watch::channel(false);
     let h = health.clone();
-    let ready = health;
+    let ready = health.clone();
+    let (feed, feed_stop) = (health, stop.subscribe());
     let upkeep = handle.clone();
     let app = Router::new()
         .route(
@@ -114,6 +124,14 @@ pub(crate) async fn serve(addr: SocketAddr, health: HealthCell) -> Result<Endpoi
                 let health = ready.health();
                 async move { json(health.ready, &health) }
             }),
+        )
+        .route("/status", get(|| async { Html(STATUS_PAGE) }))
+        .route(
+            "/status/events",
+            get(move || {
+                let events = status_events(feed.clone(), slot.clone(), feed_stop.clone());
+                async move { Sse::new(events).keep_alive(KeepAlive::default()) }
+            }),
         );
     let mut upkeep_stop = stopped.clone();
     let task = tokio::spawn(async move {
@@ -138,6 +156,35 @@ pub(crate) async fn serve(addr: SocketAddr, health: HealthCell) -> Result<Endpoi
         stop,
         task: Some(task),
     })
+}
+
+/// The status page (plain HTML and a few lines of JavaScript).
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// The state now, then at each change, as `status` events; ends when the
+/// endpoint stops.
+fn status_events(
+    health: HealthCell,
+    slot: String,
+    stop: watch::Receiver<bool>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let changes = health.changes();
+    stream::unfold(
+        (health, slot, changes, stop, true),
+        |(health, slot, mut changes, mut stop, first)| async move {
+            if !first {
+                tokio::select! {
+                    changed = changes.changed() => changed.ok()?,
+                    _ = stop.wait_for(|s| *s) => return None,
+                }
+            }
+            changes.mark_unchanged();
+            let status = health.status(&slot);
+            let data = serde_json::to_string(&status).expect("the status serializes");
+            let event = SseEvent::default().event("status").data(data);
+            Some((Ok(event), (health, slot, changes, stop, false)))
+        },
+    )
 }
 
 fn json(ok: bool, health: &super::Health) -> Response {

@@ -1,0 +1,131 @@
+//! The status page of the metrics endpoint in a real headless Chromium:
+//! the state, an operator's queue depth and its dead letters (with their
+//! errors) update live over Server-Sent Events, without a reload.
+
+#![allow(dead_code)] // struct fields are read through serde
+
+mod common;
+
+use std::time::Duration;
+
+use common::browser::browser;
+use fantoccini::{Client, Locator};
+use tokio::sync::Semaphore;
+use walflow::prelude::*;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[event_source(table = "status_held")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct StatusHeld {
+    id: i64,
+}
+
+#[event_source(table = "status_poison")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct StatusPoison {
+    id: i64,
+}
+
+on_event! {
+    operator StatusHold {
+        events: [insert],
+        entities: [StatusHeld],
+        handler: hold,
+    }
+
+    operator StatusPoisoned {
+        events: [insert],
+        entities: [StatusPoison],
+        handler: poison,
+    }
+}
+
+static GATE: Semaphore = Semaphore::const_new(0);
+
+async fn hold(_event: Event<StatusHeld>, _ctx: Ctx) -> Result<(), std::io::Error> {
+    let _permit = GATE.acquire().await.expect("the gate stays open");
+    Ok(())
+}
+
+async fn poison(event: Event<StatusPoison>, _ctx: Ctx) -> Result<(), std::io::Error> {
+    let id = event.record().unwrap().id;
+    Err(std::io::Error::other(format!("<b>row {id}</b> is poison")))
+}
+
+/// The text of the first element matching `css`, once it equals `want`.
+async fn wait_text(client: &Client, css: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let got = match client.find(Locator::Css(css)).await {
+            Ok(el) => el.text().await.ok(),
+            Err(_) => None,
+        };
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{css}: {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_follows_queues_and_dead_letters_live() {
+    let db = common::db().await;
+    db.exec(
+        "CREATE TABLE status_held (id bigint PRIMARY KEY);
+         CREATE TABLE status_poison (id bigint PRIMARY KEY);",
+    )
+    .await;
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(db.slot("status"))
+        .operators(["StatusHold", "StatusPoisoned"])
+        .health_interval(Duration::from_millis(100))
+        .min_restart_time(Duration::from_millis(10))
+        .max_restart_time(Duration::from_millis(20))
+        .max_retries(1)
+        .metrics_endpoint(([127, 0, 0, 1], 0))
+        .start()
+        .await
+        .unwrap();
+    let addr = flow.metrics_addr().unwrap();
+
+    let profile = tempfile::tempdir().unwrap();
+    let (_driver, client) = browser(profile.path()).await;
+    client.goto(&format!("http://{addr}/status")).await.unwrap();
+    wait_text(&client, "#state", "ready").await;
+    wait_text(&client, "#op-StatusHold .rows", "0").await;
+    client
+        .execute("window.notReloaded = true; return true;", vec![])
+        .await
+        .unwrap();
+
+    db.exec("INSERT INTO status_held SELECT g FROM generate_series(1, 3) g")
+        .await;
+    wait_text(&client, "#op-StatusHold .rows", "3").await;
+
+    db.exec("INSERT INTO status_poison VALUES (9)").await;
+    wait_text(&client, "#op-StatusPoisoned .dead", "1").await;
+    // The handler's error, shown as text (not markup).
+    wait_text(
+        &client,
+        "#dead-letters .error",
+        "the handler failed: <b>row 9</b> is poison",
+    )
+    .await;
+    assert!(client.find(Locator::Css("#dead-letters b")).await.is_err());
+
+    GATE.add_permits(1);
+    wait_text(&client, "#op-StatusHold .rows", "0").await;
+    let same = client
+        .execute("return window.notReloaded === true;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same, serde_json::Value::Bool(true), "the page was reloaded");
+    client.close().await.unwrap();
+    flow.shutdown().await.unwrap();
+}
