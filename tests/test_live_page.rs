@@ -26,7 +26,7 @@ async fn text(client: &Client, css: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn counts_update_live_and_the_form_lands_on_the_new_post() {
     let db = common::db().await;
-    let (router, app) = app::start(&db.url, &db.slot("live")).await.unwrap();
+    let (router, app) = app::start(&db.url, &db.slot("live"), None).await.unwrap();
     let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", server.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(server, router).await.unwrap() });
@@ -95,10 +95,64 @@ async fn counts_update_live_and_the_form_lands_on_the_new_post() {
         text(&client, "#title").await.as_deref() == Some("renamed")
     })
     .await;
-    // Back on the list, the new post is there with its count.
+    // A comment through the page's form: it comes back over the live
+    // stream, without leaving the page.
+    client
+        .execute("window.notReloaded = true; return true;", vec![])
+        .await
+        .unwrap();
+    let body = client.find(Locator::Css("#new-comment")).await.unwrap();
+    body.send_keys("typed in the browser").await.unwrap();
+    client
+        .find(Locator::Css("#send-comment"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    common::wait_until(TIMEOUT, || async {
+        text(&client, "#comments").await.as_deref() == Some("live comment\ntyped in the browser")
+    })
+    .await;
+    let same_page = client
+        .execute("return window.notReloaded === true;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        same_page,
+        serde_json::Value::Bool(true),
+        "the comment came without a reload"
+    );
+    assert_eq!(
+        client
+            .find(Locator::Css("#new-comment"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(""),
+        "the form is cleared"
+    );
+    // The page is styled.
+    let styled = client
+        .execute(
+            "return getComputedStyle(document.querySelector('button')).borderRadius;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_ne!(
+        styled,
+        serde_json::Value::String("0px".into()),
+        "the stylesheet applies"
+    );
+
+    // Back on the list, the new post is there with both comments counted.
     client.goto(&format!("{base}/")).await.unwrap();
     common::wait_until(TIMEOUT, || async {
-        text(&client, "#post-2 .count").await.as_deref() == Some("1")
+        text(&client, "#post-2 .count").await.as_deref() == Some("2")
     })
     .await;
     client.close().await.unwrap();

@@ -1,7 +1,7 @@
 //! The live example's application: posts with live comment counts, a post
-//! page with its comments live, and a form that creates a post and
-//! redirects once the derived row exists. Shared by `main.rs` and the
-//! browser test.
+//! page with its comments live and a form to comment, and a form that
+//! creates a post and redirects once the derived row exists. Shared by
+//! `main.rs` and the browser test.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -76,15 +76,23 @@ pub struct App {
 
 /// Creates the tables and starts the flow (the operator keeping the counts,
 /// the listener feeding the subscription hub), and returns the router.
-pub async fn start(url: &str, slot: &str) -> Result<(Router, App), walflow::BoxError> {
-    let flow = Walflow::builder()
+/// With `metrics`, the flow serves its metrics, health and status page
+/// there.
+pub async fn start(
+    url: &str,
+    slot: &str,
+    metrics: Option<std::net::SocketAddr>,
+) -> Result<(Router, App), walflow::BoxError> {
+    let mut builder = Walflow::builder()
         .database_url(url)
         .slot_name(slot)
         .publication("walflow_live")
         .setup_sql(SCHEMA)
-        .operators(["PostWithCommentsCountOperator"])
-        .start()
-        .await?;
+        .operators(["PostWithCommentsCountOperator"]);
+    if let Some(addr) = metrics {
+        builder = builder.metrics_endpoint(addr);
+    }
+    let flow = builder.start().await?;
     let app = App {
         pool: flow.pool().clone(),
         hub: flow.subscriptions().clone(),
@@ -94,6 +102,8 @@ pub async fn start(url: &str, slot: &str) -> Result<(Router, App), walflow::BoxE
         .route("/", get(index))
         .route("/posts", axum::routing::post(create_post))
         .route("/posts/{id}", get(post_page))
+        .route("/posts/{id}/comments", axum::routing::post(create_comment))
+        .route("/style.css", get(stylesheet))
         .route("/events/counts", get(count_events))
         .route("/events/posts/{id}", get(post_events))
         .route("/events/posts/{id}/comments", get(comment_events))
@@ -165,6 +175,25 @@ fn esc(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
+/// The pages' stylesheet.
+const STYLE: &str = r#"
+body { font: 16px/1.5 system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem; color: #1d232a; }
+h1 { font-size: 1.6rem; }
+a { color: #1f5fa8; }
+ul { padding-left: 1.2rem; }
+li { margin: .3rem 0; }
+.count { font-weight: 600; font-variant-numeric: tabular-nums; }
+form { display: flex; gap: .5rem; margin-top: 1.5rem; }
+input, textarea { flex: 1; font: inherit; padding: .4rem .6rem; border: 1px solid #c5ccd3; border-radius: .4rem; }
+textarea { min-height: 3rem; }
+button { font: inherit; padding: .4rem 1rem; border: 0; border-radius: .4rem; background: #1f5fa8; color: white; cursor: pointer; }
+button:disabled { background: #8aa6c8; }
+"#;
+
+async fn stylesheet() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/css")], STYLE)
+}
+
 const LIVE_JS: &str = r#"
 function live(url, after, apply) {
   const es = new EventSource(url + '?after=' + encodeURIComponent(after));
@@ -207,7 +236,7 @@ async fn index(State(app): State<App>) -> Response {
         })
         .collect();
     Html(format!(
-        r#"<!doctype html><html><head><meta charset="utf-8"><title>Posts</title></head><body>
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>Posts</title><link rel="stylesheet" href="/style.css"></head><body>
 <h1>Posts</h1>
 <ul id="posts">{items}</ul>
 <form method="post" action="/posts"><input name="title" id="new-title" placeholder="Title" required> <button id="create">Create</button></form>
@@ -249,11 +278,25 @@ async fn post_page(State(app): State<App>, Path(id): Path<i64>) -> Response {
         .map(|(cid, body)| format!(r#"<li id="comment-{cid}">{}</li>"#, esc(body)))
         .collect();
     Html(format!(
-        r#"<!doctype html><html><head><meta charset="utf-8"><title>{t}</title></head><body>
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>{t}</title><link rel="stylesheet" href="/style.css"></head><body>
 <p><a href="/">All posts</a></p>
 <h1 id="title">{t}</h1>
 <ul id="comments">{items}</ul>
+<form method="post" action="/posts/{id}/comments" id="comment-form"><textarea name="body" id="new-comment" placeholder="Comment" required></textarea> <button id="send-comment">Comment</button></form>
 <script>{LIVE_JS}
+// Sent without leaving the page: the comment comes back over the live stream.
+const form = document.getElementById('comment-form');
+form.addEventListener('submit', async (e) => {{
+  e.preventDefault();
+  const button = document.getElementById('send-comment');
+  button.disabled = true;
+  try {{
+    await fetch(form.action, {{ method: 'POST', body: new URLSearchParams(new FormData(form)) }});
+    form.reset();
+  }} finally {{
+    button.disabled = false;
+  }}
+}});
 const comments = document.getElementById('comments');
 live('/events/posts/{id}', {after:?}, (row, gone) => {{
   document.getElementById('title').textContent = gone ? '(deleted)' : row.title;
@@ -266,6 +309,29 @@ live('/events/posts/{id}/comments', {after:?}, (row, gone) => {{
         t = esc(&title)
     ))
     .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct NewComment {
+    body: String,
+}
+
+/// Adds a comment and returns to the post's page (the comment and the new
+/// count reach the open pages over their live streams).
+async fn create_comment(
+    State(app): State<App>,
+    Path(id): Path<i64>,
+    Form(form): Form<NewComment>,
+) -> Response {
+    let inserted = sqlx::query("INSERT INTO comments (post_id, body) VALUES ($1, $2)")
+        .bind(id)
+        .bind(&form.body)
+        .execute(&app.pool)
+        .await;
+    match inserted {
+        Ok(_) => Redirect::to(&format!("/posts/{id}")).into_response(),
+        Err(e) => error(e),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -2,7 +2,9 @@
 //!
 //! Uses `DATABASE_URL` when set (a PostgreSQL with `wal_level = logical`),
 //! otherwise starts a throwaway cluster from the PostgreSQL binaries on
-//! `PATH`. `LISTEN` sets the address (default `127.0.0.1:3000`). Ctrl-C
+//! `PATH`. `LISTEN` sets the address (default `127.0.0.1:3000`); the flow's
+//! metrics, health and status page are on `METRICS_LISTEN` (default
+//! `127.0.0.1:0`, a free port, printed). Ctrl-C
 //! stops it cleanly: the flow shuts down (its live streams end, so open pages
 //! let go), then the server.
 
@@ -25,7 +27,13 @@ async fn main() -> Result<(), walflow::BoxError> {
             url
         }
     };
-    let (router, app) = app::start(&url, "walflow_live").await?;
+    let metrics = std::env::var("METRICS_LISTEN")
+        .unwrap_or_else(|_| "127.0.0.1:0".into())
+        .parse()?;
+    let (router, app) = app::start(&url, "walflow_live", Some(metrics)).await?;
+    if let Some(addr) = app.flow.metrics_addr() {
+        println!("status page on http://{addr}/status (metrics on /metrics)");
+    }
     let addr = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("live example on http://{}", listener.local_addr()?);
