@@ -13,6 +13,7 @@
 
 #![doc(test(attr(deny(warnings))))]
 
+pub mod admin;
 pub mod backoff;
 pub mod config;
 #[doc(hidden)]
