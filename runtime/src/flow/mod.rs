@@ -99,6 +99,7 @@
 
 mod consumer;
 mod nodes;
+mod requests;
 
 use serde::de::DeserializeOwned;
 
@@ -528,6 +529,18 @@ impl WalflowBuilder {
             hub: feed,
         };
         let listener = consumer.start_listener().await?;
+        // The slot is held: record its operators, and answer requests.
+        let names: Vec<&str> = operators.iter().map(|o| o.name).collect();
+        requests::register(&pool, &slot, &names)
+            .await
+            .map_err(FlowError::sql(format!(
+                "recording the operators of slot `{slot}`"
+            )))?;
+        let requests = tokio::spawn(requests::watch(
+            shared.clone(),
+            names.iter().map(|n| (*n).to_owned()).collect(),
+            stop_rx.clone(),
+        ));
 
         let executors = operators
             .iter()
@@ -565,6 +578,7 @@ impl WalflowBuilder {
                 executors,
                 broadcaster,
                 listening: None,
+                requests: Some(requests),
             })),
             stopped: watch::channel(false).0,
             owns_pool: self.pool.is_none(),
@@ -905,6 +919,9 @@ impl Walflow {
         for e in tasks.executors.drain(..) {
             let _ = e.await;
         }
+        if let Some(r) = tasks.requests.take() {
+            let _ = r.await;
+        }
         if self.owns_pool {
             self.shared.pool.close().await;
         }
@@ -939,6 +956,8 @@ struct Tasks {
     broadcaster: Option<JoinHandle<()>>,
     /// On a subscriber-only node: the `LISTEN` task.
     listening: Option<JoinHandle<()>>,
+    /// On the node holding the slot: the task answering `walflow.requests`.
+    requests: Option<JoinHandle<()>>,
 }
 
 impl Drop for Walflow {
