@@ -847,13 +847,10 @@ pub async fn request_progress(pool: &PgPool, id: i64) -> Result<RequestProgress,
     read().map_err(sql(format!("reading request {id}")))
 }
 
-/// Drops the slot: the server no longer keeps WAL for it, and a flow
-/// started on it again starts from the current position (what was not
-/// queued meanwhile is not delivered). Refused with
-/// [`AdminError::SlotActive`] while a process holds it;
-/// [`AdminError::UnknownSlot`] when there is no such slot. walflow's own
-/// rows for the slot are left as they are.
-pub async fn drop_slot(pool: &PgPool, slot: &str) -> Result<(), AdminError> {
+/// Whether [`drop_slot`] would drop the slot now: [`AdminError::SlotActive`]
+/// while a process holds it, [`AdminError::UnknownSlot`] when there is no
+/// such slot (for a tool that asks for confirmation first).
+pub async fn check_droppable(pool: &PgPool, slot: &str) -> Result<(), AdminError> {
     let row: Option<(bool, Option<i32>, Option<String>)> = sqlx::query_as(
         "SELECT s.active, s.active_pid, a.application_name::text
          FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid
@@ -873,18 +870,31 @@ pub async fn drop_slot(pool: &PgPool, slot: &str) -> Result<(), AdminError> {
             application_name: application_name.unwrap_or_default(),
         });
     }
+    Ok(())
+}
+
+/// Drops the slot: the server no longer keeps WAL for it, and a flow
+/// started on it again starts from the current position (what was not
+/// queued meanwhile is not delivered). Refused with
+/// [`AdminError::SlotActive`] while a process holds it;
+/// [`AdminError::UnknownSlot`] when there is no such slot. walflow's own
+/// rows for the slot are left as they are.
+pub async fn drop_slot(pool: &PgPool, slot: &str) -> Result<(), AdminError> {
+    check_droppable(pool, slot).await?;
     match sqlx::query("SELECT pg_drop_replication_slot($1)")
         .bind(slot)
         .execute(pool)
         .await
     {
         Ok(_) => Ok(()),
-        // Taken between the check and the drop.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") => {
-            Box::pin(drop_slot(pool, slot)).await
-        }
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42704") => {
-            Err(unknown_slot(pool, slot).await)
+        // Taken, or dropped, between the check and the drop.
+        Err(sqlx::Error::Database(e))
+            if matches!(e.code().as_deref(), Some("55006") | Some("42704")) =>
+        {
+            check_droppable(pool, slot).await?;
+            Err(sql(format!("dropping slot `{slot}`"))(
+                sqlx::Error::Database(e),
+            ))
         }
         Err(e) => Err(sql(format!("dropping slot `{slot}`"))(e)),
     }
