@@ -73,13 +73,17 @@ pub(crate) async fn watch(
             break;
         }
         if listener.is_none() {
-            listener = listen(&listen_pool).await;
+            listener = tokio::select! {
+                _ = stopping.wait_for(|s| *s) => break,
+                l = listen(&listen_pool) => l,
+            };
         }
         loop {
-            if *stop.borrow() {
-                break;
-            }
-            match take(&shared).await {
+            let taken = tokio::select! {
+                _ = stopping.wait_for(|s| *s) => break,
+                taken = take(&shared) => taken,
+            };
+            match taken {
                 Ok(Some(request)) => run(&shared, &operators, &stop, request).await,
                 Ok(None) => break,
                 Err(e) => {
