@@ -435,17 +435,28 @@ async fn retry_dead_letters(pool: &PgPool, slot: &str, retry: Retry) -> Outcome 
                     progress.error.as_deref().unwrap_or("no reason recorded")
                 )));
             }
-            state => {
-                if tokio::time::Instant::now() >= deadline {
-                    break Err(Failure(format!(
-                        "request {id} is still {state} after {}s ({} of {} done); the flow \
-                         holding slot `{slot}` may be busy or stopped; it goes on with the \
-                         request if it is running (see walflow.requests)",
-                        retry.timeout,
-                        progress.done,
-                        or_dash(progress.total),
-                    )));
-                }
+            _ if tokio::time::Instant::now() < deadline => {}
+            RequestState::Pending => {
+                let reason = format!("no flow took it within {}s", retry.timeout);
+                break match admin::withdraw_request(pool, id, &reason).await {
+                    Ok(true) => Err(Failure(format!(
+                        "request {id} withdrawn: the process holding slot `{slot}` did not take \
+                         it within {}s; is it a walflow flow, and is it running?",
+                        retry.timeout
+                    ))),
+                    // Taken meanwhile: look again.
+                    Ok(false) => continue,
+                    Err(e) => Err(e.into()),
+                };
+            }
+            _ => {
+                break Err(Failure(format!(
+                    "request {id} is still running after {}s ({} of {} done); the flow goes on \
+                     with it (see request {id} in walflow.requests)",
+                    retry.timeout,
+                    progress.done,
+                    or_dash(progress.total),
+                )));
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -122,6 +122,14 @@ async fn wait_dead_letters(pool: &PgPool, slot: &str, n: usize) -> Vec<i64> {
     dead_ids(pool, slot).await
 }
 
+async fn slot_active(pool: &PgPool, slot: &str) -> bool {
+    sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
+        .bind(slot)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 async fn fresh() -> (TestDatabase, PgPool) {
     let db = test_database().await.expect("a test database");
     let pool = db.pool().await.expect("a pool on it");
@@ -369,13 +377,7 @@ async fn every_command_against_a_running_flow() {
 
     flow.shutdown().await.unwrap();
     wait_until("the slot released", Duration::from_secs(30), || async {
-        let active: bool =
-            sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
-                .bind(s)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        !active
+        !slot_active(&pool, s).await
     })
     .await;
 
@@ -455,4 +457,51 @@ async fn without_a_database_the_error_says_how_to_give_one() {
         out,
         "no database given: set DATABASE_URL or pass --database-url",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_no_flow_takes_is_withdrawn_at_the_timeout() {
+    let (db, pool) = fresh().await;
+    exec(
+        &pool,
+        "CREATE TABLE jobs (id bigint PRIMARY KEY, name text NOT NULL)",
+    )
+    .await;
+    walflow::migrate::migrate(&pool).await.unwrap();
+    // A bare listener holds the slot: not a flow, it answers no request.
+    let (listener, _) = walflow::setup::listen(
+        &db.config(),
+        vec![walflow::setup::TableSpec::new("public", "jobs")],
+    )
+    .await
+    .unwrap();
+    let slot = db.name();
+    wait_until("the slot held", Duration::from_secs(30), || async {
+        slot_active(&pool, slot).await
+    })
+    .await;
+    fails(
+        walflow(
+            db.url(),
+            &[
+                "--slot",
+                slot,
+                "dead-letters",
+                "retry",
+                "--all",
+                "--timeout",
+                "1",
+            ],
+        )
+        .await,
+        "did not take it within 1s",
+    );
+    let (state, error): (String, Option<String>) =
+        sqlx::query_as("SELECT state, error FROM walflow.requests")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "failed");
+    assert_eq!(error.as_deref(), Some("no flow took it within 1s"));
+    drop(listener);
 }

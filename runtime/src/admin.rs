@@ -847,6 +847,23 @@ pub async fn request_progress(pool: &PgPool, id: i64) -> Result<RequestProgress,
     read().map_err(sql(format!("reading request {id}")))
 }
 
+/// Withdraws request `id` if no flow has taken it yet: it ends `failed`
+/// with `reason`. Returns whether it was withdrawn (`false`: it is
+/// running or over).
+pub async fn withdraw_request(pool: &PgPool, id: i64, reason: &str) -> Result<bool, AdminError> {
+    let withdrawn = sqlx::query(
+        "UPDATE walflow.requests SET state = 'failed', error = $2, finished_at = now()
+         WHERE id = $1 AND state = 'pending'",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(pool)
+    .await
+    .map_err(sql(format!("withdrawing request {id}")))?
+    .rows_affected();
+    Ok(withdrawn == 1)
+}
+
 /// Whether [`drop_slot`] would drop the slot now: [`AdminError::SlotActive`]
 /// while a process holds it, [`AdminError::UnknownSlot`] when there is no
 /// such slot (for a tool that asks for confirmation first).
