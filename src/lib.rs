@@ -175,6 +175,9 @@ pub use walflow_runtime::telemetry::{self, Health, HealthState};
 // The listener for direct use, the set-up it needs, and the server checks.
 pub use walflow_runtime::{ident, listener, migrate, preflight, setup};
 
+// What the `walflow` command reads and changes beside a running flow.
+pub use walflow_runtime::admin;
+
 /// A throwaway PostgreSQL for tests, examples and local development.
 #[cfg(feature = "embedded")]
 pub use walflow_runtime::embedded;

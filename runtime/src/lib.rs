@@ -5,7 +5,8 @@
 //! queue (`queue`, whose rustdoc argues the protocol) → execute
 //! (`operator`) → publish ([`subscribe`]). [`flow`] wires them;
 //! [`config`], [`declare`] (what the macros speak of), [`registry`] (the
-//! declarations collected), [`setup`] and [`preflight`] sit beside them.
+//! declarations collected), [`setup`] and [`preflight`] sit beside them,
+//! and [`admin`] (what the `walflow` command reads and changes).
 //! The modules import each other without cycles.
 //!
 //! Applications depend on the `walflow` facade crate, which re-exports this
@@ -13,6 +14,7 @@
 
 #![doc(test(attr(deny(warnings))))]
 
+pub mod admin;
 pub mod backoff;
 pub mod config;
 #[doc(hidden)]

@@ -100,6 +100,7 @@
 mod consumer;
 mod health;
 mod nodes;
+mod requests;
 
 use serde::de::DeserializeOwned;
 
@@ -576,6 +577,18 @@ impl WalflowBuilder {
         };
         health.step("starting the listener");
         let listener = consumer.start_listener().await?;
+        // The slot is held: record its operators, and answer requests.
+        let names: Vec<&str> = operators.iter().map(|o| o.name).collect();
+        requests::register(&pool, &slot, &names)
+            .await
+            .map_err(FlowError::sql(format!(
+                "recording the operators of slot `{slot}`"
+            )))?;
+        let requests = tokio::spawn(requests::watch(
+            shared.clone(),
+            names.iter().map(|n| (*n).to_owned()).collect(),
+            stop_rx.clone(),
+        ));
 
         let executors = operators
             .iter()
@@ -623,6 +636,7 @@ impl WalflowBuilder {
                 health: Some(health_task),
                 #[cfg(feature = "prometheus")]
                 endpoint,
+                requests: Some(requests),
             })),
             stopped: watch::channel(false).0,
             owns_pool: self.pool.is_none(),
@@ -983,6 +997,9 @@ impl Walflow {
         for e in tasks.executors.drain(..) {
             let _ = e.await;
         }
+        if let Some(r) = tasks.requests.take() {
+            let _ = r.await;
+        }
         if let Some(h) = tasks.health.take() {
             let _ = h.await;
         }
@@ -1030,6 +1047,8 @@ struct Tasks {
     /// The metrics endpoint, served until the shutdown is done.
     #[cfg(feature = "prometheus")]
     endpoint: Option<crate::telemetry::endpoint::Endpoint>,
+    /// On the node holding the slot: the task answering `walflow.requests`.
+    requests: Option<JoinHandle<()>>,
 }
 
 impl Drop for Walflow {

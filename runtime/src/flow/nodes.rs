@@ -166,6 +166,7 @@ pub(super) async fn start_subscriber(builder: WalflowBuilder) -> Result<Walflow,
             health: None,
             #[cfg(feature = "prometheus")]
             endpoint,
+            requests: None,
         })),
         stopped: watch::channel(false).0,
         owns_pool: builder.pool.is_none(),
