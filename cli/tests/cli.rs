@@ -505,3 +505,87 @@ async fn a_retry_no_flow_takes_is_withdrawn_at_the_timeout() {
     assert_eq!(error.as_deref(), Some("no flow took it within 1s"));
     drop(listener);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_is_shown_then_dropped_with_walflow_slot_drop() {
+    // A server of its own: max_slot_wal_keep_size applies to every slot.
+    let pg = walflow::embedded::EmbeddedPostgres::builder()
+        .setting("max_slot_wal_keep_size", "1MB")
+        .setting("wal_keep_size", "0")
+        .start()
+        .await
+        .unwrap();
+    let url = pg.create_database("lost").await.unwrap();
+    let pool = PgPool::connect(&url).await.unwrap();
+    exec(
+        &pool,
+        "CREATE TABLE jobs (id bigint PRIMARY KEY, name text NOT NULL)",
+    )
+    .await;
+    let slot = "lost_by_cli";
+    let start = || {
+        Walflow::builder()
+            .database_url(&url)
+            .slot_name(slot)
+            .operators(["Flaky"])
+            .start()
+    };
+    start().await.unwrap().shutdown().await.unwrap();
+    wait_until("the slot released", Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT NOT active FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(slot)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    })
+    .await;
+
+    // WAL written and checkpointed past max_slot_wal_keep_size while no
+    // flow reads the slot.
+    wait_until("the slot lost", Duration::from_secs(120), || async {
+        exec(
+            &pool,
+            "INSERT INTO jobs SELECT g, repeat('x', 1000)
+               FROM generate_series(coalesce((SELECT max(id) FROM jobs), 0) + 1,
+                                    coalesce((SELECT max(id) FROM jobs), 0) + 2000) g;
+             SELECT pg_switch_wal();",
+        )
+        .await;
+        exec(&pool, "CHECKPOINT").await;
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1")
+                .bind(slot)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        status.as_deref() == Some("lost")
+    })
+    .await;
+
+    let err = start()
+        .await
+        .expect_err("a lost slot is refused")
+        .to_string();
+    assert!(
+        err.contains(&format!("walflow slot drop --slot {slot}")),
+        "{err}"
+    );
+    let status: Json =
+        serde_json::from_str(&ok(
+            walflow(&url, &["--slot", slot, "status", "--json"]).await
+        ))
+        .unwrap();
+    assert_eq!(status["slot"]["wal_status"], "lost", "{status}");
+
+    // The way out the message names.
+    ok(walflow(&url, &["--slot", slot, "slot", "drop", "--yes"]).await);
+    let flow = start().await.expect("the flow starts on a new slot");
+    exec(&pool, "INSERT INTO jobs VALUES (-1, 'after')").await;
+    wait_until("the new job handled", Duration::from_secs(30), || async {
+        done(-1)
+    })
+    .await;
+    flow.shutdown().await.unwrap();
+}

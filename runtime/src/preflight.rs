@@ -190,7 +190,8 @@ pub enum PreflightError {
         "replication slot `{slot}` was invalidated (wal_status = 'lost'): PostgreSQL removed WAL it \
          still needed, because more than max_slot_wal_keep_size was written while nothing read it. \
          The changes made since can no longer be streamed. To go on, drop the slot \
-         (SELECT pg_drop_replication_slot('{slot}')) and start again: the new slot starts from now, \
+         (`walflow slot drop --slot {slot}`, or SELECT pg_drop_replication_slot('{slot}')) and \
+         start again: the new slot starts from now, \
          so the changes made in between are not seen and derived tables must be rebuilt from their \
          sources; raise max_slot_wal_keep_size (or keep a flow running) so it does not happen again"
     )]

@@ -4,7 +4,7 @@
 //!
 //! walflow records its metrics through the [`metrics`] facade: install any
 //! recorder (Prometheus, StatsD, OpenTelemetry, ...) and they appear there.
-//! With the `prometheus` feature, [`WalflowBuilder::metrics_endpoint`](crate::WalflowBuilder::metrics_endpoint)
+//! With the `prometheus` feature, `WalflowBuilder::metrics_endpoint`
 //! installs a Prometheus recorder and serves `/metrics`, `/healthz` and
 //! `/readyz`.
 //!

@@ -335,8 +335,8 @@ impl WalflowBuilder {
     }
 
     /// SQL run once connected, before the tables are published: the
-    /// application's own schema, e.g. on an [`embedded`](Self::embedded)
-    /// server. Run as a simple-query batch; may be given several times.
+    /// application's own schema, e.g. on an embedded server (the `embedded`
+    /// feature). Run as a simple-query batch; may be given several times.
     pub fn setup_sql(mut self, sql: impl Into<String>) -> Self {
         self.setup_sql.push(sql.into());
         self
@@ -775,7 +775,8 @@ impl Walflow {
 
     /// What the flow says about itself: alive, ready, its state and slot
     /// lag (see [`Health`]). The same answer as `/healthz` and `/readyz`
-    /// of the [metrics endpoint](WalflowBuilder::metrics_endpoint).
+    /// of the metrics endpoint (`WalflowBuilder::metrics_endpoint`, with
+    /// the `prometheus` feature).
     pub fn health(&self) -> Health {
         self.shared.health.health()
     }
