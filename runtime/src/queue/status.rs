@@ -176,36 +176,51 @@ pub(crate) struct Depth {
 }
 
 /// The queue depth and dead letters of each of `operators` on `slot`.
+///
+/// Cheap while an operator keeps up: its oldest row is looked up through
+/// the primary key (an index scan, which also marks the entries of rows
+/// deleted since as dead, so the next lookup skips them), and its rows are
+/// counted only when there is one.
 pub(crate) async fn depths(
     pool: &PgPool,
     slot: &str,
     operators: &[&str],
 ) -> Result<Vec<Depth>, sqlx::Error> {
-    let rows: Vec<(String, i64, f64, i64)> = sqlx::query_as(
+    let rows: Vec<(String, Option<f64>, i64)> = sqlx::query_as(
         "SELECT o.name,
-                coalesce(q.n, 0),
-                coalesce(extract(epoch FROM now() - q.oldest)::float8, 0),
-                coalesce(d.n, 0)
+                extract(epoch FROM now() - (
+                    SELECT q.queued_at FROM walflow.queue q
+                    WHERE q.slot = $1 AND q.operator = o.name
+                    ORDER BY q.commit_lsn, q.seq, q.part LIMIT 1))::float8,
+                (SELECT count(*) FROM walflow.dead_letters d
+                 WHERE d.slot = $1 AND d.operator = o.name)
          FROM unnest($2::text[]) AS o(name)
-         LEFT JOIN LATERAL (
-             SELECT count(*) AS n, min(queued_at) AS oldest FROM walflow.queue
-             WHERE slot = $1 AND operator = o.name) q ON true
-         LEFT JOIN LATERAL (
-             SELECT count(*) AS n FROM walflow.dead_letters
-             WHERE slot = $1 AND operator = o.name) d ON true
          ORDER BY o.name",
     )
     .bind(slot)
     .bind(operators)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(operator, rows, oldest_age, dead_letters)| Depth {
+    let mut out = Vec::with_capacity(rows.len());
+    for (operator, oldest, dead_letters) in rows {
+        let rows = match oldest {
+            None => 0,
+            Some(_) => {
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM walflow.queue WHERE slot = $1 AND operator = $2",
+                )
+                .bind(slot)
+                .bind(&operator)
+                .fetch_one(pool)
+                .await?
+            }
+        };
+        out.push(Depth {
             operator,
             rows,
-            oldest_age: oldest_age.max(0.0),
+            oldest_age: oldest.unwrap_or(0.0).max(0.0),
             dead_letters,
-        })
-        .collect())
+        });
+    }
+    Ok(out)
 }
