@@ -4,7 +4,8 @@
 //! - events, transactions, runs and commit-to-apply latency follow a write;
 //! - a poison event moves the retry, failure and dead-letter counters and
 //!   the dead-letter gauge;
-//! - the queue depth rises while an operator is held, and falls after;
+//! - the queue depth rises while an operator is held, and falls after (with
+//!   the durable queue and with the memory queue);
 //! - readiness goes false while the flow is behind by more than
 //!   `ready_lag_bytes` (degraded past `max_slot_lag_bytes`), and true once
 //!   caught up; the slot lag falls after the drain;
@@ -60,6 +61,12 @@ struct MetricHeld {
     id: i64,
 }
 
+#[event_source(table = "metric_held_mem")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct MetricHeldMem {
+    id: i64,
+}
+
 #[event_source(table = "metric_poison")]
 #[derive(Debug, Clone, serde::Deserialize)]
 struct MetricPoison {
@@ -89,6 +96,12 @@ on_event! {
         handler: hold,
     }
 
+    operator MetricsHoldMemory {
+        events: [insert],
+        entities: [MetricHeldMem],
+        handler: hold_memory,
+    }
+
     operator MetricsPoison {
         events: [insert],
         entities: [MetricPoison],
@@ -101,6 +114,14 @@ static GATE: Semaphore = Semaphore::const_new(0);
 
 async fn hold(_event: Event<MetricHeld>, _ctx: Ctx) -> Result<(), std::io::Error> {
     let _permit = GATE.acquire().await.expect("the gate stays open");
+    Ok(())
+}
+
+/// Permits for `hold_memory`.
+static MEMORY_GATE: Semaphore = Semaphore::const_new(0);
+
+async fn hold_memory(_event: Event<MetricHeldMem>, _ctx: Ctx) -> Result<(), std::io::Error> {
+    let _permit = MEMORY_GATE.acquire().await.expect("the gate stays open");
     Ok(())
 }
 
@@ -126,6 +147,7 @@ const SCHEMA: &str = "
     CREATE TABLE metric_bulk (id bigint PRIMARY KEY, pad text NOT NULL);
     CREATE TABLE metric_bulk_copies (id bigint PRIMARY KEY);
     CREATE TABLE metric_held (id bigint PRIMARY KEY);
+    CREATE TABLE metric_held_mem (id bigint PRIMARY KEY);
     CREATE TABLE metric_poison (id bigint PRIMARY KEY);
 ";
 
@@ -464,4 +486,36 @@ async fn during_start_up_the_endpoint_is_alive_but_not_ready() {
     flow.shutdown().await.unwrap();
     // The endpoint is gone with the flow.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_memory_queue_the_depth_is_what_the_executor_holds() {
+    let db = common::db().await;
+    db.exec(SCHEMA).await;
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(db.slot("memory"))
+        .operators(["MetricsHoldMemory"])
+        .queue_storage(walflow::config::QueueStorage::Memory)
+        .health_interval(Duration::from_millis(100))
+        .metrics_endpoint(([127, 0, 0, 1], 0))
+        .start()
+        .await
+        .unwrap();
+    let addr = flow.metrics_addr().expect("an endpoint");
+    let held = [("operator", "MetricsHoldMemory")];
+    db.exec("INSERT INTO metric_held_mem SELECT g FROM generate_series(1, 4) g")
+        .await;
+    wait_metric(addr, "walflow_queue_rows", &held, |v| v == 4.0).await;
+    wait_metric(addr, "walflow_queue_oldest_age_seconds", &held, |v| v > 0.0).await;
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM walflow.queue")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0, "the memory queue writes no queue rows");
+    MEMORY_GATE.add_permits(1);
+    wait_metric(addr, "walflow_queue_rows", &held, |v| v == 0.0).await;
+    wait_metric(addr, "walflow_queue_oldest_age_seconds", &held, |v| v == 0.0).await;
+    assert_eq!(value(&scrape(addr).await, "walflow_operator_runs_total", &held), 4.0);
+    flow.shutdown().await.unwrap();
 }

@@ -18,7 +18,8 @@
 //! dead letters) are refreshed every
 //! [`health_interval`](crate::Config::health_interval). With the memory
 //! queue ([`QueueStorage::Memory`](crate::config::QueueStorage::Memory)),
-//! nothing is in `walflow.queue` and the queue gauges read 0.
+//! the queue gauges count the rows an executor holds, and the age is that
+//! of the oldest one's commit.
 //!
 //! # Health
 //!
@@ -46,9 +47,9 @@ pub const SLOT_RETAINED: &str = "walflow_slot_retained_wal_bytes";
 pub const SLOT_OVER_LIMIT: &str = "walflow_slot_lag_over_limit";
 /// From a transaction's commit to an operator's completion of its event.
 pub const COMMIT_TO_APPLY: &str = "walflow_commit_to_apply_seconds";
-/// Rows in an operator's durable queue.
+/// Rows in an operator's queue.
 pub const QUEUE_ROWS: &str = "walflow_queue_rows";
-/// Age of the oldest row in an operator's durable queue.
+/// Age of the oldest row in an operator's queue.
 pub const QUEUE_OLDEST_AGE: &str = "walflow_queue_oldest_age_seconds";
 /// Units an operator ran to completion (a unit is one id's pending events).
 pub const OPERATOR_RUNS: &str = "walflow_operator_runs_total";
@@ -112,13 +113,13 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         QUEUE_ROWS,
         "gauge",
         "`operator`",
-        "Rows in the operator's durable queue.",
+        "Rows in the operator's queue (with the memory queue: held by its executor).",
     ),
     (
         QUEUE_OLDEST_AGE,
         "gauge",
         "`operator`",
-        "Age of the oldest row in the operator's durable queue (0 when empty).",
+        "Age of the operator's oldest queued row (0 when empty).",
     ),
     (
         OPERATOR_RUNS,

@@ -1,8 +1,10 @@
 //! The readings behind [`Walflow::health`](crate::Walflow::health), the
 //! database gauges and the slot guard: every `health_interval`, the slot's
-//! lag and retained WAL, and each operator's queue depth and dead letters.
+//! lag and retained WAL, and each operator's queue depth and dead letters
+//! (with the memory queue, the depth is what its executor holds).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 use tokio::sync::watch;
@@ -93,7 +95,20 @@ async fn read(shared: &Shared, operators: &[&'static str]) -> Result<(), sqlx::E
         return Ok(());
     }
     let mut readings = Vec::new();
-    for d in crate::queue::status::depths(&shared.pool, slot, operators).await? {
+    let now = Utc::now().timestamp_micros();
+    for mut d in crate::queue::status::depths(&shared.pool, slot, operators).await? {
+        // With the memory queue, the queue is what the executor holds.
+        if !shared.store.durable_queue()
+            && let Some(signals) = shared.handover.signals(&d.operator)
+        {
+            d.rows = signals.held.rows.load(Ordering::Relaxed) as i64;
+            let oldest = signals.held.oldest.load(Ordering::Relaxed);
+            d.oldest_age = if oldest > 0 && d.rows > 0 {
+                (now - oldest).max(0) as f64 / 1e6
+            } else {
+                0.0
+            };
+        }
         let labels = [("operator", d.operator.clone())];
         metrics::gauge!(telemetry::QUEUE_ROWS, &labels).set(d.rows as f64);
         metrics::gauge!(telemetry::QUEUE_OLDEST_AGE, &labels).set(d.oldest_age);

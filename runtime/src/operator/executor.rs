@@ -128,6 +128,9 @@ pub(crate) async fn run(
     let mut in_flight: HashSet<String> = HashSet::new();
     let mut known: HashSet<(i64, i32, i16)> = HashSet::new();
     let mut held = 0usize;
+    // With the memory queue: the rows held per commit position (how many,
+    // and the commit time), for the age of the oldest.
+    let mut ages: std::collections::BTreeMap<i64, (usize, i64)> = Default::default();
     let mut cursor = (i64::MIN, i32::MIN, i16::MIN);
     // Without a durable queue the inbox is the queue: nothing to read back.
     let memory_queue = !shared.handover.backed();
@@ -147,6 +150,11 @@ pub(crate) async fn run(
     });
 
     loop {
+        if memory_queue {
+            signals.held.rows.store(held as u64, Ordering::Relaxed);
+            let oldest = ages.first_key_value().map_or(0, |(_, (_, t))| *t);
+            signals.held.oldest.store(oldest, Ordering::Relaxed);
+        }
         let stopping = *stop.borrow();
         if stopping && tasks.is_empty() {
             return;
@@ -284,6 +292,12 @@ pub(crate) async fn run(
                             for k in keys {
                                 known.remove(&k);
                                 held = held.saturating_sub(1);
+                                if let Some(e) = ages.get_mut(&k.0) {
+                                    e.0 -= 1;
+                                    if e.0 == 0 {
+                                        ages.remove(&k.0);
+                                    }
+                                }
                             }
                             in_flight.remove(&key);
                             if pending.get(&key).is_some_and(|q| !q.is_empty()) {
@@ -306,6 +320,7 @@ pub(crate) async fn run(
                         in_flight.clear();
                         known.clear();
                         held = 0;
+                        ages.clear();
                         cursor = (i64::MIN, i32::MIN, i16::MIN);
                         more = !memory_queue;
                     }
@@ -339,6 +354,10 @@ pub(crate) async fn run(
                         }
                         cursor = cursor.max(row.key());
                         held += 1;
+                        if memory_queue {
+                            let committed = row.committed_at.unwrap_or(0);
+                            ages.entry(row.commit_lsn).or_insert((0, committed)).0 += 1;
+                        }
                         admit(row, &mut pending, &mut ready, &in_flight, &mut inbox);
                     }
                 }

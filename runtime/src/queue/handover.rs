@@ -182,6 +182,19 @@ pub(crate) struct Signals {
     pub inbox: Arc<std::sync::Mutex<Inbox>>,
     /// Rows were queued behind the read position (a replayed dead letter).
     pub rescan: Arc<AtomicBool>,
+    /// What the executor holds (with the memory queue, its queue).
+    pub held: Arc<Held>,
+}
+
+/// The rows an executor holds (admitted, not finished): with the memory
+/// queue, the operator's queue, read for its queue gauges.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    /// Rows held.
+    pub rows: std::sync::atomic::AtomicU64,
+    /// Commit time (microseconds since the Unix epoch) of the oldest row
+    /// held; 0 when none.
+    pub oldest: std::sync::atomic::AtomicI64,
 }
 
 impl Signals {
