@@ -515,7 +515,13 @@ async fn with_the_memory_queue_the_depth_is_what_the_executor_holds() {
     assert_eq!(queued, 0, "the memory queue writes no queue rows");
     MEMORY_GATE.add_permits(1);
     wait_metric(addr, "walflow_queue_rows", &held, |v| v == 0.0).await;
-    wait_metric(addr, "walflow_queue_oldest_age_seconds", &held, |v| v == 0.0).await;
-    assert_eq!(value(&scrape(addr).await, "walflow_operator_runs_total", &held), 4.0);
+    wait_metric(addr, "walflow_queue_oldest_age_seconds", &held, |v| {
+        v == 0.0
+    })
+    .await;
+    assert_eq!(
+        value(&scrape(addr).await, "walflow_operator_runs_total", &held),
+        4.0
+    );
     flow.shutdown().await.unwrap();
 }
