@@ -131,6 +131,11 @@ pub(crate) async fn run(
     // With the memory queue: the rows held per commit position (how many,
     // and the commit time), for the age of the oldest.
     let mut ages: std::collections::BTreeMap<i64, (usize, i64)> = Default::default();
+    // Rows handed over while the queue was being read, left for the read
+    // to bring: their transaction's span and commit time, which the read
+    // rows take up (the queue keeps neither). Bounded; cleared once the
+    // read is done.
+    let mut handed: HashMap<RowKey, (tracing::Span, Option<i64>)> = HashMap::new();
     let mut cursor = (i64::MIN, i32::MIN, i16::MIN);
     // Without a durable queue the inbox is the queue: nothing to read back.
     let memory_queue = !shared.handover.backed();
@@ -183,10 +188,20 @@ pub(crate) async fn run(
                     more = rows.len() as i64 == FETCH;
                     let mut inbox = signals.inbox.lock().expect("inbox lock");
                     inbox.set_reading(more);
-                    for row in rows {
+                    // Rows read before their handed-over copies are taken.
+                    for r in inbox.handed() {
+                        if handed.len() < MAX_PENDING && !r.span.is_none() {
+                            handed.insert(r.key(), (r.span.clone(), r.committed_at));
+                        }
+                    }
+                    for mut row in rows {
                         cursor = cursor.max(row.key());
                         if !known.insert(row.key()) {
                             continue;
+                        }
+                        if let Some((span, committed)) = handed.remove(&row.key()) {
+                            row.span = span;
+                            row.committed_at = committed;
                         }
                         held += 1;
                         admit(row, &mut pending, &mut ready, &in_flight, &mut inbox);
@@ -199,6 +214,10 @@ pub(crate) async fn run(
                     tracing::warn!(operator = op.name, error = %e, "reading the operator queue failed; retrying");
                 }
             }
+        }
+        if !more && !handed.is_empty() {
+            // The read is done: what it did not bring is not coming.
+            handed.clear();
         }
         while !stopping
             && tasks.len() - unit.waiting.load(Ordering::Acquire).min(tasks.len()) < concurrency
@@ -321,6 +340,7 @@ pub(crate) async fn run(
                         known.clear();
                         held = 0;
                         ages.clear();
+                        handed.clear();
                         cursor = (i64::MIN, i32::MIN, i16::MIN);
                         more = !memory_queue;
                     }
@@ -334,6 +354,11 @@ pub(crate) async fn run(
                 if overflow || more {
                     // Read from the queue (which holds these rows too, once
                     // their flush is committed).
+                    for r in &rows {
+                        if handed.len() < MAX_PENDING && !r.span.is_none() {
+                            handed.insert(r.key(), (r.span.clone(), r.committed_at));
+                        }
+                    }
                     more = true;
                     inbox.set_reading(true);
                     need_flush = rows.iter().map(|r| r.flush).fold(need_flush.max(dropped), u64::max);
@@ -342,6 +367,16 @@ pub(crate) async fn run(
                     for row in rows {
                         // Already read from the queue, or in flight.
                         if row.key() <= cursor && !memory_queue || !known.insert(row.key()) {
+                            // A copy read from the queue and not started
+                            // takes up what only this one knows.
+                            if let Some(p) = pending
+                                .get_mut(&row.id_key)
+                                .and_then(|q| q.iter_mut().find(|p| p.key() == row.key()))
+                                && p.span.is_none()
+                            {
+                                p.span = row.span;
+                                p.committed_at = row.committed_at;
+                            }
                             continue;
                         }
                         if held >= MAX_PENDING && !memory_queue {

@@ -335,6 +335,11 @@ impl Inbox {
         )
     }
 
+    /// The rows handed over and not taken yet.
+    pub fn handed(&self) -> &[Row] {
+        &self.rows
+    }
+
     /// The executor reads (or stops reading) the queue.
     pub fn set_reading(&mut self, reading: bool) {
         self.reading = reading;
