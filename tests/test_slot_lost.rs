@@ -28,6 +28,23 @@ async fn wal_status(db: &common::Db) -> Option<String> {
         .flatten()
 }
 
+/// Writes WAL, switched and checkpointed, until the server has removed
+/// what the slot still needs (`wal_status = 'lost'`).
+async fn lose_slot(db: &common::Db) {
+    common::wait_until(Duration::from_secs(120), || async {
+        db.exec(
+            "INSERT INTO notes SELECT g, repeat('x', 1000)
+               FROM generate_series(coalesce((SELECT max(id) FROM notes), 0) + 1,
+                                    coalesce((SELECT max(id) FROM notes), 0) + 2000) g",
+        )
+        .await;
+        db.exec("SELECT pg_switch_wal()").await;
+        db.exec("CHECKPOINT").await;
+        wal_status(&db).await.as_deref() == Some("lost")
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_lost_while_the_flow_was_down_is_reported_and_recovered_from() {
     // A cluster of its own: the setting applies to every slot of a server.
@@ -52,18 +69,7 @@ async fn a_slot_lost_while_the_flow_was_down_is_reported_and_recovered_from() {
 
     // Enough WAL, switched and checkpointed, for the server to remove what
     // the idle slot still needs.
-    common::wait_until(Duration::from_secs(120), || async {
-        db.exec(
-            "INSERT INTO notes SELECT g, repeat('x', 1000)
-               FROM generate_series(coalesce((SELECT max(id) FROM notes), 0) + 1,
-                                    coalesce((SELECT max(id) FROM notes), 0) + 2000) g",
-        )
-        .await;
-        db.exec("SELECT pg_switch_wal()").await;
-        db.exec("CHECKPOINT").await;
-        wal_status(&db).await.as_deref() == Some("lost")
-    })
-    .await;
+    lose_slot(&db).await;
 
     let err = start().await.expect_err("a lost slot is refused");
     match &err {
@@ -125,18 +131,7 @@ async fn a_slot_lost_while_the_flow_runs_makes_it_failed() {
         .execute(&mut *hold)
         .await
         .unwrap();
-    common::wait_until(Duration::from_secs(120), || async {
-        db.exec(
-            "INSERT INTO notes SELECT g, repeat('x', 1000)
-               FROM generate_series(coalesce((SELECT max(id) FROM notes), 0) + 1,
-                                    coalesce((SELECT max(id) FROM notes), 0) + 2000) g",
-        )
-        .await;
-        db.exec("SELECT pg_switch_wal()").await;
-        db.exec("CHECKPOINT").await;
-        wal_status(&db).await.as_deref() == Some("lost")
-    })
-    .await;
+    lose_slot(&db).await;
 
     common::wait_until(Duration::from_secs(30), || async {
         flow.health().state == HealthState::Failed
