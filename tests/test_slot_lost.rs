@@ -40,7 +40,7 @@ async fn lose_slot(db: &common::Db) {
         .await;
         db.exec("SELECT pg_switch_wal()").await;
         db.exec("CHECKPOINT").await;
-        wal_status(&db).await.as_deref() == Some("lost")
+        wal_status(db).await.as_deref() == Some("lost")
     })
     .await;
 }
