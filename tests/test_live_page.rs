@@ -16,6 +16,19 @@ use fantoccini::{Client, Locator};
 use walflow::subscribe::Scope;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// Types `text` into the field `input`, then clicks `button`.
+async fn submit(client: &Client, input: &str, text: &str, button: &str) {
+    let field = client.find(Locator::Css(input)).await.unwrap();
+    field.send_keys(text).await.unwrap();
+    client
+        .find(Locator::Css(button))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn text(client: &Client, css: &str) -> Option<String> {
     match client.find(Locator::Css(css)).await {
         Ok(el) => el.text().await.ok(),
@@ -66,15 +79,7 @@ async fn counts_update_live_and_the_form_lands_on_the_new_post() {
 
     // Create a post through the form: the server redirects once the derived
     // row exists.
-    let title = client.find(Locator::Css("#new-title")).await.unwrap();
-    title.send_keys("from the browser").await.unwrap();
-    client
-        .find(Locator::Css("#create"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit(&client, "#new-title", "from the browser", "#create").await;
     common::wait_until(TIMEOUT, || async {
         text(&client, "#title").await.as_deref() == Some("from the browser")
     })
@@ -101,15 +106,13 @@ async fn counts_update_live_and_the_form_lands_on_the_new_post() {
         .execute("window.notReloaded = true; return true;", vec![])
         .await
         .unwrap();
-    let body = client.find(Locator::Css("#new-comment")).await.unwrap();
-    body.send_keys("typed in the browser").await.unwrap();
-    client
-        .find(Locator::Css("#send-comment"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit(
+        &client,
+        "#new-comment",
+        "typed in the browser",
+        "#send-comment",
+    )
+    .await;
     common::wait_until(TIMEOUT, || async {
         text(&client, "#comments").await.as_deref() == Some("live comment\ntyped in the browser")
     })

@@ -28,6 +28,22 @@ async fn wal_status(db: &common::Db) -> Option<String> {
         .flatten()
 }
 
+/// A cluster of its own (the setting applies to every slot of a server)
+/// keeping at most 1 MB of WAL for slots, and a database `name` on it with
+/// the `notes` table.
+async fn lossy_server(name: &str) -> (walflow::embedded::EmbeddedPostgres, common::Db) {
+    let pg = walflow::embedded::EmbeddedPostgres::builder()
+        .setting("max_slot_wal_keep_size", "1MB")
+        .setting("wal_keep_size", "0")
+        .start()
+        .await
+        .unwrap();
+    let db = common::Db::connect(&pg.create_database(name).await.unwrap()).await;
+    db.exec("CREATE TABLE notes (id int8 PRIMARY KEY, pad text NOT NULL)")
+        .await;
+    (pg, db)
+}
+
 /// Writes WAL, switched and checkpointed, until the server has removed
 /// what the slot still needs (`wal_status = 'lost'`).
 async fn lose_slot(db: &common::Db) {
@@ -47,16 +63,7 @@ async fn lose_slot(db: &common::Db) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_lost_while_the_flow_was_down_is_reported_and_recovered_from() {
-    // A cluster of its own: the setting applies to every slot of a server.
-    let pg = walflow::embedded::EmbeddedPostgres::builder()
-        .setting("max_slot_wal_keep_size", "1MB")
-        .setting("wal_keep_size", "0")
-        .start()
-        .await
-        .unwrap();
-    let db = common::Db::connect(&pg.create_database("lost").await.unwrap()).await;
-    db.exec("CREATE TABLE notes (id int8 PRIMARY KEY, pad text NOT NULL)")
-        .await;
+    let (_pg, db) = lossy_server("lost").await;
     let start = || {
         Walflow::builder()
             .database_url(&db.url)
@@ -106,15 +113,7 @@ async fn a_slot_lost_while_the_flow_was_down_is_reported_and_recovered_from() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_lost_while_the_flow_runs_makes_it_failed() {
-    let pg = walflow::embedded::EmbeddedPostgres::builder()
-        .setting("max_slot_wal_keep_size", "1MB")
-        .setting("wal_keep_size", "0")
-        .start()
-        .await
-        .unwrap();
-    let db = common::Db::connect(&pg.create_database("lost_running").await.unwrap()).await;
-    db.exec("CREATE TABLE notes (id int8 PRIMARY KEY, pad text NOT NULL)")
-        .await;
+    let (_pg, db) = lossy_server("lost_running").await;
     let flow = Walflow::builder()
         .database_url(&db.url)
         .slot_name(SLOT)
