@@ -162,6 +162,9 @@ pub use walflow_runtime::registry::{
     RegistryError, RegistryProblem,
 };
 
+// An error for `main` that prints as a person reads it.
+pub use walflow_runtime::report::Report;
+
 // Retries.
 pub use walflow_runtime::backoff::Backoff;
 pub use walflow_runtime::config::{ErrorLogger, FailureInfo, RetryInfo, TracingErrorLogger};
@@ -191,6 +194,7 @@ pub use walflow_runtime::crash_point;
 pub mod prelude {
     pub use chrono::{DateTime, Utc};
     pub use walflow_macros::{event_enum, event_source, on_event};
+    pub use walflow_runtime::declare::BoxError;
     pub use walflow_runtime::event::EventEnum as _;
     pub use walflow_runtime::{Ctx, Event, EventKind, EventMeta, EventSource, Field, Walflow};
 }

@@ -39,6 +39,7 @@ pub mod preflight;
 pub(crate) mod queue;
 pub mod raw;
 pub mod registry;
+pub mod report;
 pub mod setup;
 pub mod subscribe;
 pub mod telemetry;
@@ -53,5 +54,6 @@ pub use raw::{Change, Changes, ColumnType, EventKind, RawEvent};
 pub use registry::{
     EventSource, Field, Registry, RegistryError, RegistryProblem, TableName, TableRef,
 };
+pub use report::Report;
 pub use telemetry::{Health, HealthState};
 pub use value::{Interval, InvalidValue, MaybeInfinite, Numeric, Record, RecordError, Value};

@@ -42,15 +42,15 @@ impl From<Lsn> for u64 {
     }
 }
 
-impl From<pgwire_replication::Lsn> for Lsn {
-    fn from(v: pgwire_replication::Lsn) -> Self {
+impl From<walflow_pgwire_replication::Lsn> for Lsn {
+    fn from(v: walflow_pgwire_replication::Lsn) -> Self {
         Lsn(v.as_u64())
     }
 }
 
-impl From<Lsn> for pgwire_replication::Lsn {
+impl From<Lsn> for walflow_pgwire_replication::Lsn {
     fn from(v: Lsn) -> Self {
-        pgwire_replication::Lsn::from_u64(v.0)
+        walflow_pgwire_replication::Lsn::from_u64(v.0)
     }
 }
 

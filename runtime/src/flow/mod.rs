@@ -1017,20 +1017,19 @@ impl Walflow {
     }
 
     /// Waits for `signal` (such as `tokio::signal::ctrl_c()`), then
-    /// [shuts down](Self::shutdown) gracefully.
+    /// [shuts down](Self::shutdown) gracefully. Whatever `signal` yields is
+    /// ignored: an error from `ctrl_c()` (no signal handler could be
+    /// installed) shuts down at once rather than never.
     ///
     /// ```no_run
     /// # #[allow(dead_code)]
     /// # async fn run(flow: walflow_runtime::Walflow) -> Result<(), walflow_runtime::FlowError> {
-    /// flow.shutdown_on(async {
-    ///     let _ = tokio::signal::ctrl_c().await;
-    /// })
-    /// .await?;
+    /// flow.shutdown_on(tokio::signal::ctrl_c()).await?;
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn shutdown_on(&self, signal: impl Future<Output = ()>) -> Result<(), FlowError> {
-        signal.await;
+    pub async fn shutdown_on<F: Future>(&self, signal: F) -> Result<(), FlowError> {
+        let _ = signal.await;
         self.shutdown().await
     }
 }

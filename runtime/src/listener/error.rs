@@ -1,6 +1,6 @@
 //! Listener errors.
 
-use pgwire_replication::PgWireError;
+use walflow_pgwire_replication::PgWireError;
 
 use crate::decode::DecodeError;
 

@@ -10,7 +10,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use walflow_pgwire_replication::{
+    ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+};
 
 use crate::decode::SESSION_OPTIONS;
 use crate::lsn::Lsn;

@@ -13,7 +13,7 @@
 //! # Example Flow
 //!
 //! ```no_run
-//! use pgwire_replication::auth::scram::ScramClient;
+//! use walflow_pgwire_replication::auth::scram::ScramClient;
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let client = ScramClient::new("postgres");

@@ -12,7 +12,7 @@
 //! ## Quick Start
 //!
 //! ```rust,no_run
-//! use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent, Lsn};
+//! use walflow_pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent, Lsn};
 //!
 //! # async fn example() -> anyhow::Result<()> {
 //! let config = ReplicationConfig::new(
@@ -59,7 +59,6 @@
 
 #![warn(
     clippy::all,
-    clippy::cargo,
     clippy::perf,
     clippy::style,
     clippy::correctness,

@@ -27,8 +27,8 @@
 //! # Example
 //!
 //! ```no_run
-//! use pgwire_replication::config::TlsConfig;
-//! use pgwire_replication::tls::rustls::{maybe_upgrade_to_tls, MaybeTlsStream};
+//! use walflow_pgwire_replication::config::TlsConfig;
+//! use walflow_pgwire_replication::tls::rustls::{maybe_upgrade_to_tls, MaybeTlsStream};
 //! use tokio::net::TcpStream;
 //! use std::path::PathBuf;
 //!

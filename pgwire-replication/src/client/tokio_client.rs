@@ -49,8 +49,8 @@ pub struct TimelineHistory {
 /// # Example
 ///
 /// ```no_run
-/// use pgwire_replication::client::{ReplicationClient, ReplicationEvent};
-/// use pgwire_replication::config::ReplicationConfig;
+/// use walflow_pgwire_replication::client::{ReplicationClient, ReplicationEvent};
+/// use walflow_pgwire_replication::config::ReplicationConfig;
 ///
 /// #[tokio::main]
 /// async fn main() -> Result<(), Box<dyn std::error::Error>> {

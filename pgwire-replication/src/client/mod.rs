@@ -29,9 +29,9 @@
 //! # Example
 //!
 //! ```no_run
-//! use pgwire_replication::client::ReplicationClient;
-//! use pgwire_replication::config::ReplicationConfig;
-//! use pgwire_replication::ReplicationEvent;
+//! use walflow_pgwire_replication::client::ReplicationClient;
+//! use walflow_pgwire_replication::config::ReplicationConfig;
+//! use walflow_pgwire_replication::ReplicationEvent;
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -35,7 +35,7 @@ impl std::error::Error for ParseLsnError {}
 /// # Example
 ///
 /// ```
-/// use pgwire_replication::lsn::Lsn;
+/// use walflow_pgwire_replication::lsn::Lsn;
 ///
 /// let lsn = Lsn::parse("16/B374D848").unwrap();
 /// assert_eq!(lsn.to_string(), "16/B374D848");

@@ -100,7 +100,7 @@ impl TlsConfig {
     ///
     /// # Example
     /// ```
-    /// use pgwire_replication::config::TlsConfig;
+    /// use walflow_pgwire_replication::config::TlsConfig;
     ///
     /// let tls = TlsConfig::disabled();
     /// assert!(!tls.mode.requires_tls());
@@ -116,7 +116,7 @@ impl TlsConfig {
     ///
     /// # Example
     /// ```
-    /// use pgwire_replication::config::TlsConfig;
+    /// use walflow_pgwire_replication::config::TlsConfig;
     ///
     /// let tls = TlsConfig::require();
     /// assert!(tls.mode.requires_tls());
@@ -136,7 +136,7 @@ impl TlsConfig {
     ///
     /// # Example
     /// ```
-    /// use pgwire_replication::config::TlsConfig;
+    /// use walflow_pgwire_replication::config::TlsConfig;
     ///
     /// // Using system/Mozilla roots
     /// let tls = TlsConfig::verify_ca(None);
@@ -161,7 +161,7 @@ impl TlsConfig {
     ///
     /// # Example
     /// ```
-    /// use pgwire_replication::config::TlsConfig;
+    /// use walflow_pgwire_replication::config::TlsConfig;
     ///
     /// let tls = TlsConfig::verify_full(Some("/etc/ssl/certs/ca.pem".into()));
     /// assert!(tls.mode.verifies_hostname());
@@ -178,7 +178,7 @@ impl TlsConfig {
     ///
     /// # Example
     /// ```
-    /// use pgwire_replication::config::TlsConfig;
+    /// use walflow_pgwire_replication::config::TlsConfig;
     ///
     /// let tls = TlsConfig::verify_full(None)
     ///     .with_sni_hostname("db.example.com");
@@ -192,7 +192,7 @@ impl TlsConfig {
     ///
     /// # Example
     /// ```
-    /// use pgwire_replication::config::TlsConfig;
+    /// use walflow_pgwire_replication::config::TlsConfig;
     ///
     /// let tls = TlsConfig::verify_full(Some("/ca.pem".into()))
     ///     .with_client_cert("/client.pem", "/client.key");
@@ -220,7 +220,7 @@ impl TlsConfig {
 /// Construct from a single name or from a collection:
 ///
 /// ```
-/// use pgwire_replication::config::Publication;
+/// use walflow_pgwire_replication::config::Publication;
 ///
 /// let one: Publication = "orders".into();
 /// let many: Publication = ["orders", "customers"].into();
@@ -300,7 +300,7 @@ impl std::fmt::Display for Publication {
 /// # Example
 ///
 /// ```
-/// use pgwire_replication::config::{ReplicationConfig, TlsConfig};
+/// use walflow_pgwire_replication::config::{ReplicationConfig, TlsConfig};
 ///
 /// let config = ReplicationConfig::new(
 ///     "db.example.com",
@@ -533,7 +533,7 @@ impl ReplicationConfig {
     ///
     /// # Example
     /// ```
-    /// use pgwire_replication::config::ReplicationConfig;
+    /// use walflow_pgwire_replication::config::ReplicationConfig;
     ///
     /// let config = ReplicationConfig::new(
     ///     "db.example.com",
@@ -596,7 +596,7 @@ impl ReplicationConfig {
     ///
     /// # Example
     /// ```
-    /// use pgwire_replication::config::ReplicationConfig;
+    /// use walflow_pgwire_replication::config::ReplicationConfig;
     ///
     /// let config = ReplicationConfig::unix(
     ///     "/var/run/postgresql",
@@ -693,7 +693,7 @@ impl ReplicationConfig {
     ///
     /// # Example
     /// ```
-    /// use pgwire_replication::config::ReplicationConfig;
+    /// use walflow_pgwire_replication::config::ReplicationConfig;
     ///
     /// let config = ReplicationConfig::new("h", "u", "p", "db", "slot", "pub")
     ///     .with_options("-c datestyle=ISO,MDY -c intervalstyle=iso_8601");
@@ -716,7 +716,7 @@ impl ReplicationConfig {
     ///
     /// # Example
     /// ```
-    /// use pgwire_replication::config::ReplicationConfig;
+    /// use walflow_pgwire_replication::config::ReplicationConfig;
     ///
     /// let config = ReplicationConfig::new("localhost", "u", "p", "db", "slot", "pub")
     ///     .with_max_message_size(64 * 1024 * 1024);

@@ -16,7 +16,7 @@
 //! ```no_run
 //! #[cfg(feature = "scram")]
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     use pgwire_replication::auth::scram::ScramClient;
+//!     use walflow_pgwire_replication::auth::scram::ScramClient;
 //!     // Create SCRAM client with random nonce
 //!     let client = ScramClient::new("postgres");
 //!
