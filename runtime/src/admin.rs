@@ -181,6 +181,10 @@ pub struct Status {
 pub struct SlotStatus {
     /// Its name.
     pub name: String,
+    /// Whether the database has the slot. `false` when it was dropped (or
+    /// never created here) while walflow's tables still have rows for it:
+    /// every other field is then empty.
+    pub exists: bool,
     /// Whether a process is streaming from it.
     pub active: bool,
     /// That process (the WAL sender serving the flow).
@@ -271,8 +275,13 @@ pub struct TableStatus {
     pub updated_at_time: Option<DateTime<Utc>>,
 }
 
-/// The slot's status: see [`Status`]. [`AdminError::UnknownSlot`] when the
-/// database has no such slot.
+/// The slot's status: see [`Status`].
+///
+/// When the database has no such slot but walflow's tables have rows for
+/// it (a slot dropped, or lost and dropped), the status says so
+/// ([`SlotStatus::exists`] is `false`) and still shows its operators,
+/// queues, dead letters and tables. [`AdminError::UnknownSlot`] when
+/// neither the database nor walflow's tables know the name.
 pub async fn status(pool: &PgPool, slot: &str) -> Result<Status, AdminError> {
     check_schema(pool).await?;
     let row = sqlx::query(
@@ -286,27 +295,21 @@ pub async fn status(pool: &PgPool, slot: &str) -> Result<Status, AdminError> {
     .fetch_optional(pool)
     .await
     .map_err(sql(format!("reading slot `{slot}`")))?;
-    let Some(row) = row else {
-        return Err(unknown_slot(pool, slot).await);
-    };
-    let lsn = |name: &str| -> Result<Option<Lsn>, sqlx::Error> {
-        Ok(row
-            .try_get::<Option<String>, _>(name)?
-            .and_then(|t| t.parse().ok()))
-    };
-    let read = || -> Result<SlotStatus, sqlx::Error> {
-        Ok(SlotStatus {
+    let slot_status = match row {
+        Some(row) => read_slot(slot, &row).map_err(sql(format!("reading slot `{slot}`")))?,
+        None if recorded(pool, slot).await? => SlotStatus {
             name: slot.to_owned(),
-            active: row.try_get("active")?,
-            active_pid: row.try_get("active_pid")?,
-            wal_status: row.try_get("wal_status")?,
-            confirmed_flush_lsn: lsn("confirmed")?,
-            restart_lsn: lsn("restart")?,
-            lag_bytes: row.try_get("lag")?,
-            retained_wal_bytes: row.try_get("retained")?,
-        })
+            exists: false,
+            active: false,
+            active_pid: None,
+            wal_status: None,
+            confirmed_flush_lsn: None,
+            restart_lsn: None,
+            lag_bytes: None,
+            retained_wal_bytes: None,
+        },
+        None => return Err(unknown_slot(pool, slot).await),
     };
-    let slot_status = read().map_err(sql(format!("reading slot `{slot}`")))?;
 
     let holder = match slot_status.active_pid {
         None => None,
@@ -410,6 +413,88 @@ pub async fn status(pool: &PgPool, slot: &str) -> Result<Status, AdminError> {
         operators,
         tables,
     })
+}
+
+fn read_slot(slot: &str, row: &sqlx::postgres::PgRow) -> Result<SlotStatus, sqlx::Error> {
+    let lsn = |name: &str| -> Result<Option<Lsn>, sqlx::Error> {
+        Ok(row
+            .try_get::<Option<String>, _>(name)?
+            .and_then(|t| t.parse().ok()))
+    };
+    Ok(SlotStatus {
+        name: slot.to_owned(),
+        exists: true,
+        active: row.try_get("active")?,
+        active_pid: row.try_get("active_pid")?,
+        wal_status: row.try_get("wal_status")?,
+        confirmed_flush_lsn: lsn("confirmed")?,
+        restart_lsn: lsn("restart")?,
+        lag_bytes: row.try_get("lag")?,
+        retained_wal_bytes: row.try_get("retained")?,
+    })
+}
+
+/// Whether walflow's tables have rows for the slot (a flow ran on it).
+async fn recorded(pool: &PgPool, slot: &str) -> Result<bool, AdminError> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM walflow.operators WHERE slot = $1)
+             OR EXISTS (SELECT 1 FROM walflow.streams WHERE slot = $1)
+             OR EXISTS (SELECT 1 FROM walflow.queue WHERE slot = $1)
+             OR EXISTS (SELECT 1 FROM walflow.dead_letters WHERE slot = $1)
+             OR EXISTS (SELECT 1 FROM walflow.process_status WHERE slot = $1)",
+    )
+    .bind(slot)
+    .fetch_one(pool)
+    .await
+    .map_err(sql(format!("looking for walflow's rows of slot `{slot}`")))
+}
+
+/// A replication slot of the database, or a slot walflow's tables have
+/// rows for, as [`slots`] lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct SlotSummary {
+    /// Its name.
+    pub name: String,
+    /// Whether the database has it (`false`: only walflow's tables name it,
+    /// it was dropped).
+    pub exists: bool,
+    /// Whether a process is streaming from it.
+    pub active: bool,
+    /// Whether a walflow flow started on it: walflow's tables record its
+    /// operators or its queue position.
+    pub walflow: bool,
+}
+
+/// The logical replication slots of the database and the slots walflow's
+/// tables record a flow on, by name.
+pub async fn slots(pool: &PgPool) -> Result<Vec<SlotSummary>, AdminError> {
+    check_schema(pool).await?;
+    let rows: Vec<(String, bool, bool, bool)> = sqlx::query_as(
+        "WITH live AS (
+             SELECT slot_name::text AS name, active FROM pg_replication_slots
+             WHERE database = current_database()
+         ), walflow AS (
+             SELECT slot AS name FROM walflow.operators
+             UNION SELECT slot FROM walflow.streams
+         )
+         SELECT coalesce(l.name, w.name), l.name IS NOT NULL, coalesce(l.active, false),
+                w.name IS NOT NULL
+         FROM live l FULL JOIN walflow w ON w.name = l.name
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(sql("listing the replication slots"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, exists, active, walflow)| SlotSummary {
+            name,
+            exists,
+            active,
+            walflow,
+        })
+        .collect())
 }
 
 /// [`AdminError::UnknownSlot`], naming the database's logical slots (or
@@ -610,6 +695,32 @@ where
     .await
 }
 
+/// Whether [`discard_dead_letters`] would find every one of `ids` now:
+/// [`AdminError::UnknownOperator`] for an operator not known on the slot,
+/// [`AdminError::UnknownDeadLetters`] naming the ids not found (for a tool
+/// that asks for confirmation first).
+pub async fn check_dead_letters(
+    pool: &PgPool,
+    slot: &str,
+    operator: Option<&str>,
+    ids: &[i64],
+) -> Result<(), AdminError> {
+    check_schema(pool).await?;
+    if let Some(op) = operator {
+        check_operator(pool, slot, op).await?;
+    }
+    let missing = missing_dead_letters(pool, slot, operator, ids)
+        .await
+        .map_err(sql("looking up the dead letters"))?;
+    if !missing.is_empty() {
+        return Err(AdminError::UnknownDeadLetters {
+            ids: missing,
+            scope: scope(slot, operator),
+        });
+    }
+    Ok(())
+}
+
 /// Deletes the dead letters `ids` of the slot (only those of `operator`,
 /// when given): they will not run again. All or nothing: an id not found
 /// is [`AdminError::UnknownDeadLetters`], naming every such id, and nothing
@@ -732,20 +843,14 @@ pub struct RequestProgress {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// Asks the flow holding the slot to retry dead letters: `ids`, or every
-/// dead letter (of `operator` when given, otherwise of every operator the
-/// flow runs). Returns the request's id, for [`request_progress`].
-///
-/// Refused with [`AdminError::NoFlow`] when no process holds the slot,
-/// [`AdminError::UnknownOperator`] for an operator the slot's flow does not
-/// run, and [`AdminError::UnknownDeadLetters`] for ids not found. See the
-/// [module documentation](self) for the protocol.
-pub async fn request_retry(
+/// Whether [`request_retry`] would accept the request now (for a tool that
+/// asks for confirmation first): the same refusals.
+pub async fn check_retry(
     pool: &PgPool,
     slot: &str,
     operator: Option<&str>,
     ids: Option<&[i64]>,
-) -> Result<i64, AdminError> {
+) -> Result<(), AdminError> {
     check_schema(pool).await?;
     let active: Option<bool> = sqlx::query_scalar(
         "SELECT active FROM pg_replication_slots
@@ -791,6 +896,24 @@ pub async fn request_retry(
             });
         }
     }
+    Ok(())
+}
+
+/// Asks the flow holding the slot to retry dead letters: `ids`, or every
+/// dead letter (of `operator` when given, otherwise of every operator the
+/// flow runs). Returns the request's id, for [`request_progress`].
+///
+/// Refused with [`AdminError::NoFlow`] when no process holds the slot,
+/// [`AdminError::UnknownOperator`] for an operator the slot's flow does not
+/// run, and [`AdminError::UnknownDeadLetters`] for ids not found. See the
+/// [module documentation](self) for the protocol.
+pub async fn request_retry(
+    pool: &PgPool,
+    slot: &str,
+    operator: Option<&str>,
+    ids: Option<&[i64]>,
+) -> Result<i64, AdminError> {
+    check_retry(pool, slot, operator, ids).await?;
     let step = format!("asking the flow of slot `{slot}` to retry dead letters");
     let mut tx = pool.begin().await.map_err(sql(step.clone()))?;
     let id: i64 = sqlx::query_scalar(
