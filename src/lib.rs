@@ -186,6 +186,10 @@ pub use walflow_runtime::admin;
 pub use walflow_runtime::embedded;
 
 pub use chrono;
+/// The sqlx walflow is built with: [`Walflow::pool`] and [`Ctx::transaction`]
+/// hand out its types, so an application that uses them through this path
+/// needs no version of its own to match.
+pub use sqlx;
 
 #[doc(hidden)]
 pub use walflow_runtime::crash_point;
@@ -248,3 +252,11 @@ mod tests {
         );
     }
 }
+
+/// Every Rust block of the README compiles (and runs, unless `no_run`) as a
+/// doctest: what an application copies from it builds.
+/// Its blocks are fragments of programs: what they declare need not be used.
+#[cfg(doctest)]
+#[doc(test(attr(allow(dead_code))))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

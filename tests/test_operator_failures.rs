@@ -61,6 +61,13 @@ on_event! {
         query: "UPDATE job_copies SET name = name WHERE id = 1 / ($1::bigint - 5)",
     }
 
+    /// A misspelled column: the server points into the query.
+    operator MisspelledQuery for JobCopy {
+        events: [insert],
+        entities: [Job],
+        query: "UPDATE job_copies SET name = nmae WHERE id = $1",
+    }
+
     operator Strict {
         events: all,
         entities: [Gadget],
@@ -280,7 +287,7 @@ async fn undecodable_row_and_failing_query_are_dead_lettered() {
         .slot_name(db.slot("decode"))
         .min_restart_time(Duration::from_millis(10))
         .max_retries(2)
-        .operators(["Strict", "FailingQuery", "CopyJobs"])
+        .operators(["Strict", "FailingQuery", "CopyJobs", "MisspelledQuery"])
         .start()
         .await
         .unwrap();
@@ -311,5 +318,25 @@ async fn undecodable_row_and_failing_query_are_dead_lettered() {
         "{}",
         dead[0].error
     );
+    // The server's message and SQLSTATE, not PostgreSQL's C source line.
+    assert!(
+        dead[0].error.contains("(SQLSTATE 22012)"),
+        "{}",
+        dead[0].error
+    );
+    assert!(!dead[0].error.contains(" at line "), "{}", dead[0].error);
+
+    // Where in the operator's query the server points.
+    let dead = flow.dead_letters("MisspelledQuery").await.unwrap();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    let error = &dead[0].error;
+    assert!(error.contains("column \"nmae\" does not exist"), "{error}");
+    assert!(
+        error.contains(
+            "at character 30 of the query: \"UPDATE job_copies SET name = →nmae WHERE id = $1\""
+        ),
+        "{error}"
+    );
+    assert!(error.contains("(SQLSTATE 42703)"), "{error}");
     flow.shutdown().await.unwrap();
 }

@@ -104,7 +104,7 @@ pub enum AdminError {
         application_name: String,
     },
     /// A statement failed; `step` says what was being done.
-    #[error("{step}: {source}")]
+    #[error("{step}: {}", crate::pg_error::DbError(.source))]
     Sql {
         /// What was being done, and on what.
         step: String,

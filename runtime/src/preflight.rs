@@ -4,7 +4,7 @@
 //! [`check`] connects with a [`Config`] and runs [`check_server`], which
 //! gathers a [`ServerInfo`] and verifies, in this order:
 //!
-//! 1. PostgreSQL is 14 or newer;
+//! 1. PostgreSQL is 15 or newer (`MERGE`, publication row filters);
 //! 2. `wal_level` is `logical`;
 //! 3. the role is a superuser or has the `REPLICATION` attribute;
 //! 4. a WAL sender is free (`max_wal_senders`);
@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::ident::display_ident;
 
 /// Oldest supported server (`server_version_num`).
-pub const MIN_SERVER_VERSION_NUM: u32 = 140_000;
+pub const MIN_SERVER_VERSION_NUM: u32 = 150_000;
 
 /// How long [`check`] waits for the connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,9 +114,9 @@ pub enum PreflightError {
         /// The server's message.
         reason: String,
     },
-    /// The server is older than PostgreSQL 14.
+    /// The server is older than PostgreSQL 15.
     #[error(
-        "PostgreSQL {version} is too old; walflow needs PostgreSQL 14 or newer (upgrade the server)"
+        "PostgreSQL {version} is too old; walflow needs PostgreSQL 15 or newer (upgrade the server)"
     )]
     UnsupportedVersion {
         /// `server_version`.
@@ -200,7 +200,7 @@ pub enum PreflightError {
         slot: String,
     },
     /// A query of the checks failed.
-    #[error("cannot check the server: {0}")]
+    #[error("cannot check the server: {}", crate::pg_error::DbError(.0))]
     Query(#[source] sqlx::Error),
 }
 

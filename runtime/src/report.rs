@@ -42,20 +42,7 @@ impl Report {
     /// text the message before them already includes (walflow's messages
     /// name their cause, as `reading the queue: connection refused`).
     pub fn chain(&self) -> Vec<String> {
-        let mut lines: Vec<String> = Vec::new();
-        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self.0.as_ref());
-        while let Some(error) = next {
-            let text = error.to_string();
-            if !lines
-                .last()
-                .is_some_and(|previous| previous.contains(&text))
-                && !text.is_empty()
-            {
-                lines.push(text);
-            }
-            next = error.source();
-        }
-        lines
+        chain(self.0.as_ref())
     }
 
     /// The error inside.
@@ -103,6 +90,26 @@ impl fmt::Debug for Report {
         }
         Ok(())
     }
+}
+
+/// The texts of `error` and its causes, outermost first, without the
+/// causes whose text the one before already includes; database errors as
+/// `pg_error::describe` puts them (no C source line).
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(error) = next {
+        let text = crate::pg_error::text_of(error);
+        if !text.is_empty()
+            && !lines
+                .last()
+                .is_some_and(|previous| previous.contains(&text))
+        {
+            lines.push(text);
+        }
+        next = error.source();
+    }
+    lines
 }
 
 #[cfg(test)]

@@ -160,7 +160,7 @@ pub enum SetupError {
         source: sqlx::Error,
     },
     /// A statement failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", crate::pg_error::DbError(.source))]
     Sql {
         /// What was being done.
         context: String,
@@ -557,7 +557,7 @@ pub enum ConnectError {
     #[error(transparent)]
     Listener(#[from] ListenerError),
     /// The connection pool could not connect.
-    #[error("connecting to {url}: {source}")]
+    #[error("connecting to {url}: {}", crate::pg_error::DbError(.source))]
     Pool {
         /// The server, without password.
         url: String,

@@ -16,7 +16,24 @@ pub struct ConfigBuilder {
 impl ConfigBuilder {
     /// A builder starting from the defaults overridden by `DATABASE_URL` and
     /// the `WALFLOW_*` environment variables.
+    ///
+    /// A `WALFLOW_` variable that no option reads (`WALFLOW_SLOTNAME`) is
+    /// warned about, with the nearest variable that is read
+    /// (`WALFLOW_SLOT_NAME`); it never fails the start.
     pub fn from_env() -> Result<Self, ConfigError> {
+        let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+        for (name, nearest) in super::env::unknown_variables(names) {
+            match nearest {
+                Some(nearest) => tracing::warn!(
+                    variable = %name,
+                    "{name} is set but no walflow option reads it; did you mean {nearest}?"
+                ),
+                None => tracing::warn!(
+                    variable = %name,
+                    "{name} is set but no walflow option reads it (see the options table of walflow::Config)"
+                ),
+            }
+        }
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
@@ -73,6 +90,9 @@ macro_rules! setters {
             default($dflt:literal), esx($esx:literal);
     )*) => {
         impl ConfigBuilder {
+            /// Every variable an option reads.
+            pub(super) const VARIABLES: &'static [&'static str] = &[$($($var,)?)*];
+
             /// Like [`from_env`](Self::from_env) but reading the variables
             /// through `lookup` (for tests, or another source of settings).
             pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {

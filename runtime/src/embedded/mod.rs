@@ -3,7 +3,7 @@
 //!
 //! [`EmbeddedPostgres::start`] runs `initdb` and `postgres` from the binaries
 //! found on `PATH` (or `/usr/lib/postgresql/*/bin`, newest first, or
-//! `$WALFLOW_PG_BIN_DIR`; PostgreSQL 14 or newer) in a temporary directory and
+//! `$WALFLOW_PG_BIN_DIR`; PostgreSQL 15 or newer) in a temporary directory and
 //! configures the server for logical replication:
 //!
 //! - `wal_level = logical`, `max_replication_slots = 64`,
@@ -113,7 +113,7 @@ pub enum EmbeddedError {
     #[error("the embedded PostgreSQL server is stopped; call `start_again` first")]
     NotRunning,
     /// A SQL statement failed.
-    #[error("cannot {action}: {source}")]
+    #[error("cannot {action}: {}", crate::pg_error::DbError(.source))]
     Sql {
         /// What was being done.
         action: String,

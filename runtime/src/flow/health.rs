@@ -27,7 +27,7 @@ pub(crate) async fn watch(
             Ok(()) => failing = false,
             Err(e) if !failing => {
                 failing = true;
-                tracing::warn!(slot = %shared.slot, error = %e, "reading the slot's lag and the queue depths failed; retrying");
+                tracing::warn!(slot = %shared.slot, error = %crate::pg_error::DbError(&e), "reading the slot's lag and the queue depths failed; retrying");
             }
             Err(_) => {}
         }

@@ -88,7 +88,7 @@ pub(crate) async fn watch(
                 Ok(None) => break,
                 Err(e) => {
                     shared.note_error(&e);
-                    tracing::warn!(slot = %shared.slot, error = %e, "cannot read walflow.requests");
+                    tracing::warn!(slot = %shared.slot, error = %crate::pg_error::DbError(&e), "cannot read walflow.requests");
                     break;
                 }
             }
@@ -160,7 +160,7 @@ async fn run(
     .await
     {
         // The next start fails it as interrupted.
-        tracing::warn!(request = id, error = %e, "cannot record the end of a request");
+        tracing::warn!(request = id, error = %crate::pg_error::DbError(&e), "cannot record the end of a request");
     }
 }
 
@@ -191,7 +191,7 @@ async fn retry(
             .bind(&request.operator)
             .fetch_all(&shared.pool)
             .await
-            .map_err(|e| format!("reading the dead letters: {e}"))?;
+            .map_err(|e| format!("reading the dead letters: {}", crate::pg_error::DbError(&e)))?;
             let missing: Vec<String> = ids
                 .iter()
                 .filter(|i| !found.contains(i))
@@ -220,7 +220,7 @@ async fn retry(
         .bind(&request.operator)
         .fetch_all(&shared.pool)
         .await
-        .map_err(|e| format!("reading the dead letters: {e}"))?,
+        .map_err(|e| format!("reading the dead letters: {}", crate::pg_error::DbError(&e)))?,
     };
     let progress = |done: i32, total: Option<i32>| {
         sqlx::query(
@@ -232,9 +232,12 @@ async fn retry(
         .execute(&shared.pool)
     };
     let total = ids.len() as i32;
-    progress(0, Some(total))
-        .await
-        .map_err(|e| format!("recording the request's progress: {e}"))?;
+    progress(0, Some(total)).await.map_err(|e| {
+        format!(
+            "recording the request's progress: {}",
+            crate::pg_error::DbError(&e)
+        )
+    })?;
     let mut done = 0;
     let mut gone = Vec::new();
     for id in ids {
@@ -255,9 +258,12 @@ async fn retry(
             }
         }
         done += 1;
-        progress(done, None)
-            .await
-            .map_err(|e| format!("recording the request's progress: {e}"))?;
+        progress(done, None).await.map_err(|e| {
+            format!(
+                "recording the request's progress: {}",
+                crate::pg_error::DbError(&e)
+            )
+        })?;
     }
     if !gone.is_empty() {
         return Err(format!(

@@ -49,7 +49,7 @@ pub enum ListenerError {
         source: DecodeError,
     },
     /// A SQL statement of the set-up or the heartbeat failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", crate::pg_error::DbError(.source))]
     Sql {
         /// What was being done.
         context: String,

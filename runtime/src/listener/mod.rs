@@ -569,7 +569,7 @@ async fn heartbeat(pool: PgPool, every: Duration, mut stop: watch::Receiver<bool
         match res {
             Ok(_) => warned = false,
             Err(e) if !warned => {
-                tracing::warn!(error = %e, "walflow heartbeat failed; the slot advances only with keepalives");
+                tracing::warn!(error = %crate::pg_error::DbError(&e), "walflow heartbeat failed; the slot advances only with keepalives");
                 warned = true;
             }
             Err(_) => {}

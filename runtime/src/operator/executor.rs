@@ -66,11 +66,15 @@ enum Failure {
     Stopped,
 }
 
-fn sql_failure(e: sqlx::Error) -> Failure {
+/// A failed statement, as its dead letter will say it: the server's
+/// message, detail, hint and SQLSTATE, and where in `query` (the
+/// operator's own) the server points.
+fn sql_failure(e: sqlx::Error, query: Option<&str>) -> Failure {
+    let text = crate::pg_error::describe_in(&e, query);
     if is_transient(&e) {
-        Failure::Transient(e.to_string())
+        Failure::Transient(text)
     } else {
-        Failure::Failed(e.to_string())
+        Failure::Failed(text)
     }
 }
 
@@ -211,7 +215,7 @@ pub(crate) async fn run(
                     shared.note_error(&e);
                     fetch_failures += 1;
                     fetch_error = true;
-                    tracing::warn!(operator = op.name, error = %e, "reading the operator queue failed; retrying");
+                    tracing::warn!(operator = op.name, error = %crate::pg_error::DbError(&e), "reading the operator queue failed; retrying");
                 }
             }
         }
@@ -741,8 +745,13 @@ impl UnitRunner {
     /// Turns a database error into a failure, passing on one that says the
     /// server is shutting down (rule 7).
     fn failure(&self, e: sqlx::Error) -> Failure {
+        self.failure_in(e, None)
+    }
+
+    /// [`failure`](Self::failure) of the statement `query`.
+    fn failure_in(&self, e: sqlx::Error, query: Option<&str>) -> Failure {
         self.shared.note_error(&e);
-        sql_failure(e)
+        sql_failure(e, query)
     }
 
     async fn run_query(&self, sql: &'static str, rows: &[Row]) -> Result<(), Failure> {
@@ -780,7 +789,9 @@ impl UnitRunner {
             q.execute(&mut *tx).await.map_err(|e| self.failure(e))?;
         } else {
             let q = bind_value(sqlx::query(sql), &id).map_err(Failure::Decode)?;
-            q.execute(&mut *tx).await.map_err(|e| self.failure(e))?;
+            q.execute(&mut *tx)
+                .await
+                .map_err(|e| self.failure_in(e, Some(sql)))?;
         }
         Ok(())
     }
@@ -815,7 +826,10 @@ impl UnitRunner {
             Ok(Err(HandlerError::Decode(e))) => return Err(Failure::Decode(e.to_string())),
             Ok(Err(HandlerError::Handler(e))) => {
                 let transient = e.downcast_ref::<sqlx::Error>().is_some_and(is_transient);
-                let text = format!("the handler failed: {e}");
+                let text = format!(
+                    "the handler failed: {}",
+                    crate::report::chain(e.as_ref()).join(": ")
+                );
                 return Err(if transient {
                     Failure::Transient(text)
                 } else {

@@ -77,11 +77,11 @@ fn a_lost_slot_names_the_way_out() {
 fn messages() {
     assert_eq!(
         msg(ServerInfo {
-            version: "13.11".into(),
-            version_num: 130011,
+            version: "14.13".into(),
+            version_num: 140013,
             ..good()
         }),
-        "PostgreSQL 13.11 is too old; walflow needs PostgreSQL 14 or newer (upgrade the server)"
+        "PostgreSQL 14.13 is too old; walflow needs PostgreSQL 15 or newer (upgrade the server)"
     );
     assert_eq!(
         msg(ServerInfo {

@@ -49,7 +49,7 @@ pub(crate) async fn queue_retrying(
                             Ok(true) => return (Some(c), true),
                             Ok(false) => uncertain = false,
                             Err(e) => {
-                                tracing::warn!(slot, error = %e, "reading the queue's position failed; retrying");
+                                tracing::warn!(slot, error = %crate::pg_error::DbError(&e), "reading the queue's position failed; retrying");
                                 tries += 1;
                                 tokio::select! {
                                     _ = tokio::time::sleep(shared.config.restart_delay(tries)) => {}
@@ -64,7 +64,7 @@ pub(crate) async fn queue_retrying(
                 }
                 Err(e) => {
                     shared.note_error(&e);
-                    tracing::warn!(slot, error = %e, "connecting to queue {what} failed; retrying");
+                    tracing::warn!(slot, error = %crate::pg_error::DbError(&e), "connecting to queue {what} failed; retrying");
                     None
                 }
             },
@@ -86,9 +86,9 @@ pub(crate) async fn queue_retrying(
             if is_transient(&e) {
                 conn = None;
                 uncertain = true;
-                tracing::warn!(slot, rows, error = %e, "queueing {what} failed; retrying");
+                tracing::warn!(slot, rows, error = %crate::pg_error::DbError(&e), "queueing {what} failed; retrying");
             } else {
-                tracing::error!(slot, rows, error = %e, "queueing {what} failed; retrying");
+                tracing::error!(slot, rows, error = %crate::pg_error::DbError(&e), "queueing {what} failed; retrying");
             }
         }
         tries += 1;
@@ -375,7 +375,7 @@ pub(crate) async fn wait_visible(
             Err(e) => {
                 failures += 1;
                 shared.note_error(&e);
-                tracing::warn!(error = %e, "checking that transactions are visible failed; retrying");
+                tracing::warn!(error = %crate::pg_error::DbError(&e), "checking that transactions are visible failed; retrying");
                 shared.config.restart_delay(failures)
             }
         };

@@ -75,7 +75,7 @@ impl Transaction {
 #[non_exhaustive]
 pub enum PubSubError {
     /// A database error (sending, listening, reading the log).
-    #[error("pubsub: {0}")]
+    #[error("pubsub: {}", crate::pg_error::DbError(.0))]
     Database(#[from] sqlx::Error),
     /// A payload did not encode or decode.
     #[error("pubsub: bad payload: {0}")]
@@ -389,7 +389,7 @@ impl PgPubSub {
             }
             Err(e) => tracing::warn!(
                 channel = %self.channel,
-                error = %e,
+                error = %crate::pg_error::DbError(&e),
                 "pubsub: pruning walflow.pubsub_log failed; retrying later"
             ),
         }
