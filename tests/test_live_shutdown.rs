@@ -3,30 +3,17 @@
 //! server's graceful shutdown can finish.
 
 mod common;
+#[path = "common/examples.rs"]
+mod examples;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// The example's binary: `cargo test` builds the examples beside the tests
-/// (`cargo test --test test_live_shutdown` alone does not rebuild it: run
-/// `cargo build --example live` first).
-fn live_example() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = dir.join("examples").join("live");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples; run it through cargo",
-        path.display()
-    );
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_example_stops_on_ctrl_c_with_a_stream_open() {
     let db = common::db().await;
-    let mut child = Command::new(live_example())
+    let mut child = Command::new(examples::example_async("live").await)
         .env("DATABASE_URL", &db.url)
         .env("LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn")

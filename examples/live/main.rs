@@ -7,11 +7,19 @@
 //! `127.0.0.1:0`, a free port, printed). Ctrl-C
 //! stops it cleanly: the flow shuts down (its live streams end, so open pages
 //! let go), then the server.
+//!
+//! On `DATABASE_URL`'s database it keeps its tables in the schema
+//! `walflow_live_example` (created when missing, kept between runs) and
+//! touches no other table. Its replication slot, `walflow_live_<database>`,
+//! is temporary: the server drops it when the example stops, however it
+//! stops. Its publication, `walflow_live_example`, is dropped on Ctrl-C.
 
 mod app;
 
+use walflow::{Config, Report};
+
 #[tokio::main]
-async fn main() -> Result<(), walflow::BoxError> {
+async fn main() -> Result<(), Report> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -19,23 +27,32 @@ async fn main() -> Result<(), walflow::BoxError> {
         .init();
     let _embedded;
     let url = match std::env::var("DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) => {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => {
             let pg = walflow::embedded::EmbeddedPostgres::start().await?;
             let url = pg.url();
             _embedded = pg;
             url
         }
     };
-    let metrics = std::env::var("METRICS_LISTEN")
-        .unwrap_or_else(|_| "127.0.0.1:0".into())
-        .parse()?;
-    let (router, app) = app::start(&url, "walflow_live", Some(metrics)).await?;
+    let slot = app::slot_name(Config::from_database_url(&url)?.database());
+    let metrics = std::env::var("METRICS_LISTEN").unwrap_or_else(|_| "127.0.0.1:0".into());
+    let metrics = metrics.parse().map_err(|e| {
+        format!("METRICS_LISTEN={metrics:?} is not an address such as 127.0.0.1:9000: {e}")
+    })?;
+    let (router, app) = app::start(&url, &slot, Some(metrics)).await?;
+    println!(
+        "tables in schema {}, temporary slot {slot}, publication {} (dropped on Ctrl-C)",
+        app::SCHEMA_NAME,
+        app::PUBLICATION
+    );
     if let Some(addr) = app.flow.metrics_addr() {
         println!("status page on http://{addr}/status (metrics on /metrics)");
     }
     let addr = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("listening on LISTEN={addr}: {e}"))?;
     println!("live example on http://{}", listener.local_addr()?);
     let flow = app.flow.clone();
     axum::serve(listener, router)
@@ -47,6 +64,7 @@ async fn main() -> Result<(), walflow::BoxError> {
             }
         })
         .await?;
+    app::drop_publication(&app.pool).await?;
     println!("stopped");
     Ok(())
 }
