@@ -1,6 +1,8 @@
 //! The status page of the metrics endpoint in a real headless Chromium:
 //! the state, an operator's queue depth and its dead letters (with their
-//! errors) update live over Server-Sent Events, without a reload.
+//! errors) update live over Server-Sent Events, without a reload; an empty
+//! dead-letter table says there are none, and times read as dates, not as
+//! RFC 3339 values with nanoseconds.
 
 #![allow(dead_code)] // struct fields are read through serde
 
@@ -72,6 +74,25 @@ async fn wait_text(client: &Client, css: &str, want: &str) {
     }
 }
 
+/// The element `css` shows a local date and time to the second
+/// (`2025-06-01 14:03:07`) on one line, the exact value in its tooltip.
+async fn assert_time(client: &Client, css: &str) {
+    let el = client.find(Locator::Css(css)).await.unwrap();
+    let shown = el.text().await.unwrap();
+    let digits: String = shown
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '9' } else { c })
+        .collect();
+    assert_eq!(digits, "9999-99-99 99:99:99", "{css} shows {shown:?}");
+    let exact = el.attr("title").await.unwrap().unwrap_or_default();
+    assert!(
+        exact.contains('T') && exact.ends_with('Z'),
+        "{css}'s tooltip: {exact:?}"
+    );
+    let wrap = el.css_value("white-space").await.unwrap();
+    assert_eq!(wrap, "nowrap", "{css} does not wrap");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_follows_queues_and_dead_letters_live() {
     let db = common::db().await;
@@ -99,6 +120,13 @@ async fn the_status_page_follows_queues_and_dead_letters_live() {
     client.goto(&format!("http://{addr}/status")).await.unwrap();
     wait_text(&client, "#state", "ready").await;
     wait_text(&client, "#op-StatusHold .rows", "0").await;
+    wait_text(
+        &client,
+        "#dead-letters .empty",
+        "No dead letters: no event has failed for good.",
+    )
+    .await;
+    assert_time(&client, "#checked").await;
     client
         .execute("window.notReloaded = true; return true;", vec![])
         .await
@@ -118,6 +146,14 @@ async fn the_status_page_follows_queues_and_dead_letters_live() {
     )
     .await;
     assert!(client.find(Locator::Css("#dead-letters b")).await.is_err());
+    assert!(
+        client
+            .find(Locator::Css("#dead-letters .empty"))
+            .await
+            .is_err(),
+        "the empty state is gone"
+    );
+    assert_time(&client, "#dead-letters td.when").await;
 
     GATE.add_permits(1);
     wait_text(&client, "#op-StatusHold .rows", "0").await;
