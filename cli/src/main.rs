@@ -1,38 +1,74 @@
 //! `walflow`: the status of a walflow deployment, its dead letters, its
 //! replication slot and its schema, from the command line.
 //!
-//! Reads the database from `--database-url` or `DATABASE_URL`, and the
-//! slot from `--slot` or `WALFLOW_SLOT_NAME` (default `walflow_slot`).
-//! Errors are printed as `error: <message>` on stderr, with exit status 1.
+//! Reads its settings as the library does ([`walflow::Config::from_env`]:
+//! `DATABASE_URL`, `WALFLOW_HOST`, `WALFLOW_PORT`, `WALFLOW_DATABASE`,
+//! `WALFLOW_USERNAME`, `WALFLOW_PASSWORD`, `WALFLOW_SLOT_NAME`), with
+//! `--database-url` and `--slot` over them, and checks them with the
+//! library's rules. Errors are printed as `error: <message>` on stderr,
+//! with exit status 1.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
-use walflow::admin::{self, AdminError, RequestState, Status};
+use sqlx::postgres::{PgConnection, PgDatabaseError, PgPoolOptions};
+use sqlx::{Connection, PgPool};
+use walflow::admin::{self, AdminError, RequestState, SlotSummary, Status};
+use walflow::{Config, ConfigBuilder};
 
 mod table;
 
 use table::Table;
 
+/// The library's default slot name.
+const DEFAULT_SLOT: &str = "walflow_slot";
+
+/// How long connecting may take before the command gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+const AFTER_HELP: &str = "\
+Settings are read as the walflow library reads them (walflow::Config::from_env), so the command \
+finds the application's database and slot:
+  DATABASE_URL         the database, unless --database-url is given
+  WALFLOW_HOST, WALFLOW_PORT, WALFLOW_DATABASE, WALFLOW_USERNAME, WALFLOW_PASSWORD
+                       the connection without a URL, or what the URL leaves out
+                       (defaults: localhost, 5432, postgres, postgres, postgres)
+  WALFLOW_SLOT_NAME    the slot, unless --slot is given
+
+Exit status: 0 on success; 1 on an error, printed as `error: ...` on stderr (also when \
+`status` finds the slot gone: it prints what walflow's tables hold for it first); 2 for \
+invalid arguments.";
+
 /// Status, dead letters, replication slot and schema of a walflow
 /// deployment.
 #[derive(Debug, Parser)]
-#[command(name = "walflow", version, about)]
+#[command(name = "walflow", version, about, after_help = AFTER_HELP)]
 struct Cli {
-    /// The database the flow runs on.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    /// The database the flow runs on, `postgres://user:password@host:port/database`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     database_url: Option<String>,
     /// The flow's replication slot.
+    ///
+    /// When neither this nor WALFLOW_SLOT_NAME is given and the database has
+    /// no `walflow_slot`, the commands but `slot drop` work on the only slot
+    /// a walflow flow ran on in the database, and say so on stderr.
     #[arg(
         long,
         env = "WALFLOW_SLOT_NAME",
-        default_value = "walflow_slot",
-        global = true
+        default_value = DEFAULT_SLOT,
+        global = true,
+        hide_env_values = true,
+        value_name = "NAME"
     )]
     slot: String,
     #[command(subcommand)]
@@ -60,7 +96,9 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum DeadLetters {
-    /// Lists the dead letters, oldest first.
+    /// Lists the dead letters, oldest first, with the first line of each
+    /// error; on a terminal (or with `COLUMNS` set) the error is wrapped to
+    /// the width, never cut.
     List {
         /// Only those of this operator.
         #[arg(long)]
@@ -78,9 +116,11 @@ enum DeadLetters {
         json: bool,
     },
     /// Asks the running flow to retry dead letters, and follows its
-    /// progress.
+    /// progress. With `--all`, asks for confirmation on a terminal;
+    /// without one, refuses unless `--yes`.
     Retry(Retry),
-    /// Deletes dead letters: they will not run again.
+    /// Deletes dead letters: they will not run again. Asks for
+    /// confirmation on a terminal; without one, refuses unless `--yes`.
     Discard {
         /// Their ids.
         #[arg(required = true)]
@@ -88,6 +128,9 @@ enum DeadLetters {
         /// Only if they are this operator's.
         #[arg(long)]
         operator: Option<String>,
+        /// Does not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -105,11 +148,15 @@ struct Retry {
     /// How long to wait for the flow to finish, in seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// Does not ask for confirmation (for `--all`).
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(Debug, Subcommand)]
 enum Slot {
-    /// Drops the replication slot (refused while a flow holds it).
+    /// Drops the replication slot (refused while a flow holds it). Asks
+    /// for confirmation on a terminal; without one, refuses unless `--yes`.
     Drop {
         /// Does not ask for confirmation.
         #[arg(long)]
@@ -126,10 +173,58 @@ impl From<AdminError> for Failure {
     }
 }
 
+/// A database error as a person reads it, as the library words them: for
+/// an error the server sent, its message, SQLSTATE, detail and hint (not
+/// the server's C source line that sqlx's `Display` appends); other errors
+/// as sqlx words them.
+fn database_error(e: &sqlx::Error) -> String {
+    let sqlx::Error::Database(db) = e else {
+        return e.to_string();
+    };
+    let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() else {
+        return db.message().to_owned();
+    };
+    let mut text = format!("{} (SQLSTATE {})", pg.message(), pg.code());
+    if let Some(detail) = pg.detail() {
+        text.push_str(&format!("; detail: {detail}"));
+    }
+    if let Some(hint) = pg.hint() {
+        text.push_str(&format!("; hint: {hint}"));
+    }
+    text
+}
+
 type Outcome = Result<(), Failure>;
 
+/// Whether the slot was asked for (with `--slot` or `WALFLOW_SLOT_NAME`),
+/// and the URL given with `--database-url`, rather than defaulted or read
+/// from the environment (which the library reads itself).
+struct Given {
+    database_url: Option<String>,
+    slot: Option<String>,
+    slot_asked: bool,
+}
+
+impl Given {
+    fn new(cli: &Cli, matches: &ArgMatches) -> Given {
+        let on_command_line = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        let slot = on_command_line("slot").then(|| cli.slot.clone());
+        Given {
+            database_url: cli
+                .database_url
+                .clone()
+                .filter(|_| on_command_line("database_url")),
+            slot_asked: slot.is_some()
+                || std::env::var("WALFLOW_SLOT_NAME").is_ok_and(|v| !v.trim().is_empty()),
+            slot,
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let given = Given::new(&cli, &matches);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -140,7 +235,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli.command, given)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message)) => {
             eprintln!("error: {message}");
@@ -149,45 +244,196 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Outcome {
-    let pool = connect(cli.database_url.as_deref()).await?;
-    let slot = cli.slot.as_str();
-    let outcome = match cli.command {
-        Command::Status { json } => status(&pool, slot, json).await,
-        Command::DeadLetters(DeadLetters::List { operator, json }) => {
-            list(&pool, slot, operator.as_deref(), json).await
-        }
-        Command::DeadLetters(DeadLetters::Show { id, json }) => show(&pool, slot, id, json).await,
-        Command::DeadLetters(DeadLetters::Retry(retry)) => {
-            retry_dead_letters(&pool, slot, retry).await
-        }
-        Command::DeadLetters(DeadLetters::Discard { ids, operator }) => {
-            let n = admin::discard_dead_letters(&pool, slot, operator.as_deref(), &ids).await?;
-            println!("discarded {n} dead letter{}", plural(n));
-            Ok(())
-        }
-        Command::Slot(Slot::Drop { yes }) => drop_slot(&pool, slot, yes).await,
-        Command::Migrate => migrate(&pool).await,
-    };
+async fn run(command: Command, given: Given) -> Outcome {
+    let config = settings(&given)?;
+    let pool = connect(&config, &given).await?;
+    let outcome = dispatch(&pool, &config, given.slot_asked, command).await;
     pool.close().await;
     outcome
 }
 
-async fn connect(url: Option<&str>) -> Result<PgPool, Failure> {
-    let url = url.filter(|u| !u.trim().is_empty()).ok_or_else(|| {
-        Failure("no database given: set DATABASE_URL or pass --database-url".to_owned())
-    })?;
-    PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
+async fn dispatch(pool: &PgPool, config: &Config, slot_asked: bool, command: Command) -> Outcome {
+    let slot = || pick_slot(pool, config, slot_asked, true);
+    match command {
+        Command::Status { json } => status(pool, &slot().await?, json).await,
+        Command::DeadLetters(DeadLetters::List { operator, json }) => {
+            list(pool, &slot().await?, operator.as_deref(), json).await
+        }
+        Command::DeadLetters(DeadLetters::Show { id, json }) => {
+            show(pool, &slot().await?, id, json).await
+        }
+        Command::DeadLetters(DeadLetters::Retry(retry)) => {
+            retry_dead_letters(pool, &slot().await?, retry).await
+        }
+        Command::DeadLetters(DeadLetters::Discard { ids, operator, yes }) => {
+            discard(pool, &slot().await?, operator.as_deref(), &ids, yes).await
+        }
+        Command::Slot(Slot::Drop { yes }) => {
+            let slot = pick_slot(pool, config, slot_asked, false).await?;
+            drop_slot(pool, &slot, yes).await
+        }
+        Command::Migrate => migrate(pool).await,
+    }
+}
+
+/// The library's configuration from the environment, with the URL and
+/// slot given on the command line over it, checked by the library.
+fn settings(given: &Given) -> Result<Config, Failure> {
+    let mut builder = ConfigBuilder::from_env().map_err(|e| Failure(e.to_string()))?;
+    if let Some(url) = &given.database_url {
+        builder = builder.database_url(url);
+    }
+    if let Some(slot) = &given.slot {
+        builder = builder.slot_name(slot);
+    }
+    builder.build().map_err(|e| Failure(e.to_string()))
+}
+
+/// Where the connection settings came from, for messages.
+fn source(config: &Config, given: &Given) -> &'static str {
+    let set = |var: &str| std::env::var(var).is_ok_and(|v| !v.trim().is_empty());
+    if given.database_url.is_some() {
+        "from --database-url"
+    } else if config.database_url().is_some() {
+        "from DATABASE_URL"
+    } else if ["WALFLOW_HOST", "WALFLOW_PORT", "WALFLOW_DATABASE"]
+        .into_iter()
+        .any(set)
+    {
+        "from the WALFLOW_* variables"
+    } else {
+        "the default: no --database-url, DATABASE_URL or WALFLOW_HOST is given"
+    }
+}
+
+/// Connects once on a plain connection, so a failure says what happened
+/// (a refused connection, a failed login, a database that does not
+/// exist) at once; then hands out a pool for the commands.
+async fn connect(config: &Config, given: &Given) -> Result<PgPool, Failure> {
+    let options = config.connect_options().application_name("walflow-cli");
+    let host = config.host();
+    let server = if host.starts_with('/') {
+        format!("the socket in {host} (port {})", config.port())
+    } else if host.contains(':') {
+        format!("[{host}]:{}", config.port())
+    } else {
+        format!("{host}:{}", config.port())
+    };
+    let failed = |why: String| {
+        Failure(format!(
+            "cannot connect to {server} ({}): {why}",
+            source(config, given)
+        ))
+    };
+    let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
         .await
-        .map_err(|e| {
-            Failure(format!(
-                "cannot connect to {}: {e}",
-                walflow::config::redact_url(url)
-            ))
-        })
+        .map_err(|_| failed(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
+        .map_err(|e| failed(connect_error(&e)))?;
+    // Closing is a courtesy to the server: the pool has its own connections.
+    let _ = probe.close().await;
+    Ok(PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_lazy_with(options))
+}
+
+/// Why a connection failed.
+fn connect_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                "connection refused: is PostgreSQL running and listening there?".to_owned()
+            }
+            _ => io.to_string(),
+        },
+        e => database_error(e),
+    }
+}
+
+/// The slot to work on: the one asked for; otherwise the default when the
+/// database or walflow's tables know it; otherwise, when `may_pick`, the
+/// only slot a walflow flow ran on in the database, said on stderr.
+async fn pick_slot(
+    pool: &PgPool,
+    config: &Config,
+    asked: bool,
+    may_pick: bool,
+) -> Result<String, Failure> {
+    let name = config.slot_name();
+    if asked {
+        return Ok(name.to_owned());
+    }
+    let slots = admin::slots(pool).await?;
+    if slots.iter().any(|s| s.name == name) {
+        return Ok(name.to_owned());
+    }
+    let walflow: Vec<&SlotSummary> = slots.iter().filter(|s| s.walflow).collect();
+    if may_pick && let [only] = walflow.as_slice() {
+        eprintln!(
+            "walflow: using slot `{}`, the only slot a walflow flow ran on in this database \
+             (there is no `{name}`, and neither --slot nor WALFLOW_SLOT_NAME is given)",
+            only.name
+        );
+        return Ok(only.name.clone());
+    }
+    let known = if slots.is_empty() {
+        "none".to_owned()
+    } else {
+        slots
+            .iter()
+            .map(describe_slot)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(Failure(format!(
+        "no replication slot `{name}` in this database (the default, as neither --slot nor \
+         WALFLOW_SLOT_NAME is given); its slots: {known}; pass --slot NAME or set \
+         WALFLOW_SLOT_NAME"
+    )))
+}
+
+/// `name (walflow, active)`, `name (walflow, dropped)`, `name`.
+fn describe_slot(s: &SlotSummary) -> String {
+    let notes: Vec<&str> = [
+        (s.walflow, "walflow"),
+        (s.active, "active"),
+        (!s.exists, "dropped"),
+    ]
+    .into_iter()
+    .filter_map(|(on, note)| on.then_some(note))
+    .collect();
+    if notes.is_empty() {
+        s.name.clone()
+    } else {
+        format!("{} ({})", s.name, notes.join(", "))
+    }
+}
+
+/// Asks `question` on the terminal, unless `yes`. Without a terminal to
+/// ask on, refuses: `not {doing} without confirmation ...; pass --yes`.
+/// Any answer but yes is the failure `declined`.
+fn confirm(yes: bool, question: &str, doing: &str, declined: String) -> Outcome {
+    if yes {
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(Failure(format!(
+            "not {doing} without confirmation, and there is no terminal to ask on; pass --yes"
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    stdin
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Failure(format!("cannot read the answer: {e}")))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(Failure(declined))
+    }
 }
 
 fn plural(n: impl Into<u64>) -> &'static str {
@@ -235,9 +481,17 @@ fn or_dash<T: std::fmt::Display>(v: Option<T>) -> String {
 async fn status(pool: &PgPool, slot: &str, as_json: bool) -> Outcome {
     let status = admin::status(pool, slot).await?;
     if as_json {
-        return json(&status);
+        json(&status)?;
+    } else {
+        print!("{}", render_status(&status));
     }
-    print!("{}", render_status(&status));
+    if !status.slot.exists {
+        return Err(Failure(format!(
+            "no replication slot `{slot}` in this database: it was dropped (or lost and \
+             dropped); above is what walflow's tables still hold for it; a flow started on it \
+             creates it again, from the current position"
+        )));
+    }
     Ok(())
 }
 
@@ -259,15 +513,22 @@ fn render_status(s: &Status) -> String {
         (None, Some(pid)) => format!("active, held by pid {pid}"),
         (None, None) => "inactive: no flow holds it".to_owned(),
     };
-    out.push_str(&format!("slot {}: {held}\n", slot.name));
-    out.push_str(&format!(
-        "  wal status {}, confirmed flush {}, restart {}, lag {}, retained WAL {}\n",
-        or_dash(slot.wal_status.as_deref()),
-        or_dash(slot.confirmed_flush_lsn),
-        or_dash(slot.restart_lsn),
-        bytes(slot.lag_bytes),
-        bytes(slot.retained_wal_bytes),
-    ));
+    if !slot.exists {
+        out.push_str(&format!(
+            "slot {}: missing: the database has no such replication slot\n",
+            slot.name
+        ));
+    } else {
+        out.push_str(&format!("slot {}: {held}\n", slot.name));
+        out.push_str(&format!(
+            "  wal status {}, confirmed flush {}, restart {}, lag {}, retained WAL {}\n",
+            or_dash(slot.wal_status.as_deref()),
+            or_dash(slot.confirmed_flush_lsn),
+            or_dash(slot.restart_lsn),
+            bytes(slot.lag_bytes),
+            bytes(slot.retained_wal_bytes),
+        ));
+    }
     out.push_str(&format!(
         "queue: enqueued up to {}\n",
         s.enqueued_lsn
@@ -335,12 +596,11 @@ async fn list(pool: &PgPool, slot: &str, operator: Option<&str>, as_json: bool) 
         "ERROR",
     ]);
     for d in &letters {
-        let first = d.error.lines().next().unwrap_or_default();
-        let error = if first.chars().count() > 60 {
-            format!("{}…", first.chars().take(59).collect::<String>())
-        } else {
-            first.to_owned()
-        };
+        let mut lines = d.error.lines();
+        let mut error = lines.next().unwrap_or_default().to_owned();
+        if lines.next().is_some() {
+            error.push_str(" …");
+        }
         t.row([
             d.id.to_string(),
             d.operator.clone(),
@@ -352,7 +612,49 @@ async fn list(pool: &PgPool, slot: &str, operator: Option<&str>, as_json: bool) 
             error,
         ]);
     }
-    print!("{}", t.render(""));
+    print!("{}", t.render_fitted("", output_width()));
+    Ok(())
+}
+
+/// The width to fit tables to: `COLUMNS` when set to a number, otherwise
+/// the terminal's when standard output is one; `None` (no limit) when
+/// neither.
+fn output_width() -> Option<usize> {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse().ok())
+        .filter(|&c: &usize| c > 0)
+        .or_else(|| {
+            console::Term::stdout()
+                .size_checked()
+                .map(|(_rows, columns)| usize::from(columns))
+        })
+}
+
+async fn discard(
+    pool: &PgPool,
+    slot: &str,
+    operator: Option<&str>,
+    ids: &[i64],
+    yes: bool,
+) -> Outcome {
+    admin::check_dead_letters(pool, slot, operator, ids).await?;
+    let which = format!(
+        "dead letter{} {}",
+        plural(ids.len() as u64),
+        ids.iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    confirm(
+        yes,
+        &format!("Discard {which} of slot `{slot}`? They are deleted and will not run again."),
+        &format!("discarding {which}"),
+        format!("{which} not discarded"),
+    )?;
+    let n = admin::discard_dead_letters(pool, slot, operator, ids).await?;
+    println!("discarded {n} dead letter{}", plural(n));
     Ok(())
 }
 
@@ -393,6 +695,24 @@ async fn show(pool: &PgPool, slot: &str, id: i64, as_json: bool) -> Outcome {
 
 async fn retry_dead_letters(pool: &PgPool, slot: &str, retry: Retry) -> Outcome {
     let ids = (!retry.all).then_some(retry.ids.as_slice());
+    if retry.all {
+        admin::check_retry(pool, slot, retry.operator.as_deref(), None).await?;
+        let n = admin::dead_letters(pool, slot, retry.operator.as_deref())
+            .await?
+            .len() as u64;
+        let which = match &retry.operator {
+            Some(op) => format!("every dead letter of operator `{op}` on slot `{slot}`"),
+            None => format!("every dead letter of slot `{slot}`"),
+        };
+        confirm(
+            retry.yes,
+            &format!(
+                "Retry {which} ({n} now)? Each goes back in its operator's queue and runs again."
+            ),
+            &format!("retrying {which}"),
+            "no dead letter retried".to_owned(),
+        )?;
+    }
     let id = admin::request_retry(pool, slot, retry.operator.as_deref(), ids).await?;
     let timeout = Duration::from_secs(retry.timeout);
     let target = if std::io::stderr().is_terminal() {
@@ -468,37 +788,27 @@ async fn retry_dead_letters(pool: &PgPool, slot: &str, retry: Retry) -> Outcome 
 
 async fn drop_slot(pool: &PgPool, slot: &str, yes: bool) -> Outcome {
     admin::check_droppable(pool, slot).await?;
-    if !yes {
-        let stdin = std::io::stdin();
-        if !stdin.is_terminal() {
-            return Err(Failure(format!(
-                "not dropping slot `{slot}` without confirmation, and there is no terminal \
-                 to ask on; pass --yes"
-            )));
-        }
-        eprint!(
+    confirm(
+        yes,
+        &format!(
             "Drop replication slot `{slot}`? The server stops keeping WAL for it; a flow \
-             started on it again starts from the current position. [y/N] "
-        );
-        let _ = std::io::stderr().flush();
-        let mut answer = String::new();
-        stdin
-            .lock()
-            .read_line(&mut answer)
-            .map_err(|e| Failure(format!("cannot read the answer: {e}")))?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
-            return Err(Failure(format!("slot `{slot}` not dropped")));
-        }
-    }
+             started on it again starts from the current position."
+        ),
+        &format!("dropping slot `{slot}`"),
+        format!("slot `{slot}` not dropped"),
+    )?;
     admin::drop_slot(pool, slot).await?;
     println!("dropped slot {slot}");
     Ok(())
 }
 
 async fn migrate(pool: &PgPool) -> Outcome {
-    let applied = walflow::migrate::migrate(pool)
-        .await
-        .map_err(|e| Failure(format!("migrating the walflow schema: {e}")))?;
+    let applied = walflow::migrate::migrate(pool).await.map_err(|e| {
+        Failure(format!(
+            "migrating the walflow schema: {}",
+            database_error(&e)
+        ))
+    })?;
     if applied.is_empty() {
         println!(
             "the walflow schema is up to date (version {})",
@@ -527,7 +837,11 @@ mod tests {
 
     #[test]
     fn the_arguments_are_consistent() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_default_slot_is_the_librarys() {
+        assert_eq!(DEFAULT_SLOT, Config::default().slot_name());
     }
 }

@@ -47,22 +47,72 @@ async fn flaky(event: Event<Job>, _ctx: Ctx) -> Result<(), std::io::Error> {
     Ok(())
 }
 
+#[event_source(table = "posts")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Post {
+    id: i64,
+    title: String,
+}
+
+on_event! {
+    operator CopyTitle {
+        events: [insert],
+        entities: [Post],
+        handler: copy_title,
+    }
+}
+
+/// Copies a post's title into `titles`, whose check constraint
+/// `short_title` refuses long ones.
+async fn copy_title(event: Event<Post>, ctx: Ctx) -> Result<(), sqlx::Error> {
+    let post = event.record().expect("an insert carries its row");
+    sqlx::query("INSERT INTO titles (post_id, title) VALUES ($1, $2)")
+        .bind(post.id)
+        .bind(&post.title)
+        .execute(ctx.pool())
+        .await?;
+    Ok(())
+}
+
 fn done(id: i64) -> bool {
     DONE.lock().unwrap().contains(&id)
+}
+
+/// The variables `walflow` reads (as the library does), and `COLUMNS`.
+const VARIABLES: [&str; 8] = [
+    "DATABASE_URL",
+    "WALFLOW_HOST",
+    "WALFLOW_PORT",
+    "WALFLOW_DATABASE",
+    "WALFLOW_USERNAME",
+    "WALFLOW_PASSWORD",
+    "WALFLOW_SLOT_NAME",
+    "COLUMNS",
+];
+
+/// Runs `walflow` with `args` and only the variables `env` of
+/// [`VARIABLES`], without a terminal, off the runtime's threads.
+async fn walflow_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_walflow"));
+    for var in VARIABLES {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied()).args(args);
+    tokio::task::spawn_blocking(move || cmd.output().expect("walflow runs"))
+        .await
+        .unwrap()
 }
 
 /// Runs `walflow` with `args` on the database at `url` (the slot given in
 /// `args` when needed), without a terminal, off the runtime's threads.
 async fn walflow(url: &str, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_walflow"));
-    cmd.env_remove("DATABASE_URL")
-        .env_remove("WALFLOW_SLOT_NAME")
-        .arg("--database-url")
-        .arg(url)
-        .args(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("walflow runs"))
-        .await
-        .unwrap()
+    let mut all = vec!["--database-url", url];
+    all.extend_from_slice(args);
+    walflow_env(&[], &all).await
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn stdout(out: &Output) -> String {
@@ -196,6 +246,7 @@ async fn every_command_against_a_running_flow() {
         serde_json::from_str(&ok(walflow(&url, &["--slot", s, "status", "--json"]).await))
             .expect("status --json is JSON");
     assert_eq!(status["slot"]["name"], s);
+    assert_eq!(status["slot"]["exists"], true);
     assert_eq!(status["slot"]["active"], true);
     let pid = status["slot"]["active_pid"].as_i64().expect("a pid");
     assert_eq!(status["holder"]["pid"].as_i64(), Some(pid));
@@ -295,9 +346,29 @@ async fn every_command_against_a_running_flow() {
         .await,
         "no operator `Other`",
     );
+    // Asked for on a terminal; without one, only with --yes.
+    fails(
+        walflow(
+            &url,
+            &["--slot", s, "dead-letters", "discard", &third.to_string()],
+        )
+        .await,
+        &format!(
+            "not discarding dead letter {third} without confirmation, and there is no \
+             terminal to ask on; pass --yes"
+        ),
+    );
+    assert_eq!(dead_ids(&pool, s).await.len(), 3);
     let out = ok(walflow(
         &url,
-        &["--slot", s, "dead-letters", "discard", &third.to_string()],
+        &[
+            "--slot",
+            s,
+            "dead-letters",
+            "discard",
+            &third.to_string(),
+            "--yes",
+        ],
     )
     .await);
     assert_eq!(out, "discarded 1 dead letter\n");
@@ -345,19 +416,21 @@ async fn every_command_against_a_running_flow() {
         "{progress:?}"
     );
 
-    let out = ok(walflow(
-        &url,
-        &[
-            "--slot",
-            s,
-            "dead-letters",
-            "retry",
-            "--all",
-            "--operator",
-            "Flaky",
-        ],
-    )
-    .await);
+    let all = [
+        "--slot",
+        s,
+        "dead-letters",
+        "retry",
+        "--all",
+        "--operator",
+        "Flaky",
+    ];
+    fails(
+        walflow(&url, &all).await,
+        "not retrying every dead letter of operator `Flaky` on slot",
+    );
+    assert_eq!(dead_ids(&pool, s).await, vec![second]);
+    let out = ok(walflow(&url, &[&all[..], &["--yes"]].concat()).await);
     assert!(out.contains("retried 1 dead letter"), "{out}");
     wait_until("job 2 handled", Duration::from_secs(30), || async {
         done(2)
@@ -396,9 +469,37 @@ async fn every_command_against_a_running_flow() {
     );
     let out = ok(walflow(&url, &["--slot", s, "slot", "drop", "--yes"]).await);
     assert_eq!(out, format!("dropped slot {s}\n"));
+
+    // The slot gone, status still shows its operators, and fails.
+    let out = walflow(&url, &["--slot", s, "status"]).await;
+    let (text, err) = (stdout(&out), stderr(&out));
+    out.assert().code(1);
+    assert!(
+        text.starts_with(&format!(
+            "slot {s}: missing: the database has no such replication slot\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("Flaky") && text.contains("caught_up"),
+        "{text}"
+    );
+    assert!(
+        err.starts_with(&format!(
+            "error: no replication slot `{s}` in this database: it was dropped"
+        )),
+        "{err}"
+    );
+    let out = walflow(&url, &["status", "--json", "--slot", s]).await;
+    let status: Json = serde_json::from_str(&stdout(&out)).expect("status --json is JSON");
+    out.assert().code(1);
+    assert_eq!(status["slot"]["exists"], false, "{status}");
+    assert_eq!(status["slot"]["active"], false, "{status}");
+    assert_eq!(status["operators"][0]["name"], "Flaky", "{status}");
+    // A name neither the database nor walflow knows is an error alone.
     fails(
-        walflow(&url, &["--slot", s, "status"]).await,
-        &format!("no replication slot `{s}` in this database; its slots: none"),
+        walflow(&url, &["--slot", "never_was", "status"]).await,
+        "no replication slot `never_was` in this database; its slots: none",
     );
     fails(
         walflow(&url, &["--slot", s, "slot", "drop", "--yes"]).await,
@@ -446,17 +547,102 @@ async fn without_the_schema_or_behind_it_the_error_says_what_to_do() {
     );
 }
 
+/// A port of 127.0.0.1 where nothing listens (one the system just gave
+/// out and took back).
+fn dead_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_database_the_error_says_how_to_give_one() {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_walflow"));
-    cmd.env_remove("DATABASE_URL").arg("status");
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+async fn a_refused_connection_fails_at_once_naming_the_server() {
+    let port = dead_port().to_string();
+    let url = format!("postgres://postgres:secret@127.0.0.1:{port}/app");
+    let started = std::time::Instant::now();
+    let out = walflow(&url, &["status"]).await;
+    let took = started.elapsed();
     fails(
         out,
-        "no database given: set DATABASE_URL or pass --database-url",
+        &format!("cannot connect to 127.0.0.1:{port} (from --database-url): connection refused"),
     );
+    // The pool used to wait 10 s and say it timed out.
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+
+    // The same from the WALFLOW_* variables, as the library reads them.
+    let out = walflow_env(
+        &[("WALFLOW_HOST", "127.0.0.1"), ("WALFLOW_PORT", &port)],
+        &["dead-letters", "list"],
+    )
+    .await;
+    fails(
+        out,
+        &format!(
+            "cannot connect to 127.0.0.1:{port} (from the WALFLOW_* variables): connection refused"
+        ),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_url_is_checked_by_the_librarys_parser() {
+    let url = "postgress://app:secret@127.0.0.1:5432/app";
+    let library = walflow::Config::from_database_url(url)
+        .expect_err("the library rejects the scheme")
+        .to_string();
+    assert!(
+        library.contains("scheme `postgress` is not `postgres` or `postgresql`"),
+        "{library}"
+    );
+    for out in [
+        walflow(url, &["status"]).await,
+        walflow_env(&[("DATABASE_URL", url)], &["migrate"]).await,
+    ] {
+        out.assert()
+            .code(1)
+            .stdout("")
+            .stderr(format!("error: {library}\n"))
+            .stderr(predicate::str::contains("secret").not());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_errors_read_without_the_servers_source_line() {
+    let (db, _pool) = fresh().await;
+    let url = db.url().replace(&format!("/{}", db.name()), "/no_such_db");
+    assert_ne!(url, db.url());
+    let out = walflow(&url, &["status"]).await;
+    let err = stderr(&out);
+    fails(
+        out,
+        "database \"no_such_db\" does not exist (SQLSTATE 3D000)",
+    );
+    assert!(!err.contains(" at line "), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_names_the_variables_without_empty_values() {
+    for env in [
+        &[][..],
+        &[
+            ("WALFLOW_SLOT_NAME", "app_slot"),
+            ("DATABASE_URL", "postgres://app:secret@db/app"),
+        ][..],
+    ] {
+        let help = ok(walflow_env(env, &["--help"]).await);
+        assert!(
+            help.contains("[env: WALFLOW_SLOT_NAME]") && help.contains("[default: walflow_slot]"),
+            "{help}"
+        );
+        assert!(help.contains("[env: DATABASE_URL]"), "{help}");
+        assert!(!help.contains("WALFLOW_SLOT_NAME="), "{help}");
+        assert!(!help.contains("DATABASE_URL="), "{help}");
+        assert!(
+            !help.contains("secret") && !help.contains("app_slot"),
+            "{help}"
+        );
+        for var in ["WALFLOW_HOST", "WALFLOW_PORT", "WALFLOW_PASSWORD"] {
+            assert!(help.contains(var), "{var}: {help}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -489,6 +675,7 @@ async fn a_retry_no_flow_takes_is_withdrawn_at_the_timeout() {
                 "dead-letters",
                 "retry",
                 "--all",
+                "--yes",
                 "--timeout",
                 "1",
             ],
@@ -588,4 +775,173 @@ async fn a_lost_slot_is_shown_then_dropped_with_walflow_slot_drop() {
     })
     .await;
     flow.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_list_shows_the_whole_error_fitted_to_the_width() {
+    let (db, pool) = fresh().await;
+    exec(
+        &pool,
+        "CREATE TABLE posts (id bigint PRIMARY KEY, title text NOT NULL);
+         CREATE TABLE titles (post_id bigint PRIMARY KEY,
+                              title text NOT NULL CONSTRAINT short_title CHECK (length(title) <= 10))",
+    )
+    .await;
+    let s = db.name();
+    let ms = Duration::from_millis;
+    let flow = Walflow::builder()
+        .database_url(db.url())
+        .slot_name(s)
+        .min_restart_time(ms(10))
+        .max_restart_time(ms(20))
+        .max_retries(1)
+        .operators(["CopyTitle"])
+        .start()
+        .await
+        .unwrap();
+    exec(
+        &pool,
+        "INSERT INTO posts VALUES (1, 'a title far too long for the titles table')",
+    )
+    .await;
+    wait_dead_letters(&pool, s, 1).await;
+    flow.shutdown().await.unwrap();
+    let error = admin::dead_letters(&pool, s, None).await.unwrap()[0]
+        .error
+        .clone();
+    let first_line = error.lines().next().unwrap();
+    assert!(
+        first_line.contains("violates check constraint \"short_title\""),
+        "{error}"
+    );
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+
+    // Neither a terminal nor COLUMNS: one line per dead letter, the first
+    // line of the error whole.
+    let list = ok(walflow(db.url(), &["--slot", s, "dead-letters", "list"]).await);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(list.lines().nth(1).unwrap().ends_with(first_line), "{list}");
+
+    // Fitted to the width: beside the other columns when they leave room
+    // (120), below its row when not (80); wrapped, never cut.
+    for columns in [80, 120] {
+        let list = ok(walflow_env(
+            &[("COLUMNS", &columns.to_string())],
+            &[
+                "--database-url",
+                db.url(),
+                "--slot",
+                s,
+                "dead-letters",
+                "list",
+            ],
+        )
+        .await);
+        assert!(
+            list.lines().all(|l| l.chars().count() <= columns),
+            "{columns} columns:\n{list}"
+        );
+        assert!(list.lines().count() > 2, "{columns} columns:\n{list}");
+        assert!(
+            words(&list).contains(&words(first_line)),
+            "{columns} columns:\n{list}"
+        );
+        assert!(
+            list.contains("\"short_title\""),
+            "{columns} columns:\n{list}"
+        );
+        let header = list.lines().next().unwrap();
+        assert_eq!(header.ends_with("ERROR"), columns == 120, "{list}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_and_connection_come_as_the_library_reads_them() {
+    let (db, pool) = fresh().await;
+    exec(
+        &pool,
+        "CREATE TABLE jobs (id bigint PRIMARY KEY, name text NOT NULL)",
+    )
+    .await;
+    // A flow ran on a slot of its own name, as the examples' flows do.
+    let slot = db.name();
+    Walflow::builder()
+        .database_url(db.url())
+        .slot_name(slot)
+        .operators(["Flaky"])
+        .start()
+        .await
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    wait_until("the slot released", Duration::from_secs(30), || async {
+        !slot_active(&pool, slot).await
+    })
+    .await;
+
+    // WALFLOW_SLOT_NAME and the WALFLOW_* connection variables, no URL.
+    let config = db.config();
+    let port = config.port().to_string();
+    let env = [
+        ("WALFLOW_HOST", config.host()),
+        ("WALFLOW_PORT", port.as_str()),
+        ("WALFLOW_DATABASE", config.database()),
+        ("WALFLOW_USERNAME", config.username()),
+        ("WALFLOW_PASSWORD", config.password()),
+        ("WALFLOW_SLOT_NAME", slot),
+    ];
+    let out = walflow_env(&env, &["status"]).await;
+    assert_eq!(stderr(&out), "");
+    let text = ok(out);
+    assert!(
+        text.starts_with(&format!("slot {slot}: inactive")),
+        "{text}"
+    );
+
+    // No slot asked, no `walflow_slot`: the only slot a flow ran on, said
+    // on stderr; a slot no flow ran on does not count.
+    let plain = format!("{slot}_plain");
+    exec(
+        &pool,
+        &format!("SELECT pg_create_logical_replication_slot('{plain}', 'pgoutput')"),
+    )
+    .await;
+    let out = walflow_env(&env[..5], &["status"]).await;
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "walflow: using slot `{slot}`, the only slot a walflow flow ran on in this database \
+             (there is no `walflow_slot`, and neither --slot nor WALFLOW_SLOT_NAME is given)\n"
+        )
+    );
+    let text = ok(out);
+    assert!(
+        text.starts_with(&format!("slot {slot}: inactive")),
+        "{text}"
+    );
+    // Never for slot drop.
+    fails(
+        walflow(db.url(), &["slot", "drop", "--yes"]).await,
+        "no replication slot `walflow_slot` in this database (the default, as neither --slot \
+         nor WALFLOW_SLOT_NAME is given)",
+    );
+
+    // Two slots a flow ran on: the error names every slot.
+    exec(
+        &pool,
+        "INSERT INTO walflow.operators (slot, operator) VALUES ('other_app', 'Flaky')",
+    )
+    .await;
+    let out = walflow(db.url(), &["dead-letters", "list"]).await;
+    let err = stderr(&out);
+    fails(out, "pass --slot NAME or set WALFLOW_SLOT_NAME");
+    for named in [
+        format!("{slot} (walflow)"),
+        plain.clone(),
+        "other_app (walflow, dropped)".to_owned(),
+    ] {
+        assert!(err.contains(&named), "{named}: {err}");
+    }
+    assert!(!err.contains(&format!("{plain} (")), "{err}");
 }
