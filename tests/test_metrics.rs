@@ -10,7 +10,11 @@
 //!   `ready_lag_bytes` (degraded past `max_slot_lag_bytes`), and true once
 //!   caught up; the slot lag falls after the drain;
 //! - a dropped replication connection counts a reconnection;
-//! - during start-up the endpoint answers alive but not ready.
+//! - during start-up the endpoint answers alive but not ready;
+//! - every metric has its `# HELP` line, the description of
+//!   `walflow::telemetry::METRICS`;
+//! - a fresh flow shows its operators' counters at 0 before anything
+//!   failed.
 
 #![allow(dead_code)] // struct fields are read through serde
 
@@ -67,6 +71,12 @@ struct MetricHeldMem {
     id: i64,
 }
 
+#[event_source(table = "metric_fresh")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct MetricFresh {
+    id: i64,
+}
+
 #[event_source(table = "metric_poison")]
 #[derive(Debug, Clone, serde::Deserialize)]
 struct MetricPoison {
@@ -102,6 +112,12 @@ on_event! {
         handler: hold_memory,
     }
 
+    operator MetricsFresh {
+        events: [insert],
+        entities: [MetricFresh],
+        handler: fresh,
+    }
+
     operator MetricsPoison {
         events: [insert],
         entities: [MetricPoison],
@@ -122,6 +138,10 @@ static MEMORY_GATE: Semaphore = Semaphore::const_new(0);
 
 async fn hold_memory(_event: Event<MetricHeldMem>, _ctx: Ctx) -> Result<(), std::io::Error> {
     let _permit = MEMORY_GATE.acquire().await.expect("the gate stays open");
+    Ok(())
+}
+
+async fn fresh(_event: Event<MetricFresh>, _ctx: Ctx) -> Result<(), std::io::Error> {
     Ok(())
 }
 
@@ -149,6 +169,7 @@ const SCHEMA: &str = "
     CREATE TABLE metric_held (id bigint PRIMARY KEY);
     CREATE TABLE metric_held_mem (id bigint PRIMARY KEY);
     CREATE TABLE metric_poison (id bigint PRIMARY KEY);
+    CREATE TABLE metric_fresh (id bigint PRIMARY KEY);
 ";
 
 /// `GET path` on `addr`: the status code and the body.
@@ -523,5 +544,120 @@ async fn with_the_memory_queue_the_depth_is_what_the_executor_holds() {
         value(&scrape(addr).await, "walflow_operator_runs_total", &held),
         4.0
     );
+    flow.shutdown().await.unwrap();
+}
+
+/// The samples of `name` whose labels include `labels` (present, whatever
+/// their value).
+fn samples<'a>(
+    scrape: &'a prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Vec<&'a prometheus_parse::Sample> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_flow_shows_its_counters_at_zero_and_every_metric_is_described() {
+    let db = common::db().await;
+    db.exec(SCHEMA).await;
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(db.slot("fresh"))
+        .operators(["MetricsFresh"])
+        .pubsub(walflow::config::PubSub::Postgres)
+        .health_interval(Duration::from_millis(100))
+        .metrics_endpoint(([127, 0, 0, 1], 0))
+        .start()
+        .await
+        .unwrap();
+    let addr = flow.metrics_addr().expect("an endpoint");
+
+    // Before any event: the operator's counters are there, at 0.
+    let s = scrape(addr).await;
+    let fresh = [("operator", "MetricsFresh")];
+    for name in [
+        "walflow_operator_runs_total",
+        "walflow_operator_retries_total",
+        "walflow_operator_failures_total",
+        "walflow_operator_dead_letters_total",
+    ] {
+        let found = samples(&s, name, &fresh);
+        assert_eq!(found.len(), 1, "{name}{fresh:?} is not scraped at start");
+        assert!(
+            matches!(found[0].value, prometheus_parse::Value::Counter(v) if v == 0.0),
+            "{name}{fresh:?}: {:?}",
+            found[0].value
+        );
+    }
+    assert_eq!(
+        samples(&s, "walflow_commit_to_apply_seconds", &fresh).len(),
+        1,
+        "the latency histogram is there, empty"
+    );
+    assert_eq!(value(&s, "walflow_commit_to_apply_seconds", &fresh), 0.0);
+    for kind in ["insert", "update", "delete"] {
+        let labels = [("table", "public.metric_fresh"), ("kind", kind)];
+        let found = samples(&s, "walflow_events_total", &labels);
+        assert_eq!(found.len(), 1, "walflow_events_total{labels:?} at start");
+    }
+    let replication = [("connection", "replication")];
+    assert_eq!(
+        samples(&s, "walflow_reconnects_total", &replication).len(),
+        1
+    );
+    // Labels name operators, tables, kinds, slots and connections only.
+    for sample in &s.samples {
+        for (label, _) in sample.labels.iter() {
+            assert!(
+                ["operator", "table", "kind", "slot", "connection", "le"].contains(&label.as_str()),
+                "{} has the label {label}",
+                sample.metric
+            );
+        }
+    }
+
+    // With a subscriber, a broadcast transaction and a health reading,
+    // every metric has samples; each has its description.
+    let _sub = flow.subscribe::<MetricFresh>(Scope::All);
+    db.exec("INSERT INTO metric_fresh VALUES (1)").await;
+    fence(&flow).await;
+    wait_metric(addr, "walflow_operator_runs_total", &fresh, |v| v == 1.0).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let s = loop {
+        let s = scrape(addr).await;
+        let missing: Vec<_> = walflow::telemetry::METRICS
+            .iter()
+            .filter(|(name, ..)| !s.samples.iter().any(|x| x.metric.starts_with(name)))
+            .map(|(name, ..)| *name)
+            .collect();
+        if missing.is_empty() {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no samples of {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (_, body) = get(addr, "/metrics").await;
+    for (name, _, _, help) in walflow::telemetry::METRICS {
+        assert_eq!(
+            s.docs.get(*name).map(String::as_str),
+            Some(*help),
+            "the help of {name} in:\n{body}"
+        );
+        assert!(
+            body.lines().any(|l| l == format!("# HELP {name} {help}")),
+            "no `# HELP {name}` line in:\n{body}"
+        );
+    }
+    // Failures still count from there.
+    assert_eq!(value(&s, "walflow_operator_failures_total", &fresh), 0.0);
     flow.shutdown().await.unwrap();
 }

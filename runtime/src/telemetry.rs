@@ -14,6 +14,14 @@
 //!
 #![doc = include_str!("telemetry/metrics_table.md")]
 //!
+//! Each metric is described to the recorder with its meaning and unit (the
+//! `# HELP` lines of `/metrics`) from [`METRICS`]. When a flow starts, the
+//! counters of each of its operators (runs, retries, failures, dead
+//! letters), of each table and kind, and of the replication connection's
+//! reconnections are registered at 0, and the latency histograms empty:
+//! they are scraped from the start, so rates and alerts work before the
+//! first event or failure.
+//!
 //! The gauges read from the database (slot lag, retained WAL, queue depth,
 //! dead letters) are refreshed every
 //! [`health_interval`](crate::Config::health_interval). With the memory
@@ -29,7 +37,7 @@
 #[cfg(feature = "prometheus")]
 pub(crate) mod endpoint;
 
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -175,28 +183,76 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
 /// The table of [`METRICS`], in Markdown, as in the README.
 pub const METRICS_TABLE: &str = include_str!("telemetry/metrics_table.md");
 
-/// Describes the metrics to the installed recorder (their help texts and
-/// units), once per process.
+/// The unit of a metric, from its name's suffix (Prometheus' convention).
+fn unit(name: &str) -> Option<metrics::Unit> {
+    if name.ends_with("_bytes") {
+        Some(metrics::Unit::Bytes)
+    } else if name.ends_with("_seconds") {
+        Some(metrics::Unit::Seconds)
+    } else {
+        None
+    }
+}
+
+/// Describes every metric of [`METRICS`] (its help text and unit) to the
+/// installed recorder. Called when a flow starts and when the endpoint
+/// installs its recorder: a recorder installed after an earlier call (the
+/// endpoint's is installed during `start`) still learns the descriptions.
+/// Recorders keep the first description of a name (the Prometheus one
+/// ignores the repeats).
 pub(crate) fn describe() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        for (name, kind, _, help) in METRICS {
-            let unit = if name.ends_with("_bytes") {
-                Some(metrics::Unit::Bytes)
-            } else if name.ends_with("_seconds") {
-                Some(metrics::Unit::Seconds)
-            } else {
-                None
-            };
-            match (*kind, unit) {
-                ("counter", _) => metrics::describe_counter!(*name, *help),
-                ("gauge", Some(u)) => metrics::describe_gauge!(*name, u, *help),
-                ("gauge", None) => metrics::describe_gauge!(*name, *help),
-                (_, Some(u)) => metrics::describe_histogram!(*name, u, *help),
-                (_, None) => metrics::describe_histogram!(*name, *help),
-            }
+    for (name, kind, _, help) in METRICS {
+        match (*kind, unit(name)) {
+            ("counter", Some(u)) => metrics::describe_counter!(*name, u, *help),
+            ("counter", None) => metrics::describe_counter!(*name, *help),
+            ("gauge", Some(u)) => metrics::describe_gauge!(*name, u, *help),
+            ("gauge", None) => metrics::describe_gauge!(*name, *help),
+            (_, Some(u)) => metrics::describe_histogram!(*name, u, *help),
+            (_, None) => metrics::describe_histogram!(*name, *help),
         }
-    });
+    }
+}
+
+/// The kinds of events [`EVENTS`] counts from the start, per table (a
+/// truncate is counted when one happens).
+const EVENT_KINDS: [crate::raw::EventKind; 3] = [
+    crate::raw::EventKind::Insert,
+    crate::raw::EventKind::Update,
+    crate::raw::EventKind::Delete,
+];
+
+/// A flow starts (its recorder installed): describes the metrics, and
+/// registers its counters at 0 (and its latency histograms, empty) for
+/// every operator, table and kind, so that they are scraped from the start
+/// rather than after the first failure: a rate or an alert on
+/// `walflow_operator_failures_total` works before anything failed.
+pub(crate) fn flow_started<'a>(
+    operators: &[&'static str],
+    tables: impl IntoIterator<Item = (&'a str, &'a str)>,
+) {
+    describe();
+    for operator in operators {
+        for name in [
+            OPERATOR_RUNS,
+            OPERATOR_RETRIES,
+            OPERATOR_FAILURES,
+            OPERATOR_DEAD_LETTERED,
+        ] {
+            metrics::counter!(name, "operator" => *operator).increment(0);
+        }
+        // Registered: an empty histogram until the first completion.
+        let _ = metrics::histogram!(COMMIT_TO_APPLY, "operator" => *operator);
+    }
+    for (schema, table) in tables {
+        let table = format!("{schema}.{table}");
+        for kind in EVENT_KINDS {
+            metrics::counter!(EVENTS, "table" => table.clone(), "kind" => kind.as_str())
+                .increment(0);
+        }
+    }
+    metrics::counter!(TRANSACTIONS).increment(0);
+    metrics::counter!(SUBSCRIPTION_LAGGED).increment(0);
+    metrics::counter!(RECONNECTS, "connection" => "replication").increment(0);
 }
 
 /// Events and transactions received in one round of the consumer, counted

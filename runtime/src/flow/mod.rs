@@ -425,7 +425,6 @@ impl WalflowBuilder {
             (builder, None)
         };
         let config = builder.build()?;
-        crate::telemetry::describe();
         let health = HealthCell::new(config.ready_lag_bytes(), config.max_slot_lag_bytes());
         #[cfg(feature = "prometheus")]
         let endpoint = match self.metrics_endpoint {
@@ -465,6 +464,11 @@ impl WalflowBuilder {
         };
         tables.sort();
         tables.dedup();
+        // After the endpoint installed its recorder.
+        crate::telemetry::flow_started(
+            &operators.iter().map(|o| o.name).collect::<Vec<_>>(),
+            tables.iter().map(|t| (t.schema, t.table)),
+        );
 
         let pool = match self.pool.clone() {
             Some(pool) => pool,
