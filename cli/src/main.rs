@@ -253,7 +253,7 @@ async fn run(command: Command, given: Given) -> Outcome {
 }
 
 async fn dispatch(pool: &PgPool, config: &Config, slot_asked: bool, command: Command) -> Outcome {
-    let slot = || pick_slot(pool, config, slot_asked, true);
+    let slot = || pick_slot(pool, config, slot_asked);
     match command {
         Command::Status { json } => status(pool, &slot().await?, json).await,
         Command::DeadLetters(DeadLetters::List { operator, json }) => {
@@ -269,8 +269,7 @@ async fn dispatch(pool: &PgPool, config: &Config, slot_asked: bool, command: Com
             discard(pool, &slot().await?, operator.as_deref(), &ids, yes).await
         }
         Command::Slot(Slot::Drop { yes }) => {
-            let slot = pick_slot(pool, config, slot_asked, false).await?;
-            drop_slot(pool, &slot, yes).await
+            drop_slot(pool, config.slot_name(), slot_asked, yes).await
         }
         Command::Migrate => migrate(pool).await,
     }
@@ -351,14 +350,9 @@ fn connect_error(e: &sqlx::Error) -> String {
 }
 
 /// The slot to work on: the one asked for; otherwise the default when the
-/// database or walflow's tables know it; otherwise, when `may_pick`, the
-/// only slot a walflow flow ran on in the database, said on stderr.
-async fn pick_slot(
-    pool: &PgPool,
-    config: &Config,
-    asked: bool,
-    may_pick: bool,
-) -> Result<String, Failure> {
+/// database or walflow's tables know it; otherwise the only slot a walflow
+/// flow ran on in the database, said on stderr.
+async fn pick_slot(pool: &PgPool, config: &Config, asked: bool) -> Result<String, Failure> {
     let name = config.slot_name();
     if asked {
         return Ok(name.to_owned());
@@ -368,7 +362,7 @@ async fn pick_slot(
         return Ok(name.to_owned());
     }
     let walflow: Vec<&SlotSummary> = slots.iter().filter(|s| s.walflow).collect();
-    if may_pick && let [only] = walflow.as_slice() {
+    if let [only] = walflow.as_slice() {
         eprintln!(
             "walflow: using slot `{}`, the only slot a walflow flow ran on in this database \
              (there is no `{name}`, and neither --slot nor WALFLOW_SLOT_NAME is given)",
@@ -385,11 +379,17 @@ async fn pick_slot(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    Err(Failure(format!(
+    Err(no_default_slot(name, &known))
+}
+
+/// The default slot `name` is not in the database, whose slots are
+/// `known`.
+fn no_default_slot(name: &str, known: &str) -> Failure {
+    Failure(format!(
         "no replication slot `{name}` in this database (the default, as neither --slot nor \
          WALFLOW_SLOT_NAME is given); its slots: {known}; pass --slot NAME or set \
          WALFLOW_SLOT_NAME"
-    )))
+    ))
 }
 
 /// `name (walflow, active)`, `name (walflow, dropped)`, `name`.
@@ -786,8 +786,16 @@ async fn retry_dead_letters(pool: &PgPool, slot: &str, retry: Retry) -> Outcome 
     Ok(())
 }
 
-async fn drop_slot(pool: &PgPool, slot: &str, yes: bool) -> Outcome {
-    admin::check_droppable(pool, slot).await?;
+/// Drops the slot asked for, or the default one: never another picked for
+/// the user, nor without the `walflow` schema (a slot to drop may be all
+/// that is left).
+async fn drop_slot(pool: &PgPool, slot: &str, asked: bool, yes: bool) -> Outcome {
+    admin::check_droppable(pool, slot)
+        .await
+        .map_err(|e| match e {
+            AdminError::UnknownSlot { slot, known } if !asked => no_default_slot(&slot, &known),
+            e => e.into(),
+        })?;
     confirm(
         yes,
         &format!(

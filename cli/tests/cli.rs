@@ -533,6 +533,12 @@ async fn without_the_schema_or_behind_it_the_error_says_what_to_do() {
         walflow(db.url(), &["dead-letters", "list"]).await,
         "no walflow tables in this database",
     );
+    // A slot to drop may be all that is left: no schema needed.
+    fails(
+        walflow(db.url(), &["slot", "drop", "--yes"]).await,
+        "no replication slot `walflow_slot` in this database (the default, as neither --slot \
+         nor WALFLOW_SLOT_NAME is given); its slots: none; pass --slot NAME",
+    );
     walflow::migrate::migrate(&pool).await.unwrap();
     exec(&pool, "DELETE FROM walflow.migrations WHERE version = 5").await;
     fails(
