@@ -169,7 +169,11 @@ pub async fn maybe_upgrade_to_tls(
     }
 
     // Install crypto provider (required for rustls 0.23+)
-    // This is idempotent - safe to call multiple times
+    // This is idempotent - safe to call multiple times, and leaves a provider
+    // the application installed first in place. rustls 0.23.48 deprecates
+    // the ring provider for its lack of post-quantum key exchange; the
+    // alternative (aws-lc-rs) needs a C and CMake build of its own.
+    #[allow(deprecated)]
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     // PostgreSQL TLS negotiation: send SSLRequest, expect 'S' or 'N'
