@@ -143,7 +143,7 @@ pub enum FlowError {
     Registry(#[from] RegistryError),
     /// A database statement failed; `step` says what walflow was doing
     /// and on what ("reading the dead letters of operator `PostStats`").
-    #[error("{step}: {source}")]
+    #[error("{step}: {}", crate::pg_error::DbError(.source))]
     Sql {
         /// What walflow was doing, and on what.
         step: String,
@@ -470,6 +470,14 @@ impl WalflowBuilder {
             tables.iter().map(|t| (t.schema, t.table)),
         );
 
+        // One connection first, so that a server that is not there, or that
+        // refuses the role, fails the start at once with its cause ("connection
+        // refused", "password authentication failed") rather than after the
+        // pool's acquire timeout as "pool timed out". Once the flow runs, lost
+        // connections are retried with backoff instead.
+        health.step("connecting");
+        let probe = crate::preflight::connect(&config).await?;
+        let _ = sqlx::Connection::close(probe).await;
         let pool = match self.pool.clone() {
             Some(pool) => pool,
             None => PgPoolOptions::new()
