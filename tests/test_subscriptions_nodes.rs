@@ -4,6 +4,8 @@
 //! subscription in commit order, also across a lost `LISTEN` connection,
 //! and a node away longer than the log keeps, or following a sender that
 //! crashed before broadcasting what it had handed on, is told to reload.
+//! An update's changes reach another node with each value's type, and a
+//! delivery writes them in plain JSON, like its rows.
 
 mod common;
 
@@ -28,7 +30,27 @@ struct Comment {
     body: String,
 }
 
+/// A row with columns of several types, to follow an update's changes.
+#[event_source(table = "typed_posts")]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+struct TypedPost {
+    id: i64,
+    comments_count: i32,
+    score: Option<String>,
+    title: String,
+    edited_at: chrono::DateTime<chrono::Utc>,
+    tags: serde_json::Value,
+    data: Vec<u8>,
+}
+
 on_event! {
+    /// Gives the flow holding the slot a reason to publish `typed_posts`.
+    operator SeenTyped {
+        events: all,
+        entities: [TypedPost],
+        handler: seen_typed,
+    }
+
     /// Gives the flow holding the slot a reason to publish `comments`.
     operator Seen {
         events: all,
@@ -38,6 +60,10 @@ on_event! {
 }
 
 async fn seen(_: Event<Comment>, _: Ctx) -> Result<(), std::io::Error> {
+    Ok(())
+}
+
+async fn seen_typed(_: Event<TypedPost>, _: Ctx) -> Result<(), std::io::Error> {
     Ok(())
 }
 
@@ -587,4 +613,108 @@ async fn receivers_learn_of_transactions_a_crashed_sender_never_broadcast() {
         other => panic!("expected the loss to be reported, got {other:?}"),
     }
     listening.abort();
+}
+
+/// The next delivery of `sub`.
+async fn next_delivery(
+    sub: &mut walflow::subscribe::Subscription<TypedPost>,
+) -> walflow::subscribe::Delivery<TypedPost> {
+    tokio::time::timeout(TIMEOUT, sub.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the subscription is open")
+        .expect("the row decodes")
+}
+
+/// An update travels between nodes as the raw event, each value with its
+/// type, and reads back the same on the receiving node; both nodes'
+/// deliveries write `changes` in plain JSON, each value as in the rows.
+#[tokio::test]
+async fn an_update_s_changes_reach_another_node_exactly_and_serialize_like_its_rows() {
+    let db = common::db().await;
+    db.exec(
+        "CREATE TABLE typed_posts (id int8 PRIMARY KEY, comments_count int4 NOT NULL,
+             score numeric, title text NOT NULL, edited_at timestamptz NOT NULL,
+             tags jsonb NOT NULL, data bytea NOT NULL)",
+    )
+    .await;
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(db.slot("typed"))
+        .pubsub(PubSub::Postgres)
+        .operators(["SeenTyped"])
+        .start()
+        .await
+        .expect("the flow starts");
+    let hub = Subscriptions::new(HubOptions::default());
+    let receiver = PgPubSub::new(db.pool.clone()).await.unwrap();
+    let listening = receiver.listen(hub.clone()).await.unwrap();
+    let mut remote = hub.subscribe::<TypedPost>(Scope::All);
+    let mut local = flow.subscribe::<TypedPost>(Scope::All);
+
+    db.exec(
+        "INSERT INTO typed_posts VALUES (1, 0, NULL, 'a', '2024-01-02 03:04:05.5+00',
+             '{\"tags\": [\"x\"]}', '\\x0102')",
+    )
+    .await;
+    db.exec(
+        "UPDATE typed_posts SET comments_count = 1, score = 1.50, title = 'b',
+             edited_at = '2024-01-03 00:00:00+00', tags = '{\"tags\": []}', data = '\\x03'
+         WHERE id = 1",
+    )
+    .await;
+    for sub in [&mut local, &mut remote] {
+        assert_eq!(
+            next_delivery(sub).await.event.kind(),
+            walflow::EventKind::Insert
+        );
+    }
+    let (here, there) = (
+        next_delivery(&mut local).await,
+        next_delivery(&mut remote).await,
+    );
+    assert_eq!(there.event.kind(), walflow::EventKind::Update);
+
+    // The same values, of the same types, on both nodes.
+    assert_eq!(there.event.changes(), here.event.changes());
+    let changes = there.event.changes();
+    assert_eq!(
+        changes.keys().map(|c| &**c).collect::<Vec<_>>(),
+        [
+            "comments_count",
+            "data",
+            "edited_at",
+            "score",
+            "tags",
+            "title"
+        ]
+    );
+    assert!(matches!(
+        changes["comments_count"].new,
+        walflow::Value::Int4(1)
+    ));
+    assert!(matches!(&changes["score"].new, walflow::Value::Numeric(n) if n.0 == "1.50"));
+    assert!(matches!(changes["score"].old, walflow::Value::Null));
+    assert!(matches!(
+        changes["edited_at"].new,
+        walflow::Value::TimestampTz(_)
+    ));
+    assert!(matches!(changes["tags"].new, walflow::Value::Json(_)));
+    assert!(matches!(&changes["data"].new, walflow::Value::Bytea(b) if b == &[3]));
+
+    // What a subscriber is sent (SSE's `data`): one shape for the rows and
+    // the changes.
+    let json = serde_json::to_value(&there).unwrap();
+    assert_eq!(json, serde_json::to_value(&here).unwrap());
+    let event = &json["event"];
+    assert_eq!(
+        event["changes"]["comments_count"],
+        serde_json::json!({"old": 0, "new": 1})
+    );
+    for (column, change) in event["changes"].as_object().unwrap() {
+        assert_eq!(change["old"], event["old"][column], "{column}: {json}");
+        assert_eq!(change["new"], event["new"][column], "{column}: {json}");
+    }
+    listening.abort();
+    flow.shutdown().await.unwrap();
 }

@@ -151,3 +151,39 @@ async fn cloud_events_structured_mode() {
     assert!(ce["time"].as_str().unwrap().ends_with('Z'));
     assert_eq!(ce["data"]["event"]["new"]["title"], "yes");
 }
+
+/// An update's `changes` are plain JSON like its rows (`{"old":"a","new":"b"}`),
+/// in the plain delivery and in a CloudEvent's `data`.
+#[tokio::test]
+async fn an_update_s_changes_are_written_like_its_rows() {
+    let (db, hub, _task) = setup(HubOptions::default()).await;
+    let plain = sse::stream::<Post>(&hub, Scope::All, &HeaderMap::new(), SseOptions::default())
+        .into_response();
+    let cloud = sse::stream::<Post>(
+        &hub,
+        Scope::All,
+        &HeaderMap::new(),
+        SseOptions::default().cloud_events("/blog", "com.example.blog"),
+    )
+    .into_response();
+    let (mut plain, mut cloud) = (Events::new(plain), Events::new(cloud));
+    db.exec("INSERT INTO posts VALUES (1, 'a')").await;
+    db.exec("UPDATE posts SET title = 'b' WHERE id = 1").await;
+    plain.next().await;
+    cloud.next().await;
+    let data = |event: Vec<(String, String)>| -> serde_json::Value {
+        serde_json::from_str(field(&event, "data").unwrap()).unwrap()
+    };
+    let delivery = data(plain.next().await);
+    let cloud_event = data(cloud.next().await);
+    assert_eq!(cloud_event["data"], delivery);
+    let event = &delivery["event"];
+    assert_eq!(event["kind"], "update");
+    assert_eq!(
+        event["changes"],
+        serde_json::json!({"title": {"old": "a", "new": "b"}}),
+        "{delivery}"
+    );
+    assert_eq!(event["old"]["title"], "a");
+    assert_eq!(event["new"]["title"], "b");
+}

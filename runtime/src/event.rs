@@ -57,7 +57,12 @@ impl EventMeta {
 /// A change to a row of an `#[event_source]` table, with the row decoded
 /// into `T`.
 ///
-/// Serializes with a `kind` tag (`"insert"`, `"update"`, ...).
+/// Serializes with a `kind` tag (`"insert"`, `"update"`, ...), in plain
+/// JSON throughout: `old` and `new` as `T` serializes, and an update's
+/// `changes` with each value as [`Value::to_plain_json`](crate::Value::to_plain_json)
+/// writes it, e.g. `{"kind":"update","old":{"id":1,"comments_count":0},
+/// "new":{"id":1,"comments_count":1},"changes":{"comments_count":{"old":0,"new":1}},
+/// "meta":{...}}` (see [`Change`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Event<T> {
@@ -76,6 +81,7 @@ pub enum Event<T> {
         /// The row after the update.
         new: T,
         /// The columns whose value changed (empty when the old row is unknown).
+        #[serde(serialize_with = "crate::raw::serialize_plain_changes")]
         changes: Changes,
         /// Where and when.
         meta: EventMeta,

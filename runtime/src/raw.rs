@@ -55,6 +55,18 @@ pub struct ColumnType {
 }
 
 /// One field's value before and after an update.
+///
+/// Two JSON forms:
+///
+/// - Its own serde form is exact, each [`Value`] with its variant
+///   (`{"old":{"Int8":0},"new":{"Int8":1}}`), as in a serialized
+///   [`RawEvent`] (the durable queue, the messages between nodes), so that
+///   it reads back as the same values.
+/// - A typed [`Event`](crate::Event) (what subscriptions deliver and
+///   Server-Sent Events send) writes its `changes` as plain JSON, like its
+///   `old` and `new` rows: `{"comments_count":{"old":0,"new":1}}`, each
+///   value as [`Value::to_plain_json`] writes it
+///   ([`Change::to_plain_json`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     /// The value before the update.
@@ -63,8 +75,41 @@ pub struct Change {
     pub new: Value,
 }
 
+impl Change {
+    /// `{"old": ..., "new": ...}` with both values as plain JSON
+    /// ([`Value::to_plain_json`]): the form of `changes` in a serialized
+    /// [`Event`](crate::Event).
+    ///
+    /// ```
+    /// use walflow_runtime::{Change, Value};
+    ///
+    /// let change = Change { old: Value::Int8(0), new: Value::Int8(1) };
+    /// assert_eq!(change.to_plain_json(), serde_json::json!({"old": 0, "new": 1}));
+    /// ```
+    pub fn to_plain_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "old": self.old.to_plain_json(),
+            "new": self.new.to_plain_json(),
+        })
+    }
+}
+
 /// The fields an update changed, by column name (only those that differ).
 pub type Changes = BTreeMap<Arc<str>, Change>;
+
+/// Serializes `changes` in plain JSON (each as [`Change::to_plain_json`]):
+/// the `changes` of a serialized [`Event`](crate::Event).
+pub(crate) fn serialize_plain_changes<S: serde::Serializer>(
+    changes: &Changes,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(changes.len()))?;
+    for (column, change) in changes {
+        map.serialize_entry(&**column, &change.to_plain_json())?;
+    }
+    map.end()
+}
 
 /// One row change (or truncate) read from the WAL, before it is typed.
 ///
@@ -188,5 +233,81 @@ impl From<&RawEvent> for Position {
             commit_lsn: raw.commit_lsn,
             seq: raw.seq,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventMeta};
+
+    #[test]
+    fn an_event_writes_its_changes_in_plain_json_and_a_raw_event_exactly() {
+        let changes = Changes::from([
+            (
+                Arc::from("comments_count"),
+                Change {
+                    old: Value::Int8(0),
+                    new: Value::Int8(1),
+                },
+            ),
+            (
+                Arc::from("score"),
+                Change {
+                    old: Value::Null,
+                    new: Value::Numeric(crate::value::Numeric("1.50".into())),
+                },
+            ),
+        ]);
+        let meta = EventMeta {
+            schema: "public".into(),
+            table: "posts".into(),
+            lsn: Lsn(1),
+            commit_lsn: Lsn(2),
+            commit_time: DateTime::<Utc>::UNIX_EPOCH,
+            xid: 3,
+            seq: 0,
+        };
+        let event = Event::Update {
+            old: Some(serde_json::json!({"id": 1, "comments_count": 0, "score": null})),
+            new: serde_json::json!({"id": 1, "comments_count": 1, "score": "1.50"}),
+            changes: changes.clone(),
+            meta,
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            json["changes"],
+            serde_json::json!({
+                "comments_count": {"old": 0, "new": 1},
+                "score": {"old": null, "new": "1.50"},
+            })
+        );
+        // The same shape as the rows beside it.
+        for column in ["comments_count", "score"] {
+            assert_eq!(json["changes"][column]["old"], json["old"][column]);
+            assert_eq!(json["changes"][column]["new"], json["new"][column]);
+        }
+
+        // A raw event keeps each value's variant, and reads back the same.
+        let raw = RawEvent {
+            schema: "public".into(),
+            table: "posts".into(),
+            kind: EventKind::Update,
+            new: None,
+            old: None,
+            changes: Some(changes),
+            columns: Arc::new([]),
+            lsn: Lsn(1),
+            commit_lsn: Lsn(2),
+            commit_time: DateTime::<Utc>::UNIX_EPOCH,
+            xid: 3,
+            seq: 0,
+        };
+        let text = serde_json::to_string(&raw).unwrap();
+        assert!(
+            text.contains(r#""comments_count":{"old":{"Int8":0},"new":{"Int8":1}}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<RawEvent>(&text).unwrap(), raw);
     }
 }

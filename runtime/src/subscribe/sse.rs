@@ -31,7 +31,9 @@
 //! (`0/16B3F20#0`): a browser's `EventSource` sends it back as
 //! `Last-Event-ID` when it reconnects, and the stream resumes after it from
 //! the hub's retained window. The `data` is JSON: the [`Delivery`]
-//! (`{"action": "insert", "event": {"kind": "insert", "new": {...}, "meta": {...}}}`),
+//! (`{"action": "insert", "event": {"kind": "insert", "new": {...}, "meta": {...}}}`;
+//! an update has `old`, `new` and `changes`, all plain JSON:
+//! `"changes": {"title": {"old": "a", "new": "b"}}`, see [`Event`](crate::Event)),
 //! or, with [`SseOptions::cloud_events`], a CloudEvents 1.0 event in
 //! structured mode (`specversion`, `id`, `source`, `type` =
 //! `{prefix}.{table}.{action}`, `subject` = the row's id, `time`,
