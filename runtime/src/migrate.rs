@@ -238,6 +238,17 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i32>, sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('walflow.migrate'))")
         .execute(&mut *tx)
         .await?;
+    // The DDL below is idempotent (`IF NOT EXISTS`), and PostgreSQL says so
+    // at each start with a notice (`schema "walflow" already exists,
+    // skipping`), which drivers log. Quiet for this transaction only
+    // (`SET LOCAL`): the pool may be the application's, whose sessions
+    // keep their own setting. A stricter setting is kept.
+    sqlx::query(
+        "SELECT set_config('client_min_messages', 'warning', true)
+         WHERE current_setting('client_min_messages') NOT IN ('warning', 'error')",
+    )
+    .execute(&mut *tx)
+    .await?;
     sqlx::raw_sql(
         "CREATE SCHEMA IF NOT EXISTS walflow;
          CREATE TABLE IF NOT EXISTS walflow.migrations (
