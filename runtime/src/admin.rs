@@ -22,6 +22,11 @@
 //! counts them in `done`, and ends the request in `done`, or `failed` with
 //! `error`. [`request_progress`] reads where a request stands.
 
+/// A database error as a person reads it: the server's message, detail,
+/// hint and SQLSTATE, without the C source line sqlx appends
+/// (`... at line 334`). What walflow's own messages show.
+pub use crate::pg_error::describe as describe_database_error;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgPool, Row};

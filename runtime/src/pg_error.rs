@@ -59,7 +59,7 @@ where
 /// hint and SQLSTATE, never the C source line that sqlx appends
 /// (`... at line 334` is the server's `auth.c`, not a line of the query).
 /// Any other error is sqlx's own text.
-pub(crate) fn describe(e: &sqlx::Error) -> String {
+pub fn describe(e: &sqlx::Error) -> String {
     describe_in(e, None)
 }
 
