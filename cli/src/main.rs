@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sqlx::postgres::{PgConnection, PgDatabaseError, PgPoolOptions};
+use sqlx::postgres::{PgConnection, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 use walflow::admin::{self, AdminError, RequestState, SlotSummary, Status};
 use walflow::{Config, ConfigBuilder};
@@ -173,27 +173,6 @@ impl From<AdminError> for Failure {
     }
 }
 
-/// A database error as a person reads it, as the library words them: for
-/// an error the server sent, its message, SQLSTATE, detail and hint (not
-/// the server's C source line that sqlx's `Display` appends); other errors
-/// as sqlx words them.
-fn database_error(e: &sqlx::Error) -> String {
-    let sqlx::Error::Database(db) = e else {
-        return e.to_string();
-    };
-    let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() else {
-        return db.message().to_owned();
-    };
-    let mut text = format!("{} (SQLSTATE {})", pg.message(), pg.code());
-    if let Some(detail) = pg.detail() {
-        text.push_str(&format!("; detail: {detail}"));
-    }
-    if let Some(hint) = pg.hint() {
-        text.push_str(&format!("; hint: {hint}"));
-    }
-    text
-}
-
 type Outcome = Result<(), Failure>;
 
 /// Whether the slot was asked for (with `--slot` or `WALFLOW_SLOT_NAME`),
@@ -345,7 +324,7 @@ fn connect_error(e: &sqlx::Error) -> String {
             }
             _ => io.to_string(),
         },
-        e => database_error(e),
+        e => admin::describe_database_error(e),
     }
 }
 
@@ -814,7 +793,7 @@ async fn migrate(pool: &PgPool) -> Outcome {
     let applied = walflow::migrate::migrate(pool).await.map_err(|e| {
         Failure(format!(
             "migrating the walflow schema: {}",
-            database_error(&e)
+            admin::describe_database_error(&e)
         ))
     })?;
     if applied.is_empty() {
