@@ -153,6 +153,109 @@ fn redact_url_variants() {
     assert_eq!(redact_url("postgres://u:p@h"), "postgres://u:***@h");
     assert_eq!(redact_url("postgres://u:p@x@h/d"), "postgres://u:***@h/d");
     assert_eq!(redact_url("not a url"), "not a url");
+    // A password holding the URL's delimiters does not parse; it is masked all the same.
+    assert_eq!(
+        redact_url("postgres://postgres:pa/ss@127.0.0.1:5432/live"),
+        "postgres://postgres:***@127.0.0.1:5432/live"
+    );
+    assert_eq!(redact_url("postgres://u:p#w?d@h/d"), "postgres://u:***@h/d");
+    assert_eq!(
+        redact_url("postgres://127.0.0.1:5432/live?user=postgres&password=topsecret"),
+        "postgres://127.0.0.1:5432/live?user=postgres&password=***"
+    );
+    assert_eq!(
+        redact_url("postgres://h/d?PASSWORD=x&sslmode=require"),
+        "postgres://h/d?PASSWORD=***&sslmode=require"
+    );
+    assert_eq!(
+        redact_url("host=h password=secret user=u"),
+        "host=h password=*** user=u"
+    );
+    assert_eq!(
+        redact_url("postgres://h/d?mypassword=x"),
+        "postgres://h/d?mypassword=x"
+    );
+}
+
+mod redaction {
+    use proptest::prelude::*;
+
+    use super::redact_url;
+    use crate::config::{Config, ConfigBuilder};
+
+    /// A password no other part of the URL contains: a marker, then
+    /// anything, the URL's delimiters and percent escapes included.
+    fn password() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("[a-z0-9/#?@:%&=;. +~é]{1,12}")
+            .unwrap()
+            .prop_map(|p| format!("Zq{p}"))
+    }
+
+    fn percent_encoded(p: &str) -> String {
+        percent_encoding::utf8_percent_encode(p, percent_encoding::NON_ALPHANUMERIC).to_string()
+    }
+
+    /// Every shape a connection string takes: the password in the user
+    /// info (raw or percent-encoded), in a `password=` parameter, or both,
+    /// with and without a port, path and other parameters.
+    fn url() -> impl Strategy<Value = (String, String)> {
+        (password(), 0..6usize, any::<bool>()).prop_map(|(p, shape, port)| {
+            let host = if port {
+                "db.example:5432"
+            } else {
+                "db.example"
+            };
+            let url = match shape {
+                0 => format!("postgres://app:{p}@{host}/live"),
+                1 => format!("postgres://app:{}@{host}/live", percent_encoded(&p)),
+                2 => format!(
+                    "postgresql://{host}/live?user=app&password={}",
+                    percent_encoded(&p)
+                ),
+                3 => format!("postgres://{host}/live?sslmode=disable&password={p}"),
+                4 => format!("postgres://app:{p}@{host}"),
+                _ => format!("postgress://app:{p}@{host}/live?application_name=x"),
+            };
+            (url, p)
+        })
+    }
+
+    fn leaks(text: &str, password: &str) -> bool {
+        text.contains(password) || text.contains(&percent_encoded(password))
+    }
+
+    proptest! {
+        #[test]
+        fn no_password_reaches_a_message((url, password) in url()) {
+            let redacted = redact_url(&url);
+            prop_assert!(!leaks(&redacted, &password), "{url} -> {redacted}");
+            // Whatever the builder makes of it: its error, or the config's
+            // Debug and the server it names.
+            match ConfigBuilder::default().database_url(url.clone()).build() {
+                Err(e) => {
+                    prop_assert!(!leaks(&e.to_string(), &password), "{e}");
+                    prop_assert!(!leaks(&format!("{e:?}"), &password), "{e:?}");
+                }
+                Ok(config) => {
+                    let shown = format!("{config:?} {}", config.server());
+                    prop_assert!(!leaks(&shown, &password), "{shown}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_unparsable_string_keeps_only_the_user() {
+        let config = Config::builder()
+            .database_url("postgres://postgres:pa/ss@127.0.0.1:5432/live")
+            .build();
+        let e = config.unwrap_err().to_string();
+        assert!(
+            e.contains("postgres://postgres:***@127.0.0.1:5432/live"),
+            "{e}"
+        );
+        assert!(!e.contains("pa/ss"), "{e}");
+    }
 }
 
 #[test]

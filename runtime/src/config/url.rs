@@ -96,27 +96,61 @@ fn percent_decode(s: &str) -> Result<String, std::str::Utf8Error> {
         .map(std::borrow::Cow::into_owned)
 }
 
-/// `url` with the password of its user info replaced by `***`. Works on
-/// strings that do not parse as URLs too, so it is safe for error messages.
+/// `url` with every password in it replaced by `***`: the password of its
+/// user info, and the value of any `password=` parameter. Works on strings
+/// that do not parse as URLs too, so it is safe for every message: there,
+/// everything between `://` and the last `@` is taken as user info (a
+/// password may hold `/`, `?`, `#` and `@` unescaped), and only a user name
+/// before its first `:` is kept.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
+    let (head, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
     };
-    let rest_start = scheme_end + 3;
-    let rest = &url[rest_start..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
+    let rest = match (head.is_empty(), rest.rfind('@')) {
+        (false, Some(at)) => {
+            let (userinfo, host_on) = rest.split_at(at);
+            let ambiguous = userinfo.contains(['/', '?', '#']);
+            let user = match userinfo.split_once(':') {
+                Some((user, _)) if !user.contains(['/', '?', '#']) => format!("{user}:***"),
+                Some(_) => "***".to_owned(),
+                None if ambiguous => "***".to_owned(),
+                None => userinfo.to_owned(),
+            };
+            user + host_on
+        }
+        _ => rest.to_owned(),
     };
-    let userinfo = &authority[..at];
-    let Some(colon) = userinfo.find(':') else {
-        return url.to_string();
-    };
-    format!(
-        "{}{}:***{}",
-        &url[..rest_start],
-        &userinfo[..colon],
-        &url[rest_start + at..]
-    )
+    format!("{head}{}", redact_password_parameters(&rest))
+}
+
+/// Replaces the value of every `password=` parameter (any case, after the
+/// start, `?`, `&`, `;` or white space) by `***`, up to the next `&`, `#`,
+/// `;` or white space.
+fn redact_password_parameters(s: &str) -> String {
+    const KEY: &str = "password=";
+    let lower = s.to_ascii_lowercase();
+    let mut out = String::with_capacity(s.len());
+    let mut from = 0;
+    let mut search = 0;
+    while let Some(found) = lower[search..].find(KEY) {
+        let at = search + found;
+        let starts = at == 0
+            || matches!(s.as_bytes()[at - 1], b'?' | b'&' | b';')
+            || s.as_bytes()[at - 1].is_ascii_whitespace();
+        let value = at + KEY.len();
+        search = value;
+        if !starts {
+            continue;
+        }
+        let end = s[value..]
+            .find(|c: char| matches!(c, '&' | '#' | ';') || c.is_whitespace())
+            .map_or(s.len(), |e| value + e);
+        out.push_str(&s[from..value]);
+        out.push_str("***");
+        from = end;
+        search = end;
+    }
+    out.push_str(&s[from..]);
+    out
 }
