@@ -29,8 +29,8 @@ async fn a_port_where_nothing_listens_fails_at_once_with_the_cause() {
     let error = tokio::time::timeout(Duration::from_secs(15), start)
         .await
         .expect("the start failed at once, not after the pool's timeout")
-        .err()
-        .expect("nothing listens there");
+        .map(drop)
+        .expect_err("nothing listens there");
     let text = error.to_string();
     assert!(
         text.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{port}")),
@@ -50,8 +50,8 @@ async fn a_refused_password_reads_as_the_servers_message() {
         .operators(Vec::<String>::new())
         .start()
         .await
-        .err()
-        .expect("a wrong password is refused");
+        .map(drop)
+        .expect_err("a wrong password is refused");
     let shown = format!("{:?}", Report::from(error));
     let first = shown.lines().next().unwrap();
     assert!(
@@ -72,8 +72,8 @@ async fn a_failing_statement_names_the_sqlstate_and_not_the_source_line() {
         .setup_sql("CREATE TABLE t (n int CHECK (n > 0)); INSERT INTO t VALUES (0)")
         .start()
         .await
-        .err()
-        .expect("the set-up SQL violates the check");
+        .map(drop)
+        .expect_err("the set-up SQL violates the check");
     let shown = format!("{:?}", Report::from(error));
     assert!(
         shown.contains("violates check constraint \"t_n_check\""),

@@ -112,7 +112,8 @@ fn excerpt(query: &str, at: usize) -> String {
     let after = fold(&chars[at..(at + 40).min(chars.len())]);
     let lead = if at > 40 { "…" } else { "" };
     let tail = if at + 40 < chars.len() { "…" } else { "" };
-    format!("\"{lead}{before} →{after}{tail}\"")
+    let gap = if before.is_empty() { "" } else { " " };
+    format!("\"{lead}{before}{gap}→{after}{tail}\"")
 }
 
 /// An error's text, with [`describe`] for database errors: what
