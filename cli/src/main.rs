@@ -20,6 +20,7 @@ use sqlx::{Connection, PgPool};
 use walflow::admin::{self, AdminError, RequestState, SlotSummary, Status};
 use walflow::{Config, ConfigBuilder};
 
+mod escape;
 mod table;
 
 use table::Table;
@@ -29,6 +30,9 @@ const DEFAULT_SLOT: &str = "walflow_slot";
 
 /// How long connecting may take before the command gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest `dead-letters retry --timeout`, in seconds: a day.
+const MAX_RETRY_TIMEOUT_SECS: u64 = 24 * 60 * 60;
 
 const AFTER_HELP: &str = "\
 Settings are read as the walflow library reads them (walflow::Config::from_env), so the command \
@@ -110,6 +114,7 @@ enum DeadLetters {
     /// Shows one dead letter, with its event and whole error.
     Show {
         /// Its id.
+        #[arg(value_parser = dead_letter_id(), allow_negative_numbers = true)]
         id: i64,
         /// Prints it as JSON.
         #[arg(long)]
@@ -123,7 +128,7 @@ enum DeadLetters {
     /// confirmation on a terminal; without one, refuses unless `--yes`.
     Discard {
         /// Their ids.
-        #[arg(required = true)]
+        #[arg(required = true, value_parser = dead_letter_id(), allow_negative_numbers = true)]
         ids: Vec<i64>,
         /// Only if they are this operator's.
         #[arg(long)]
@@ -138,6 +143,7 @@ enum DeadLetters {
 #[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "all"])))]
 struct Retry {
     /// The dead letters' ids.
+    #[arg(value_parser = dead_letter_id(), allow_negative_numbers = true)]
     ids: Vec<i64>,
     /// Every dead letter (of `--operator`, when given).
     #[arg(long)]
@@ -145,8 +151,14 @@ struct Retry {
     /// Only this operator's.
     #[arg(long)]
     operator: Option<String>,
-    /// How long to wait for the flow to finish, in seconds.
-    #[arg(long, default_value_t = 60)]
+    /// How long to wait for the flow to finish, in seconds (1 to 86400).
+    #[arg(
+        long,
+        default_value_t = 60,
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..=MAX_RETRY_TIMEOUT_SECS),
+        allow_negative_numbers = true
+    )]
     timeout: u64,
     /// Does not ask for confirmation (for `--all`).
     #[arg(long)]
@@ -162,6 +174,11 @@ enum Slot {
         #[arg(long)]
         yes: bool,
     },
+}
+
+/// A dead letter's id: 1 or more, as the ids walflow gives them.
+fn dead_letter_id() -> clap::builder::RangedI64ValueParser<i64> {
+    clap::value_parser!(i64).range(1..=i64::MAX)
 }
 
 /// An error to print; its message is the whole story.
@@ -200,9 +217,78 @@ impl Given {
     }
 }
 
+/// The database URLs the command was given (on its command line or in
+/// `DATABASE_URL`), each with its password masked by the library's
+/// [`walflow::config::redact_url`]: whatever the command prints goes
+/// through [`Secrets::redact`], so no message shows one as it was given.
+struct Secrets(Vec<(String, String)>);
+
+impl Secrets {
+    fn new() -> Secrets {
+        let args = std::env::args_os().map(|a| a.to_string_lossy().into_owned());
+        let env = std::env::var_os("DATABASE_URL").map(|v| v.to_string_lossy().into_owned());
+        let mut given = Vec::new();
+        for text in args.chain(env) {
+            if !text.contains("://") {
+                continue;
+            }
+            // `--database-url=URL`: the URL alone too.
+            if let Some((name, url)) = text.split_once('=')
+                && !name.contains("://")
+            {
+                given.push(url.to_owned());
+            }
+            given.push(text);
+        }
+        // The longest first, so a URL is masked whole rather than a part
+        // of it that is another one.
+        given.sort_by_key(|url| std::cmp::Reverse(url.len()));
+        given.dedup();
+        Secrets(
+            given
+                .into_iter()
+                .map(|url| {
+                    let masked = walflow::config::redact_url(&url);
+                    (url, masked)
+                })
+                .filter(|(url, masked)| url != masked)
+                .collect(),
+        )
+    }
+
+    /// `text` with every URL given replaced by its masked form.
+    fn redact(&self, text: &str) -> String {
+        self.0.iter().fold(text.to_owned(), |text, (url, masked)| {
+            text.replace(url, masked)
+        })
+    }
+}
+
+/// Parses the command line; an invalid one exits with status 2 and
+/// clap's message, any URL in it masked.
+fn parse(secrets: &Secrets) -> (Cli, ArgMatches) {
+    let matches = Cli::command()
+        .try_get_matches()
+        .unwrap_or_else(|e| refuse(e, secrets));
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| refuse(e, secrets));
+    (cli, matches)
+}
+
+/// Exits with clap's message and status (help and version included), any
+/// URL given masked in it.
+fn refuse(e: clap::Error, secrets: &Secrets) -> ! {
+    let text = e.render().to_string();
+    let masked = secrets.redact(&text);
+    if masked == text {
+        e.exit()
+    }
+    eprint!("{masked}");
+    std::process::exit(e.exit_code())
+}
+
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let secrets = Secrets::new();
+    let (cli, matches) = parse(&secrets);
     let given = Given::new(&cli, &matches);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -217,7 +303,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command, given)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message)) => {
-            eprintln!("error: {message}");
+            eprintln!("error: {}", escape::lines(&secrets.redact(&message)));
             ExitCode::FAILURE
         }
     }
@@ -345,7 +431,7 @@ async fn pick_slot(pool: &PgPool, config: &Config, asked: bool) -> Result<String
         eprintln!(
             "walflow: using slot `{}`, the only slot a walflow flow ran on in this database \
              (there is no `{name}`, and neither --slot nor WALFLOW_SLOT_NAME is given)",
-            only.name
+            escape::one_line(&only.name)
         );
         return Ok(only.name.clone());
     }
@@ -401,7 +487,7 @@ fn confirm(yes: bool, question: &str, doing: &str, declined: String) -> Outcome 
             "not {doing} without confirmation, and there is no terminal to ask on; pass --yes"
         )));
     }
-    eprint!("{question} [y/N] ");
+    eprint!("{} [y/N] ", escape::one_line(question));
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     stdin
@@ -422,8 +508,14 @@ fn plural(n: impl Into<u64>) -> &'static str {
 fn json<T: serde::Serialize>(value: &T) -> Outcome {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Failure(format!("cannot write JSON: {e}")))?;
-    println!("{text}");
+    println!("{}", escape::json(&text));
     Ok(())
+}
+
+/// Prints human-readable `text` to standard output, every control
+/// character in it but its line breaks escaped.
+fn say(text: &str) {
+    print!("{}", escape::lines(text));
 }
 
 fn bytes(n: Option<i64>) -> String {
@@ -462,7 +554,7 @@ async fn status(pool: &PgPool, slot: &str, as_json: bool) -> Outcome {
     if as_json {
         json(&status)?;
     } else {
-        print!("{}", render_status(&status));
+        say(&render_status(&status));
     }
     if !status.slot.exists {
         return Err(Failure(format!(
@@ -482,11 +574,13 @@ fn render_status(s: &Status) -> String {
             "active, held by pid {} ({}) from {} since {}",
             h.pid,
             if h.application_name.is_empty() {
-                "no application name"
+                "no application name".into()
             } else {
-                &h.application_name
+                escape::one_line(&h.application_name)
             },
-            h.client_addr.as_deref().unwrap_or("a unix socket"),
+            h.client_addr
+                .as_deref()
+                .map_or("a unix socket".into(), escape::one_line),
             or_dash(h.backend_start.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC")))
         ),
         (None, Some(pid)) => format!("active, held by pid {pid}"),
@@ -495,13 +589,13 @@ fn render_status(s: &Status) -> String {
     if !slot.exists {
         out.push_str(&format!(
             "slot {}: missing: the database has no such replication slot\n",
-            slot.name
+            escape::one_line(&slot.name)
         ));
     } else {
-        out.push_str(&format!("slot {}: {held}\n", slot.name));
+        out.push_str(&format!("slot {}: {held}\n", escape::one_line(&slot.name)));
         out.push_str(&format!(
             "  wal status {}, confirmed flush {}, restart {}, lag {}, retained WAL {}\n",
-            or_dash(slot.wal_status.as_deref()),
+            or_dash(slot.wal_status.as_deref().map(escape::one_line)),
             or_dash(slot.confirmed_flush_lsn),
             or_dash(slot.restart_lsn),
             bytes(slot.lag_bytes),
@@ -591,7 +685,7 @@ async fn list(pool: &PgPool, slot: &str, operator: Option<&str>, as_json: bool) 
             error,
         ]);
     }
-    print!("{}", t.render_fitted("", output_width()));
+    say(&t.render_fitted("", output_width()));
     Ok(())
 }
 
@@ -633,7 +727,7 @@ async fn discard(
         format!("{which} not discarded"),
     )?;
     let n = admin::discard_dead_letters(pool, slot, operator, ids).await?;
-    println!("discarded {n} dead letter{}", plural(n));
+    say(&format!("discarded {n} dead letter{}\n", plural(n)));
     Ok(())
 }
 
@@ -643,32 +737,34 @@ async fn show(pool: &PgPool, slot: &str, id: i64, as_json: bool) -> Outcome {
         return json(&d);
     }
     let s = &d.summary;
-    println!("dead letter {}", s.id);
-    println!("operator:  {}", s.operator);
-    println!("table:     {}", s.table);
-    println!("kind:      {}", s.kind);
-    println!("row id:    {}", s.mapped_id);
-    println!("position:  {}", s.position);
-    println!("attempts:  {}", s.attempts);
-    println!(
-        "failed at: {}",
+    let field = escape::one_line;
+    let mut out = format!("dead letter {}\n", s.id);
+    out.push_str(&format!("operator:  {}\n", field(&s.operator)));
+    out.push_str(&format!("table:     {}\n", field(&s.table)));
+    out.push_str(&format!("kind:      {}\n", field(&s.kind)));
+    out.push_str(&format!("row id:    {}\n", field(&s.mapped_id)));
+    out.push_str(&format!("position:  {}\n", field(&s.position)));
+    out.push_str(&format!("attempts:  {}\n", s.attempts));
+    out.push_str(&format!(
+        "failed at: {}\n",
         s.failed_at.format("%Y-%m-%d %H:%M:%S%.3f UTC")
-    );
-    println!("error:");
+    ));
+    out.push_str("error:\n");
     for line in s.error.lines() {
-        println!("  {line}");
+        out.push_str(&format!("  {}\n", field(line)));
     }
     match &d.event {
         Some(event) => {
             let text = serde_json::to_string_pretty(event)
                 .map_err(|e| Failure(format!("cannot write JSON: {e}")))?;
-            println!("event:");
-            for line in text.lines() {
-                println!("  {line}");
+            out.push_str("event:\n");
+            for line in escape::json(&text).lines() {
+                out.push_str(&format!("  {}\n", field(line)));
             }
         }
-        None => println!("event:     (not kept: a query operator needs only the row id)"),
+        None => out.push_str("event:     (not kept: a query operator needs only the row id)\n"),
     }
+    say(&out);
     Ok(())
 }
 
@@ -692,8 +788,18 @@ async fn retry_dead_letters(pool: &PgPool, slot: &str, retry: Retry) -> Outcome 
             "no dead letter retried".to_owned(),
         )?;
     }
-    let id = admin::request_retry(pool, slot, retry.operator.as_deref(), ids).await?;
+    // Checked before the request is made: a deadline out of reach is
+    // refused, never found out after acting.
     let timeout = Duration::from_secs(retry.timeout);
+    let deadline = tokio::time::Instant::now()
+        .checked_add(timeout)
+        .ok_or_else(|| {
+            Failure(format!(
+                "--timeout {}: too far in the future; use at most {MAX_RETRY_TIMEOUT_SECS}",
+                retry.timeout
+            ))
+        })?;
+    let id = admin::request_retry(pool, slot, retry.operator.as_deref(), ids).await?;
     let target = if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
     } else {
@@ -707,7 +813,6 @@ async fn retry_dead_letters(pool: &PgPool, slot: &str, retry: Retry) -> Outcome 
     );
     bar.set_message(format!("request {id}: waiting for the flow"));
     bar.enable_steady_tick(Duration::from_millis(100));
-    let deadline = tokio::time::Instant::now() + timeout;
     let outcome = loop {
         let progress = match admin::request_progress(pool, id).await {
             Ok(p) => p,
@@ -761,7 +866,7 @@ async fn retry_dead_letters(pool: &PgPool, slot: &str, retry: Retry) -> Outcome 
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     bar.finish_and_clear();
-    println!("{}", outcome?);
+    say(&format!("{}\n", outcome?));
     Ok(())
 }
 
@@ -785,7 +890,7 @@ async fn drop_slot(pool: &PgPool, slot: &str, asked: bool, yes: bool) -> Outcome
         format!("slot `{slot}` not dropped"),
     )?;
     admin::drop_slot(pool, slot).await?;
-    println!("dropped slot {slot}");
+    say(&format!("dropped slot {slot}\n"));
     Ok(())
 }
 

@@ -1,6 +1,10 @@
 //! Plain text tables: a header and rows, columns padded to their widest
 //! cell, the last column wrapped to the terminal's width.
 
+use std::borrow::Cow;
+
+use crate::escape;
+
 /// The least room worth giving the last column beside the others; with
 /// less, its cells go on lines of their own below their rows.
 const MIN_LAST: usize = 24;
@@ -21,9 +25,19 @@ impl Table {
         }
     }
 
-    /// Adds a row.
+    /// Adds a row. Control characters in its cells (a newline too) are
+    /// written as escapes: a cell is one line, and shows its text as it
+    /// is, never what a terminal would make of it.
     pub fn row<const N: usize>(&mut self, cells: [String; N]) {
-        self.rows.push(cells.into());
+        self.rows.push(
+            cells
+                .into_iter()
+                .map(|cell| match escape::one_line(&cell) {
+                    Cow::Borrowed(_) => cell,
+                    Cow::Owned(escaped) => escaped,
+                })
+                .collect(),
+        );
     }
 
     /// The table, each line starting with `indent`; the last column is not

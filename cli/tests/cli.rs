@@ -74,6 +74,31 @@ async fn copy_title(event: Event<Post>, ctx: Ctx) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+#[event_source(table = "notes")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Note {
+    id: i64,
+    body: String,
+}
+
+on_event! {
+    operator Refuse {
+        events: [insert],
+        entities: [Note],
+        handler: refuse,
+    }
+}
+
+/// Fails on every note with its body in the error, as an error carrying a
+/// row's value does.
+async fn refuse(event: Event<Note>, _ctx: Ctx) -> Result<(), std::io::Error> {
+    let note = event.record().expect("an insert carries its row");
+    Err(std::io::Error::other(format!(
+        "note {} refused: {}",
+        note.id, note.body
+    )))
+}
+
 fn done(id: i64) -> bool {
     DONE.lock().unwrap().contains(&id)
 }
@@ -950,4 +975,393 @@ async fn the_slot_and_connection_come_as_the_library_reads_them() {
         assert!(err.contains(&named), "{named}: {err}");
     }
     assert!(!err.contains(&format!("{plain} (")), "{err}");
+}
+
+/// Starts a flow running `Refuse` on a fresh database, inserts a note of
+/// each body and waits for their dead letters.
+async fn refused_notes(bodies: &[&str]) -> (TestDatabase, PgPool, Walflow) {
+    let (db, pool) = fresh().await;
+    exec(
+        &pool,
+        "CREATE TABLE notes (id bigint PRIMARY KEY, body text NOT NULL)",
+    )
+    .await;
+    let ms = Duration::from_millis;
+    let flow = Walflow::builder()
+        .database_url(db.url())
+        .slot_name(db.name())
+        .min_restart_time(ms(10))
+        .max_restart_time(ms(20))
+        .max_retries(1)
+        .operators(["Refuse"])
+        .start()
+        .await
+        .unwrap();
+    for (id, body) in (1_i64..).zip(bodies) {
+        sqlx::query("INSERT INTO notes (id, body) VALUES ($1, $2)")
+            .bind(id)
+            .bind(*body)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    wait_dead_letters(&pool, db.name(), bodies.len()).await;
+    (db, pool, flow)
+}
+
+/// Asserts that none of `secrets` is in the command's standard output or
+/// error, and that it did not panic.
+fn shows_none_of(out: &Output, secrets: &[&str], what: &str) {
+    let (text, err) = (stdout(out), stderr(out));
+    for secret in secrets {
+        assert!(
+            !text.contains(secret) && !err.contains(secret),
+            "{what}: `{secret}` shown:\nstdout: {text}\nstderr: {err}"
+        );
+    }
+    assert!(!err.contains("panicked"), "{what}: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_never_show_in_the_output() {
+    let (db, _pool) = fresh().await;
+    let config = db.config();
+    let server = format!("127.0.0.1:{}", config.port());
+    let real = config.password().to_owned();
+    let escaped: String = real.bytes().map(|b| format!("%{b:02X}")).collect();
+    let dead = format!("127.0.0.1:{}", dead_port());
+    // Each URL, the passwords in it as written and as meant, and what the
+    // error says.
+    let cases: Vec<(String, Vec<&str>, &str)> = vec![
+        (
+            format!("postgres://postgres:pa/ss@{server}/live"),
+            vec!["pa/ss"],
+            "invalid `database_url` postgres://postgres:***@",
+        ),
+        (
+            format!("postgres://postgres:pa#ss@{server}/live"),
+            vec!["pa#ss"],
+            "invalid `database_url` postgres://postgres:***@",
+        ),
+        (
+            format!("postgres://postgres:pa?ss@{server}/live"),
+            vec!["pa?ss"],
+            "invalid `database_url` postgres://postgres:***@",
+        ),
+        (
+            format!("postgres://{server}/live?user=postgres&password=topsecret"),
+            vec!["topsecret"],
+            "password authentication failed",
+        ),
+        (
+            format!("postgres://postgres:p@ss@{server}/live"),
+            vec!["p@ss", "p%40ss"],
+            "password authentication failed",
+        ),
+        (
+            format!("postgres://postgres:p%40ss%2Fw%3Frd@{server}/live"),
+            vec!["p%40ss%2Fw%3Frd", "p@ss/w?rd"],
+            "password authentication failed",
+        ),
+        // The right password, percent-escaped: the server answers about
+        // the database.
+        (
+            format!("postgres://postgres:{escaped}@{server}/live"),
+            vec![escaped.as_str(), real.as_str()],
+            "database \"live\" does not exist",
+        ),
+        (
+            format!("postgres://postgres:pa/ss@{dead}/live"),
+            vec!["pa/ss"],
+            "invalid `database_url` postgres://postgres:***@",
+        ),
+        (
+            format!("postgres://{dead}/live?password=topsecret"),
+            vec!["topsecret"],
+            "connection refused",
+        ),
+    ];
+    for (url, secrets, error) in &cases {
+        let with_equals = format!("--database-url={url}");
+        for (what, out) in [
+            ("--database-url", walflow(url, &["status"]).await),
+            (
+                "--database-url=",
+                walflow_env(&[], &[&with_equals, "dead-letters", "list"]).await,
+            ),
+            (
+                "DATABASE_URL",
+                walflow_env(&[("DATABASE_URL", url)], &["dead-letters", "show", "1"]).await,
+            ),
+        ] {
+            let what = format!("{url} by {what}");
+            shows_none_of(&out, secrets, &what);
+            let err = stderr(&out);
+            assert!(err.contains(error), "{what}: {err}");
+            out.assert().code(1).stdout("");
+        }
+        // Refused by the argument parser, which repeats what it refuses.
+        for args in [
+            &[url.as_str(), "status"][..],
+            &["status", url],
+            &[with_equals.as_str(), "status", url],
+        ] {
+            let out = walflow_env(&[], args).await;
+            shows_none_of(&out, secrets, &format!("{args:?}"));
+            let err = stderr(&out);
+            assert!(
+                err.starts_with("error: unexpected argument")
+                    || err.starts_with("error: unrecognized subcommand"),
+                "{args:?}: {err}"
+            );
+            out.assert().code(2).stdout("");
+        }
+    }
+    // The password of the WALFLOW_* variables.
+    let port = config.port().to_string();
+    let out = walflow_env(
+        &[
+            ("WALFLOW_HOST", "127.0.0.1"),
+            ("WALFLOW_PORT", &port),
+            ("WALFLOW_PASSWORD", "hunter2/#?@x"),
+        ],
+        &["status"],
+    )
+    .await;
+    shows_none_of(&out, &["hunter2"], "WALFLOW_PASSWORD");
+    fails(out, "password authentication failed");
+}
+
+/// Asserts the argument parser refused the command: exit status 2,
+/// clap's message, nothing on standard output, no panic.
+fn refused(out: Output, what: &str) {
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: invalid value ") || err.starts_with("error: unexpected argument "),
+        "{what}: {err}"
+    );
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+    assert_eq!(stdout(&out), "", "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_out_of_range_are_refused_before_anything_is_done() {
+    let (db, pool, flow) = refused_notes(&["first", "second"]).await;
+    let (url, s) = (db.url(), db.name());
+    let dead = dead_ids(&pool, s).await;
+    let id = dead[0].to_string();
+    let requests = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM walflow.requests")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let base = ["--database-url", url, "--slot", s, "dead-letters"];
+    let run = |args: Vec<&str>| {
+        let all: Vec<String> = base.iter().chain(&args).map(|a| a.to_string()).collect();
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            (all.join(" "), walflow_env(&[], &all).await)
+        }
+    };
+    let u64_max = u64::MAX.to_string();
+    let past_u64 = "18446744073709551616";
+    let past_i64 = (i64::MAX as u64 + 1).to_string();
+    // Below the least id, past the greatest, the largest u64.
+    let bad_ids = ["0", "-1", past_i64.as_str(), u64_max.as_str(), past_u64];
+    for bad in bad_ids {
+        for args in [
+            vec!["show", bad],
+            vec!["show", bad, "--json"],
+            vec!["discard", bad, "--yes"],
+            vec!["discard", id.as_str(), bad, "--yes"],
+            vec!["retry", bad],
+            vec!["retry", id.as_str(), bad, "--timeout", "1"],
+        ] {
+            let (what, out) = run(args).await;
+            refused(out, &what);
+        }
+    }
+    // The timeout: 1 to 86400 seconds.
+    for bad in ["0", "-1", "86401", u64_max.as_str(), past_u64] {
+        for args in [
+            vec!["retry", id.as_str(), "--timeout", bad],
+            vec!["retry", "--all", "--yes", "--timeout", bad],
+        ] {
+            let (what, out) = run(args).await;
+            refused(out, &what);
+        }
+    }
+    assert_eq!(requests().await, 0, "a refused command asked the flow");
+    assert_eq!(
+        dead_ids(&pool, s).await,
+        dead,
+        "a refused command discarded"
+    );
+
+    // The greatest id is an id: there is no such dead letter, and nothing
+    // is done.
+    let max = i64::MAX.to_string();
+    for args in [
+        vec!["show", max.as_str()],
+        vec!["discard", max.as_str(), "--yes"],
+        vec!["retry", max.as_str(), "--timeout", "1"],
+    ] {
+        let (what, out) = run(args).await;
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(
+            err.contains(&max) && !err.contains("panicked"),
+            "{what}: {err}"
+        );
+    }
+    assert_eq!(requests().await, 0);
+    assert_eq!(dead_ids(&pool, s).await, dead);
+
+    // Settings that are numbers: the port is the library's to refuse
+    // (exit status 1), COLUMNS out of range is a width without a limit
+    // or the narrowest.
+    for port in ["0", "65536", u64_max.as_str(), "-1"] {
+        let out = walflow_env(
+            &[("WALFLOW_HOST", "127.0.0.1"), ("WALFLOW_PORT", port)],
+            &["status"],
+        )
+        .await;
+        let err = stderr(&out);
+        assert!(
+            err.contains("WALFLOW_PORT") || err.contains("port"),
+            "{port}: {err}"
+        );
+        fails(out, "");
+    }
+    for columns in ["0", "1", "-1", u64_max.as_str(), past_u64] {
+        let out = walflow_env(
+            &[("COLUMNS", columns)],
+            &["--database-url", url, "--slot", s, "dead-letters", "list"],
+        )
+        .await;
+        let text = ok(out);
+        assert!(text.contains("refused: first"), "COLUMNS={columns}: {text}");
+    }
+
+    // The greatest timeout is taken, and the retry done.
+    let (what, out) = run(vec!["retry", id.as_str(), "--timeout", "86400"]).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{what}: {}", stderr(&out));
+    assert!(text.starts_with("retried 1 dead letter"), "{what}: {text}");
+    assert_eq!(requests().await, 1);
+    flow.shutdown().await.unwrap();
+}
+
+/// A note body a terminal would act on: it sets the window title, clears
+/// the screen, starts a colour with a C1 CSI, and holds DEL, a tab, a
+/// carriage return, NEL and a second line.
+const HOSTILE: &str =
+    "\x1b]0;TITLE\x07\x1b[2J\u{9b}31m red\x7f\ttab\rback\nsecond \x1b[0mline\u{85}end";
+
+/// Asserts `text` holds no control character a terminal acts on: no C0
+/// but the newline, no DEL, no C1.
+fn terminal_safe(what: &str, text: &str) {
+    if let Some(c) = text.chars().find(|&c| c != '\n' && c.is_control()) {
+        panic!("{what}: holds {c:?}:\n{text:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_from_rows_are_shown_escaped() {
+    let (db, pool, flow) = refused_notes(&[HOSTILE]).await;
+    let (url, s) = (db.url(), db.name());
+    let letter = admin::dead_letters(&pool, s, None).await.unwrap().remove(0);
+    assert!(letter.error.contains(HOSTILE), "{:?}", letter.error);
+    let id = letter.id.to_string();
+    let bytes_of = |out: Output| {
+        let text = String::from_utf8(out.stdout.clone()).expect("UTF-8 output");
+        out.assert().success().stderr("");
+        text
+    };
+
+    // show: the whole error, each line escaped; the event too.
+    let show = bytes_of(walflow(url, &["--slot", s, "dead-letters", "show", &id]).await);
+    terminal_safe("show", &show);
+    assert!(
+        show.contains(
+            "refused: \\x1b]0;TITLE\\x07\\x1b[2J\\u{9b}31m red\\x7f\\ttab\\rback\n  second \\x1b[0mline\\u{85}end"
+        ),
+        "{show}"
+    );
+    // The event's row, as JSON escapes it (and as its C1 and DEL are
+    // escaped for the terminal).
+    assert!(
+        show.contains(
+            "\\u001b]0;TITLE\\u0007\\u001b[2J\\u009b31m red\\u007f\\ttab\\rback\\nsecond"
+        ),
+        "{show}"
+    );
+
+    // list: the first line in its cell, escaped, also when wrapped.
+    let list = bytes_of(walflow(url, &["--slot", s, "dead-letters", "list"]).await);
+    terminal_safe("list", &list);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(
+        list.contains("refused: \\x1b]0;TITLE\\x07\\x1b[2J\\u{9b}31m red\\x7f\\ttab\\rback …"),
+        "{list}"
+    );
+    for columns in ["40", "80"] {
+        let list = bytes_of(
+            walflow_env(
+                &[("COLUMNS", columns)],
+                &["--database-url", url, "--slot", s, "dead-letters", "list"],
+            )
+            .await,
+        );
+        terminal_safe(&format!("list in {columns} columns"), &list);
+        assert!(list.contains("TITLE\\x07"), "{list}");
+    }
+    let status = bytes_of(walflow(url, &["--slot", s, "status"]).await);
+    terminal_safe("status", &status);
+
+    // --json: the exact text, and still nothing raw for a terminal.
+    for args in [
+        &["--slot", s, "dead-letters", "show", &id, "--json"][..],
+        &["--slot", s, "dead-letters", "list", "--json"],
+    ] {
+        let text = bytes_of(walflow(url, args).await);
+        terminal_safe(&format!("{args:?}"), &text);
+        let value: Json = serde_json::from_str(&text).expect("JSON");
+        let error = if value.is_array() {
+            &value[0]["error"]
+        } else {
+            &value["error"]
+        };
+        assert_eq!(error.as_str(), Some(letter.error.as_str()), "{args:?}");
+    }
+    let detail: Json = serde_json::from_str(&bytes_of(
+        walflow(url, &["--slot", s, "dead-letters", "show", &id, "--json"]).await,
+    ))
+    .unwrap();
+    // The row's value in the event, however the event writes values.
+    let body = serde_json::to_string(HOSTILE).unwrap();
+    assert!(detail["event"].to_string().contains(&body), "{detail}");
+
+    // An error message repeating what it was given, escaped too.
+    let out = walflow(
+        url,
+        &[
+            "--slot",
+            s,
+            "dead-letters",
+            "retry",
+            "--all",
+            "--yes",
+            "--operator",
+            "No\x1b[2JSuch",
+        ],
+    )
+    .await;
+    let err = stderr(&out);
+    terminal_safe("stderr", &err);
+    assert!(err.contains("No\\x1b[2JSuch"), "{err}");
+    fails(out, "");
+    flow.shutdown().await.unwrap();
 }

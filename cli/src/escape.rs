@@ -1,0 +1,116 @@
+//! Text from the database made safe to show on a terminal: rows, error
+//! texts, names and application names may hold control characters (an
+//! escape sequence retitling the terminal or clearing the screen), which
+//! are written as escapes such as `\x1b` or `\u{9b}`, never as they are.
+
+use std::borrow::Cow;
+use std::fmt::Write;
+
+/// Whether `c` is a control character: C0 (U+0000–U+001F), DEL (U+007F)
+/// or C1 (U+0080–U+009F).
+fn is_control(c: char) -> bool {
+    c.is_control()
+}
+
+/// `text` with every control character but those in `keep` written as an
+/// escape: `\t`, `\r` and `\n` by name, the others of ASCII as `\x1b`,
+/// C1 ones as `\u{9b}`.
+fn escape<'a>(text: &'a str, keep: &[char]) -> Cow<'a, str> {
+    if !text.chars().any(|c| is_control(c) && !keep.contains(&c)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !is_control(c) || keep.contains(&c) {
+            out.push(c);
+            continue;
+        }
+        match c {
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_ascii() => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `text` on one line: every control character escaped, newlines too.
+/// For table cells and names.
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    escape(text, &[])
+}
+
+/// `text` with its line breaks kept and every other control character
+/// escaped. For whole outputs, whose layout is made of lines.
+pub fn lines(text: &str) -> Cow<'_, str> {
+    escape(text, &['\n'])
+}
+
+/// JSON text with DEL and the C1 control characters, which JSON allows
+/// raw in strings, written as `\u007f` ... `\u009f`: the same value for a
+/// JSON reader, nothing a terminal acts on. (Serializers already escape
+/// the C0 ones.) These characters occur only inside strings, where such
+/// an escape is valid.
+pub fn json(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_control_above_ascii_space) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_control_above_ascii_space(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// DEL and C1.
+fn is_control_above_ascii_space(c: char) -> bool {
+    matches!(c, '\u{7f}'..='\u{9f}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_written_as_escapes() {
+        let hostile = "a\x1b]0;TITLE\x07\x1b[2J\u{9b}31m\x7f\t\r\nb é";
+        assert_eq!(
+            one_line(hostile),
+            "a\\x1b]0;TITLE\\x07\\x1b[2J\\u{9b}31m\\x7f\\t\\r\\nb é"
+        );
+        assert_eq!(
+            lines(hostile),
+            "a\\x1b]0;TITLE\\x07\\x1b[2J\\u{9b}31m\\x7f\\t\\r\nb é"
+        );
+        assert!(matches!(one_line("plain text, é ü"), Cow::Borrowed(_)));
+        assert_eq!(
+            one_line("\0\u{1f}\u{80}\u{9f}\u{a0}"),
+            "\\x00\\x1f\\u{80}\\u{9f}\u{a0}"
+        );
+    }
+
+    #[test]
+    fn json_keeps_its_value_without_raw_controls() {
+        let value = serde_json::json!({ "error": "x\x1b[2J\u{9b}\x7f\u{a0}y" });
+        let text = serde_json::to_string(&value).unwrap();
+        let safe = json(&text);
+        assert!(
+            !safe.chars().any(|c| c.is_control()),
+            "{safe:?} holds a control character"
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&safe).unwrap(),
+            value
+        );
+    }
+}
