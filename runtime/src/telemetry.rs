@@ -73,6 +73,8 @@ pub const DEAD_LETTERS: &str = "walflow_dead_letters";
 pub const SUBSCRIBERS: &str = "walflow_subscribers";
 /// Deliveries a subscriber missed because it fell behind.
 pub const SUBSCRIPTION_LAGGED: &str = "walflow_subscription_lagged_total";
+/// Estimated bytes of the changes the subscription hubs retain for resuming.
+pub const HUB_RETAINED_BYTES: &str = "walflow_hub_retained_bytes";
 /// Transactions received but not yet broadcast (`pubsub = postgres`).
 pub const PUBSUB_PENDING: &str = "walflow_pubsub_pending_transactions";
 /// Reconnections, per connection (`replication`, `pubsub`).
@@ -167,6 +169,12 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "Deliveries subscribers missed because they fell behind.",
     ),
     (
+        HUB_RETAINED_BYTES,
+        "gauge",
+        "",
+        "Estimated bytes of the changes the subscription hubs retain for resuming (bounded by `HubOptions::retain_bytes`).",
+    ),
+    (
         PUBSUB_PENDING,
         "gauge",
         "",
@@ -252,6 +260,7 @@ pub(crate) fn flow_started<'a>(
     }
     metrics::counter!(TRANSACTIONS).increment(0);
     metrics::counter!(SUBSCRIPTION_LAGGED).increment(0);
+    metrics::gauge!(HUB_RETAINED_BYTES).increment(0.0);
     metrics::counter!(RECONNECTS, "connection" => "replication").increment(0);
 }
 

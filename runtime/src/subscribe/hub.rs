@@ -16,21 +16,40 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::scope::{Scope, ScopeKey, record_key};
+use super::size;
 use crate::event::{Event, EventDecodeError, Position};
 use crate::lsn::Lsn;
 use crate::raw::{EventKind, RawEvent};
 use crate::registry::EventSource;
 
 /// How much the hub keeps and buffers.
+///
+/// Bytes are estimated from what a change holds (its rows' values, strings,
+/// JSON and `bytea` whole, its changed fields, its names); see
+/// [`Subscriptions::retained_bytes`] for how they are counted.
 #[derive(Debug, Clone)]
 pub struct HubOptions {
     /// Changes kept for resuming ([`SubscriptionBuilder::after`],
     /// [`Subscription::resume`]): at most this many (default 10,000)...
     pub retain_events: usize,
-    /// ...and none older than this (default 5 minutes).
+    /// ...none older than this (default 5 minutes), also while nothing is
+    /// published (a hub made inside a Tokio runtime lets go of them on a
+    /// timer; one made outside, when it is next published to or subscribed
+    /// to)...
     pub retain_for: Duration,
+    /// ...and at most this many bytes of them (default 64 MiB). A change
+    /// larger than this on its own is delivered but not retained.
+    pub retain_bytes: usize,
     /// Default per-subscription buffer, in changes (default 1,024).
     pub buffer: usize,
+    /// Default per-subscription buffer, in bytes (default 16 MiB): a
+    /// subscription whose undelivered changes would hold more is cut off
+    /// with [`Lagged`], as on [`buffer`](Self::buffer) changes. A change
+    /// always fits an empty buffer. Each buffered change counts its whole
+    /// estimated size, even when other subscriptions of the same type share
+    /// its decoded event: the count bounds what one slow subscription alone
+    /// keeps alive.
+    pub buffer_bytes: usize,
     /// Everything committed after this LSN is published to the hub (the
     /// slot's confirmed position at start-up). When unset, the retained
     /// window starts at the first published change.
@@ -42,7 +61,9 @@ impl Default for HubOptions {
         HubOptions {
             retain_events: 10_000,
             retain_for: Duration::from_secs(300),
+            retain_bytes: 64 << 20,
             buffer: 1024,
+            buffer_bytes: 16 << 20,
             start: None,
         }
     }
@@ -199,6 +220,72 @@ pub struct TooOld {
     pub oldest: OldestPosition,
 }
 
+/// Resuming from a position this hub has not reached: after every change
+/// it has published ([`Subscriptions::position`]). The hub did not give it
+/// out: it was mistyped or forged, or comes from a node or an earlier run
+/// of the flow that had gone further. What lies between is unknown, so the
+/// subscriber reloads rather than silently missing changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot resume after {requested}: this hub has published changes only up to {reached}, \
+     so the position did not come from it; reload the current state and subscribe again"
+)]
+pub struct FromTheFuture {
+    /// The position asked for.
+    pub requested: Position,
+    /// The last position the hub has published.
+    pub reached: Position,
+}
+
+/// Why a subscription cannot start after a position
+/// ([`SubscriptionBuilder::start`]) or [`Subscription::resume`] from it:
+/// either way, reload the current state and subscribe again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResumeError {
+    /// The position is older than the retained window.
+    #[error(transparent)]
+    TooOld(#[from] TooOld),
+    /// The position is after everything the hub has published.
+    #[error(transparent)]
+    FromTheFuture(#[from] FromTheFuture),
+}
+
+/// A resume position (an SSE `Last-Event-ID`, an `after` parameter) that
+/// does not read as a [`Position`]: see [`read_position`]. A subscriber
+/// that sent it meant to resume, so it reloads rather than silently
+/// missing changes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the resume position {} cannot be read: expected an LSN and the change's index, \
+     such as `16/B374D848#3`, or an LSN alone; reload the current state and subscribe again",
+    self.shown()
+)]
+pub struct UnreadablePosition {
+    /// The text's first characters (at most 40).
+    pub start: String,
+    /// The text's length, in bytes.
+    pub len: usize,
+}
+
+impl UnreadablePosition {
+    fn new(text: &str) -> Self {
+        let end = text.char_indices().nth(40).map_or(text.len(), |(i, _)| i);
+        UnreadablePosition {
+            start: text[..end].to_owned(),
+            len: text.len(),
+        }
+    }
+
+    fn shown(&self) -> String {
+        if self.start.len() == self.len {
+            format!("{:?}", self.start)
+        } else {
+            format!("{:?}… ({} bytes)", self.start, self.len)
+        }
+    }
+}
+
 /// The oldest position a hub can resume after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OldestPosition(pub Option<Position>);
@@ -249,14 +336,25 @@ pub fn after_commit(lsn: Lsn) -> Position {
 }
 
 /// Parses a [`Position`] as displayed (`16/B374D848#3`) or a bare LSN
-/// (`16/B374D848`, meaning after that whole transaction).
+/// (`16/B374D848`, meaning after that whole transaction); `None` when it
+/// does not read ([`read_position`] says why).
 pub fn parse_position(s: &str) -> Option<Position> {
+    read_position(s).ok()
+}
+
+/// Reads a [`Position`] as displayed (`16/B374D848#3`: two hexadecimal
+/// halves of at most 8 digits, `#`, a change index up to 4,294,967,295) or
+/// a bare LSN (`16/B374D848`, meaning after that whole transaction),
+/// surrounding spaces ignored. Anything else is [`UnreadablePosition`],
+/// which quotes at most the text's first 40 characters.
+pub fn read_position(s: &str) -> Result<Position, UnreadablePosition> {
+    let err = || UnreadablePosition::new(s);
     match s.split_once('#') {
-        Some((lsn, seq)) => Some(Position {
-            commit_lsn: lsn.trim().parse().ok()?,
-            seq: seq.trim().parse().ok()?,
+        Some((lsn, seq)) => Ok(Position {
+            commit_lsn: lsn.trim().parse().map_err(|_| err())?,
+            seq: seq.trim().parse().map_err(|_| err())?,
         }),
-        None => Some(after_commit(s.trim().parse().ok()?)),
+        None => Ok(after_commit(s.trim().parse().map_err(|_| err())?)),
     }
 }
 
@@ -274,9 +372,10 @@ type Decoded = Option<Arc<dyn Any + Send + Sync>>;
 /// (as an `Arc<Event<T>>`). Publishing never waits for a subscriber: each has
 /// a bounded buffer, and one that overflows is told with [`Lagged`].
 ///
-/// The hub retains the latest changes (by count and age, [`HubOptions`]) so a
-/// subscription can start after a position (an SSE `Last-Event-ID`, the
-/// LSN a page was rendered at) and first receive what it missed.
+/// The hub retains the latest changes (by count, age and bytes,
+/// [`HubOptions`]) so a subscription can start after a position (an SSE
+/// `Last-Event-ID`, the LSN a page was rendered at) and first receive what
+/// it missed.
 ///
 /// Cheap to clone: clones share the hub.
 #[derive(Clone)]
@@ -288,6 +387,18 @@ struct Inner {
     state: Mutex<State>,
     options: HubOptions,
     processed: watch::Sender<Option<Lsn>>,
+    /// Wakes the expiry timer when the window gets its first change (and
+    /// when the hub is dropped).
+    expiry: Arc<tokio::sync::Notify>,
+}
+
+/// A change the hub retains.
+struct Retained {
+    /// When it was published.
+    at: Instant,
+    raw: Arc<RawEvent>,
+    /// Its estimated size ([`size::change_bytes`]).
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -295,7 +406,9 @@ struct State {
     tables: HashMap<(Arc<str>, Arc<str>), TableSubs>,
     subs: HashMap<SubId, SubEntry>,
     next_id: SubId,
-    window: VecDeque<(Instant, Arc<RawEvent>)>,
+    window: VecDeque<Retained>,
+    /// The estimated bytes of `window`.
+    bytes: usize,
     /// Changes at or before this position are not retained.
     floor: Option<Position>,
     last: Option<Position>,
@@ -449,8 +562,15 @@ fn decode_change<T: EventSource + DeserializeOwned>(
 trait Sink: Send + Sync {
     fn event_type(&self) -> TypeId;
     fn decode(&self, raw: &RawEvent) -> Decoded;
-    /// Offers a decoded change; returns nothing: overflow is recorded.
-    fn offer(&self, decoded: &Arc<dyn Any + Send + Sync>, action: Action, position: Position);
+    /// Offers a decoded change of `bytes` (estimated); returns nothing:
+    /// overflow is recorded.
+    fn offer(
+        &self,
+        decoded: &Arc<dyn Any + Send + Sync>,
+        action: Action,
+        position: Position,
+        bytes: usize,
+    );
     /// Drops what is buffered (before a replay).
     fn clear(&self);
     /// Changes were lost before reaching the hub: yields a lost [`Lagged`].
@@ -461,14 +581,49 @@ trait Sink: Send + Sync {
 
 type Predicate<T> = Arc<dyn Fn(&T) -> bool + Send + Sync>;
 
+/// What an undecodable change counts in a buffer: its error, not its row.
+const UNDECODABLE_BYTES: usize = 1024;
+
 struct Queue<T> {
-    buf: VecDeque<Result<Delivery<T>, Undecodable>>,
+    /// Each change with its estimated bytes.
+    buf: VecDeque<(Result<Delivery<T>, Undecodable>, usize)>,
     capacity: usize,
+    capacity_bytes: usize,
+    /// The estimated bytes of `buf`.
+    bytes: usize,
     /// Position of the last change put in the buffer.
     last: Position,
     lag: Option<Lagged>,
     waker: Option<Waker>,
     closed: bool,
+    /// Changes at or before this position are not delivered (a wait after
+    /// a position the hub had not reached yet).
+    skip_through: Option<Position>,
+}
+
+impl<T> Queue<T> {
+    fn new(capacity: usize, capacity_bytes: usize) -> Self {
+        Queue {
+            buf: VecDeque::new(),
+            capacity,
+            capacity_bytes,
+            bytes: 0,
+            last: Position::default(),
+            lag: None,
+            waker: None,
+            closed: false,
+            skip_through: None,
+        }
+    }
+
+    /// Takes the next buffered change, else the pending lag.
+    fn take(&mut self) -> Option<Result<Delivery<T>, SubscriptionError>> {
+        if let Some((d, bytes)) = self.buf.pop_front() {
+            self.bytes -= bytes;
+            return Some(d.map_err(SubscriptionError::from));
+        }
+        self.lag.take().map(|l| Err(l.into()))
+    }
 }
 
 struct TypedSink<T> {
@@ -481,11 +636,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<T: EventSource + DeserializeOwned> TypedSink<T> {
+    /// Buffers a change of `bytes` (estimated), or records the overflow.
+    /// A replay (`replaying`) is bounded by bytes only: its changes come
+    /// from the retained window, which bounds their number.
     fn push(
         &self,
         delivery: Result<Delivery<T>, Undecodable>,
         position: Position,
-        unbounded: bool,
+        bytes: usize,
+        replaying: bool,
     ) {
         if let Ok(delivery) = &delivery
             && let (Some(predicate), Some(row)) = (&self.predicate, delivery.row())
@@ -494,12 +653,25 @@ impl<T: EventSource + DeserializeOwned> TypedSink<T> {
             return;
         }
         let mut q = lock(&self.queue);
+        if let Some(skip) = q.skip_through {
+            if position <= skip {
+                return;
+            }
+            q.skip_through = None;
+        }
         if let Some(lag) = &mut q.lag {
             lag.missed += 1;
             metrics::counter!(crate::telemetry::SUBSCRIPTION_LAGGED).increment(1);
             return;
         }
-        if !unbounded && q.buf.len() >= q.capacity {
+        let bytes = if delivery.is_ok() {
+            bytes
+        } else {
+            UNDECODABLE_BYTES
+        };
+        let over_count = !replaying && q.buf.len() >= q.capacity;
+        let over_bytes = !q.buf.is_empty() && q.bytes + bytes > q.capacity_bytes;
+        if over_count || over_bytes {
             metrics::counter!(crate::telemetry::SUBSCRIPTION_LAGGED).increment(1);
             q.lag = Some(Lagged {
                 missed: 1,
@@ -507,11 +679,22 @@ impl<T: EventSource + DeserializeOwned> TypedSink<T> {
                 lost: false,
             });
         } else {
-            q.buf.push_back(delivery);
+            q.buf.push_back((delivery, bytes));
+            q.bytes += bytes;
             q.last = position;
         }
         if let Some(w) = q.waker.take() {
             w.wake();
+        }
+    }
+}
+
+impl<T: EventSource + DeserializeOwned> TypedSink<T> {
+    /// Counts a change the subscription missed while cut off.
+    fn push_missed(&self) {
+        if let Some(lag) = &mut lock(&self.queue).lag {
+            lag.missed += 1;
+            metrics::counter!(crate::telemetry::SUBSCRIPTION_LAGGED).increment(1);
         }
     }
 }
@@ -528,21 +711,28 @@ impl<T: EventSource + DeserializeOwned> Sink for TypedSink<T> {
         })
     }
 
-    fn offer(&self, decoded: &Arc<dyn Any + Send + Sync>, action: Action, position: Position) {
+    fn offer(
+        &self,
+        decoded: &Arc<dyn Any + Send + Sync>,
+        action: Action,
+        position: Position,
+        bytes: usize,
+    ) {
         if let Some(event) = decoded.downcast_ref::<Arc<Event<T>>>() {
             let delivery = Delivery {
                 action,
                 event: event.clone(),
             };
-            self.push(Ok(delivery), position, false);
+            self.push(Ok(delivery), position, bytes, false);
         } else if let Some(undecodable) = decoded.downcast_ref::<Undecodable>() {
-            self.push(Err(undecodable.clone()), position, false);
+            self.push(Err(undecodable.clone()), position, bytes, false);
         }
     }
 
     fn clear(&self) {
         let mut q = lock(&self.queue);
         q.buf.clear();
+        q.bytes = 0;
         q.lag = None;
     }
 
@@ -582,6 +772,7 @@ impl fmt::Debug for Subscriptions {
         f.debug_struct("Subscriptions")
             .field("subscriptions", &state.subs.len())
             .field("retained", &state.window.len())
+            .field("retained_bytes", &state.bytes)
             .field("processed", &*self.inner.processed.borrow())
             .finish()
     }
@@ -593,7 +784,55 @@ impl Drop for Inner {
         for entry in state.subs.values() {
             entry.sink.close();
         }
+        retained_gauge(-(state.bytes as f64));
+        // The expiry timer finds the hub gone and ends.
+        self.expiry.notify_one();
     }
+}
+
+/// Moves the retained-bytes gauge (every hub of the process adds to it).
+fn retained_gauge(delta: f64) {
+    if delta != 0.0 {
+        metrics::gauge!(crate::telemetry::HUB_RETAINED_BYTES).increment(delta);
+    }
+}
+
+/// Lets go of the changes older than `retain_for` while nothing is
+/// published: sleeps until the oldest one expires (or, with an empty
+/// window, until a change arrives), evicts, and again, until the hub is
+/// dropped. It holds the hub only while it evicts.
+fn spawn_expiry(inner: &Arc<Inner>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let hub = Arc::downgrade(inner);
+    let wake = inner.expiry.clone();
+    runtime.spawn(async move {
+        loop {
+            let next = {
+                let Some(inner) = hub.upgrade() else {
+                    return;
+                };
+                let hub = Subscriptions { inner };
+                let mut state = lock(&hub.inner.state);
+                hub.evict(&mut state, Instant::now());
+                // Just past the age at which the oldest change goes.
+                state
+                    .window
+                    .front()
+                    .map(|r| r.at + hub.inner.options.retain_for + Duration::from_millis(1))
+            };
+            match next {
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline.into()) => {}
+                        _ = wake.notified() => {}
+                    }
+                }
+                None => wake.notified().await,
+            }
+        }
+    });
 }
 
 impl Subscriptions {
@@ -603,13 +842,14 @@ impl Subscriptions {
             floor: options.start.map(after_commit),
             ..State::default()
         };
-        Subscriptions {
-            inner: Arc::new(Inner {
-                state: Mutex::new(state),
-                processed: watch::channel(options.start).0,
-                options,
-            }),
-        }
+        let inner = Arc::new(Inner {
+            state: Mutex::new(state),
+            processed: watch::channel(options.start).0,
+            options,
+            expiry: Arc::new(tokio::sync::Notify::new()),
+        });
+        spawn_expiry(&inner);
+        Subscriptions { inner }
     }
 
     /// Ends every subscription's stream (after what it has buffered), and
@@ -652,10 +892,21 @@ impl Subscriptions {
             state.floor = Some(after_commit(Lsn(raw.commit_lsn.0.saturating_sub(1))));
         }
         state.last = Some(position);
-        deliver(&state, &raw, position);
+        let bytes = size::change_bytes(&raw);
+        deliver(&state, &raw, position, bytes);
         let now = Instant::now();
-        state.window.push_back((now, raw));
+        let was_empty = state.window.is_empty();
+        state.window.push_back(Retained {
+            at: now,
+            raw,
+            bytes,
+        });
+        state.bytes += bytes;
+        retained_gauge(bytes as f64);
         self.evict(&mut state, now);
+        if was_empty && !state.window.is_empty() {
+            self.inner.expiry.notify_one();
+        }
     }
 
     /// Marks the transaction ending at `end_lsn` as published (every change
@@ -692,13 +943,18 @@ impl Subscriptions {
             let mut state = lock(&self.inner.state);
             let floor = after_commit(through);
             state.floor = Some(state.floor.map_or(floor, |f| f.max(floor)));
+            let mut freed = 0;
             while state
                 .window
                 .front()
-                .is_some_and(|(_, raw)| Position::from(&**raw) <= floor)
+                .is_some_and(|r| Position::from(&*r.raw) <= floor)
             {
-                state.window.pop_front();
+                if let Some(r) = state.window.pop_front() {
+                    freed += r.bytes;
+                }
             }
+            state.bytes -= freed;
+            retained_gauge(-(freed as f64));
             for entry in state.subs.values() {
                 entry.sink.lose();
             }
@@ -735,6 +991,11 @@ impl Subscriptions {
     /// published if later).
     pub fn position(&self) -> Option<Position> {
         let state = lock(&self.inner.state);
+        self.reached(&state)
+    }
+
+    /// [`position`](Self::position), the state locked.
+    fn reached(&self, state: &State) -> Option<Position> {
         let processed = self.processed().map(after_commit);
         match (state.last, processed) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -744,7 +1005,32 @@ impl Subscriptions {
 
     /// The oldest position a subscription can resume after.
     pub fn oldest(&self) -> Option<Position> {
-        lock(&self.inner.state).floor
+        let mut state = lock(&self.inner.state);
+        self.evict(&mut state, Instant::now());
+        state.floor
+    }
+
+    /// How many changes the hub retains now.
+    pub fn retained_changes(&self) -> usize {
+        lock(&self.inner.state).window.len()
+    }
+
+    /// The estimated bytes of the changes the hub retains now, bounded by
+    /// [`HubOptions::retain_bytes`] (and the gauge
+    /// `walflow_hub_retained_bytes`, over every hub of the process).
+    ///
+    /// Each change counts: itself and its `Arc`; each row's values (at
+    /// `size_of::<Value>()` each) and what they own: every string, numeric
+    /// text, `bytea` and invalid value's text whole, arrays and JSON
+    /// recursively (an object entry as its key, its value and 32 bytes for
+    /// the map's node); an update's changed fields (both values, the column
+    /// name and 32 bytes each); the schema, table and column names, even
+    /// when rows of a table share them. The allocator's rounding is not
+    /// counted. The decoded events subscriptions receive are not counted
+    /// here but in each subscription's buffer
+    /// ([`Subscription::buffered_bytes`]), at the same size.
+    pub fn retained_bytes(&self) -> usize {
+        lock(&self.inner.state).bytes
     }
 
     /// Number of live subscriptions.
@@ -757,17 +1043,26 @@ impl Subscriptions {
         self.len() == 0
     }
 
+    /// Lets go of the oldest changes while the window holds too many, too
+    /// old or too many bytes of them.
     fn evict(&self, state: &mut State, now: Instant) {
         let options = &self.inner.options;
-        while let Some((at, raw)) = state.window.front() {
+        let mut freed = 0;
+        while let Some(oldest) = state.window.front() {
             let too_many = state.window.len() > options.retain_events;
-            let too_old = now.duration_since(*at) > options.retain_for;
-            if !(too_many || too_old) {
+            let too_old = now.saturating_duration_since(oldest.at) > options.retain_for;
+            let too_big = state.bytes - freed > options.retain_bytes;
+            if !(too_many || too_old || too_big) {
                 break;
             }
-            let position = Position::from(&**raw);
+            let position = Position::from(&*oldest.raw);
+            freed += oldest.bytes;
             state.floor = Some(state.floor.map_or(position, |f| f.max(position)));
             state.window.pop_front();
+        }
+        if freed > 0 {
+            state.bytes -= freed;
+            retained_gauge(-(freed as f64));
         }
     }
 
@@ -792,6 +1087,7 @@ impl Subscriptions {
             scope: scope.into(),
             predicate: None,
             buffer: self.inner.options.buffer,
+            buffer_bytes: self.inner.options.buffer_bytes,
             after: None,
         }
     }
@@ -802,6 +1098,9 @@ impl Subscriptions {
     /// The "create, then wait until the derived row exists" flow: take
     /// [`position`](Self::position) before writing, then wait after it; a
     /// change already published resolves at once, from the retained window.
+    /// A position the hub has not reached yet (the database's current LSN,
+    /// read before writing) is waited for: the changes up to it are
+    /// skipped.
     pub async fn wait_for<T>(
         &self,
         scope: impl Into<Scope<T>>,
@@ -816,7 +1115,7 @@ impl Subscriptions {
         if let Some(after) = after {
             builder = builder.after(after);
         }
-        let mut sub = builder.start()?;
+        let mut sub = builder.start_with(|_| Ok::<(), TooOld>(()))?;
         match tokio::time::timeout(timeout, sub.next()).await {
             Ok(Some(Ok(delivery))) => Ok(delivery),
             Ok(Some(Err(e))) => Err(e.into()),
@@ -824,15 +1123,31 @@ impl Subscriptions {
         }
     }
 
-    fn register<T: EventSource + DeserializeOwned>(
+    /// Adds a subscription, first replaying what it missed after `after`.
+    /// A position the hub has not reached is handed to `ahead`: an error
+    /// refuses it, `Ok` waits for it (the changes up to it are skipped).
+    fn register<T: EventSource + DeserializeOwned, E: From<TooOld>>(
         &self,
         scope: &Scope<T>,
         sink: Arc<TypedSink<T>>,
         after: Option<Position>,
-    ) -> Result<SubId, TooOld> {
+        ahead: impl FnOnce(FromTheFuture) -> Result<(), E>,
+    ) -> Result<SubId, E> {
         let mut state = lock(&self.inner.state);
+        self.evict(&mut state, Instant::now());
         if let Some(after) = after {
-            replay(&state, scope, &*sink, after)?;
+            match self.reached(&state) {
+                Some(reached) if after > reached => {
+                    ahead(FromTheFuture {
+                        requested: after,
+                        reached,
+                    })?;
+                    let mut q = lock(&sink.queue);
+                    q.skip_through = Some(after);
+                    q.last = after;
+                }
+                _ => replay(&state, scope, &*sink, after)?,
+            }
         }
         if state.closed {
             sink.close();
@@ -875,14 +1190,22 @@ impl Subscriptions {
         scope: &Scope<T>,
         sink: &TypedSink<T>,
         after: Position,
-    ) -> Result<(), TooOld> {
-        let state = lock(&self.inner.state);
+    ) -> Result<(), ResumeError> {
+        let mut state = lock(&self.inner.state);
         if !state.subs.contains_key(&id) {
             return Ok(());
         }
+        self.evict(&mut state, Instant::now());
+        if let Some(reached) = self.reached(&state).filter(|r| after > *r) {
+            return Err(FromTheFuture {
+                requested: after,
+                reached,
+            }
+            .into());
+        }
         check_window(&state, after)?;
         sink.clear();
-        replay(&state, scope, sink, after)
+        Ok(replay(&state, scope, sink, after)?)
     }
 
     fn unsubscribe(&self, id: SubId) {
@@ -898,7 +1221,7 @@ impl Subscriptions {
     }
 }
 
-fn deliver(state: &State, raw: &RawEvent, position: Position) {
+fn deliver(state: &State, raw: &RawEvent, position: Position, bytes: usize) {
     let Some(table) = state
         .tables
         .get(&(raw.schema.clone(), raw.table.clone()) as &(Arc<str>, Arc<str>))
@@ -925,7 +1248,7 @@ fn deliver(state: &State, raw: &RawEvent, position: Position) {
             }
         };
         if let Some(event) = event {
-            entry.sink.offer(&event, action, position);
+            entry.sink.offer(&event, action, position, bytes);
         }
     }
 }
@@ -940,8 +1263,10 @@ fn check_window(state: &State, after: Position) -> Result<(), TooOld> {
     }
 }
 
-/// Puts the retained changes after `after` in `scope` into `sink` (beyond
-/// its capacity: the window bounds them).
+/// Puts the retained changes after `after` in `scope` into `sink`: beyond
+/// its capacity in changes (the window bounds them), not beyond its bytes
+/// (each replay decodes its own copies): past them the subscription yields
+/// [`Lagged`] and resumes from there, in chunks of its buffer.
 fn replay<T: EventSource + DeserializeOwned>(
     state: &State,
     scope: &Scope<T>,
@@ -953,15 +1278,22 @@ fn replay<T: EventSource + DeserializeOwned>(
     table.add(0, &IndexedScope::from(scope));
     let start = state
         .window
-        .partition_point(|(_, raw)| Position::from(&**raw) <= after);
-    for (_, raw) in state.window.range(start..) {
+        .partition_point(|r| Position::from(&*r.raw) <= after);
+    for retained in state.window.range(start..) {
+        let raw = &retained.raw;
         if !T::is_table(raw) {
             continue;
         }
         let position = Position::from(&**raw);
         for (_, action) in table.route(raw) {
+            if lock(&sink.queue).lag.is_some() {
+                // Cut off: the rest is counted as missed (before the
+                // predicate, which would need each change decoded).
+                sink.push_missed();
+                continue;
+            }
             let delivery = decode_change::<T>(raw).map(|event| Delivery { action, event });
-            sink.push(delivery, position, true);
+            sink.push(delivery, position, retained.bytes, true);
         }
     }
     if let Some(last) = state.last.filter(|l| *l > after) {
@@ -979,6 +1311,7 @@ pub struct SubscriptionBuilder<T> {
     scope: Scope<T>,
     predicate: Option<Predicate<T>>,
     buffer: usize,
+    buffer_bytes: usize,
     after: Option<Position>,
 }
 
@@ -997,6 +1330,14 @@ impl<T: EventSource + DeserializeOwned> SubscriptionBuilder<T> {
         self
     }
 
+    /// Buffers at most `bytes` (estimated, see
+    /// [`HubOptions::buffer_bytes`]) of undelivered changes; a change
+    /// always fits an empty buffer.
+    pub fn buffer_bytes(mut self, bytes: usize) -> Self {
+        self.buffer_bytes = bytes;
+        self
+    }
+
     /// First delivers the retained changes after `position` (a
     /// [`Delivery::position`], an SSE `Last-Event-ID`, or
     /// [`after_commit`]`(lsn)`), then the live ones, without gap or repeat.
@@ -1006,20 +1347,26 @@ impl<T: EventSource + DeserializeOwned> SubscriptionBuilder<T> {
     }
 
     /// Starts the subscription. Fails when the resume position is older
-    /// than the retained window: reload the state and subscribe again.
-    pub fn start(self) -> Result<Subscription<T>, TooOld> {
+    /// than the retained window ([`ResumeError::TooOld`]) or after
+    /// everything the hub has published ([`ResumeError::FromTheFuture`]):
+    /// reload the state and subscribe again.
+    pub fn start(self) -> Result<Subscription<T>, ResumeError> {
+        self.start_with(|ahead| Err(ResumeError::from(ahead)))
+    }
+
+    /// [`start`](Self::start), a position the hub has not reached handed
+    /// to `ahead` (see [`Subscriptions::register`]).
+    fn start_with<E: From<TooOld>>(
+        self,
+        ahead: impl FnOnce(FromTheFuture) -> Result<(), E>,
+    ) -> Result<Subscription<T>, E> {
         let sink = Arc::new(TypedSink {
-            queue: Mutex::new(Queue {
-                buf: VecDeque::new(),
-                capacity: self.buffer,
-                last: Position::default(),
-                lag: None,
-                waker: None,
-                closed: false,
-            }),
+            queue: Mutex::new(Queue::new(self.buffer, self.buffer_bytes)),
             predicate: self.predicate,
         });
-        let id = self.hub.register(&self.scope, sink.clone(), self.after)?;
+        let id = self
+            .hub
+            .register(&self.scope, sink.clone(), self.after, ahead)?;
         metrics::gauge!(crate::telemetry::SUBSCRIBERS).increment(1.0);
         Ok(Subscription {
             hub: Arc::downgrade(&self.hub.inner),
@@ -1071,8 +1418,11 @@ impl<T: EventSource + DeserializeOwned> Subscription<T> {
     }
 
     /// Replaces what is buffered with the retained changes after `position`
-    /// (usually [`Lagged::resume_from`]); the live ones follow.
-    pub fn resume(&mut self, position: Position) -> Result<(), TooOld> {
+    /// (usually [`Lagged::resume_from`]); the live ones follow. Fails
+    /// (reload the state) when `position` is older than the retained window
+    /// ([`ResumeError::TooOld`]) or after everything the hub has published
+    /// ([`ResumeError::FromTheFuture`]).
+    pub fn resume(&mut self, position: Position) -> Result<(), ResumeError> {
         match self.hub.upgrade() {
             Some(inner) => {
                 Subscriptions { inner }.resume(self.id, &self.scope, &self.sink, position)
@@ -1086,13 +1436,15 @@ impl<T: EventSource + DeserializeOwned> Subscription<T> {
         lock(&self.sink.queue).buf.len()
     }
 
+    /// Estimated bytes of the changes buffered, not yet taken (bounded by
+    /// [`HubOptions::buffer_bytes`], see there how they are counted).
+    pub fn buffered_bytes(&self) -> usize {
+        lock(&self.sink.queue).bytes
+    }
+
     /// Takes a buffered change without waiting.
     pub fn try_next(&mut self) -> Option<Result<Delivery<T>, SubscriptionError>> {
-        let mut q = lock(&self.sink.queue);
-        if let Some(d) = q.buf.pop_front() {
-            return Some(d.map_err(SubscriptionError::from));
-        }
-        q.lag.take().map(|l| Err(l.into()))
+        lock(&self.sink.queue).take()
     }
 }
 
@@ -1101,11 +1453,8 @@ impl<T: EventSource + DeserializeOwned> Stream for Subscription<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut q = lock(&self.sink.queue);
-        if let Some(d) = q.buf.pop_front() {
-            return Poll::Ready(Some(d.map_err(SubscriptionError::from)));
-        }
-        if let Some(lag) = q.lag.take() {
-            return Poll::Ready(Some(Err(lag.into())));
+        if let Some(item) = q.take() {
+            return Poll::Ready(Some(item));
         }
         if q.closed {
             return Poll::Ready(None);

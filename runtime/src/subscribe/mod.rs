@@ -39,19 +39,24 @@
 //!   of the new value. This needs the old row, which tables with
 //!   `REPLICA IDENTITY FULL` (walflow's default) carry.
 //! - Publishing never waits: each subscription buffers up to
-//!   [`HubOptions::buffer`] changes (or [`SubscriptionBuilder::buffer`]).
-//!   On overflow it drops the changes, and once the buffer is drained yields
-//!   one `Err(`[`Lagged`]`)` with how many it missed and the position to
-//!   [`Subscription::resume`] from.
+//!   [`HubOptions::buffer`] changes (or [`SubscriptionBuilder::buffer`])
+//!   and [`HubOptions::buffer_bytes`] bytes (or
+//!   [`SubscriptionBuilder::buffer_bytes`]). On overflow it drops the
+//!   changes, and once the buffer is drained yields one `Err(`[`Lagged`]`)`
+//!   with how many it missed and the position to [`Subscription::resume`]
+//!   from.
 //! - A change whose row does not deserialize into the subscription's type
 //!   (a value that did not parse for its column's type, or a field that
 //!   does not fit) is an `Err(`[`Undecodable`]`)` in its place, naming the
 //!   position, table and column; the next changes follow, so a subscriber
 //!   can skip it. Over SSE it is an `undecodable` event.
 //! - The hub retains the latest changes ([`HubOptions::retain_events`],
-//!   [`HubOptions::retain_for`]): a subscription can start after a position
-//!   ([`SubscriptionBuilder::after`]) and first receive what it missed;
-//!   a position older than the window is a [`TooOld`] error (reload).
+//!   [`HubOptions::retain_for`], [`HubOptions::retain_bytes`], the bytes
+//!   estimated as [`Subscriptions::retained_bytes`] says): a subscription
+//!   can start after a position ([`SubscriptionBuilder::after`]) and first
+//!   receive what it missed; a position older than the window is a
+//!   [`TooOld`] error, one after everything the hub has published a
+//!   [`FromTheFuture`] error (reload either way, see [`ResumeError`]).
 //! - A hub that learns it missed transactions (a node away from its
 //!   [`PgPubSub`] channel longer than the log keeps them:
 //!   [`Subscriptions::publish_gap`]) gives every subscription a [`Lagged`]
@@ -62,16 +67,19 @@
 //! - Dropping a [`Subscription`] unsubscribes; [`Subscription::set_scope`]
 //!   changes its scope in place.
 
+pub mod cloudevents;
 mod hub;
 pub mod pubsub;
 mod relay;
 mod scope;
+mod size;
 #[cfg(feature = "axum")]
 pub mod sse;
 
 pub use hub::{
-    Action, Delivery, HubOptions, Lagged, OldestPosition, Subscription, SubscriptionBuilder,
-    SubscriptionError, Subscriptions, TooOld, Undecodable, WaitError, after_commit, parse_position,
+    Action, Delivery, FromTheFuture, HubOptions, Lagged, OldestPosition, ResumeError, Subscription,
+    SubscriptionBuilder, SubscriptionError, Subscriptions, TooOld, Undecodable, UnreadablePosition,
+    WaitError, after_commit, parse_position, read_position,
 };
 pub use pubsub::{Broadcast, LocalPubSub, LogRetention, PgPubSub, PubSubError, Transaction};
 pub use scope::{Filter, Scope};

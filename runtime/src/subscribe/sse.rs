@@ -36,13 +36,43 @@
 //! `"changes": {"title": {"old": "a", "new": "b"}}`, see [`Event`](crate::Event)),
 //! or, with [`SseOptions::cloud_events`], a CloudEvents 1.0 event in
 //! structured mode (`specversion`, `id`, `source`, `type` =
-//! `{prefix}.{table}.{action}`, `subject` = the row's id, `time`,
-//! `datacontenttype`, `data` = the delivery).
+//! `{prefix}.{schema}.{table}.{action}` with the names encoded as
+//! [`cloudevents`](super::cloudevents) describes, `subject` = the row's id,
+//! `time`, `datacontenttype`, `data` = the delivery).
 //!
-//! Two named events tell the page what to do: `reload` (the resume position
-//! is no longer retained, or the subscription fell too far behind: reload
-//! the page's state; the stream then ends) — a lag the window still covers
-//! is resumed without the page noticing.
+//! # Resuming, and `reload`
+//!
+//! A stream starts after the request's `Last-Event-ID` header (what an
+//! `EventSource` sends by itself when it reconnects), else after the
+//! position the handler passes ([`stream_after`]'s `after`, such as a
+//! `?after=` query parameter holding the position the page was rendered
+//! at), else live from now. An empty value counts as absent.
+//!
+//! The stream answers with a named `reload` event, then ends, when the
+//! client meant to resume but cannot be resumed without a gap; its `data`
+//! is `{"reason": "..."}`:
+//!
+//! - the position is no longer retained ([`TooOld`](super::TooOld)), or
+//!   the subscription fell behind further than the window (a lag the window
+//!   still covers is resumed without the page noticing);
+//! - the position does not read as one
+//!   ([`UnreadablePosition`](super::UnreadablePosition): `garbage`, `-1`,
+//!   `FFFFFFFFF/0`, an index past 4,294,967,295, 50 KB of text; the reason
+//!   quotes at most its first 40 characters);
+//! - the position is after everything the hub has published
+//!   ([`FromTheFuture`](super::FromTheFuture)): forged, or from a node or
+//!   an earlier run that had gone further.
+//!
+//! None of these is answered with a 4xx status: an `EventSource` treats any
+//! answer but `200 text/event-stream` as final (it stops, and the page is
+//! not told why), whereas it can act on `reload`. Only the HTTP server's
+//! own limits answer before the handler runs: a request head over hyper's
+//! limit (431), which no page sends, since the ids it resends are the
+//! stream's own (at most 28 characters).
+//!
+//! A second named event, `undecodable`, stands in place of a change that
+//! could not be read into the subscription's type; the next changes
+//! follow.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -53,7 +83,10 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::hub::{Delivery, Subscription, SubscriptionError, Subscriptions, parse_position};
+use super::hub::{
+    Delivery, ResumeError, Subscription, SubscriptionError, Subscriptions, UnreadablePosition,
+    read_position,
+};
 use super::scope::Scope;
 use crate::event::Position;
 use crate::registry::EventSource;
@@ -98,16 +131,39 @@ impl SseOptions {
 pub struct CloudEvents {
     /// `source` attribute.
     pub source: String,
-    /// `type` is `{type_prefix}.{table}.{action}`.
+    /// `type` is `{type_prefix}.{schema}.{table}.{action}`, the names
+    /// encoded by [`encode_name`](super::cloudevents::encode_name) (read it
+    /// back with [`parse_event_type`](super::cloudevents::parse_event_type));
+    /// use a reverse-DNS prefix in lower-case letters, digits and dots.
     pub type_prefix: String,
 }
 
-/// The resume position a request carries in its `Last-Event-ID` header.
+/// The resume position a request carries in its `Last-Event-ID` header;
+/// `None` when there is none, and also when it does not read:
+/// [`requested_position`] tells the two apart.
 pub fn last_event_id(headers: &HeaderMap) -> Option<Position> {
-    headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_position)
+    requested_position(headers, None).ok().flatten()
+}
+
+/// Where a request asks its stream to start: after its `Last-Event-ID`
+/// header, else after `after` (a query parameter such as `?after=`), else
+/// (`Ok(None)`) live from now. Empty values count as absent; a value that
+/// does not read as a position (see [`read_position`]) is an
+/// [`UnreadablePosition`], answered with `reload` by [`stream_requested`].
+pub fn requested_position(
+    headers: &HeaderMap,
+    after: Option<&str>,
+) -> Result<Option<Position>, UnreadablePosition> {
+    if let Some(value) = headers.get("last-event-id") {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        if !text.trim().is_empty() {
+            return read_position(&text).map(Some);
+        }
+    }
+    match after.map(str::trim) {
+        Some(text) if !text.is_empty() => read_position(text).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// The SSE response type.
@@ -115,7 +171,8 @@ pub type SseStream =
     Sse<axum::response::sse::KeepAliveStream<BoxStream<'static, Result<SseEvent, Infallible>>>>;
 
 /// Subscribes to `scope` (after the request's `Last-Event-ID`, if any) and
-/// streams the changes as Server-Sent Events.
+/// streams the changes as Server-Sent Events; an id that cannot be resumed
+/// from is answered with `reload` (see [the module](self)).
 pub fn stream<T>(
     hub: &Subscriptions,
     scope: impl Into<Scope<T>>,
@@ -126,11 +183,81 @@ where
     T: EventSource + DeserializeOwned + Serialize,
     T::Id: Serialize,
 {
-    stream_from(hub, scope, last_event_id(headers), options)
+    stream_requested(hub, scope, requested_position(headers, None), options)
+}
+
+/// Subscribes to `scope` after the request's `Last-Event-ID`, else after
+/// `after` (the text of a query parameter holding the position the page
+/// was rendered at), else from now (see [`requested_position`]), and
+/// streams the changes; a position that cannot be resumed from is answered
+/// with `reload`.
+///
+/// ```no_run
+/// # #![allow(dead_code)]
+/// # use std::collections::HashMap;
+/// # use walflow_runtime::subscribe::{Subscriptions, Scope, sse::{self, SseOptions}};
+/// # use walflow_runtime::EventSource;
+/// # #[derive(serde::Deserialize, serde::Serialize)] struct Post { id: i64 }
+/// # impl EventSource for Post {
+/// #     const RUST_NAME: &'static str = "Post"; const SCHEMA: &'static str = "public";
+/// #     const TABLE: &'static str = "posts"; const ID_COLUMN: &'static str = "id";
+/// #     const COLUMNS: &'static [&'static str] = &["id"];
+/// #     const FIELDS: &'static [(&'static str, &'static str)] = &[("id", "id")];
+/// #     const REPLICA_IDENTITY_FULL: bool = true; type Id = i64;
+/// #     fn id(&self) -> &i64 { &self.id }
+/// # }
+/// use axum::extract::{Query, State};
+/// use axum::http::HeaderMap;
+/// use axum::response::IntoResponse;
+///
+/// async fn post_events(
+///     State(hub): State<Subscriptions>,
+///     Query(query): Query<HashMap<String, String>>,
+///     headers: HeaderMap,
+/// ) -> impl IntoResponse {
+///     let after = query.get("after").map(String::as_str);
+///     sse::stream_after::<Post>(&hub, Scope::All, &headers, after, SseOptions::default())
+/// }
+/// ```
+pub fn stream_after<T>(
+    hub: &Subscriptions,
+    scope: impl Into<Scope<T>>,
+    headers: &HeaderMap,
+    after: Option<&str>,
+    options: SseOptions,
+) -> SseStream
+where
+    T: EventSource + DeserializeOwned + Serialize,
+    T::Id: Serialize,
+{
+    stream_requested(hub, scope, requested_position(headers, after), options)
+}
+
+/// Subscribes to `scope` from a [`requested_position`] and streams the
+/// changes; an unreadable position is answered with `reload`.
+pub fn stream_requested<T>(
+    hub: &Subscriptions,
+    scope: impl Into<Scope<T>>,
+    requested: Result<Option<Position>, UnreadablePosition>,
+    options: SseOptions,
+) -> SseStream
+where
+    T: EventSource + DeserializeOwned + Serialize,
+    T::Id: Serialize,
+{
+    match requested {
+        Ok(after) => stream_from(hub, scope, after, options),
+        Err(unreadable) => {
+            tracing::debug!(%unreadable, "subscription: an unreadable resume position; the client is told to reload");
+            reload_only(&unreadable.to_string(), &options)
+        }
+    }
 }
 
 /// Subscribes to `scope`, after `after` when given (a `Last-Event-ID`, or
-/// the position a page was rendered at), and streams the changes.
+/// the position a page was rendered at), and streams the changes; a
+/// position no longer retained, or after everything the hub has published,
+/// is answered with `reload`.
 pub fn stream_from<T>(
     hub: &Subscriptions,
     scope: impl Into<Scope<T>>,
@@ -147,12 +274,15 @@ where
     }
     match builder.start() {
         Ok(sub) => subscription(sub, options),
-        Err(too_old) => {
-            let keep_alive = KeepAlive::new().interval(options.keep_alive);
-            let reload = reload_event(&too_old.to_string());
-            Sse::new(stream::iter([Ok(reload)]).boxed()).keep_alive(keep_alive)
-        }
+        Err(e) => reload_only(&e.to_string(), &options),
     }
+}
+
+/// A stream of one `reload` event.
+fn reload_only(reason: &str, options: &SseOptions) -> SseStream {
+    let keep_alive = KeepAlive::new().interval(options.keep_alive);
+    let reload = reload_event(reason);
+    Sse::new(stream::iter([Ok(reload)]).boxed()).keep_alive(keep_alive)
 }
 
 fn reload_event(reason: &str) -> SseEvent {
@@ -194,7 +324,9 @@ where
                     Ok(SseEvent::default().comment("resumed")),
                     Some((sub, options)),
                 )),
-                Err(too_old) => Some((Ok(reload_event(&too_old.to_string())), None)),
+                Err(e @ (ResumeError::TooOld(_) | ResumeError::FromTheFuture(_))) => {
+                    Some((Ok(reload_event(&e.to_string())), None))
+                }
             },
         }
     });
@@ -224,7 +356,12 @@ where
                 "specversion": "1.0",
                 "id": id,
                 "source": ce.source,
-                "type": format!("{}.{}.{}", ce.type_prefix, meta.table, action.as_str().unwrap_or("change")),
+                "type": super::cloudevents::event_type(
+                    &ce.type_prefix,
+                    &meta.schema,
+                    &meta.table,
+                    action.as_str().unwrap_or("change"),
+                ),
                 "time": meta.commit_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                 "datacontenttype": "application/json",
                 "data": delivery,

@@ -160,7 +160,9 @@ fn a_gap_tells_every_subscription_to_reload() {
             .starts_with("changes after 0/64#0 were lost before reaching this node; reload"),
         "{lagged}"
     );
-    let too_old = live.resume(lagged.resume_from).unwrap_err();
+    let Err(ResumeError::TooOld(too_old)) = live.resume(lagged.resume_from) else {
+        panic!("too old")
+    };
     assert_eq!(too_old.oldest, OldestPosition(Some(after_commit(Lsn(300)))));
     let Err(SubscriptionError::Lagged(lagged)) = idle.try_next().unwrap() else {
         panic!("lagged")
@@ -270,4 +272,237 @@ fn resuming_needs_a_retained_position() {
         })
     );
     assert_eq!(parse_position("nonsense"), None);
+}
+
+fn item_with(id: i64, text_bytes: usize, lsn: u64) -> RawEvent {
+    let mut raw = raw(EventKind::Insert, Some(row(id, 1)), None, lsn);
+    // A wide column the subscriptions' type does not read.
+    raw.new = Some(Record::new(
+        vec![Arc::from("id"), Arc::from("group_id"), Arc::from("pad")].into(),
+        vec![
+            Value::Int8(id),
+            Value::Int8(1),
+            Value::Text("x".repeat(text_bytes)),
+        ],
+    ));
+    raw
+}
+
+#[test]
+fn the_window_keeps_at_most_its_bytes() {
+    let hub = Subscriptions::new(HubOptions {
+        start: Some(Lsn(50)),
+        retain_bytes: 3 << 20,
+        ..HubOptions::default()
+    });
+    for i in 1..=10u64 {
+        hub.publish_transaction([&item_with(i as i64, 1 << 20, 100 * i)], Lsn(100 * i));
+        assert!(hub.retained_bytes() <= 3 << 20, "{}", hub.retained_bytes());
+    }
+    assert_eq!(
+        hub.retained_changes(),
+        2,
+        "two changes of a bit over 1 MiB fit"
+    );
+    assert!(hub.retained_bytes() > 2 << 20);
+    // Resuming from an evicted position: reload.
+    let err = hub
+        .subscription::<Item>(Scope::All)
+        .after(after_commit(Lsn(500)))
+        .start()
+        .unwrap_err();
+    assert!(matches!(err, ResumeError::TooOld(_)), "{err}");
+    // From a retained one: what followed it.
+    let mut sub = hub
+        .subscription::<Item>(Scope::All)
+        .after(after_commit(Lsn(900)))
+        .start()
+        .unwrap();
+    assert_eq!(sub.try_next().unwrap().unwrap().row().unwrap().id, 10);
+    // A change larger than the whole budget is delivered, not retained.
+    let mut live = hub.subscribe::<Item>(Scope::All);
+    hub.publish_transaction([&item_with(11, 4 << 20, 1100)], Lsn(1100));
+    assert_eq!(live.try_next().unwrap().unwrap().row().unwrap().id, 11);
+    assert_eq!((hub.retained_changes(), hub.retained_bytes()), (0, 0));
+    assert_eq!(hub.oldest(), Some(Position::from(&item_with(11, 0, 1100))));
+}
+
+#[test]
+fn a_slow_subscription_is_cut_off_at_its_bytes() {
+    let hub = Subscriptions::new(HubOptions {
+        start: Some(Lsn(50)),
+        buffer_bytes: 2 << 20,
+        ..HubOptions::default()
+    });
+    let mut slow = hub.subscribe::<Item>(Scope::All);
+    let mut big = hub
+        .subscription::<Item>(Scope::All)
+        .buffer_bytes(64 << 20)
+        .start()
+        .unwrap();
+    for i in 1..=5u64 {
+        hub.publish_transaction([&item_with(i as i64, 900 << 10, 100 * i)], Lsn(100 * i));
+    }
+    assert_eq!(slow.buffered(), 2, "two changes of 900 KiB fit in 2 MiB");
+    assert!(slow.buffered_bytes() <= 2 << 20);
+    assert_eq!(big.buffered(), 5);
+    for id in 1..=2 {
+        assert_eq!(slow.try_next().unwrap().unwrap().row().unwrap().id, id);
+    }
+    let Some(Err(SubscriptionError::Lagged(lagged))) = slow.try_next() else {
+        panic!("lagged")
+    };
+    assert_eq!(lagged.missed, 3);
+    assert_eq!(slow.buffered_bytes(), 0);
+    // Resuming replays in chunks of the buffer: never more than its bytes.
+    slow.resume(lagged.resume_from).unwrap();
+    assert_eq!(slow.buffered(), 2);
+    for id in 3..=4 {
+        assert_eq!(slow.try_next().unwrap().unwrap().row().unwrap().id, id);
+    }
+    let Some(Err(SubscriptionError::Lagged(lagged))) = slow.try_next() else {
+        panic!("lagged")
+    };
+    slow.resume(lagged.resume_from).unwrap();
+    assert_eq!(slow.try_next().unwrap().unwrap().row().unwrap().id, 5);
+    assert!(slow.try_next().is_none());
+    // A single change larger than the buffer still goes through.
+    hub.publish_transaction([&item_with(6, 3 << 20, 600)], Lsn(600));
+    assert_eq!(slow.try_next().unwrap().unwrap().row().unwrap().id, 6);
+    let _ = big.try_next();
+}
+
+#[tokio::test]
+async fn an_idle_hub_lets_go_of_old_changes() {
+    let hub = Subscriptions::new(HubOptions {
+        start: Some(Lsn(50)),
+        retain_for: Duration::from_millis(300),
+        ..HubOptions::default()
+    });
+    hub.publish_transaction([&item_with(1, 1 << 20, 100)], Lsn(100));
+    assert_eq!(hub.retained_changes(), 1);
+    // Nothing else is published or subscribed: the timer evicts it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hub.retained_changes() > 0 {
+        assert!(Instant::now() < deadline, "still retained: {hub:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(hub.retained_bytes(), 0);
+    assert!(
+        hub.subscription::<Item>(Scope::All)
+            .after(after_commit(Lsn(50)))
+            .start()
+            .is_err()
+    );
+    // It wakes again for the next change.
+    hub.publish_transaction([&item_with(2, 10, 200)], Lsn(200));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hub.retained_changes() > 0 {
+        assert!(Instant::now() < deadline, "still retained: {hub:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_position_after_everything_published_is_refused() {
+    let hub = Subscriptions::new(HubOptions {
+        start: Some(Lsn(50)),
+        ..HubOptions::default()
+    });
+    hub.publish_transaction(
+        [&raw(EventKind::Insert, Some(row(1, 1)), None, 100)],
+        Lsn(100),
+    );
+    let ahead = Position {
+        commit_lsn: Lsn(u64::MAX),
+        seq: u32::MAX,
+    };
+    let err = hub
+        .subscription::<Item>(Scope::All)
+        .after(ahead)
+        .start()
+        .unwrap_err();
+    let ResumeError::FromTheFuture(future) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(future.reached, after_commit(Lsn(100)));
+    assert!(
+        err.to_string()
+            .contains("this hub has published changes only up to 0/64#4294967295"),
+        "{err}"
+    );
+    // Up to where the hub is: fine.
+    assert!(
+        hub.subscription::<Item>(Scope::All)
+            .after(after_commit(Lsn(100)))
+            .start()
+            .is_ok()
+    );
+    let mut sub = hub.subscribe::<Item>(Scope::All);
+    assert!(matches!(
+        sub.resume(after_commit(Lsn(101))),
+        Err(ResumeError::FromTheFuture(_))
+    ));
+}
+
+#[tokio::test]
+async fn waiting_after_a_position_not_reached_yet_skips_up_to_it() {
+    let hub = Subscriptions::new(HubOptions {
+        start: Some(Lsn(50)),
+        ..HubOptions::default()
+    });
+    let waiter = tokio::spawn({
+        let hub = hub.clone();
+        async move {
+            hub.wait_for::<Item>(
+                Scope::All,
+                Some(after_commit(Lsn(100))),
+                Duration::from_secs(10),
+            )
+            .await
+        }
+    });
+    tokio::task::yield_now().await;
+    while hub.is_empty() {
+        tokio::task::yield_now().await;
+    }
+    hub.publish_transaction(
+        [&raw(EventKind::Insert, Some(row(1, 1)), None, 100)],
+        Lsn(100),
+    );
+    hub.publish_transaction(
+        [&raw(EventKind::Insert, Some(row(2, 1)), None, 200)],
+        Lsn(200),
+    );
+    let delivery = waiter.await.unwrap().unwrap();
+    assert_eq!(delivery.row().unwrap().id, 2);
+}
+
+#[test]
+fn unreadable_positions_say_what_they_were() {
+    for text in [
+        "garbage",
+        "-1",
+        "FFFFFFFFF/0",
+        "0/1#99999999999999999999",
+        "0/1#-1",
+        "",
+        "#3",
+    ] {
+        let err = read_position(text).unwrap_err();
+        assert!(err.to_string().contains("cannot be read"), "{err}");
+    }
+    let long = "F".repeat(50_000);
+    let err = read_position(&long).unwrap_err();
+    assert_eq!(err.len, 50_000);
+    let shown = err.to_string();
+    assert!(shown.len() < 300, "{shown}");
+    assert!(shown.contains("… (50000 bytes)"), "{shown}");
+    assert_eq!(
+        read_position(" FFFFFFFF/FFFFFFFF#4294967295 "),
+        Ok(Position {
+            commit_lsn: Lsn(u64::MAX),
+            seq: u32::MAX
+        })
+    );
 }
