@@ -6,38 +6,10 @@
 use std::borrow::Cow;
 use std::fmt::Write;
 
-/// Whether `c` is a control character: C0 (U+0000–U+001F), DEL (U+007F)
-/// or C1 (U+0080–U+009F).
-fn is_control(c: char) -> bool {
-    c.is_control()
-}
-
-/// `text` with every control character but those in `keep` written as an
-/// escape: `\t`, `\r` and `\n` by name, the others of ASCII as `\x1b`,
-/// C1 ones as `\u{9b}`.
+/// `text` with every control character but those in `keep` escaped (the
+/// library's one rule, `walflow::admin::escape_controls`).
 fn escape<'a>(text: &'a str, keep: &[char]) -> Cow<'a, str> {
-    if !text.chars().any(|c| is_control(c) && !keep.contains(&c)) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if !is_control(c) || keep.contains(&c) {
-            out.push(c);
-            continue;
-        }
-        match c {
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            '\n' => out.push_str("\\n"),
-            c if c.is_ascii() => {
-                let _ = write!(out, "\\x{:02x}", u32::from(c));
-            }
-            c => {
-                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-            }
-        }
-    }
-    Cow::Owned(out)
+    walflow::admin::escape_controls(text, keep)
 }
 
 /// `text` on one line: every control character escaped, newlines too.

@@ -26,6 +26,7 @@
 /// hint and SQLSTATE, without the C source line sqlx appends
 /// (`... at line 334`). What walflow's own messages show.
 pub use crate::pg_error::describe as describe_database_error;
+pub use crate::text::escape_controls;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -63,7 +63,7 @@ impl ErrorLogger for TracingErrorLogger {
             attempt = info.attempt,
             max_retries = info.max_retries,
             next_wait_ms = info.next_wait.as_millis() as u64,
-            error = %info.error,
+            error = %crate::text::Escaped(&info.error),
             "operator failed, retrying"
         );
     }
@@ -75,7 +75,7 @@ impl ErrorLogger for TracingErrorLogger {
             id = %info.id,
             attempt = info.attempt,
             max_retries = info.max_retries,
-            error = %info.error,
+            error = %crate::text::Escaped(&info.error),
             "operator failed, giving up"
         );
     }

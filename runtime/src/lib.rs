@@ -43,6 +43,7 @@ pub mod report;
 pub mod setup;
 pub mod subscribe;
 pub mod telemetry;
+pub(crate) mod text;
 pub mod value;
 
 pub use config::{Config, ErrorLogger, FailureInfo, RetryInfo, TracingErrorLogger};

@@ -138,8 +138,11 @@ pub(crate) fn text_of(e: &(dyn std::error::Error + 'static)) -> String {
 pub(crate) struct DbError<'a>(pub &'a sqlx::Error);
 
 impl std::fmt::Display for DbError<'_> {
+    /// Control characters escaped: a server message may quote row data
+    /// (`Failing row contains (...)`), and this text reaches logs and
+    /// terminals.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&describe(self.0))
+        f.write_str(&crate::text::escape_controls(&describe(self.0), &[]))
     }
 }
 
