@@ -59,7 +59,7 @@ impl ErrorLogger for TracingErrorLogger {
         tracing::warn!(
             operator = info.operator,
             table = info.table,
-            id = %info.id,
+            id = %crate::text::Escaped(&info.id),
             attempt = info.attempt,
             max_retries = info.max_retries,
             next_wait_ms = info.next_wait.as_millis() as u64,
@@ -72,11 +72,58 @@ impl ErrorLogger for TracingErrorLogger {
         tracing::error!(
             operator = info.operator,
             table = info.table,
-            id = %info.id,
+            id = %crate::text::Escaped(&info.id),
             attempt = info.attempt,
             max_retries = info.max_retries,
             error = %crate::text::Escaped(&info.error),
             "operator failed, giving up"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::{ErrorLogger, FailureInfo, TracingErrorLogger};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn row_data_reaches_the_log_escaped() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            TracingErrorLogger.log_failed(&FailureInfo {
+                operator: "Op",
+                table: "posts",
+                id: "\"\x1b]0;id\x07\"".into(),
+                attempt: 1,
+                max_retries: 0,
+                error: "value \x1b]0;TITLE\x07\x1b[2J\u{9b}31m".into(),
+            });
+        });
+        let logged = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert!(logged.contains("\\x1b]0;TITLE\\x07\\x1b[2J\\u{9b}31m"), "{logged}");
+        assert!(logged.contains("\\x1b]0;id\\x07"), "{logged}");
+        assert!(
+            !logged.trim_end().chars().any(char::is_control),
+            "a control character reached the log: {logged:?}"
         );
     }
 }
