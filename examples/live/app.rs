@@ -23,7 +23,7 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::sync::broadcast;
 use walflow::prelude::*;
 use walflow::subscribe::sse::{self, SseOptions};
-use walflow::subscribe::{Position, Scope, Subscriptions, after_commit, parse_position};
+use walflow::subscribe::{Position, Scope, Subscriptions, UnreadablePosition, after_commit};
 use walflow::{ErrorLogger, FailureInfo, RetryInfo, TracingErrorLogger};
 
 /// The example's schema: its tables, and nothing of the application's.
@@ -225,8 +225,13 @@ pub async fn drop_publication(pool: &PgPool) -> Result<(), walflow::BoxError> {
     Ok(())
 }
 
-fn resume_position(headers: &HeaderMap, query: &HashMap<String, String>) -> Option<Position> {
-    sse::last_event_id(headers).or_else(|| query.get("after").and_then(|p| parse_position(p)))
+/// After the `Last-Event-ID` an `EventSource` resends, else `?after=`; one
+/// that does not read is answered with `reload`.
+fn resume_position(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Option<Position>, UnreadablePosition> {
+    sse::requested_position(headers, query.get("after").map(String::as_str))
 }
 
 fn position_param(app: &App) -> String {
@@ -241,7 +246,7 @@ async fn count_events(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> impl IntoResponse {
-    sse::stream_from::<PostWithCommentsCount>(
+    sse::stream_requested::<PostWithCommentsCount>(
         &app.hub,
         Scope::All,
         resume_position(&headers, &query),
@@ -255,7 +260,7 @@ async fn post_events(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> impl IntoResponse {
-    sse::stream_from::<Post>(
+    sse::stream_requested::<Post>(
         &app.hub,
         Scope::id(id),
         resume_position(&headers, &query),
@@ -269,7 +274,7 @@ async fn comment_events(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> impl IntoResponse {
-    sse::stream_from::<Comment>(
+    sse::stream_requested::<Comment>(
         &app.hub,
         Comment::POST_ID.eq(id),
         resume_position(&headers, &query),
