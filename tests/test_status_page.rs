@@ -77,19 +77,25 @@ async fn wait_text(client: &Client, css: &str, want: &str) {
 /// The element `css` shows a local date and time to the second
 /// (`2025-06-01 14:03:07`) on one line, the exact value in its tooltip.
 async fn assert_time(client: &Client, css: &str) {
-    let el = client.find(Locator::Css(css)).await.unwrap();
-    let shown = el.text().await.unwrap();
+    // Read at once: the rows are made anew at each status event.
+    let read = client
+        .execute(
+            "const el = document.querySelector(arguments[0]);
+             return el && [el.textContent, el.title, getComputedStyle(el).whiteSpace];",
+            vec![css.into()],
+        )
+        .await
+        .unwrap();
+    let [shown, exact, wrap] = [0, 1, 2].map(|i| read[i].as_str().unwrap_or_default().to_owned());
     let digits: String = shown
         .chars()
         .map(|c| if c.is_ascii_digit() { '9' } else { c })
         .collect();
     assert_eq!(digits, "9999-99-99 99:99:99", "{css} shows {shown:?}");
-    let exact = el.attr("title").await.unwrap().unwrap_or_default();
     assert!(
         exact.contains('T') && exact.ends_with('Z'),
         "{css}'s tooltip: {exact:?}"
     );
-    let wrap = el.css_value("white-space").await.unwrap();
     assert_eq!(wrap, "nowrap", "{css} does not wrap");
 }
 
