@@ -237,11 +237,13 @@ async fn resumes_from_a_position_in_the_window_and_refuses_an_older_one() {
         .after(first.position())
         .start()
         .unwrap();
-    let too_old = hub
+    let Err(walflow::subscribe::ResumeError::TooOld(too_old)) = hub
         .subscription::<Comment>(Scope::All)
         .after(walflow::Position::default())
         .start()
-        .unwrap_err();
+    else {
+        panic!("too old")
+    };
     assert_eq!(too_old.requested, walflow::Position::default());
     assert!(
         too_old.to_string().contains("reload the current state"),
