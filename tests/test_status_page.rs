@@ -2,7 +2,11 @@
 //! the state, an operator's queue depth and its dead letters (with their
 //! errors) update live over Server-Sent Events, without a reload; an empty
 //! dead-letter table says there are none, and times read as dates, not as
-//! RFC 3339 values with nanoseconds.
+//! RFC 3339 values with nanoseconds. All of it under the page's
+//! Content-Security-Policy, which reports no violation from the page's own
+//! script and style, and stops a script injected into the page; with the
+//! endpoint's token, the page works in the browser given the token as the
+//! password of its Basic credentials.
 
 #![allow(dead_code)] // struct fields are read through serde
 
@@ -74,6 +78,57 @@ async fn wait_text(client: &Client, css: &str, want: &str) {
     }
 }
 
+/// The page's own script and style work under its policy: the state's
+/// badge has its colours, the policy is enforced (a script injected into
+/// the page does not run), and the only violation the page's reports hold
+/// is that script's: none from the page's own script or style.
+async fn assert_policy_holds(client: &Client) {
+    let badge = client
+        .execute(
+            "return getComputedStyle(document.getElementById('state')).backgroundColor;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(badge, "rgb(212, 243, 220)", "the page's style applies");
+    let answer = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const blocked = [];
+             document.addEventListener('securitypolicyviolation', (e) => blocked.push(e.effectiveDirective));
+             const s = document.createElement('script');
+             s.textContent = 'window.injected = true;';
+             document.body.appendChild(s);
+             // Every report since the page loaded (buffered), once the
+             // injected script's has come.
+             const reported = [];
+             const observer = new ReportingObserver(
+                 (reports) => { for (const r of reports) reported.push(r.body.effectiveDirective + ' ' + r.body.blockedURL); },
+                 { types: ['csp-violation'], buffered: true });
+             observer.observe();
+             const deadline = Date.now() + 10000;
+             (function check() {
+                 if (reported.length > 0 || Date.now() > deadline) {
+                     done({ ran: window.injected === true, blocked, reported });
+                 } else {
+                     setTimeout(check, 20);
+                 }
+             })();",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({
+            "ran": false,
+            "blocked": ["script-src-elem"],
+            "reported": ["script-src-elem inline"],
+        }),
+        "the policy blocks an injected script, and only it"
+    );
+}
+
 /// The element `css` shows a local date and time to the second
 /// (`2025-06-01 14:03:07`) on one line, the exact value in its tooltip.
 async fn assert_time(client: &Client, css: &str) {
@@ -133,6 +188,7 @@ async fn the_status_page_follows_queues_and_dead_letters_live() {
     )
     .await;
     assert_time(&client, "#checked").await;
+    assert_policy_holds(&client).await;
     client
         .execute("window.notReloaded = true; return true;", vec![])
         .await
@@ -168,6 +224,42 @@ async fn the_status_page_follows_queues_and_dead_letters_live() {
         .await
         .unwrap();
     assert_eq!(same, serde_json::Value::Bool(true), "the page was reloaded");
+    client.close().await.unwrap();
+    flow.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_works_in_a_browser_with_the_token() {
+    let db = common::db().await;
+    let token = "a-token-for-the-status-page-0123";
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(db.slot("status_token"))
+        .operators(Vec::<String>::new())
+        .health_interval(Duration::from_millis(100))
+        .metrics_endpoint(([127, 0, 0, 1], 0))
+        .metrics_endpoint_token(token)
+        .start()
+        .await
+        .unwrap();
+    let addr = flow.metrics_addr().unwrap();
+
+    let profile = tempfile::tempdir().unwrap();
+    let (_driver, client) = browser(profile.path()).await;
+    // The browser answers the Basic challenge with the URL's credentials,
+    // and sends them again for the page's event stream.
+    client
+        .goto(&format!("http://walflow:{token}@{addr}/status"))
+        .await
+        .unwrap();
+    wait_text(&client, "#state", "ready").await;
+    wait_text(
+        &client,
+        "#operators .empty",
+        "No operators: this flow only feeds subscriptions.",
+    )
+    .await;
+    assert_policy_holds(&client).await;
     client.close().await.unwrap();
     flow.shutdown().await.unwrap();
 }

@@ -238,6 +238,8 @@ pub struct WalflowBuilder {
     embedded: bool,
     #[cfg(feature = "prometheus")]
     metrics_endpoint: Option<std::net::SocketAddr>,
+    #[cfg(feature = "prometheus")]
+    metrics_endpoint_token: Option<String>,
 }
 
 impl std::fmt::Debug for WalflowBuilder {
@@ -404,6 +406,19 @@ impl WalflowBuilder {
         self
     }
 
+    /// Guards the [metrics endpoint](Self::metrics_endpoint)'s `/status`,
+    /// `/status/events` and `/metrics` with `token`: they answer 401 unless
+    /// the request carries `Authorization: Bearer <token>` (or Basic
+    /// credentials whose password is `token`, for a browser); `/healthz`
+    /// and `/readyz` stay open. Compared in constant time. A token shorter
+    /// than 16 characters, or with characters other than visible ASCII, is
+    /// refused at [`start`](Self::start).
+    #[cfg(feature = "prometheus")]
+    pub fn metrics_endpoint_token(mut self, token: impl Into<String>) -> Self {
+        self.metrics_endpoint_token = Some(token.into());
+        self
+    }
+
     /// Sets up the database and starts the listener and the executors.
     pub async fn start(self) -> Result<Walflow, FlowError> {
         if self.subscriber_only {
@@ -433,6 +448,7 @@ impl WalflowBuilder {
                     addr,
                     health.clone(),
                     config.slot_name().to_owned(),
+                    self.metrics_endpoint_token.clone(),
                 )
                 .await
                 .map_err(|reason| FlowError::MetricsEndpoint { addr, reason })?,
@@ -817,6 +833,8 @@ impl Walflow {
             embedded: false,
             #[cfg(feature = "prometheus")]
             metrics_endpoint: None,
+            #[cfg(feature = "prometheus")]
+            metrics_endpoint_token: None,
         }
     }
 

@@ -137,9 +137,14 @@ pub(super) async fn start_subscriber(builder: WalflowBuilder) -> Result<Walflow,
     #[cfg(feature = "prometheus")]
     let endpoint = match builder.metrics_endpoint {
         Some(addr) => Some(
-            crate::telemetry::endpoint::serve(addr, health.clone(), config.slot_name().to_owned())
-                .await
-                .map_err(|reason| FlowError::MetricsEndpoint { addr, reason })?,
+            crate::telemetry::endpoint::serve(
+                addr,
+                health.clone(),
+                config.slot_name().to_owned(),
+                builder.metrics_endpoint_token.clone(),
+            )
+            .await
+            .map_err(|reason| FlowError::MetricsEndpoint { addr, reason })?,
         ),
         None => None,
     };
