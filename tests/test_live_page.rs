@@ -3,7 +3,10 @@
 //! update without a reload, the form that lands on the new post's page once
 //! its derived row exists, and the inputs it refuses: an empty title, an
 //! empty comment, a comment on a deleted post, and a post whose derived row
-//! fails (answered at once, not after the form's timeout).
+//! fails (answered at once, not after the form's timeout); and the comment
+//! stream's authorization: a hidden comment is not shown, not counted and
+//! never delivered to an open page (nor its later edits), while the
+//! comments around it are.
 
 mod common;
 
@@ -288,6 +291,78 @@ async fn counts_update_live_and_the_form_lands_on_the_new_post() {
     );
     let error = text(&client, "#message pre.error").await.unwrap();
     assert!(error.contains("no_poison"), "{error}");
+    client.close().await.unwrap();
+    app.flow.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hidden_comments_never_reach_the_page() {
+    let db = common::db().await;
+    let (router, app) = app::start(&db.url, &db.slot("live_hidden"), None)
+        .await
+        .unwrap();
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", server.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(server, router).await.unwrap() });
+    let profile = tempfile::tempdir().unwrap();
+    let (_driver, client) = browser(profile.path()).await;
+
+    db.exec(
+        "INSERT INTO walflow_live_example.posts (title) VALUES ('moderated');
+         INSERT INTO walflow_live_example.comments (post_id, body, hidden)
+         VALUES (1, 'kept before', false), (1, 'hidden before', true);",
+    )
+    .await;
+    // Hidden comments are not counted.
+    client.goto(&format!("{base}/")).await.unwrap();
+    wait_text(&client, "#post-1 .count", "1").await;
+
+    // Nor shown by the page...
+    client.goto(&format!("{base}/posts/1")).await.unwrap();
+    wait_text(&client, "#comments", "kept before").await;
+    mark_page(&client).await;
+    // ...nor streamed to it: each statement commits on its own, in this
+    // order, and the stream delivers in commit order, so once the visible
+    // comment after it is shown, the hidden one would have been too.
+    db.exec(
+        "INSERT INTO walflow_live_example.comments (post_id, body, hidden)
+         VALUES (1, 'hidden live', true)",
+    )
+    .await;
+    db.exec(
+        "INSERT INTO walflow_live_example.comments (post_id, body)
+         VALUES (1, 'shown live')",
+    )
+    .await;
+    wait_text(&client, "#comments", "kept before\nshown live").await;
+    // Nor are its later edits.
+    db.exec(
+        "UPDATE walflow_live_example.comments SET body = 'hidden, edited'
+         WHERE body = 'hidden live'",
+    )
+    .await;
+    db.exec(
+        "INSERT INTO walflow_live_example.comments (post_id, body)
+         VALUES (1, 'after the edit')",
+    )
+    .await;
+    wait_text(
+        &client,
+        "#comments",
+        "kept before\nshown live\nafter the edit",
+    )
+    .await;
+    assert!(
+        same_page(&client).await,
+        "the comments came without a reload"
+    );
+    let source = client.source().await.unwrap();
+    for body in ["hidden before", "hidden live", "hidden, edited"] {
+        assert!(!source.contains(body), "{body:?} is in the page: {source}");
+    }
+
+    client.goto(&format!("{base}/")).await.unwrap();
+    wait_text(&client, "#post-1 .count", "3").await;
     client.close().await.unwrap();
     app.flow.shutdown().await.unwrap();
 }

@@ -3,6 +3,19 @@
 //! creates a post and redirects once the derived row exists. Shared by
 //! `main.rs` and the browser test.
 //!
+//! Comments can be hidden by a moderator (`UPDATE
+//! walflow_live_example.comments SET hidden = true WHERE id = ...`). A
+//! stream is an open door to the table: without a rule, anyone who opens
+//! `/events/posts/{id}/comments` receives every comment of the post as it
+//! is written, hidden or not. So the comment stream is authorized with
+//! [`may_see`] (`SubscriptionBuilder::authorize`), the same rule as the
+//! page's query: a hidden comment, and any later change of it, never leaves
+//! the server. The rule is evaluated on each change's row, without a query;
+//! an application puts its own there (the viewer, taken from the request,
+//! captured in the closure). A comment hidden while a page shows it stays
+//! on that page until it reloads: the change that hides it is not sent
+//! either. Posts and counts are public, so their streams have no rule.
+//!
 //! Its tables are in a schema of its own, [`SCHEMA_NAME`], created when
 //! missing and kept between runs; no other table of the database is
 //! touched. The flow's slot is temporary (the server drops it when the
@@ -16,6 +29,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use sqlx::PgPool;
@@ -48,6 +62,8 @@ pub struct Comment {
     pub id: i64,
     pub post_id: i64,
     pub body: String,
+    /// Hidden by a moderator: not shown, not counted, never streamed.
+    pub hidden: bool,
 }
 
 #[event_source(schema = "walflow_live_example", table = "post_with_comments_counts")]
@@ -63,13 +79,17 @@ CREATE SCHEMA IF NOT EXISTS walflow_live_example;
 CREATE TABLE IF NOT EXISTS walflow_live_example.posts (
     id bigserial PRIMARY KEY, title text NOT NULL);
 CREATE TABLE IF NOT EXISTS walflow_live_example.comments (
-    id bigserial PRIMARY KEY, post_id int8 NOT NULL, body text NOT NULL);
+    id bigserial PRIMARY KEY, post_id int8 NOT NULL, body text NOT NULL,
+    hidden boolean NOT NULL DEFAULT false);
+ALTER TABLE walflow_live_example.comments
+    ADD COLUMN IF NOT EXISTS hidden boolean NOT NULL DEFAULT false;
 CREATE TABLE IF NOT EXISTS walflow_live_example.post_with_comments_counts (
     id int8 PRIMARY KEY, title text NOT NULL, comments_count int8 NOT NULL);
 ";
 
 on_event! {
-    /// Keeps `post_with_comments_counts` in step with posts and comments.
+    /// Keeps `post_with_comments_counts` in step with posts and comments
+    /// (hidden comments are not counted).
     pub operator PostWithCommentsCountOperator for PostWithCommentsCount {
         events: all,
         entities: [Comment, Post],
@@ -77,7 +97,7 @@ on_event! {
         delete_with: [Post],
         coalesce: true,
         query: "MERGE INTO walflow_live_example.post_with_comments_counts dest
-            USING (SELECT p.id, p.title, count(c.id) AS comments_count
+            USING (SELECT p.id, p.title, count(c.id) FILTER (WHERE NOT c.hidden) AS comments_count
                    FROM walflow_live_example.posts p
                    LEFT JOIN walflow_live_example.comments c ON c.post_id = p.id
                    WHERE p.id = $1 GROUP BY p.id) src
@@ -160,6 +180,17 @@ pub struct App {
     pub failures: broadcast::Sender<OperatorFailure>,
 }
 
+/// Where the flow serves its metrics, health and status page.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// The address (keep it on loopback: the status page shows dead
+    /// letters, whose errors hold row data).
+    pub addr: std::net::SocketAddr,
+    /// The token `/status`, `/status/events` and `/metrics` require, if
+    /// any (`metrics_endpoint_token`).
+    pub token: Option<String>,
+}
+
 /// Creates the tables (in [`SCHEMA_NAME`]) and starts the flow (the
 /// operator keeping the counts, the listener feeding the subscription hub)
 /// on a temporary slot named `slot`, and returns the router. With
@@ -167,7 +198,7 @@ pub struct App {
 pub async fn start(
     url: &str,
     slot: &str,
-    metrics: Option<std::net::SocketAddr>,
+    metrics: Option<Metrics>,
 ) -> Result<(Router, App), walflow::BoxError> {
     let pool = PgPoolOptions::new()
         .max_connections(10)
@@ -189,8 +220,11 @@ pub async fn start(
         .setup_sql(SCHEMA)
         .error_logger(FailureFeed(failures.clone()))
         .operators(["PostWithCommentsCountOperator"]);
-    if let Some(addr) = metrics {
-        builder = builder.metrics_endpoint(addr);
+    if let Some(metrics) = metrics {
+        builder = builder.metrics_endpoint(metrics.addr);
+        if let Some(token) = metrics.token {
+            builder = builder.metrics_endpoint_token(token);
+        }
     }
     let flow = builder.start().await?;
     let app = App {
@@ -268,18 +302,50 @@ async fn post_events(
     )
 }
 
+/// Whether a page may see `comment`: the authorization of the comment
+/// stream, the same rule as [`post_page`]'s query. Evaluated by the hub on
+/// each change's row before it is buffered, so nothing it refuses is ever
+/// sent.
+pub fn may_see(comment: &Comment) -> bool {
+    !comment.hidden
+}
+
 async fn comment_events(
     State(app): State<App>,
     Path(id): Path<i64>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-) -> impl IntoResponse {
-    sse::stream_requested::<Comment>(
-        &app.hub,
-        Comment::POST_ID.eq(id),
-        resume_position(&headers, &query),
-        SseOptions::default(),
-    )
+) -> Response {
+    let after = match resume_position(&headers, &query) {
+        Ok(after) => after,
+        Err(unreadable) => return reload(&unreadable.to_string()),
+    };
+    let mut subscription = app
+        .hub
+        .subscription(Comment::POST_ID.eq(id))
+        .authorize(may_see);
+    if let Some(after) = after {
+        subscription = subscription.after(after);
+    }
+    match subscription.start() {
+        Ok(subscription) => sse::subscription(subscription, SseOptions::default()).into_response(),
+        // Too old, or from the future: the page reloads (see `live`).
+        Err(e) => reload(&e.to_string()),
+    }
+}
+
+/// A stream of one `reload` event, as the SSE helpers answer a position
+/// they cannot resume from: an `EventSource` acts on it, whereas it gives
+/// up on an error status without telling the page.
+fn reload(reason: &str) -> Response {
+    let event = SseEvent::default()
+        .event("reload")
+        .data(serde_json::json!({ "reason": reason }).to_string());
+    Sse::new(futures_util::stream::iter([Ok::<
+        _,
+        std::convert::Infallible,
+    >(event)]))
+    .into_response()
 }
 
 fn esc(s: &str) -> String {
@@ -455,7 +521,8 @@ async fn post_page(State(app): State<App>, Path(id): Path<i64>) -> Response {
         );
     };
     let comments: Vec<(i64, String)> = match sqlx::query_as(
-        "SELECT id, body FROM walflow_live_example.comments WHERE post_id = $1 ORDER BY id",
+        "SELECT id, body FROM walflow_live_example.comments
+         WHERE post_id = $1 AND NOT hidden ORDER BY id",
     )
     .bind(id)
     .fetch_all(&app.pool)

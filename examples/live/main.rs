@@ -4,9 +4,16 @@
 //! otherwise starts a throwaway cluster from the PostgreSQL binaries on
 //! `PATH`. `LISTEN` sets the address (default `127.0.0.1:3000`); the flow's
 //! metrics, health and status page are on `METRICS_LISTEN` (default
-//! `127.0.0.1:0`, a free port, printed). Ctrl-C
+//! `127.0.0.1:0`, a free port, printed), and with `METRICS_TOKEN` (at least
+//! 16 characters, such as `openssl rand -hex 32`) the status page and
+//! `/metrics` require that token (in a browser: any user name, the token as
+//! the password). Both stay on loopback by default: the status page shows
+//! dead letters, whose errors hold row data. Ctrl-C
 //! stops it cleanly: the flow shuts down (its live streams end, so open pages
 //! let go), then the server.
+//!
+//! Comments hidden by a moderator (`hidden = true`) are not shown, counted
+//! or streamed: the comment stream is authorized (see `app.rs`).
 //!
 //! On `DATABASE_URL`'s database it keeps its tables in the schema
 //! `walflow_live_example` (created when missing, kept between runs) and
@@ -40,6 +47,14 @@ async fn main() -> Result<(), Report> {
     let metrics = metrics.parse().map_err(|e| {
         format!("METRICS_LISTEN={metrics:?} is not an address such as 127.0.0.1:9000: {e}")
     })?;
+    let token = std::env::var("METRICS_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    let guarded = token.is_some();
+    let metrics = app::Metrics {
+        addr: metrics,
+        token,
+    };
     let (router, app) = app::start(&url, &slot, Some(metrics)).await?;
     println!(
         "tables in schema {}, temporary slot {slot}, publication {} (dropped on Ctrl-C)",
@@ -47,7 +62,12 @@ async fn main() -> Result<(), Report> {
         app::PUBLICATION
     );
     if let Some(addr) = app.flow.metrics_addr() {
-        println!("status page on http://{addr}/status (metrics on /metrics)");
+        let access = if guarded {
+            "guarded by METRICS_TOKEN: any user name, the token as the password"
+        } else {
+            "open to whoever reaches it: set METRICS_TOKEN to guard it"
+        };
+        println!("status page on http://{addr}/status (metrics on /metrics; {access})");
     }
     let addr = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&addr)
