@@ -79,8 +79,8 @@ CREATE SCHEMA IF NOT EXISTS walflow_live_example;
 CREATE TABLE IF NOT EXISTS walflow_live_example.posts (
     id bigserial PRIMARY KEY, title text NOT NULL);
 CREATE TABLE IF NOT EXISTS walflow_live_example.comments (
-    id bigserial PRIMARY KEY, post_id int8 NOT NULL, body text NOT NULL,
-    hidden boolean NOT NULL DEFAULT false);
+    id bigserial PRIMARY KEY, post_id int8 NOT NULL, body text NOT NULL);
+-- Added on its own, so that a schema kept from an earlier run gets it too.
 ALTER TABLE walflow_live_example.comments
     ADD COLUMN IF NOT EXISTS hidden boolean NOT NULL DEFAULT false;
 CREATE TABLE IF NOT EXISTS walflow_live_example.post_with_comments_counts (
