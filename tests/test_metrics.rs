@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::http::get;
 use tokio::sync::Semaphore;
 use walflow::prelude::*;
 use walflow::subscribe::Scope;
@@ -171,25 +171,6 @@ const SCHEMA: &str = "
     CREATE TABLE metric_poison (id bigint PRIMARY KEY);
     CREATE TABLE metric_fresh (id bigint PRIMARY KEY);
 ";
-
-/// `GET path` on `addr`: the status code and the body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("a status code");
-    (status, body.to_owned())
-}
 
 /// The scrape of `/metrics`, parsed.
 async fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {

@@ -115,25 +115,6 @@ const SCHEMA: &str = "
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// The slot's name on the database `database`: slots are per server, so
-/// the name tells the databases apart (lower-case letters, digits and `_`,
-/// at most 63 bytes, as PostgreSQL wants).
-fn slot_name(prefix: &str, database: &str) -> String {
-    let mut name = format!("{prefix}_{database}")
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect::<String>();
-    name.truncate(63);
-    name
-}
-
 async fn show(flow: &Walflow, step: &str) -> Result<Vec<(i64, String, i64)>, Error> {
     // Wait until every operator applied what was just committed.
     let lsn = flow.current_lsn().await?;
@@ -174,7 +155,7 @@ async fn main() -> Result<(), Report> {
         }
     };
     let config = Config::from_database_url(&url)?;
-    let slot = slot_name("walflow_blog", config.database());
+    let slot = walflow::config::slot_name_for("walflow_blog", config.database());
     // The example's own pool, also for cleaning up after the flow stopped.
     let pool = PgPoolOptions::new()
         .max_connections(10)

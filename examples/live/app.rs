@@ -108,25 +108,6 @@ on_event! {
     }
 }
 
-/// The slot's name on the database `database`: slots are per server, so
-/// the name tells the databases apart (lower-case letters, digits and `_`,
-/// at most 63 bytes, as PostgreSQL wants).
-pub fn slot_name(database: &str) -> String {
-    let mut name = format!("walflow_live_{database}")
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect::<String>();
-    name.truncate(63);
-    name
-}
-
 /// An attempt of the operator that failed, as the post form hears of it.
 #[derive(Debug, Clone)]
 pub struct OperatorFailure {

@@ -42,7 +42,8 @@ async fn main() -> Result<(), Report> {
             url
         }
     };
-    let slot = app::slot_name(Config::from_database_url(&url)?.database());
+    let slot =
+        walflow::config::slot_name_for("walflow_live", Config::from_database_url(&url)?.database());
     let metrics = std::env::var("METRICS_LISTEN").unwrap_or_else(|_| "127.0.0.1:0".into());
     let metrics = metrics.parse().map_err(|e| {
         format!("METRICS_LISTEN={metrics:?} is not an address such as 127.0.0.1:9000: {e}")

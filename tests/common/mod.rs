@@ -14,6 +14,7 @@ use walflow::listener::{
 use walflow::setup::{SetupSpec, TableSpec, prepare};
 
 pub mod browser;
+pub mod http;
 mod random;
 #[allow(unused_imports)] // each test uses a part
 pub use random::{Rng, seed};

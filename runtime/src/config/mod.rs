@@ -447,6 +447,31 @@ fn validate_name_bytes(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A slot name for `prefix` on the database `database`: slots belong to the
+/// whole server, so a flow that may run against several databases of one
+/// server (an example, a test, a tenant per database) names its slot after
+/// the database. Lower-cased, every character but ASCII letters, digits and
+/// `_` made `_`, cut to PostgreSQL's 63 bytes; a valid `slot_name`.
+///
+/// ```
+/// assert_eq!(walflow::config::slot_name_for("walflow_blog", "My-DB"), "walflow_blog_my_db");
+/// ```
+pub fn slot_name_for(prefix: &str, database: &str) -> String {
+    let mut name: String = format!("{prefix}_{database}")
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    name.truncate(63);
+    name
+}
+
 /// Checks a replication slot name against PostgreSQL's rule: 1 to 63
 /// characters among lower-case ASCII letters, digits and `_`.
 pub(crate) fn validate_slot_name(name: &str) -> Result<(), ConfigError> {
