@@ -6,6 +6,12 @@
 //! realtime subscriptions. A declaration that cannot work does not compile,
 //! with the error under the token at fault.
 //!
+//! It needs PostgreSQL 15 or newer with `wal_level = logical`, and Rust 1.95
+//! or newer. The README's "Adding walflow to an application" shows the
+//! `Cargo.toml` lines, the features, a whole program and the grants a role
+//! needs on a managed server. Return [`Report`] from `main` so that errors
+//! print as messages.
+//!
 //! # Example
 //!
 //! ```
