@@ -119,7 +119,10 @@ mod tests {
             });
         });
         let logged = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-        assert!(logged.contains("\\x1b]0;TITLE\\x07\\x1b[2J\\u{9b}31m"), "{logged}");
+        assert!(
+            logged.contains("\\x1b]0;TITLE\\x07\\x1b[2J\\u{9b}31m"),
+            "{logged}"
+        );
         assert!(logged.contains("\\x1b]0;id\\x07"), "{logged}");
         assert!(
             !logged.trim_end().chars().any(char::is_control),
