@@ -21,11 +21,11 @@ use crate::declare::BoxError;
 /// as well: its `Debug` prints the same chain).
 ///
 /// ```no_run
-/// use walflow::Report;
+/// use walflow_runtime::Report;
 ///
 /// #[tokio::main]
 /// async fn main() -> Result<(), Report> {
-///     let flow = walflow::Walflow::builder().start().await?;
+///     let flow = walflow_runtime::Walflow::builder().start().await?;
 ///     flow.shutdown_on(tokio::signal::ctrl_c()).await?;
 ///     Ok(())
 /// }

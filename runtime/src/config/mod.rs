@@ -454,7 +454,8 @@ fn validate_name_bytes(name: &str) -> Result<(), String> {
 /// `_` made `_`, cut to PostgreSQL's 63 bytes; a valid `slot_name`.
 ///
 /// ```
-/// assert_eq!(walflow::config::slot_name_for("walflow_blog", "My-DB"), "walflow_blog_my_db");
+/// use walflow_runtime::config::slot_name_for;
+/// assert_eq!(slot_name_for("walflow_blog", "My-DB"), "walflow_blog_my_db");
 /// ```
 pub fn slot_name_for(prefix: &str, database: &str) -> String {
     let mut name: String = format!("{prefix}_{database}")
