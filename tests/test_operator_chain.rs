@@ -94,3 +94,58 @@ async fn two_level_chain() {
     assert_eq!(badges(&db).await, vec![b(1, "quiet")]);
     flow.shutdown().await.unwrap();
 }
+
+async fn count_ids(db: &common::Db) -> Vec<i64> {
+    sqlx::query_scalar("SELECT id FROM post_with_comments_counts ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// A `delete_with` entity whose mapped id changes: its old id is a delete
+/// for that id (the first level's MERGE finds no source row for it and
+/// cannot remove its target row), and the second level follows.
+#[tokio::test]
+async fn a_delete_with_entity_whose_id_changes_leaves_no_row_under_its_old_id() {
+    let db = common::db().await;
+    db.exec(blog::SCHEMA).await;
+    db.exec("CREATE TABLE post_badges (id bigint PRIMARY KEY, badge text NOT NULL)")
+        .await;
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(db.slot("chain_moved"))
+        .operators(["Counts", "Badges"])
+        .start()
+        .await
+        .unwrap();
+    db.exec("INSERT INTO posts (id, title) VALUES (1, 'a'), (2, 'b')")
+        .await;
+    db.exec("INSERT INTO comments (id, post_id) VALUES (1, 1), (2, 1)")
+        .await;
+    settle(&flow).await;
+    assert_eq!(count_ids(&db).await, vec![1, 2]);
+    assert_eq!(badges(&db).await, vec![b(1, "popular"), b(2, "quiet")]);
+
+    // Post 1 becomes post 1000001 (its comments still point at 1).
+    db.exec("UPDATE posts SET id = id + 1000000 WHERE id = (SELECT min(id) FROM posts)")
+        .await;
+    settle(&flow).await;
+    assert_eq!(count_ids(&db).await, vec![2, 1_000_001]);
+    assert_eq!(
+        badges(&db).await,
+        vec![b(2, "quiet"), b(1_000_001, "quiet")]
+    );
+
+    // And back, in one transaction with a comment of the new id.
+    db.exec(
+        "BEGIN;
+         UPDATE posts SET id = 1 WHERE id = 1000001;
+         INSERT INTO comments (id, post_id) VALUES (3, 2), (4, 2);
+         COMMIT;",
+    )
+    .await;
+    settle(&flow).await;
+    assert_eq!(count_ids(&db).await, vec![1, 2]);
+    assert_eq!(badges(&db).await, vec![b(1, "popular"), b(2, "popular")]);
+    flow.shutdown().await.unwrap();
+}

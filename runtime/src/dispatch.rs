@@ -184,7 +184,7 @@ pub(crate) fn dispatch(
         if !op.listens_to(&**raw, raw.kind) {
             continue;
         }
-        let row = |part: i16, id: &Value, event: Option<String>| {
+        let row = |part: i16, id: &Value, kind: EventKind, event: Option<String>| {
             let json = serde_json::to_string(id).expect("values serialize");
             NewRow {
                 operator: op.name,
@@ -193,7 +193,7 @@ pub(crate) fn dispatch(
                 part,
                 id_key: value_key(id, &json),
                 id: json,
-                kind: raw.kind,
+                kind,
                 schema: raw.schema.clone(),
                 table: raw.table.clone(),
                 raw: event.as_ref().map(|_| raw.clone()),
@@ -215,7 +215,7 @@ pub(crate) fn dispatch(
                 let json = event_json
                     .get_or_insert_with(|| serde_json::to_string(raw).expect("events serialize"))
                     .clone();
-                batch.rows.push(row(0, &id, Some(json)));
+                batch.rows.push(row(0, &id, raw.kind, Some(json)));
             }
             OperatorAction::Query(_) => {
                 let Some(col) = op.id_column(&**raw) else {
@@ -223,13 +223,21 @@ pub(crate) fn dispatch(
                 };
                 let id = id_of(raw.record(), col);
                 if id != Value::Null {
-                    batch.rows.push(row(0, &id, None));
+                    batch.rows.push(row(0, &id, raw.kind, None));
                 }
-                // A moved row: the old parent is recomputed too.
+                // A moved row: the old parent is recomputed too. When the
+                // entity is one whose deletes delete the target row, its
+                // old id is gone: a delete of that id (the query would find
+                // nothing for it, and a MERGE cannot delete).
                 if raw.kind == EventKind::Update {
                     let old = id_of(raw.old.as_ref(), col);
                     if old != Value::Null && old != id && old != Value::UnchangedToast {
-                        batch.rows.push(row(1, &old, None));
+                        let kind = if op.deletes_with(&**raw) {
+                            EventKind::Delete
+                        } else {
+                            EventKind::Update
+                        };
+                        batch.rows.push(row(1, &old, kind, None));
                     }
                 }
             }
