@@ -859,14 +859,24 @@ impl Walflow {
         self.operators.iter().map(|o| o.name).collect()
     }
 
-    /// The server's current WAL position (`pg_current_wal_lsn()`): pass it
-    /// to [`wait_processed`](Self::wait_processed) after writing.
+    /// The server's current WAL insert position
+    /// (`pg_current_wal_insert_lsn()`): pass it to
+    /// [`wait_processed`](Self::wait_processed) after writing.
+    ///
+    /// Every transaction that committed before this call, on any session,
+    /// has its commit record before this position, whatever its
+    /// `synchronous_commit`. (The WAL *write* position,
+    /// `pg_current_wal_lsn()`, does not: after a commit with
+    /// `synchronous_commit = off` the WAL writer writes the commit record
+    /// later, so that position can lie before it, and a fence on it would
+    /// not wait for the write just made.)
     pub async fn current_lsn(&self) -> Result<Lsn, FlowError> {
         let text: String = transient_retried(|| {
-            sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&self.shared.pool)
+            sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+                .fetch_one(&self.shared.pool)
         })
         .await
-        .map_err(FlowError::sql("reading the current WAL position"))?;
+        .map_err(FlowError::sql("reading the current WAL insert position"))?;
         text.parse()
             .map_err(|e| FlowError::Unsupported(format!("unreadable LSN {text:?}: {e}")))
     }
@@ -938,9 +948,21 @@ impl Walflow {
                     // while: a transactional message moves it past `lsn`.
                     let now = tokio::time::Instant::now();
                     if nudged.is_none_or(|t| now - t > Duration::from_secs(2)) {
-                        transient_retried(|| {
-                            sqlx::query("SELECT pg_logical_emit_message(true, 'walflow.fence', '')")
-                                .execute(&self.shared.pool)
+                        // Committed durably: the commit flushes the WAL
+                        // before it, commits of `synchronous_commit = off`
+                        // included, so the slot gets them now.
+                        transient_retried(|| async {
+                            let mut tx = self
+                                .shared
+                                .pool
+                                .begin_with("BEGIN; SET LOCAL synchronous_commit = local")
+                                .await?;
+                            sqlx::query(
+                                "SELECT pg_logical_emit_message(true, 'walflow.fence', '')",
+                            )
+                            .execute(&mut *tx)
+                            .await?;
+                            tx.commit().await
                         })
                         .await
                         .map_err(FlowError::sql("writing a fence message to the WAL"))?;
