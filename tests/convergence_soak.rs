@@ -50,6 +50,7 @@ fn main() -> ExitCode {
                 kills: env("WALFLOW_SOAK_KILLS", 30) as u32,
                 coalesce,
                 restarts: false,
+                async_commit: false,
                 crash_at: None,
             }
             .go()

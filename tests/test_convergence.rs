@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         one_writer_killed_coalescing,
         four_writers_postgres_restarted_coalescing,
         four_writers_postgres_restarted_one_event_at_a_time,
+        postgres_restarted_immediately_with_async_commit,
         crash_points,
         operators_wait_until_the_transaction_is_visible,
     ])
@@ -65,6 +66,7 @@ macro_rules! runs {
                 kills: $kills,
                 coalesce: $coalesce,
                 restarts: $restarts,
+                async_commit: false,
                 crash_at: None,
             }
             .go()
@@ -82,6 +84,24 @@ runs! {
     one_writer_killed_coalescing: 1, 4, true, false;
     four_writers_postgres_restarted_coalescing: 4, 0, true, true;
     four_writers_postgres_restarted_one_event_at_a_time: 4, 0, false, true;
+}
+
+/// The server commits asynchronously (`synchronous_commit = off`, a 10 s
+/// WAL writer delay) and is restarted in immediate mode right after the
+/// flow acknowledged a transaction: walflow's own commits are durable
+/// nonetheless, so nothing acknowledged is lost.
+async fn postgres_restarted_immediately_with_async_commit() {
+    Run {
+        writers: 4,
+        transactions: TXNS,
+        kills: 0,
+        coalesce: false,
+        restarts: true,
+        async_commit: true,
+        crash_at: None,
+    }
+    .go()
+    .await;
 }
 
 /// Each crash point of the queue protocol, under the random workload: the
@@ -108,6 +128,7 @@ async fn crash_points() {
                 kills: if *point == "queue.partial" { 2 } else { 3 },
                 coalesce,
                 restarts: false,
+                async_commit: false,
                 crash_at: Some(point),
             }
             .go()

@@ -742,7 +742,7 @@ pub async fn discard_dead_letters(
         check_operator(pool, slot, op).await?;
     }
     let step = || format!("discarding dead letters {}", join_ids(ids));
-    let mut tx = pool.begin().await.map_err(sql(step()))?;
+    let mut tx = crate::queue::begin(pool).await.map_err(sql(step()))?;
     // Locks them, so the check holds until the commit.
     sqlx::query(
         "SELECT id FROM walflow.dead_letters
@@ -921,7 +921,7 @@ pub async fn request_retry(
 ) -> Result<i64, AdminError> {
     check_retry(pool, slot, operator, ids).await?;
     let step = format!("asking the flow of slot `{slot}` to retry dead letters");
-    let mut tx = pool.begin().await.map_err(sql(step.clone()))?;
+    let mut tx = crate::queue::begin(pool).await.map_err(sql(step.clone()))?;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO walflow.requests (slot, kind, operator, dead_letter_ids)
          VALUES ($1, $2, $3, $4) RETURNING id",

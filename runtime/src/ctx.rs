@@ -73,7 +73,7 @@ impl Ctx {
     pub async fn transaction(&self) -> Result<MappedMutexGuard<'_, PgConnection>, sqlx::Error> {
         let mut guard = self.tx.lock().await;
         if guard.is_none() {
-            *guard = Some(self.pool.begin().await?);
+            *guard = Some(crate::queue::begin(&self.pool).await?);
         }
         Ok(MutexGuard::map(guard, |tx| {
             &mut **tx.as_mut().expect("begun above")

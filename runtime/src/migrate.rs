@@ -233,7 +233,7 @@ pub const LATEST_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 /// Creates the `walflow` schema and applies the migrations not yet applied.
 /// Returns the versions applied by this call.
 pub async fn migrate(pool: &PgPool) -> Result<Vec<i32>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::queue::begin(pool).await?;
     // Serializes concurrent starts; released at commit.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('walflow.migrate'))")
         .execute(&mut *tx)

@@ -39,6 +39,11 @@ pub struct ServerInfo {
     pub version_num: u32,
     /// `wal_level`.
     pub wal_level: String,
+    /// `synchronous_commit` as the connected role and database get it by
+    /// default. walflow's own transactions set `local` for themselves
+    /// whatever it is, so that nothing it acknowledges to the slot can be
+    /// lost by a crash of the server.
+    pub synchronous_commit: String,
     /// `max_replication_slots`.
     pub max_replication_slots: u32,
     /// Replication slots that exist, of any kind and database.
@@ -274,6 +279,7 @@ where
         "SELECT current_setting('server_version') AS version, \
                 current_setting('server_version_num')::int8 AS version_num, \
                 current_setting('wal_level') AS wal_level, \
+                current_setting('synchronous_commit') AS synchronous_commit, \
                 current_setting('max_replication_slots')::int8 AS max_slots, \
                 current_setting('max_wal_senders')::int8 AS max_senders, \
                 (SELECT count(*) FROM pg_replication_slots) AS used_slots, \
@@ -319,6 +325,7 @@ where
             version: row.try_get("version")?,
             version_num: get_i64("version_num")?,
             wal_level: row.try_get("wal_level")?,
+            synchronous_commit: row.try_get("synchronous_commit")?,
             max_replication_slots: get_i64("max_slots")?,
             used_replication_slots: get_i64("used_slots")?,
             max_wal_senders: get_i64("max_senders")?,

@@ -240,11 +240,18 @@ fn statement(rng: &mut Rng) -> String {
 /// writers make fail among themselves (a deadlock, a foreign key whose row
 /// another writer just deleted) is rolled back and does not count: the
 /// truth is what committed.
-async fn write(url: String, seed: u64, n: u64, done: Arc<AtomicU64>) -> u64 {
+async fn write(
+    url: String,
+    seed: u64,
+    n: u64,
+    done: Arc<AtomicU64>,
+    gate: Arc<tokio::sync::RwLock<()>>,
+) -> u64 {
     let mut conn = connect_retrying(&url).await;
     let mut rng = Rng::new(seed);
     let mut committed = 0;
     for _ in 0..n {
+        let _open = gate.read().await;
         let statements: Vec<String> = (0..1 + rng.below(12))
             .map(|_| statement(&mut rng))
             .collect();
@@ -400,6 +407,12 @@ pub struct Run {
     /// complete promptly) and then an immediate one, on a cluster of its
     /// own (the flow runs in the test process throughout).
     pub restarts: bool,
+    /// With `restarts`: the server commits asynchronously
+    /// (`synchronous_commit = off`, the WAL writer flushing every 10 s),
+    /// and is restarted in immediate mode three times, each right after the
+    /// flow acknowledged a transaction written after a checkpoint (so the
+    /// slot's new position is saved to disk while later WAL may not be).
+    pub async_commit: bool,
     /// With `kills`: each kill is followed by a flow that dies by itself at
     /// this crash point (see `walflow::crash_point`), on a random hit.
     pub crash_at: Option<&'static str>,
@@ -419,11 +432,14 @@ impl Run {
                 self.kills, 0,
                 "restarts run with the flow in the test process"
             );
-            let pg = walflow::embedded::EmbeddedPostgres::builder()
-                .timeout(STOP_WITHIN)
-                .start()
-                .await
-                .unwrap();
+            let mut builder = walflow::embedded::EmbeddedPostgres::builder().timeout(STOP_WITHIN);
+            if self.async_commit {
+                builder = builder
+                    .setting("synchronous_commit", "off")
+                    .setting("wal_writer_delay", "10s")
+                    .setting("wal_writer_flush_after", "1GB");
+            }
+            let pg = builder.start().await.unwrap();
             let url = pg.create_database("convergence").await.unwrap();
             (common::Db::connect(&url).await, Some(pg))
         } else {
@@ -444,9 +460,20 @@ impl Run {
         }
 
         let done = Arc::new(AtomicU64::new(0));
+        // Writers hold it shared for each transaction; a restart that needs
+        // the server quiet takes it alone.
+        let gate = Arc::new(tokio::sync::RwLock::new(()));
         let per_writer = self.transactions / self.writers;
         let writers: Vec<_> = (0..self.writers)
-            .map(|_| tokio::spawn(write(db.url.clone(), rng.next(), per_writer, done.clone())))
+            .map(|_| {
+                tokio::spawn(write(
+                    db.url.clone(),
+                    rng.next(),
+                    per_writer,
+                    done.clone(),
+                    gate.clone(),
+                ))
+            })
             .collect();
         let total = per_writer * self.writers;
         let finished = Arc::new(AtomicBool::new(false));
@@ -507,7 +534,19 @@ impl Run {
             }
             child = Some(spawn_child(&db.url, &slot, self.coalesce, true).await);
         }
-        if let Some(pg) = &pg {
+        if let (Some(pg), true) = (&pg, self.async_commit) {
+            for k in 0..3u64 {
+                wait_progress(&done, total * (k + 1) / 4, &finished).await;
+                let quiet = gate.write().await;
+                acknowledged_after_checkpoint(&db, &slot).await;
+                let t = std::time::Instant::now();
+                pg.restart(walflow::embedded::ShutdownMode::Immediate)
+                    .await
+                    .unwrap();
+                eprintln!("immediate restart {k} took {:?}", t.elapsed());
+                drop(quiet);
+            }
+        } else if let Some(pg) = &pg {
             for (k, mode) in [
                 walflow::embedded::ShutdownMode::Fast,
                 walflow::embedded::ShutdownMode::Immediate,
@@ -545,6 +584,36 @@ impl Run {
         eprintln!("checked at {:?}", t0.elapsed());
         flow.shutdown().await.unwrap();
     }
+}
+
+/// With the writers held: a checkpoint (whose running-transactions record
+/// lets the slot save its next confirmed position to disk), then one
+/// transaction, then waits (bounded) until the flow has acknowledged it.
+/// With asynchronous commits, what the flow committed to queue it may
+/// still be in the WAL buffers: unless walflow's own commits are durable,
+/// an immediate restart now loses the queued rows while the slot's saved
+/// position is past the transaction.
+async fn acknowledged_after_checkpoint(db: &common::Db, slot: &str) {
+    db.exec("CHECKPOINT").await;
+    db.exec("INSERT INTO posts (title) VALUES ('before an immediate restart');")
+        .await;
+    let written: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    common::wait_until(Duration::from_secs(60), || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(slot)
+        .bind(&written)
+        .fetch_optional(&db.pool)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    })
+    .await;
 }
 
 /// Holds the derived tables (a lock the operators' statements wait for)

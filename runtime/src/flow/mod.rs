@@ -513,7 +513,12 @@ impl WalflowBuilder {
         }
         // Clear messages before anything is created (see `preflight`).
         health.step("checking the server");
-        crate::preflight::check_server(&pool, &config).await?;
+        let server = crate::preflight::check_server(&pool, &config).await?;
+        tracing::info!(
+            version = %server.version,
+            synchronous_commit = %server.synchronous_commit,
+            "server checked; walflow's own transactions commit with synchronous_commit = local"
+        );
         health.step("migrating the walflow schema");
         crate::migrate::migrate(&pool)
             .await

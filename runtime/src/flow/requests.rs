@@ -23,7 +23,7 @@ pub(crate) async fn register(
     slot: &str,
     operators: &[&str],
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::queue::begin(pool).await?;
     sqlx::query("DELETE FROM walflow.operators WHERE slot = $1")
         .bind(slot)
         .execute(&mut *tx)

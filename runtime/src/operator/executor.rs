@@ -739,7 +739,9 @@ impl UnitRunner {
 
     /// A transaction on the pool.
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, Failure> {
-        self.shared.pool.begin().await.map_err(|e| self.failure(e))
+        crate::queue::begin(&self.shared.pool)
+            .await
+            .map_err(|e| self.failure(e))
     }
 
     /// Turns a database error into a failure, passing on one that says the

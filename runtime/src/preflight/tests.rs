@@ -7,6 +7,7 @@ fn good() -> ServerInfo {
         version: "15.4".into(),
         version_num: 150004,
         wal_level: "logical".into(),
+        synchronous_commit: "on".into(),
         max_replication_slots: 10,
         used_replication_slots: 0,
         max_wal_senders: 10,

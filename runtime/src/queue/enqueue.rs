@@ -287,7 +287,8 @@ async fn flush(
                partial_seq = EXCLUDED.partial_seq
              RETURNING 1
          )
-         SELECT walflow.require_visible($27::int8[])",
+         SELECT walflow.require_visible($27::int8[]),
+                set_config('synchronous_commit', 'local', true)",
     )
     .bind(&shared.slot)
     .bind(rows.iter().map(|r| r.operator).collect::<Vec<_>>())

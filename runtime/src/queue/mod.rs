@@ -152,6 +152,30 @@
 //! position read once the previous round is done: the upstream units that
 //! applied events up to `lsn` have committed before that position.
 //!
+//! **9. Durable before acknowledged, whatever the server's default.**
+//! Rule 1 acknowledges `e(T)` once the flush that queued `T` returned, and
+//! the slot then never sends `T` again. That only holds if the flush's
+//! commit is on disk when it returns: with `synchronous_commit = off` (in
+//! `postgresql.conf`, `ALTER ROLE` or `ALTER DATABASE`) a commit returns
+//! while its record may still sit in the WAL buffers, and a crash of the
+//! server then loses the flush while the slot's confirmed position has
+//! passed `T`. So every transaction walflow commits sets
+//! `synchronous_commit = local` for itself: a flush in its one statement
+//! (`set_config(…, true)`), a unit, a dead letter, the process status, the
+//! pub/sub log and the start's bookkeeping in [`begin`]. Never for the
+//! session: with `.pool(pool)` walflow runs on the application's
+//! connections, where a session setting would leak (and a
+//! transaction-mode pooler would drop it). `local` and not `on`: `local`
+//! waits for this server's disk, which is all rule 1 needs; `on` would also
+//! wait for the synchronous standbys the server names, and a standby that
+//! is absent would stall the flow (the convergence suite names one that
+//! never answers). Preflight reports the effective default
+//! (`synchronous_commit` in [`crate::preflight::ServerInfo`], logged at
+//! start). The `walflow.requests`
+//! bookkeeping is left at the default: a lost update there only repeats a
+//! request. *Crash* of the server after a commit returned: the commit is
+//! in the WAL on disk and survives it.
+//!
 //! These rules are exercised by `tests/test_convergence.rs`: a random
 //! multi-statement workload with one and four writers, `coalesce` on and
 //! off, `kill -9` at random moments and during start-up, the process
@@ -177,6 +201,19 @@ use crate::raw::{EventKind, RawEvent};
 
 pub(crate) use handover::Handover;
 pub(crate) use store::Store;
+
+/// How every transaction walflow commits begins (rule 9): durable on this
+/// server's disk when its commit returns, whatever `synchronous_commit` the
+/// server, role or database sets, without touching the session.
+pub(crate) const BEGIN_DURABLE: &str = "BEGIN; SET LOCAL synchronous_commit = local";
+
+/// Begins a transaction on `pool` whose commit is durable on this server
+/// when it returns (rule 9).
+pub(crate) async fn begin(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    pool.begin_with(BEGIN_DURABLE).await
+}
 
 /// What the consumer, the executors and the flow of one flow share.
 #[derive(Debug)]

@@ -235,7 +235,7 @@ impl Store {
         if self.remote {
             return Err(StoreError::Unavailable("retry_dead_letter"));
         }
-        let mut tx = shared.pool.begin().await?;
+        let mut tx = super::begin(&shared.pool).await?;
         if !self.memory_queue {
             let operator = dequeue::requeue_dead_letter(&mut tx, &shared.slot, id).await?;
             tx.commit().await?;

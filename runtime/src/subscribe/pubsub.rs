@@ -418,7 +418,7 @@ impl PgPubSub {
                  ON CONFLICT DO NOTHING
                  RETURNING 1
              )
-             SELECT pg_notify($1, $5) FROM logged",
+             SELECT pg_notify($1, $5), set_config('synchronous_commit', 'local', true) FROM logged",
         )
         .bind(&self.channel)
         .bind(tx.end_lsn.0 as i64)
