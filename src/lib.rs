@@ -122,6 +122,7 @@
 //! | `handler` | an `async fn(E, Ctx) -> Result<(), Err>` with `Err: Into<BoxError>`; `E` is `Event<T>` when the operator lists only `T`, otherwise an `#[event_enum]` with a variant per entity |
 //! | `delete_with` | query operators only, optional: entities whose deletes delete the target row instead of running the query |
 //! | `coalesce` | query operators only, optional: `true` when the query recomputes from current state, so pending events for one id may run it once |
+//! | `writes` | handlers only, optional: the `#[event_source]` types the handler writes (beside its `for Target`), such as `[AuditLog]`; [`Walflow::wait_processed`] waits through the operators listening to them |
 //!
 //! A first line `crate = "my_crate::walflow";` gives the path walflow is
 //! reached through (`#[event_enum(crate = "...")]` takes it too).

@@ -109,3 +109,113 @@ async fn an_async_commit_is_waited_for() {
     writer.close().await.unwrap();
     flow.shutdown().await.unwrap();
 }
+
+// A handler whose writes feed a query operator.
+
+#[event_source(table = "chain_sources")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct ChainSource {
+    id: i64,
+    n: i64,
+}
+
+#[event_source(table = "chain_mirrors")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct ChainMirror {
+    id: i64,
+    n: i64,
+}
+
+#[event_source(table = "chain_totals")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct ChainTotal {
+    id: i64,
+    total: i64,
+}
+
+on_event! {
+    /// First level: a handler mirroring each source row into
+    /// `chain_mirrors`, which it declares.
+    operator ChainMirrorer {
+        events: [insert, update],
+        entities: [ChainSource],
+        writes: [ChainMirror],
+        handler: mirror,
+    }
+
+    /// Second level: fed by the handler's writes.
+    operator ChainTotals for ChainTotal {
+        events: all,
+        entities: [ChainMirror],
+        delete_with: [ChainMirror],
+        coalesce: true,
+        query: "INSERT INTO chain_totals (id, total)
+                SELECT id, n * 10 FROM chain_mirrors WHERE id = $1
+                ON CONFLICT (id) DO UPDATE SET total = EXCLUDED.total",
+    }
+}
+
+async fn mirror(event: Event<ChainSource>, ctx: Ctx) -> Result<(), sqlx::Error> {
+    let Some(source) = event.record() else {
+        return Ok(());
+    };
+    // Slower than the fence's poll: a fence that did not wait for this
+    // handler's run would return first.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut tx = ctx.transaction().await?;
+    sqlx::query(
+        "INSERT INTO chain_mirrors (id, n) VALUES ($1, $2)
+         ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n",
+    )
+    .bind(source.id)
+    .bind(source.n)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn total_of(pool: &sqlx::PgPool, id: i64) -> Option<i64> {
+    sqlx::query_scalar("SELECT total FROM chain_totals WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+/// One `wait_processed` after a source write returns only once the
+/// handler's declared write has reached the query operator downstream.
+#[tokio::test]
+async fn a_handler_s_declared_writes_are_waited_through() {
+    let db = common::db().await;
+    db.exec(
+        "CREATE TABLE chain_sources (id bigint PRIMARY KEY, n bigint NOT NULL);
+         CREATE TABLE chain_mirrors (id bigint PRIMARY KEY, n bigint NOT NULL);
+         CREATE TABLE chain_totals (id bigint PRIMARY KEY, total bigint NOT NULL);",
+    )
+    .await;
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(db.slot("fence_chain"))
+        .operators(["ChainMirrorer", "ChainTotals"])
+        .start()
+        .await
+        .unwrap();
+    for round in 1..4 {
+        db.exec(&format!(
+            "INSERT INTO chain_sources (id, n) VALUES (1, {round})
+             ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n"
+        ))
+        .await;
+        let lsn = flow.current_lsn().await.unwrap();
+        flow.wait_processed(lsn, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(
+            total_of(&db.pool, 1).await,
+            Some(round * 10),
+            "wait_processed({lsn}) returned before the handler's write of round {round} \
+             reached chain_totals"
+        );
+    }
+    flow.shutdown().await.unwrap();
+}

@@ -35,7 +35,17 @@ pub const DELETE_WITH: &str = "delete_with";
 pub const COALESCE: &str = "coalesce";
 pub const QUERY: &str = "query";
 pub const HANDLER: &str = "handler";
-pub const OPERATOR_KEYS: &[&str] = &[EVENTS, ENTITIES, ID, DELETE_WITH, COALESCE, QUERY, HANDLER];
+pub const WRITES: &str = "writes";
+pub const OPERATOR_KEYS: &[&str] = &[
+    EVENTS,
+    ENTITIES,
+    ID,
+    DELETE_WITH,
+    COALESCE,
+    QUERY,
+    HANDLER,
+    WRITES,
+];
 
 /// The only attribute allowed on an operator.
 pub const DOC: &str = "doc";

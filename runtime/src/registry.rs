@@ -131,6 +131,10 @@ pub struct OperatorRegistration {
     /// Entities whose deletes delete the target row instead of running the
     /// query.
     pub delete_with: &'static [TableRef],
+    /// The tables a handler declares it writes (`writes: [..]`), beside its
+    /// target: [`Walflow::wait_processed`](crate::Walflow::wait_processed)
+    /// waits through the operators listening to them.
+    pub writes: &'static [TableRef],
     /// Whether pending events for one id may be merged into one query run.
     pub coalesce: bool,
     /// What it runs.
@@ -162,6 +166,46 @@ impl OperatorRegistration {
     pub fn deletes_with(&self, table: impl TableName) -> bool {
         self.delete_with.iter().any(|t| t.is(&table))
     }
+
+    /// The tables the operator writes, as far as walflow knows: its target
+    /// and the tables it declares in `writes`.
+    pub fn written_tables(&self) -> impl Iterator<Item = TableRef> + '_ {
+        self.target
+            .map(|t| t.table)
+            .into_iter()
+            .chain(self.writes.iter().copied())
+    }
+
+    /// Whether `down` listens to a table this operator writes: the events
+    /// of this operator's writes are `down`'s.
+    pub fn feeds(&self, down: &OperatorRegistration) -> bool {
+        self.written_tables().any(|t| down.listens_to_table(t))
+    }
+}
+
+/// The number of levels of the longest chain of `ops`: an operator that
+/// listens to a table another writes (its target, or a table a handler
+/// declares in `writes`) is one level below it; a cycle counts each
+/// operator once.
+pub(crate) fn chain_depth(ops: &[&OperatorRegistration]) -> usize {
+    let mut level = vec![1usize; ops.len()];
+    // Longest paths by relaxation; more rounds than operators only repeat
+    // a cycle.
+    for _ in 0..ops.len() {
+        let mut changed = false;
+        for (i, down) in ops.iter().enumerate() {
+            for (j, up) in ops.iter().enumerate() {
+                if i != j && up.feeds(down) && level[j] + 1 > level[i] && level[j] < ops.len() {
+                    level[i] = level[j] + 1;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    level.into_iter().max().unwrap_or(1)
 }
 
 inventory::collect!(EntityRegistration);
@@ -316,7 +360,7 @@ impl Registry {
             let mut tables: Vec<TableRef> = o.entities.to_vec();
             tables.extend(o.delete_with);
             tables.extend(o.id_mapping.iter().map(|m| m.table));
-            tables.extend(o.target.map(|t| t.table));
+            tables.extend(o.written_tables());
             tables.sort();
             tables.dedup();
             for table in tables {

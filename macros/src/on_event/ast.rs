@@ -26,6 +26,8 @@ pub struct Operator {
     pub coalesce: Option<Keyed<LitBool>>,
     pub query: Option<Keyed<LitStr>>,
     pub handler: Option<Keyed<Path>>,
+    /// The `#[event_source]` tables a handler writes.
+    pub writes: Option<Keyed<Vec<Path>>>,
     /// Whether a key was not recognised (then a missing key may be that one
     /// misspelt, and is not reported).
     pub unknown_key: bool,
@@ -176,6 +178,7 @@ impl Operator {
             coalesce: None,
             query: None,
             handler: None,
+            writes: None,
             unknown_key: false,
         };
         while !body.is_empty() {
@@ -231,6 +234,10 @@ impl Operator {
                         })
                     });
                     set(cx, &mut op.handler, key, v);
+                }
+                WRITES => {
+                    let v = value(cx, tokens, &key, paths);
+                    set(cx, &mut op.writes, key, v);
                 }
                 _ => {
                     op.unknown_key = true;

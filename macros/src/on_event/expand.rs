@@ -82,12 +82,16 @@ fn entities(op: &Operator) -> &[Path] {
     op.entities.as_ref().map_or(&[], |e| &e.value)
 }
 
+fn writes(op: &Operator) -> &[Path] {
+    op.writes.as_ref().map_or(&[], |w| &w.value)
+}
+
 fn checks(op: &Operator) -> TokenStream {
     let mut body = TokenStream::new();
     let entities = entities(op);
     let id_entries = op.id.as_ref().map_or(&[][..], |i| &i.value[..]);
 
-    for ty in entities.iter().chain(&op.target) {
+    for ty in entities.iter().chain(&op.target).chain(writes(op)) {
         let table = source_item(ty, "TABLE");
         body.extend(quote! { let _ = #table; });
     }
@@ -258,6 +262,7 @@ fn registration(op: &Operator) -> TokenStream {
         }
     });
     let delete_with = op.delete_with.iter().flat_map(|d| &d.value).map(table_ref);
+    let writes = writes(op).iter().map(table_ref);
     let coalesce = op.coalesce.as_ref().is_some_and(|c| c.value.value);
     let action = match (&op.query, &op.handler) {
         (Some(query), _) => {
@@ -283,6 +288,7 @@ fn registration(op: &Operator) -> TokenStream {
                 entities: &[#(#tables),*],
                 id_mapping: &[#(#id_mapping),*],
                 delete_with: &[#(#delete_with),*],
+                writes: &[#(#writes),*],
                 coalesce: #coalesce,
                 action: #action,
         };

@@ -100,6 +100,7 @@ const _: () = {
                 table: <Post as ::walflow::__private::EventSource>::TABLE,
             },
         ],
+        writes: &[],
         coalesce: true,
         action: ::walflow::__private::OperatorAction::Query("SELECT $1"),
     };
@@ -119,6 +120,7 @@ const _: () = {
     fn __walflow_check() {
         let _ = <Comment as ::walflow::__private::EventSource>::TABLE;
         let _ = <Post as ::walflow::__private::EventSource>::TABLE;
+        let _ = <AuditLog as ::walflow::__private::EventSource>::TABLE;
     }
     #[allow(dead_code)]
     fn __walflow_handler(
@@ -176,6 +178,12 @@ const _: () = {
             },
         ],
         delete_with: &[],
+        writes: &[
+            ::walflow::__private::TableRef {
+                schema: <AuditLog as ::walflow::__private::EventSource>::SCHEMA,
+                table: <AuditLog as ::walflow::__private::EventSource>::TABLE,
+            },
+        ],
         coalesce: false,
         action: ::walflow::__private::OperatorAction::Handler(
             __walflow_handler as ::walflow::__private::HandlerFn,

@@ -24,6 +24,7 @@ fn expansion_of_a_query_and_a_handler_operator() {
         operator Audit {
             events: [insert, delete],
             entities: [Comment, Post],
+            writes: [AuditLog],
             handler: audit,
         }
     };

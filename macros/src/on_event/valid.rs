@@ -199,4 +199,43 @@ pub fn check(cx: &mut Ctxt, op: &Operator) {
             }
         }
     }
+
+    if let Some(writes) = &op.writes {
+        if op.query.is_some() {
+            cx.error_spanned_by(
+                &writes.key,
+                "`writes` is for handlers: a query operator writes its target (`for Target`), \
+                 which walflow knows already; remove it",
+            );
+            return;
+        }
+        if writes.value.is_empty() {
+            cx.error_spanned_by(
+                &writes.key,
+                "`writes` is empty; list the `#[event_source]` types the handler writes, or \
+                 remove it",
+            );
+        }
+        let target = op.target.as_ref().map(key);
+        let mut seen: Vec<String> = Vec::new();
+        for table in &writes.value {
+            let k = key(table);
+            let t = display(table);
+            if target.as_ref() == Some(&k) {
+                cx.error_spanned_by(
+                    table,
+                    format!(
+                        "`{t}` is the operator's target (`for {t}`), which counts as written \
+                         already; remove it from `writes`"
+                    ),
+                );
+            } else if seen.contains(&k) {
+                cx.error_spanned_by(
+                    table,
+                    format!("`{t}` is listed twice in `writes`; remove one"),
+                );
+            }
+            seen.push(k);
+        }
+    }
 }

@@ -887,10 +887,13 @@ impl Walflow {
     }
 
     /// Waits until every operator has applied (or dead-lettered) every event
-    /// committed up to `lsn`, through chains: when an operator listens to
-    /// another's target table, the changes the upstream operator made for
-    /// those events are applied downstream too, so a reader of a downstream
-    /// table sees everything committed up to `lsn` reflected there.
+    /// committed up to `lsn`, through chains: when an operator listens to a
+    /// table another one writes (a query operator's target, or a table a
+    /// handler declares in `writes: [..]`), the changes the upstream
+    /// operator made for those events are applied downstream too, so a
+    /// reader of a downstream table sees everything committed up to `lsn`
+    /// reflected there. A handler's writes to tables it does not declare
+    /// are not waited through.
     ///
     /// A chain of `n` levels is waited for in `n` rounds: once every event
     /// up to `lsn` is applied, the upstream operators' own writes are
@@ -905,9 +908,11 @@ impl Walflow {
     pub async fn wait_processed(&self, lsn: Lsn, timeout: Duration) -> Result<(), FlowError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let rounds = if self.subscriber_only {
-            Registry::global().map_or(1, |r| chain_depth(&r.operators().collect::<Vec<_>>()))
+            Registry::global().map_or(1, |r| {
+                crate::registry::chain_depth(&r.operators().collect::<Vec<_>>())
+            })
         } else {
-            chain_depth(&self.operators)
+            crate::registry::chain_depth(&self.operators)
         };
         let mut lsn = lsn;
         for round in 0..rounds {
@@ -1117,29 +1122,4 @@ impl Drop for Walflow {
             l.abort();
         }
     }
-}
-
-/// The number of levels of the longest chain of `ops`: an operator that
-/// listens to another's target table is one level below it (a cycle counts
-/// each operator once).
-fn chain_depth(ops: &[&'static OperatorRegistration]) -> usize {
-    let mut level = vec![1usize; ops.len()];
-    // Longest paths by relaxation; more rounds than operators only repeat
-    // a cycle.
-    for _ in 0..ops.len() {
-        let mut changed = false;
-        for (i, down) in ops.iter().enumerate() {
-            for (j, up) in ops.iter().enumerate() {
-                let feeds = up.target.is_some_and(|t| down.listens_to_table(t.table));
-                if i != j && feeds && level[j] + 1 > level[i] && level[j] < ops.len() {
-                    level[i] = level[j] + 1;
-                    changed = true;
-                }
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
-    level.into_iter().max().unwrap_or(1)
 }

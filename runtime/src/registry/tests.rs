@@ -43,6 +43,7 @@ const fn operator(
         entities,
         id_mapping: &[],
         delete_with: &[],
+        writes: &[],
         coalesce: false,
         action,
     }
@@ -235,4 +236,74 @@ fn column_of_follows_renames() {
     const COLUMN: &str = support::column_of(FIELDS, "post_id");
     assert_eq!(COLUMN, "postId");
     assert_eq!(support::column_of(FIELDS, "other"), "other");
+}
+
+static BADGES: EntityRegistration = entity("Badge", "badges", 4);
+static MIRRORS: EntityRegistration = entity("Mirror", "mirrors", 5);
+
+/// Listens to `counts`, `Count`'s target.
+static BADGE_OP: OperatorRegistration = operator(
+    "Badge",
+    70,
+    Some(TargetRef {
+        rust_name: "Badge",
+        table: table("badges"),
+        id_column: "id",
+    }),
+    &[table("counts")],
+    OperatorAction::Query("select $1"),
+);
+/// A handler on `badges` that writes `mirrors`.
+static MIRROR_OP: OperatorRegistration = OperatorRegistration {
+    writes: &[table("mirrors")],
+    ..operator(
+        "Mirror",
+        80,
+        None,
+        &[table("badges")],
+        OperatorAction::Handler(handler),
+    )
+};
+/// Listens to `mirrors`, which only `Mirror`'s declared writes feed.
+static MIRROR_COUNT_OP: OperatorRegistration = operator(
+    "MirrorCount",
+    90,
+    Some(COUNT_TARGET),
+    &[table("mirrors")],
+    OperatorAction::Query("select $1"),
+);
+
+#[test]
+fn chains_count_targets_and_declared_writes() {
+    assert_eq!(chain_depth(&[]), 1);
+    assert_eq!(chain_depth(&[&COUNT_OP, &AUDIT]), 1);
+    // Count → Badge: the target feeds the next level.
+    assert_eq!(chain_depth(&[&BADGE_OP, &COUNT_OP]), 2);
+    // Count → Badge → Mirror (a handler) → MirrorCount, through the
+    // handler's declared `writes`.
+    assert_eq!(
+        chain_depth(&[&MIRROR_COUNT_OP, &MIRROR_OP, &BADGE_OP, &COUNT_OP]),
+        4
+    );
+    assert!(MIRROR_OP.feeds(&MIRROR_COUNT_OP));
+    assert!(!MIRROR_COUNT_OP.feeds(&MIRROR_OP));
+    let written: Vec<_> = MIRROR_OP.written_tables().map(|t| t.table).collect();
+    assert_eq!(written, ["mirrors"]);
+    // A cycle counts each operator once: MirrorCount writes `counts`,
+    // which Badge listens to.
+    assert_eq!(chain_depth(&[&MIRROR_COUNT_OP, &MIRROR_OP, &BADGE_OP]), 3);
+}
+
+#[test]
+fn declared_writes_must_be_declared_tables() {
+    let err = Registry::new([&BADGES], [&MIRROR_OP]).unwrap_err();
+    assert_eq!(
+        err.problems,
+        [RegistryProblem::UnknownTable {
+            operator: "Mirror",
+            operator_at: loc("app::ops", 80),
+            table: table("mirrors"),
+        }]
+    );
+    Registry::new([&BADGES, &MIRRORS], [&MIRROR_OP]).unwrap();
 }
