@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::raw::{EventKind, RawEvent};
-use crate::registry::{OperatorAction, OperatorRegistration};
+use crate::ident::QualifiedName;
+use crate::raw::{ColumnType, EventKind, RawEvent};
+use crate::registry::{OperatorAction, OperatorRegistration, TableName};
 use crate::value::{Record, Value};
 
 /// One queue row to insert: an event for one operator (and one mapped id).
@@ -61,6 +62,31 @@ pub(crate) struct StatusMark {
     pub remaining: i32,
 }
 
+/// An event an operator cannot follow because its table's replica identity
+/// does not carry the old row it needs: recorded as a dead letter by the
+/// flush that queues its transaction (so before the transaction is
+/// acknowledged), never run.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    pub operator: &'static str,
+    pub commit_lsn: i64,
+    pub seq: i32,
+    /// As its row would have been: 1 for the old id of an update, 0 for a
+    /// delete.
+    pub part: i16,
+    /// The mapped id as JSON (`null`: the id is what is unknown).
+    pub id: String,
+    pub kind: EventKind,
+    pub schema: Arc<str>,
+    pub table: Arc<str>,
+    /// A handler operator's event as JSON (so that a retried dead letter
+    /// has it).
+    pub event: Option<String>,
+    pub updated_at: Option<i64>,
+    /// Why: the table, its replica identity, the missing column, the fix.
+    pub reason: String,
+}
+
 /// The queue rows (and status marks) of one or more transactions.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
@@ -70,6 +96,9 @@ pub(crate) struct Batch {
     /// holds (whether or not they produced rows): queueing the batch waits
     /// until every one of them is visible to new snapshots.
     pub xids: Vec<u32>,
+    /// Events refused for want of their old row: dead letters written by
+    /// the statement that queues the batch.
+    pub refused: Vec<Refusal>,
 }
 
 impl Batch {
@@ -77,6 +106,7 @@ impl Batch {
         self.rows.append(&mut other.rows);
         self.status.append(&mut other.status);
         self.xids.append(&mut other.xids);
+        self.refused.append(&mut other.refused);
     }
 
     /// Collapses the rows of coalescing query operators: consecutive rows of
@@ -215,12 +245,28 @@ pub(crate) fn dispatch(
                 let json = event_json
                     .get_or_insert_with(|| serde_json::to_string(raw).expect("events serialize"))
                     .clone();
+                if raw.kind == EventKind::Delete
+                    && let Some(col) = op.id_column(&**raw)
+                    && raw.old.as_ref().is_none_or(|o| o.get(col).is_none())
+                {
+                    batch.refused.push(refusal(raw, op, 0, Some(json), col));
+                    continue;
+                }
                 batch.rows.push(row(0, &id, raw.kind, Some(json)));
             }
             OperatorAction::Query(_) => {
                 let Some(col) = op.id_column(&**raw) else {
                     continue;
                 };
+                // A delete's old row without the mapped column (the table's
+                // replica identity does not carry it): the id it left is
+                // unknown.
+                if raw.kind == EventKind::Delete
+                    && raw.old.as_ref().is_none_or(|o| o.get(col).is_none())
+                {
+                    batch.refused.push(refusal(raw, op, 0, None, col));
+                    continue;
+                }
                 let id = id_of(raw.record(), col);
                 if id != Value::Null {
                     batch.rows.push(row(0, &id, raw.kind, None));
@@ -230,14 +276,28 @@ pub(crate) fn dispatch(
                 // old id is gone: a delete of that id (the query would find
                 // nothing for it, and a MERGE cannot delete).
                 if raw.kind == EventKind::Update {
-                    let old = id_of(raw.old.as_ref(), col);
-                    if old != Value::Null && old != id && old != Value::UnchangedToast {
-                        let kind = if op.deletes_with(&**raw) {
-                            EventKind::Delete
-                        } else {
-                            EventKind::Update
-                        };
-                        batch.rows.push(row(1, &old, kind, None));
+                    match raw.old.as_ref().and_then(|o| o.get(col)) {
+                        Some(old)
+                            if *old != Value::Null
+                                && *old != id
+                                && *old != Value::UnchangedToast =>
+                        {
+                            let kind = if op.deletes_with(&**raw) {
+                                EventKind::Delete
+                            } else {
+                                EventKind::Update
+                            };
+                            batch.rows.push(row(1, old, kind, None));
+                        }
+                        Some(_) => {}
+                        // No old value, and the column is outside the
+                        // replica identity: it may have changed (without
+                        // an old row at all, PostgreSQL only says the key
+                        // did not). The old id is unknown.
+                        None if !is_key(&raw.columns, col) => {
+                            batch.refused.push(refusal(raw, op, 1, None, col));
+                        }
+                        None => {}
                     }
                 }
             }
@@ -252,6 +312,197 @@ pub(crate) fn dispatch(
             updated_at,
             remaining: (batch.rows.len() - before) as i32,
         });
+    }
+}
+
+/// Whether `column` is part of the replica identity its table's events
+/// were announced with (with `REPLICA IDENTITY FULL`, every column is).
+fn is_key(columns: &[ColumnType], column: &str) -> bool {
+    columns.iter().any(|c| c.key && &*c.name == column)
+}
+
+/// The column whose old value `op` needs from `table`'s update and delete
+/// events: its mapped column, when it runs on deletes (the id a deleted
+/// row leaves is in its old row) or, for a query operator, on updates (a
+/// moved row's old id is recomputed too). `None` when it needs none.
+pub(crate) fn old_row_column(
+    op: &OperatorRegistration,
+    table: impl TableName + Copy,
+) -> Option<&'static str> {
+    if !op.listens_to_table(table) {
+        return None;
+    }
+    let col = op.id_column(table)?;
+    let needs = op.listens_to(table, EventKind::Delete)
+        || matches!(op.action, OperatorAction::Query(_)) && op.listens_to(table, EventKind::Update);
+    needs.then_some(col)
+}
+
+/// The replica identity the events of a table were announced with, as a
+/// person reads it: which of the old row they carry. (PostgreSQL flags the
+/// identity's columns, every one with `REPLICA IDENTITY FULL`; the
+/// primary key and a unique index are told apart only in the catalog.)
+pub(crate) fn identity_text(columns: &[ColumnType]) -> String {
+    let key: Vec<String> = columns
+        .iter()
+        .filter(|c| c.key)
+        .map(|c| format!("`{}`", c.name))
+        .collect();
+    if !columns.is_empty() && key.len() == columns.len() {
+        "REPLICA IDENTITY FULL".to_owned()
+    } else if key.is_empty() {
+        "REPLICA IDENTITY NOTHING, or DEFAULT without a primary key: old rows carry no column"
+            .to_owned()
+    } else {
+        format!(
+            "REPLICA IDENTITY DEFAULT or USING INDEX: old rows carry {} only",
+            key.join(", ")
+        )
+    }
+}
+
+/// The statement that makes `schema.table`'s old rows whole.
+pub(crate) fn identity_fix(schema: &str, table: &str) -> String {
+    format!(
+        "ALTER TABLE {} REPLICA IDENTITY FULL",
+        QualifiedName::new(schema, table)
+    )
+}
+
+/// The key of the row an event changed, `id = 3`, from its old row when it
+/// has one, else its new row.
+fn key_text(raw: &RawEvent) -> String {
+    let record = raw.old.as_ref().or(raw.new.as_ref());
+    let parts: Vec<String> = raw
+        .columns
+        .iter()
+        .filter(|c| c.key)
+        .filter_map(|c| {
+            let v = record?.get(&c.name)?;
+            Some(format!("{} = {}", c.name, v.to_plain_json()))
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// `op`'s refusal of `raw`, whose old row lacks `column`.
+fn refusal(
+    raw: &RawEvent,
+    op: &OperatorRegistration,
+    part: i16,
+    event: Option<String>,
+    column: &str,
+) -> Refusal {
+    crate::telemetry::dead_lettered(op.name, 1);
+    let table = format!("{}.{}", raw.schema, raw.table);
+    let key = key_text(raw);
+    let row = if key.is_empty() {
+        String::new()
+    } else {
+        format!(" (the row with {key})")
+    };
+    let what = match raw.kind {
+        EventKind::Delete => format!(
+            "this delete of `{table}`{row} does not carry its `{column}`, so the id the row \
+             left is unknown and operator `{}` cannot follow it",
+            op.name
+        ),
+        _ => format!(
+            "this update of `{table}`{row} does not carry the old `{column}`, so if the row \
+             moved, the id it left is unknown and operator `{}` cannot recompute it",
+            op.name
+        ),
+    };
+    Refusal {
+        operator: op.name,
+        commit_lsn: raw.commit_lsn.0 as i64,
+        seq: raw.seq as i32,
+        part,
+        id: "null".to_owned(),
+        kind: raw.kind,
+        schema: raw.schema.clone(),
+        table: raw.table.clone(),
+        event,
+        updated_at: None,
+        reason: format!(
+            "{what}: the table's replica identity ({}) leaves the column out; run `{}`, then \
+             recompute the ids concerned",
+            identity_text(&raw.columns),
+            identity_fix(&raw.schema, &raw.table)
+        ),
+    }
+}
+
+/// What the operators need of a table's replica identity, checked once per
+/// announcement of the table (a Relation message: each event carries its
+/// table's columns as last announced, shared until the next).
+#[derive(Debug, Default)]
+pub(crate) struct IdentityWatch {
+    /// Per table: the columns last seen (kept, so that their address
+    /// stays theirs) and whether they fell short.
+    tables: HashMap<TableKey, (Arc<[ColumnType]>, bool)>,
+    /// The addresses of the columns in `tables`.
+    seen: std::collections::HashSet<usize>,
+}
+
+/// `(schema, table)`.
+type TableKey = (Arc<str>, Arc<str>);
+
+/// A table whose announced replica identity changed what the operators can
+/// follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdentityVerdict {
+    /// `schema.table`.
+    pub table: String,
+    /// What falls short and the fix; `None`: nothing (any more).
+    pub problem: Option<String>,
+}
+
+impl IdentityWatch {
+    /// Checks `raw`'s table when its columns were announced anew; a
+    /// verdict when what the operators can follow changed (or on the
+    /// table's first announcement, when it falls short).
+    pub fn check(
+        &mut self,
+        raw: &RawEvent,
+        ops: &[&'static OperatorRegistration],
+    ) -> Option<IdentityVerdict> {
+        let addr = Arc::as_ptr(&raw.columns) as *const ColumnType as usize;
+        if self.seen.contains(&addr) {
+            return None;
+        }
+        let short: Vec<String> = ops
+            .iter()
+            .filter_map(|op| {
+                let col = old_row_column(op, raw)?;
+                (!is_key(&raw.columns, col)).then(|| format!("`{}` (operator `{}`)", col, op.name))
+            })
+            .collect();
+        let bad = !short.is_empty();
+        let key = (raw.schema.clone(), raw.table.clone());
+        let was = match self.tables.insert(key, (raw.columns.clone(), bad)) {
+            Some((old, was)) => {
+                self.seen
+                    .remove(&(Arc::as_ptr(&old) as *const ColumnType as usize));
+                Some(was)
+            }
+            None => None,
+        };
+        self.seen.insert(addr);
+        if was.unwrap_or(false) == bad {
+            return None;
+        }
+        let table = format!("{}.{}", raw.schema, raw.table);
+        let problem = bad.then(|| {
+            format!(
+                "the replica identity of `{table}` ({}) does not carry {} in old rows: its \
+                 moved rows and deletes are dead-lettered; run `{}`",
+                identity_text(&raw.columns),
+                short.join(", "),
+                identity_fix(&raw.schema, &raw.table)
+            )
+        });
+        Some(IdentityVerdict { table, problem })
     }
 }
 
@@ -286,3 +537,6 @@ pub(crate) fn id_display(id_json: &str) -> String {
         _ => id_json.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests;

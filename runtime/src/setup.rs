@@ -65,6 +65,23 @@ pub struct TableSpec {
     /// table's identity as it is, and update/delete events then carry only
     /// the key columns of the old row).
     pub replica_identity_full: bool,
+    /// Columns whose old values operators need from the table's updates
+    /// and deletes. With `replica_identity_full` off, the set-up fails
+    /// ([`SetupError::OldRowNotCarried`]) unless the table's identity as
+    /// it stands carries each of them.
+    pub old_row_columns: Vec<OldRowColumn>,
+}
+
+/// A column whose old value an operator needs (see
+/// [`TableSpec::old_row_columns`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OldRowColumn {
+    /// The column.
+    pub column: String,
+    /// The operator that maps the table by it.
+    pub operator: String,
+    /// The Rust name of the table's `#[event_source]`.
+    pub entity: String,
 }
 
 impl TableSpec {
@@ -74,6 +91,7 @@ impl TableSpec {
             schema: schema.into(),
             table: table.into(),
             replica_identity_full: true,
+            old_row_columns: Vec::new(),
         }
     }
 
@@ -159,6 +177,10 @@ pub enum SetupError {
         #[source]
         source: sqlx::Error,
     },
+    /// An entity declared with `replica_identity = "default"` is mapped by
+    /// a column its table's replica identity does not carry in old rows.
+    #[error(transparent)]
+    OldRowNotCarried(Box<OldRowNotCarried>),
     /// A statement failed.
     #[error("{context}: {}", crate::pg_error::DbError(.source))]
     Sql {
@@ -168,6 +190,34 @@ pub enum SetupError {
         #[source]
         source: sqlx::Error,
     },
+}
+
+/// An entity declared with `replica_identity = "default"` is mapped by a
+/// column its table's replica identity does not carry in old rows: the
+/// operator could not tell which id a row moved from, nor which id a
+/// deleted row leaves.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "entity `{entity}` (table `{table}`) is declared with `replica_identity = \"default\"`, \
+     and operator `{operator}` maps it by `{column}`, which the table's replica identity \
+     ({identity}) does not carry in old rows: its updates would not say which id a row moved \
+     from, nor its deletes which id they leave; run `{fix}`, or remove \
+     `replica_identity = \"default\"` from `{entity}` so that walflow sets it"
+)]
+#[non_exhaustive]
+pub struct OldRowNotCarried {
+    /// The `#[event_source]` struct.
+    pub entity: String,
+    /// The table (`schema.table`).
+    pub table: String,
+    /// The mapped column.
+    pub column: String,
+    /// The operator.
+    pub operator: String,
+    /// The table's replica identity and what it carries.
+    pub identity: String,
+    /// The statement that makes old rows whole.
+    pub fix: String,
 }
 
 fn sql(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> SetupError {
@@ -290,8 +340,18 @@ async fn prepare_locked(
     let wanted: BTreeSet<TableSpec> = spec.tables.iter().cloned().collect();
     let mut identities = Vec::with_capacity(wanted.len());
     for t in &wanted {
+        // The identity, and the columns it carries in old rows (the
+        // primary key's or the identity index's; every one when FULL).
         let row = sqlx::query(
-            "SELECT c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+            "SELECT c.relreplident::text,
+                    ARRAY(SELECT a.attname::text FROM pg_index i
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                          WHERE i.indrelid = c.oid
+                            AND CASE c.relreplident WHEN 'd' THEN i.indisprimary
+                                                    WHEN 'i' THEN i.indisreplident
+                                                    ELSE false END
+                          ORDER BY array_position(i.indkey::int2[], a.attnum))
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
         )
         .bind(&t.schema)
@@ -305,7 +365,11 @@ async fn prepare_locked(
                 table: t.table.clone(),
             });
         };
-        identities.push(row.get::<String, _>(0));
+        let identity = row.get::<String, _>(0);
+        if !t.replica_identity_full {
+            check_old_rows(t, &identity, &row.get::<Vec<String>, _>(1))?;
+        }
+        identities.push(identity);
     }
     let publication = quote_ident(&spec.publication);
     let existing: Option<bool> =
@@ -394,6 +458,59 @@ async fn prepare_locked(
         report.tables_removed.push(format!("{schema}.{table}"));
     }
     Ok(report)
+}
+
+/// Fails when `t`'s replica identity (`relreplident`, carrying `key` in
+/// old rows) leaves out a column an operator needs the old value of.
+fn check_old_rows(t: &TableSpec, identity: &str, key: &[String]) -> Result<(), SetupError> {
+    if identity == "f" {
+        return Ok(());
+    }
+    let Some(need) = t.old_row_columns.iter().find(|n| !key.contains(&n.column)) else {
+        return Ok(());
+    };
+    let carried = key
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let identity = match (identity, key.is_empty()) {
+        ("d", false) => format!("DEFAULT: the primary key, {carried}"),
+        ("d", true) => "DEFAULT, without a primary key: nothing".to_owned(),
+        ("i", _) => format!("USING INDEX: {carried}"),
+        ("n", _) => "NOTHING".to_owned(),
+        (other, _) => format!("`{other}`"),
+    };
+    Err(SetupError::OldRowNotCarried(Box::new(OldRowNotCarried {
+        entity: need.entity.clone(),
+        table: format!("{}.{}", t.schema, t.table),
+        column: need.column.clone(),
+        operator: need.operator.clone(),
+        identity,
+        fix: crate::dispatch::identity_fix(&t.schema, &t.table),
+    })))
+}
+
+/// The columns of `entity`'s table whose old values `operators` need: the
+/// column each maps it by, when it runs on its deletes or (a query
+/// operator) its updates.
+pub(crate) fn old_row_columns(
+    entity: &crate::registry::EntityRegistration,
+    operators: &[&'static crate::registry::OperatorRegistration],
+) -> Vec<OldRowColumn> {
+    let mut out: Vec<OldRowColumn> = operators
+        .iter()
+        .filter_map(|op| {
+            let column = crate::dispatch::old_row_column(op, entity.table)?;
+            Some(OldRowColumn {
+                column: column.to_owned(),
+                operator: op.name.to_owned(),
+                entity: entity.rust_name.to_owned(),
+            })
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The lock timeout one attempt uses: the requested one, at most a quarter

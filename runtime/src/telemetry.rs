@@ -339,7 +339,10 @@ pub enum HealthState {
     Ready,
     /// Streaming, but behind by more than `ready_lag_bytes`.
     Behind,
-    /// The slot lag is past `max_slot_lag_bytes` (the slot guard).
+    /// The slot lag is past `max_slot_lag_bytes` (the slot guard), or a
+    /// table's replica identity does not carry the old rows an operator
+    /// needs (its moved rows and deletes are dead-lettered);
+    /// [`Health::detail`] says which.
     Degraded,
     /// The replication connection is down; the listener is reconnecting.
     Reconnecting,
@@ -439,6 +442,8 @@ struct Inner {
     over_limit: bool,
     operators: Vec<OperatorReading>,
     dead_letters: Vec<DeadLetterReading>,
+    /// Tables whose replica identity falls short, with what and the fix.
+    identities: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -561,6 +566,19 @@ impl HealthCell {
         })
     }
 
+    /// What table `table`'s replica identity, as last announced, leaves
+    /// the operators unable to follow (`None`: nothing).
+    pub fn replica_identity(&self, table: &str, problem: Option<String>) {
+        self.with(|i| match problem {
+            Some(p) => {
+                i.identities.insert(table.to_owned(), p);
+            }
+            None => {
+                i.identities.remove(table);
+            }
+        });
+    }
+
     /// A fatal error.
     pub fn fail(&self, why: String) {
         self.with(|i| i.fatal = Some(why));
@@ -584,6 +602,9 @@ impl HealthCell {
                 (HealthState::Reconnecting, None)
             } else if self.no_slot {
                 (HealthState::Ready, None)
+            } else if !i.identities.is_empty() {
+                let why: Vec<&str> = i.identities.values().map(String::as_str).collect();
+                (HealthState::Degraded, Some(why.join("; ")))
             } else {
                 match lag {
                     Some(l) if l > self.max_lag => (

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sqlx::PgConnection;
 use tokio::sync::watch;
 
-use crate::dispatch::{Batch, dispatch};
+use crate::dispatch::{Batch, IdentityWatch, dispatch};
 use crate::listener::{Listener, ListenerMessage, ListenerOptions, PgWireConnector};
 use crate::lsn::Lsn;
 use crate::queue::{Shared, Store};
@@ -102,6 +102,8 @@ impl Consumer {
         let mut buf = Vec::with_capacity(ROUND);
         let mut failures = 0u32;
         let field = self.shared.config.process_status_entity_field().to_owned();
+        // What each table's replica identity lets the operators follow.
+        let mut identities = IdentityWatch::default();
         let mut stop = self.stop.clone();
         // Errors that say the server is going away, counted: those seen
         // before the listener (re)starts are past.
@@ -232,6 +234,9 @@ impl Consumer {
                     }
                     ListenerMessage::Change(ev) => {
                         let ev = Arc::new(ev);
+                        if let Some(v) = identities.check(&ev, &self.ops) {
+                            self.identity_changed(v);
+                        }
                         if let Some((_, b)) = open.as_mut() {
                             // Changes of a transaction queued in part
                             // before a restart are queued once.
@@ -365,6 +370,22 @@ impl Consumer {
             crate::crash_point::hit("queue.acked");
         }
         true
+    }
+
+    /// A table was announced with a replica identity that changes what the
+    /// operators can follow: said once (an error while it falls short) and
+    /// shown by the health. The events it leaves unfollowable are
+    /// dead-lettered one by one ([`dispatch`]).
+    fn identity_changed(&self, v: crate::dispatch::IdentityVerdict) {
+        match &v.problem {
+            Some(problem) => tracing::error!(table = %v.table, "{problem}"),
+            None => tracing::info!(
+                table = %v.table,
+                "the replica identity of `{}` carries the old rows the operators need again",
+                v.table
+            ),
+        }
+        self.shared.health.replica_identity(&v.table, v.problem);
     }
 
     async fn stop_listener(&self, listener: Option<Listener>) {

@@ -535,9 +535,11 @@ impl WalflowBuilder {
                     .iter()
                     .map(|t| {
                         let mut spec = TableSpec::new(t.schema, t.table);
-                        spec.replica_identity_full = registry
-                            .entity(t.schema, t.table)
-                            .is_none_or(|e| e.replica_identity_full);
+                        let entity = registry.entity(t.schema, t.table);
+                        spec.replica_identity_full = entity.is_none_or(|e| e.replica_identity_full);
+                        if let Some(e) = entity {
+                            spec.old_row_columns = crate::setup::old_row_columns(e, &operators);
+                        }
                         spec
                     })
                     .collect(),

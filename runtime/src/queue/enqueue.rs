@@ -1,4 +1,5 @@
-//! Queueing: a batch of transactions' rows, their process status marks and
+//! Queueing: a batch of transactions' rows, their process status marks,
+//! the dead letters of the events refused for want of their old row, and
 //! the queue's position, written by one statement that first checks that
 //! the batch's transactions are visible (rules 1 to 3 of the
 //! [protocol](super)).
@@ -231,7 +232,7 @@ async fn flush(
     end: Option<Lsn>,
     partial: Option<(Lsn, u32)>,
 ) -> sqlx::Result<()> {
-    let rows = &batch.rows;
+    let (rows, dead) = (&batch.rows, &batch.refused);
     let covers = |f: fn(&(i64, i32)) -> String| -> Vec<Option<String>> {
         rows.iter()
             .map(|r| {
@@ -286,6 +287,20 @@ async fn flush(
                partial_lsn = EXCLUDED.partial_lsn,
                partial_seq = EXCLUDED.partial_seq
              RETURNING 1
+         ), dl AS (
+             -- Refused events (no old row where one is needed): dead
+             -- letters with their reason, never run (0 attempts); once.
+             INSERT INTO walflow.dead_letters
+               (slot, operator, commit_lsn, seq, part, mapped_id, kind, schema_name, table_name,
+                event, updated_at, error, attempts)
+             SELECT $1, o, l, s, p, i, k, sc, t, e::jsonb, u, r, 0
+             FROM UNNEST($28::text[], $29::int8[], $30::int4[], $31::int2[], $32::text[],
+                         $33::text[], $34::text[], $35::text[], $36::text[], $37::int8[],
+                         $38::text[]) AS x(o, l, s, p, i, k, sc, t, e, u, r)
+             WHERE NOT EXISTS (SELECT 1 FROM walflow.dead_letters d
+                               WHERE d.slot = $1 AND d.operator = x.o AND d.commit_lsn = x.l
+                                 AND d.seq = x.s AND d.part = x.p)
+             RETURNING 1
          )
          SELECT walflow.require_visible($27::int8[]),
                 set_config('synchronous_commit', 'local', true)",
@@ -317,6 +332,17 @@ async fn flush(
     .bind(partial.map(|p| p.0.0 as i64))
     .bind(partial.map(|p| p.1 as i32))
     .bind(batch.xids.iter().map(|x| i64::from(*x)).collect::<Vec<_>>())
+    .bind(dead.iter().map(|r| r.operator).collect::<Vec<_>>())
+    .bind(dead.iter().map(|r| r.commit_lsn).collect::<Vec<_>>())
+    .bind(dead.iter().map(|r| r.seq).collect::<Vec<_>>())
+    .bind(dead.iter().map(|r| r.part).collect::<Vec<_>>())
+    .bind(dead.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+    .bind(dead.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
+    .bind(dead.iter().map(|r| &*r.schema).collect::<Vec<_>>())
+    .bind(dead.iter().map(|r| &*r.table).collect::<Vec<_>>())
+    .bind(dead.iter().map(|r| r.event.as_deref()).collect::<Vec<_>>())
+    .bind(dead.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind(dead.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -122,9 +122,14 @@ impl Store {
         let mut conn = conn;
         if store.memory_status {
             store.memory.marks(&batch.status);
-        } else if !batch.status.is_empty() {
+            batch.status.clear();
+        }
+        // The marks kept in the database, and the dead letters of refused
+        // events, are written before the batch is acknowledged.
+        if !batch.status.is_empty() || !batch.refused.is_empty() {
             let marks = Batch {
                 status: std::mem::take(&mut batch.status),
+                refused: std::mem::take(&mut batch.refused),
                 ..Batch::default()
             };
             let (c, ok) =

@@ -35,3 +35,41 @@ fn lock_unavailable_names_the_table() {
         "{text}"
     );
 }
+
+#[test]
+fn an_identity_that_leaves_out_a_mapped_column_is_refused_naming_everything() {
+    let mut t = TableSpec::new("public", "notes");
+    t.replica_identity_full = false;
+    t.old_row_columns = vec![OldRowColumn {
+        column: "owner_id".into(),
+        operator: "NotesPerOwner".into(),
+        entity: "Note".into(),
+    }];
+    let key = ["id".to_owned()];
+    let text = check_old_rows(&t, "d", &key).unwrap_err().to_string();
+    assert!(
+        text.starts_with(
+            "entity `Note` (table `public.notes`) is declared with `replica_identity = \"default\"`, \
+             and operator `NotesPerOwner` maps it by `owner_id`, which the table's replica identity \
+             (DEFAULT: the primary key, `id`) does not carry in old rows"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"run `ALTER TABLE "public"."notes" REPLICA IDENTITY FULL`"#),
+        "{text}"
+    );
+    let text = check_old_rows(&t, "n", &[]).unwrap_err().to_string();
+    assert!(text.contains("(NOTHING)"), "{text}");
+    let text = check_old_rows(&t, "d", &[]).unwrap_err().to_string();
+    assert!(
+        text.contains("(DEFAULT, without a primary key: nothing)"),
+        "{text}"
+    );
+    // Carried: by FULL, or by a key (an identity index) holding the column.
+    assert!(check_old_rows(&t, "f", &[]).is_ok());
+    let index = ["owner_id".to_owned(), "id".to_owned()];
+    assert!(check_old_rows(&t, "i", &index).is_ok());
+    t.old_row_columns.clear();
+    assert!(check_old_rows(&t, "n", &[]).is_ok());
+}
