@@ -219,3 +219,106 @@ async fn a_handler_s_declared_writes_are_waited_through() {
     }
     flow.shutdown().await.unwrap();
 }
+
+// Rows of an operator that no running flow declares.
+
+#[event_source(table = "gate_items")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct GateItem {
+    id: i64,
+}
+
+#[event_source(table = "gate_copies")]
+#[derive(Debug, Clone, serde::Deserialize)]
+struct GateCopy {
+    id: i64,
+}
+
+on_event! {
+    operator GateCopier for GateCopy {
+        events: [insert],
+        entities: [GateItem],
+        query: "INSERT INTO gate_copies (id) SELECT id FROM gate_items WHERE id = $1
+                ON CONFLICT (id) DO NOTHING",
+    }
+
+    /// Fails every time: its rows stay queued (retried far apart).
+    operator GateStuck {
+        events: [insert],
+        entities: [GateItem],
+        handler: stuck,
+    }
+}
+
+async fn stuck(_event: Event<GateItem>, _ctx: Ctx) -> Result<(), std::io::Error> {
+    Err(std::io::Error::other("stuck"))
+}
+
+async fn queued(pool: &sqlx::PgPool, slot: &str, operator: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM walflow.queue WHERE slot = $1 AND operator = $2")
+        .bind(slot)
+        .bind(operator)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn gate_flow(db: &common::Db, slot: &str, operators: &[&str]) -> Walflow {
+    Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(slot)
+        .operators(operators.iter().copied())
+        .min_restart_time(Duration::from_secs(600))
+        .max_restart_time(Duration::from_secs(600))
+        .start()
+        .await
+        .unwrap()
+}
+
+/// A flow ran `GateCopier` and `GateStuck`, and stopped with a row of
+/// `GateStuck` queued; the next flow declares only `GateCopier`. Its fence
+/// is reached (the row would hold it forever), and the row is still queued,
+/// not dropped.
+#[tokio::test]
+async fn rows_of_an_operator_no_flow_declares_do_not_hold_the_fence() {
+    let db = common::db().await;
+    db.exec(
+        "CREATE TABLE gate_items (id bigint PRIMARY KEY);
+         CREATE TABLE gate_copies (id bigint PRIMARY KEY);",
+    )
+    .await;
+    let slot = db.slot("fence_gate");
+    let first = gate_flow(&db, &slot, &["GateCopier", "GateStuck"]).await;
+    db.exec("INSERT INTO gate_items (id) VALUES (1)").await;
+    let lsn = first.current_lsn().await.unwrap();
+    common::wait_until(Duration::from_secs(20), || async {
+        queued(&db.pool, &slot, "GateCopier").await == 0
+            && queued(&db.pool, &slot, "GateStuck").await == 1
+    })
+    .await;
+    // While a flow declares it, its row holds the fence.
+    assert!(matches!(
+        first.wait_processed(lsn, Duration::from_millis(500)).await,
+        Err(walflow::FlowError::Timeout { .. })
+    ));
+    first.shutdown().await.unwrap();
+
+    let second = gate_flow(&db, &slot, &["GateCopier"]).await;
+    db.exec("INSERT INTO gate_items (id) VALUES (2)").await;
+    let lsn = second.current_lsn().await.unwrap();
+    second
+        .wait_processed(lsn, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let copies: Vec<i64> = sqlx::query_scalar("SELECT id FROM gate_copies ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(copies, [1, 2]);
+    assert_eq!(
+        queued(&db.pool, &slot, "GateStuck").await,
+        1,
+        "the row of an operator the flow does not declare is kept"
+    );
+    second.shutdown().await.unwrap();
+}

@@ -1,5 +1,5 @@
 //! `walflow`: the status of a walflow deployment, its dead letters, its
-//! replication slot and its schema, from the command line.
+//! replication slot, its operators and its schema, from the command line.
 //!
 //! Reads its settings as the library does ([`walflow::Config::from_env`]:
 //! `DATABASE_URL`, `WALFLOW_HOST`, `WALFLOW_PORT`, `WALFLOW_DATABASE`,
@@ -47,7 +47,7 @@ Exit status: 0 on success; 1 on an error, printed as `error: ...` on stderr (als
 `status` finds the slot gone: it prints what walflow's tables hold for it first); 2 for \
 invalid arguments.";
 
-/// Status, dead letters, replication slot and schema of a walflow
+/// Status, dead letters, replication slot, operators and schema of a walflow
 /// deployment.
 #[derive(Debug, Parser)]
 #[command(name = "walflow", version, about, after_help = AFTER_HELP)]
@@ -94,6 +94,9 @@ enum Command {
     /// The replication slot.
     #[command(subcommand)]
     Slot(Slot),
+    /// Operators of the slot.
+    #[command(subcommand)]
+    Operator(Operator),
     /// Creates the walflow tables, or brings them up to date.
     Migrate,
 }
@@ -170,6 +173,21 @@ enum Slot {
     /// Drops the replication slot (refused while a flow holds it). Asks
     /// for confirmation on a terminal; without one, refuses unless `--yes`.
     Drop {
+        /// Does not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Operator {
+    /// Drops an operator no running flow declares any more: its queued rows
+    /// become dead letters ("operator NAME dropped"), so they no longer
+    /// wait. Refused while a running flow declares it. Asks for
+    /// confirmation on a terminal; without one, refuses unless `--yes`.
+    Drop {
+        /// The operator's name.
+        name: String,
         /// Does not ask for confirmation.
         #[arg(long)]
         yes: bool,
@@ -335,6 +353,9 @@ async fn dispatch(pool: &PgPool, config: &Config, slot_asked: bool, command: Com
         }
         Command::Slot(Slot::Drop { yes }) => {
             drop_slot(pool, config.slot_name(), slot_asked, yes).await
+        }
+        Command::Operator(Operator::Drop { name, yes }) => {
+            drop_operator(pool, &slot().await?, &name, yes).await
         }
         Command::Migrate => migrate(pool).await,
     }
@@ -891,6 +912,25 @@ async fn drop_slot(pool: &PgPool, slot: &str, asked: bool, yes: bool) -> Outcome
     )?;
     admin::drop_slot(pool, slot).await?;
     say(&format!("dropped slot {slot}\n"));
+    Ok(())
+}
+
+async fn drop_operator(pool: &PgPool, slot: &str, operator: &str, yes: bool) -> Outcome {
+    let queued = admin::check_droppable_operator(pool, slot, operator).await?;
+    confirm(
+        yes,
+        &format!(
+            "Drop operator `{operator}` of slot `{slot}`? Its queued rows ({queued} now) become \
+             dead letters (\"operator {operator} dropped\") and no longer run."
+        ),
+        &format!("dropping operator `{operator}`"),
+        format!("operator `{operator}` not dropped"),
+    )?;
+    let n = admin::drop_operator(pool, slot, operator).await?;
+    say(&format!(
+        "dropped operator {operator}: moved {n} queued row{} to the dead letters\n",
+        plural(n)
+    ));
     Ok(())
 }
 

@@ -536,15 +536,15 @@ async fn every_command_against_a_running_flow() {
 async fn migrate_applies_every_version_once() {
     let (db, pool) = fresh().await;
     let out = ok(walflow(db.url(), &["migrate"]).await);
-    assert_eq!(out, "applied migrations 1, 2, 3, 4, 5\n");
+    assert_eq!(out, "applied migrations 1, 2, 3, 4, 5, 7\n");
     let out = ok(walflow(db.url(), &["migrate"]).await);
-    assert_eq!(out, "the walflow schema is up to date (version 5)\n");
+    assert_eq!(out, "the walflow schema is up to date (version 7)\n");
     let versions: Vec<i32> =
         sqlx::query_scalar("SELECT version FROM walflow.migrations ORDER BY version")
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 7]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1364,4 +1364,104 @@ async fn control_characters_from_rows_are_shown_escaped() {
     assert!(err.contains("No\\x1b[2JSuch"), "{err}");
     fails(out, "");
     flow.shutdown().await.unwrap();
+}
+
+/// `walflow operator drop`: rows queued for an operator no running flow
+/// declares (left by an earlier version of the program) do not hold the
+/// fence, stay queued, and are moved to the dead letters on request, the
+/// events waiting on them counting as processed; an operator a running flow
+/// declares, or one the slot does not know, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_drop_dead_letters_the_rows_of_an_operator_no_flow_runs() {
+    let (db, pool) = fresh().await;
+    let url = db.url().to_owned();
+    let slot = db.name().to_owned();
+    let s = slot.as_str();
+    exec(
+        &pool,
+        "CREATE TABLE jobs (id bigint PRIMARY KEY, name text NOT NULL)",
+    )
+    .await;
+    let flow = Walflow::builder()
+        .database_url(&url)
+        .slot_name(&slot)
+        .operators(["Flaky"])
+        .start()
+        .await
+        .unwrap();
+    // A row of operator `Retired`, which this program no longer declares,
+    // with the process status of its event waiting on it.
+    exec(
+        &pool,
+        &format!(
+            "INSERT INTO walflow.queue (slot, operator, commit_lsn, seq, part, id, kind,
+                                        schema_name, table_name, updated_at)
+             VALUES ('{s}', 'Retired', 1, 0, 0, '7', 'insert', 'public', 'jobs', 42);
+             INSERT INTO walflow.pending_status (slot, commit_lsn, seq, schema_name, table_name,
+                                                 updated_at, remaining)
+             VALUES ('{s}', 1, 0, 'public', 'jobs', 42, 1);"
+        ),
+    )
+    .await;
+    let lsn = flow.current_lsn().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let queued = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM walflow.queue WHERE slot = $1 AND operator = 'Retired'",
+        )
+        .bind(s)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(queued().await, 1, "a flow never drops another's rows");
+
+    fails(
+        walflow(&url, &["--slot", s, "operator", "drop", "Retired"]).await,
+        "not dropping operator `Retired` without confirmation, and there is no terminal to \
+         ask on; pass --yes",
+    );
+    fails(
+        walflow(&url, &["--slot", s, "operator", "drop", "Flaky", "--yes"]).await,
+        &format!("operator `Flaky` runs in a flow on slot `{s}`"),
+    );
+    fails(
+        walflow(&url, &["--slot", s, "operator", "drop", "Nobody", "--yes"]).await,
+        &format!("no operator `Nobody` on slot `{s}`; its operators: Flaky, Retired"),
+    );
+    assert_eq!(queued().await, 1);
+
+    let out = ok(walflow(&url, &["--slot", s, "operator", "drop", "Retired", "--yes"]).await);
+    assert_eq!(
+        out,
+        "dropped operator Retired: moved 1 queued row to the dead letters\n"
+    );
+    assert_eq!(queued().await, 0);
+    let letters = admin::dead_letters(&pool, s, Some("Retired"))
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].error, "operator Retired dropped");
+    assert_eq!(letters[0].attempts, 0);
+    assert_eq!(letters[0].mapped_id, "7");
+    let processed: i64 = sqlx::query_scalar(
+        "SELECT updated_at FROM walflow.process_status
+         WHERE slot = $1 AND schema_name = 'public' AND table_name = 'jobs'",
+    )
+    .bind(s)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(processed, 42);
+    assert!(flow.processed("jobs", 42).await.unwrap());
+    flow.shutdown().await.unwrap();
+
+    // Once no flow runs, the slot's own operator can be dropped too.
+    let out = ok(walflow(&url, &["--slot", s, "operator", "drop", "Flaky", "--yes"]).await);
+    assert_eq!(
+        out,
+        "dropped operator Flaky: moved 0 queued rows to the dead letters\n"
+    );
 }

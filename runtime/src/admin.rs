@@ -21,6 +21,14 @@
 //! [`Walflow::retry_dead_letter`](crate::Walflow::retry_dead_letter)'s path,
 //! counts them in `done`, and ends the request in `done`, or `failed` with
 //! `error`. [`request_progress`] reads where a request stands.
+//!
+//! # Operators no flow runs
+//!
+//! Rows queued for an operator that no running flow declares (removed from
+//! the program, or not deployed yet) stay in `walflow.queue`: a flow never
+//! drops them at start, and the LSN fence does not wait for them.
+//! [`drop_operator`] moves them to the dead letters, with the error
+//! `operator NAME dropped`.
 
 /// A database error as a person reads it: the server's message, detail,
 /// hint and SQLSTATE, without the C source line sqlx appends
@@ -108,6 +116,17 @@ pub enum AdminError {
         pid: i32,
         /// Its `application_name` (empty when unknown).
         application_name: String,
+    },
+    /// Dropping an operator that a running flow declares.
+    #[error(
+        "operator `{operator}` runs in a flow on slot `{slot}` (it declares it); deploy the \
+         program without it and stop every flow that still declares it, then drop it"
+    )]
+    OperatorRunning {
+        /// The operator.
+        operator: String,
+        /// The slot.
+        slot: String,
     },
     /// A statement failed; `step` says what was being done.
     #[error("{step}: {}", crate::pg_error::DbError(.source))]
@@ -1044,4 +1063,115 @@ pub async fn drop_slot(pool: &PgPool, slot: &str) -> Result<(), AdminError> {
         }
         Err(e) => Err(sql(format!("dropping slot `{slot}`"))(e)),
     }
+}
+
+/// Whether [`drop_operator`] would drop `operator` now, and how many rows
+/// it has queued: [`AdminError::UnknownOperator`] when the slot knows no
+/// such operator, [`AdminError::OperatorRunning`] while a running flow
+/// declares it (for a tool that asks for confirmation first).
+pub async fn check_droppable_operator(
+    pool: &PgPool,
+    slot: &str,
+    operator: &str,
+) -> Result<i64, AdminError> {
+    check_schema(pool).await?;
+    let known = known_operators(pool, slot).await?;
+    let running = running_operators(pool, slot).await?;
+    if !known.iter().chain(&running).any(|o| o == operator) {
+        return Err(AdminError::UnknownOperator {
+            operator: operator.to_owned(),
+            slot: slot.to_owned(),
+            known: list_or_none(&known),
+        });
+    }
+    if running.iter().any(|o| o == operator) {
+        return Err(AdminError::OperatorRunning {
+            operator: operator.to_owned(),
+            slot: slot.to_owned(),
+        });
+    }
+    sqlx::query_scalar("SELECT count(*) FROM walflow.queue WHERE slot = $1 AND operator = $2")
+        .bind(slot)
+        .bind(operator)
+        .fetch_one(pool)
+        .await
+        .map_err(sql(format!(
+            "counting the queued rows of operator `{operator}` on slot `{slot}`"
+        )))
+}
+
+/// The operators the running flows of the slot declare (a heartbeat in
+/// `walflow.nodes` within the time a node counts as running).
+async fn running_operators(pool: &PgPool, slot: &str) -> Result<Vec<String>, AdminError> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT unnest(operators) FROM walflow.nodes
+         WHERE slot = $1 AND heartbeat_at > now() - make_interval(secs => $2)
+         ORDER BY 1",
+    )
+    .bind(slot)
+    .bind(crate::queue::status::NODE_LIVE_FOR.as_secs_f64())
+    .fetch_all(pool)
+    .await
+    .map_err(sql(format!("reading the flows running on slot `{slot}`")))
+}
+
+/// Drops an operator that no running flow declares: moves its queued rows
+/// to the dead letters, with the error `operator NAME dropped` (0
+/// attempts), in one transaction; the events waiting on them count as
+/// processed. Returns how many rows were moved. Refused as
+/// [`check_droppable_operator`] says. The dead letters can be retried
+/// (`walflow dead-letters retry`) by a flow that declares the operator
+/// again.
+pub async fn drop_operator(pool: &PgPool, slot: &str, operator: &str) -> Result<u64, AdminError> {
+    check_droppable_operator(pool, slot, operator).await?;
+    let step = || format!("dropping operator `{operator}` of slot `{slot}`");
+    let mut tx = pool
+        .begin_with("BEGIN; SET LOCAL synchronous_commit = local")
+        .await
+        .map_err(sql(step()))?;
+    let moved: i64 = sqlx::query_scalar(
+        "WITH moved AS (
+             DELETE FROM walflow.queue WHERE slot = $1 AND operator = $2
+             RETURNING commit_lsn, seq, part, id, kind, schema_name, table_name, event,
+                       updated_at, cover_lsns, cover_seqs),
+         dead AS (
+             INSERT INTO walflow.dead_letters
+               (slot, operator, commit_lsn, seq, part, mapped_id, kind, schema_name,
+                table_name, event, updated_at, error, attempts)
+             SELECT $1, $2, commit_lsn, seq, part, id, kind, schema_name, table_name, event,
+                    updated_at, $3, 0
+             FROM moved ORDER BY commit_lsn, seq, part),
+         events AS (
+             SELECT commit_lsn AS l, seq AS s FROM moved
+             UNION ALL
+             SELECT c.l, c.s FROM moved, unnest(cover_lsns, cover_seqs) AS c(l, s)),
+         released AS (
+             UPDATE walflow.pending_status p SET remaining = p.remaining - e.n
+             FROM (SELECT l, s, count(*)::int AS n FROM events GROUP BY l, s) e
+             WHERE p.slot = $1 AND p.commit_lsn = e.l AND p.seq = e.s)
+         SELECT count(*) FROM moved",
+    )
+    .bind(slot)
+    .bind(operator)
+    .bind(format!("operator {operator} dropped"))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(sql(step()))?;
+    // The events no other row waits on are processed.
+    sqlx::query(
+        "WITH done AS (
+             DELETE FROM walflow.pending_status WHERE slot = $1 AND remaining <= 0
+             RETURNING schema_name, table_name, updated_at)
+         INSERT INTO walflow.process_status (slot, schema_name, table_name, updated_at)
+         SELECT $1, schema_name, table_name, max(updated_at) FROM done
+         GROUP BY schema_name, table_name
+         ON CONFLICT (slot, schema_name, table_name)
+         DO UPDATE SET updated_at = GREATEST(walflow.process_status.updated_at, EXCLUDED.updated_at)",
+    )
+    .bind(slot)
+    .execute(&mut *tx)
+    .await
+    .map_err(sql(step()))?;
+    tx.commit().await.map_err(sql(step()))?;
+    Ok(moved as u64)
 }

@@ -33,6 +33,9 @@
 //!   flow of a slot (retrying dead letters), with their progress.
 //! - `walflow.operators (slot, operator, started_at)`: the operators of the
 //!   flow that last started on a slot.
+//! - `walflow.progress (slot, operator, id_key, commit_lsn, seq, part,
+//!   recorded_at)`: per operator and mapped id, the last event a committed
+//!   unit applied (with the memory queue; see the queue module's rule 10).
 
 use sqlx::PgPool;
 
@@ -222,6 +225,24 @@ CREATE TABLE walflow.operators (
     operator text NOT NULL,
     started_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (slot, operator)
+);
+"#,
+    ),
+    (
+        6,
+        r#"
+-- Per operator and mapped id, the last event a committed unit applied,
+-- written in the unit's own transaction: with the memory queue, it tells a
+-- unit whose COMMIT got no reply whether the commit went through.
+CREATE TABLE walflow.progress (
+    slot text NOT NULL,
+    operator text NOT NULL,
+    id_key text NOT NULL,
+    commit_lsn bigint NOT NULL,
+    seq integer NOT NULL,
+    part smallint NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (slot, operator, id_key)
 );
 "#,
     ),

@@ -614,13 +614,14 @@ impl WalflowBuilder {
         let listener = consumer.start_listener().await?;
         // The slot is held: record its operators, and answer requests.
         let names: Vec<&str> = operators.iter().map(|o| o.name).collect();
-        requests::register(&pool, &slot, &names)
+        let node = requests::register(&pool, &slot, &names)
             .await
             .map_err(FlowError::sql(format!(
                 "recording the operators of slot `{slot}`"
             )))?;
         let requests = tokio::spawn(requests::watch(
             shared.clone(),
+            node,
             names.iter().map(|n| (*n).to_owned()).collect(),
             stop_rx.clone(),
         ));
@@ -903,6 +904,16 @@ impl Walflow {
     /// the next round waits for that position. Under a continuous write
     /// load a round also waits for what others committed meanwhile.
     ///
+    /// The operators waited for are this flow's and those of every flow
+    /// running on the slot (each records its operators with a heartbeat in
+    /// `walflow.nodes`; one killed stops counting 30 s after its last
+    /// heartbeat). Rows queued for an operator no running flow declares
+    /// (removed from the program, or not deployed yet) do not hold the
+    /// fence; they are never dropped at start, and stay queued for a flow
+    /// that declares the operator again, until `walflow operator drop NAME`
+    /// moves them to the dead letters. When no flow runs on the slot, every
+    /// operator's rows count.
+    ///
     /// On a subscriber-only node: the operators of the node holding the
     /// slot named by the configuration, through the shared tables
     /// ([`FlowError::SubscriberOnly`] with the memory queue); the chain is
@@ -943,11 +954,12 @@ impl Walflow {
         deadline: tokio::time::Instant,
     ) -> Result<(), FlowError> {
         let mut nudged: Option<tokio::time::Instant> = None;
+        let operators = self.operator_names();
         loop {
             let reached = self
                 .shared
                 .store
-                .fence(&self.shared.pool, &self.shared.slot, lsn)
+                .fence(&self.shared.pool, &self.shared.slot, lsn, &operators)
                 .await
                 .map_err(FlowError::store(format!(
                     "checking whether the operators reached {lsn}"

@@ -1,6 +1,7 @@
 //! The flow's side of `walflow.requests` (see [`crate::admin`]): the
-//! operators it runs, recorded at start, and the task that does what tools
-//! ask of it.
+//! operators it runs, recorded at start (in `walflow.operators`, and as a
+//! node of the slot in `walflow.nodes`, kept alive by a heartbeat), and the
+//! task that does what tools ask of it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,14 +16,15 @@ use crate::queue::Shared;
 /// How often pending requests are looked for without a notification.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
-/// Replaces the slot's rows in `walflow.operators` with `operators`, and
-/// fails the requests a previous holder of the slot left running (it
-/// stopped before finishing them).
+/// Replaces the slot's rows in `walflow.operators` with `operators`,
+/// records this flow as a node of the slot (returning its id), and fails
+/// the requests a previous holder of the slot left running (it stopped
+/// before finishing them).
 pub(crate) async fn register(
     pool: &PgPool,
     slot: &str,
     operators: &[&str],
-) -> Result<(), sqlx::Error> {
+) -> Result<String, sqlx::Error> {
     let mut tx = crate::queue::begin(pool).await?;
     sqlx::query("DELETE FROM walflow.operators WHERE slot = $1")
         .bind(slot)
@@ -43,7 +45,9 @@ pub(crate) async fn register(
     .bind(slot)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    let node = super::nodes::register(&mut tx, slot, operators).await?;
+    tx.commit().await?;
+    Ok(node)
 }
 
 /// A request taken from the table.
@@ -55,14 +59,25 @@ struct Request {
     dead_letter_ids: Option<Vec<i64>>,
 }
 
-/// Watches `walflow.requests` for the flow's slot until `stop`: `LISTEN`
-/// on [`REQUESTS_CHANNEL`] (on a connection of its own), and a poll every
-/// second should a notification be missed or the connection be lost.
+/// Until `stop`: keeps node `node` (from [`register`]) alive with its
+/// heartbeat, and answers `walflow.requests`; then removes the node.
 pub(crate) async fn watch(
     shared: Arc<Shared>,
+    node: String,
     operators: Vec<String>,
     stop: watch::Receiver<bool>,
 ) {
+    tokio::join!(
+        super::nodes::heartbeat(&shared, &node, &operators, stop.clone()),
+        answer(&shared, &operators, stop.clone()),
+    );
+    super::nodes::deregister(&shared, &node).await;
+}
+
+/// Watches `walflow.requests` for the flow's slot until `stop`: `LISTEN`
+/// on [`REQUESTS_CHANNEL`] (on a connection of its own), and a poll every
+/// second should a notification be missed or the connection be lost.
+async fn answer(shared: &Arc<Shared>, operators: &[String], stop: watch::Receiver<bool>) {
     let listen_pool = PgPoolOptions::new()
         .max_connections(1)
         .connect_lazy_with((*shared.pool.connect_options()).clone());
@@ -81,10 +96,10 @@ pub(crate) async fn watch(
         loop {
             let taken = tokio::select! {
                 _ = stopping.wait_for(|s| *s) => break,
-                taken = take(&shared) => taken,
+                taken = take(shared) => taken,
             };
             match taken {
-                Ok(Some(request)) => run(&shared, &operators, &stop, request).await,
+                Ok(Some(request)) => run(shared, operators, &stop, request).await,
                 Ok(None) => break,
                 Err(e) => {
                     shared.note_error(&e);

@@ -139,7 +139,9 @@ impl MemoryState {
 
     /// The memory queue's LSN fence: `None` until every transaction up to
     /// `lsn` is handed over, then whether every row standing for an event
-    /// at or before it has finished.
+    /// at or before it has finished. Every row here is one of this flow's
+    /// operators (the queue is its memory), so none is left by an operator
+    /// that no longer runs.
     pub fn fence(&self, lsn: Lsn) -> Option<bool> {
         let inner = self.lock();
         if inner.enqueued < lsn {

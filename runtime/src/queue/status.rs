@@ -44,21 +44,47 @@ pub(crate) async fn processed(
     Ok(stored.is_some_and(|s| s >= micros))
 }
 
+/// How often a flow records in `walflow.nodes` that it still runs.
+pub(crate) const NODE_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a node counts as running after its last heartbeat (a node
+/// killed without shutting down stops counting after this).
+pub(crate) const NODE_LIVE_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Whether every transaction committed up to `lsn` is queued and every
 /// queued event at or before it has been applied (or dead-lettered).
 /// `Ok(None)` when the queue has not yet reached `lsn`.
+///
+/// Only the rows of the operators some running node declares count (a
+/// heartbeat in `walflow.nodes` within [`NODE_LIVE_FOR`]), and those of
+/// `own` (the asking flow's): rows of an operator no running flow
+/// declares would hold the fence forever. When no node of the slot runs,
+/// every row counts: nothing applies them, and they are not done.
 pub(crate) async fn fence_reached(
     pool: &PgPool,
     slot: &str,
     lsn: Lsn,
+    own: &[&str],
 ) -> Result<Option<bool>, sqlx::Error> {
     let row: (Option<i64>, bool) = sqlx::query_as(
-        "SELECT (SELECT enqueued_lsn FROM walflow.streams WHERE slot = $1),
-                EXISTS (SELECT 1 FROM walflow.queue
-                        WHERE slot = $1 AND coalesce(first_lsn, commit_lsn) <= $2)",
+        "WITH counted AS (
+             SELECT unnest(operators) AS operator FROM walflow.nodes
+             WHERE slot = $1 AND heartbeat_at > now() - make_interval(secs => $4)
+             UNION SELECT unnest($3::text[]))
+         SELECT (SELECT enqueued_lsn FROM walflow.streams WHERE slot = $1),
+                CASE WHEN EXISTS (SELECT 1 FROM counted)
+                THEN EXISTS (SELECT 1 FROM counted c WHERE EXISTS (
+                         SELECT 1 FROM walflow.queue q
+                         WHERE q.slot = $1 AND q.operator = c.operator
+                           AND coalesce(q.first_lsn, q.commit_lsn) <= $2))
+                ELSE EXISTS (SELECT 1 FROM walflow.queue q
+                             WHERE q.slot = $1 AND coalesce(q.first_lsn, q.commit_lsn) <= $2)
+                END",
     )
     .bind(slot)
     .bind(lsn.0 as i64)
+    .bind(own)
+    .bind(NODE_LIVE_FOR.as_secs_f64())
     .fetch_one(pool)
     .await?;
     match row {

@@ -195,23 +195,24 @@ impl Store {
 
     /// The LSN fence: `None` until every transaction up to `lsn` is
     /// queued, then whether every queued event at or before it is applied.
+    /// `operators` are the asking flow's own (the durable queue also counts
+    /// those of every running node: [`status::fence_reached`]).
     pub async fn fence(
         &self,
         pool: &PgPool,
         slot: &str,
         lsn: Lsn,
+        operators: &[&str],
     ) -> Result<Option<bool>, StoreError> {
         match (self.memory_queue, self.remote) {
             (true, true) => Err(StoreError::Unavailable(
                 "wait_processed with queue_storage = memory",
             )),
             (true, false) => Ok(self.memory.fence(lsn)),
-            (false, _) => {
-                Ok(
-                    crate::pg_error::transient_retried(|| status::fence_reached(pool, slot, lsn))
-                        .await?,
-                )
-            }
+            (false, _) => Ok(crate::pg_error::transient_retried(|| {
+                status::fence_reached(pool, slot, lsn, operators)
+            })
+            .await?),
         }
     }
 
