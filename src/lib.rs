@@ -127,6 +127,14 @@
 //! A first line `crate = "my_crate::walflow";` gives the path walflow is
 //! reached through (`#[event_enum(crate = "...")]` takes it too).
 //!
+//! A derived table equals what its query computes from scratch when the
+//! query is deterministic and reads only the operator's entities (no
+//! `now()`, `random()` or other tables: coalescing and the covered-run rule
+//! rely on it), with full replica identity, one live flow per slot, and the
+//! rows that existed before the first start filled in, which walflow does
+//! not do today. A query reading another table, or calling `now()` and the
+//! like, is a warning at start (see [`on_event!`](prelude::on_event)).
+//!
 //! Each operator becomes a unit struct (with its doc comments and
 //! visibility) whose `NAME` is the name it is registered under. The types are
 //! checked where they are written: every entity and the target are event

@@ -78,7 +78,31 @@ pub fn event_source(args: TokenStream, input: TokenStream) -> TokenStream {
 }
 
 /// Declares operators: what runs when entities change. See the `walflow`
-/// crate.
+/// crate for the keys.
+///
+/// # What a derived table's promise needs
+///
+/// A query operator's derived table equals what its query computes from
+/// scratch when:
+///
+/// - the query is deterministic and reads only the operator's declared
+///   entities (and its target): no `now()`, `random()`, nor other tables.
+///   Coalescing and the covered-run rule run the query once for several
+///   events of an id, or not at all for an event an earlier run already
+///   saw; that is the same as a run per event only then, and a change of
+///   an undeclared table queues nothing. At start walflow plans each query
+///   and warns about every table it reads that is neither an entity nor the
+///   target, and about calls such as `now()` or `random()` in its text;
+/// - the entities' replica identity is `FULL` (the default of
+///   `#[event_source]`), so updates and deletes carry the old row;
+/// - one flow at a time runs on the slot;
+/// - the rows that existed before the first start are filled in: walflow
+///   does not do that today (only changes committed after the slot was
+///   created reach the operators).
+///
+/// A handler declares the tables it writes with `writes: [..]`, so that
+/// `Walflow::wait_processed` waits through the operators listening to
+/// them.
 #[proc_macro]
 pub fn on_event(input: TokenStream) -> TokenStream {
     on_event::expand(input.into()).into()

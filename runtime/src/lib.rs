@@ -35,6 +35,7 @@ pub mod lsn;
 pub mod migrate;
 pub(crate) mod operator;
 pub(crate) mod pg_error;
+pub(crate) mod plan_check;
 pub mod preflight;
 pub(crate) mod queue;
 pub mod raw;

@@ -547,6 +547,8 @@ impl WalflowBuilder {
         )
         .await?;
         crate::crash_point::hit("start.prepared");
+        // Warnings only: what the promise needs that can be seen here.
+        crate::plan_check::check(&pool, &operators).await;
         let slot = config.slot_name().to_owned();
         health.step("waiting for the slot's previous holder to stop");
         crate::queue::enqueue::wait_for_predecessor(&pool, &slot, Duration::from_secs(30))
