@@ -60,6 +60,26 @@ pub fn hit(point: &'static str) {
     }
 }
 
+/// Reached `point` where a test may make the code around it panic: with
+/// the feature and `WALFLOW_PANIC_AT=<point>` naming it, panics on the
+/// first hit (an executor's own loop, `executor.loop`).
+#[cfg(feature = "crash-points")]
+pub fn panic_at(point: &'static str) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static AT: OnceLock<Option<String>> = OnceLock::new();
+    static DONE: AtomicBool = AtomicBool::new(false);
+    let at = AT.get_or_init(|| std::env::var("WALFLOW_PANIC_AT").ok());
+    if at.as_deref() == Some(point) && !DONE.swap(true, Ordering::SeqCst) {
+        panic!("walflow panic point `{point}` reached");
+    }
+}
+
+/// Reached a panic point (crash points are compiled out).
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+pub fn panic_at(_point: &'static str) {}
+
 /// Reached `point` (crash points are compiled out).
 #[cfg(not(feature = "crash-points"))]
 #[inline(always)]

@@ -61,10 +61,15 @@
 //! [`QueueStorage::Memory`](crate::config::QueueStorage::Memory) keeps operator queues in memory: a transaction
 //! is acknowledged to PostgreSQL as soon as its rows are handed to the
 //! executors, so **events not yet applied when the process stops or
-//! crashes are lost** (the slot has moved past them), and a query
-//! operator's exactly-once holds only within one run. It saves the queue's
-//! writes; the consumer waits when 100,000 rows are outstanding. Dead
-//! letters are still kept in `walflow.dead_letters`.
+//! crashes are lost** (the slot has moved past them). Within one run a
+//! query operator applies each event exactly once, also when a `COMMIT`'s
+//! reply is lost: each unit records its progress in `walflow.progress` in
+//! its own transaction, and a unit whose commit outcome is unknown reads
+//! it before running again. It saves the queue's writes; the consumer
+//! waits when 100,000 rows are outstanding. Dead letters are still kept in
+//! `walflow.dead_letters`. An operator's executor that dies (a panic in its
+//! own loop, not in a unit) takes its held rows with it: the flow then
+//! fails (health `failed`) and stops.
 //!
 //! [`ProcessStatusStorage::Memory`](crate::config::ProcessStatusStorage::Memory) keeps the process status
 //! ([`Walflow::processed`]) in memory: it starts empty at each start and
@@ -628,6 +633,13 @@ impl WalflowBuilder {
             stop_rx.clone(),
         ));
 
+        if shared.store.records_progress() {
+            tokio::spawn(crate::queue::progress::prune(
+                shared.pool.clone(),
+                shared.slot.clone(),
+                stop_rx.clone(),
+            ));
+        }
         let executors = operators
             .iter()
             .map(|op| {
@@ -650,6 +662,7 @@ impl WalflowBuilder {
                         .clone(),
                     n,
                     stop_rx.clone(),
+                    stop.clone(),
                 ))
             })
             .collect();
@@ -689,12 +702,18 @@ impl WalflowBuilder {
 
 /// Runs an operator's executor, restarting it should it ever die (units
 /// catch their own panics; this guards the executor's own loop).
+///
+/// With the durable queue the restarted executor reads its rows back. With
+/// the memory queue the rows it held died with it, already acknowledged:
+/// the flow fails loudly instead (health `failed` naming the operator, an
+/// error, and the flow stops), rather than run on without them.
 async fn supervise(
     op: &'static OperatorRegistration,
     shared: Arc<Shared>,
     signals: Signals,
     concurrency: usize,
     stop: watch::Receiver<bool>,
+    stop_flow: watch::Sender<bool>,
 ) {
     let mut restarts = 0u32;
     loop {
@@ -707,6 +726,17 @@ async fn supervise(
         ));
         match run.await {
             Ok(()) => return,
+            Err(e) if !shared.store.durable_queue() => {
+                let why = format!(
+                    "operator `{}`'s executor died ({e}); with the memory queue the events it held \
+                     are lost, so the flow stopped: restart the process",
+                    op.name
+                );
+                tracing::error!(operator = op.name, error = %e, "{why}");
+                shared.health.fail(why);
+                let _ = stop_flow.send(true);
+                return;
+            }
             Err(e) => {
                 restarts += 1;
                 tracing::error!(operator = op.name, error = %e, restarts, "operator executor died; restarting it");

@@ -219,6 +219,9 @@ pub(crate) async fn run(
                 }
             }
         }
+        if held > 0 {
+            crate::crash_point::panic_at("executor.loop");
+        }
         if !more && !handed.is_empty() {
             // The read is done: what it did not bring is not coming.
             handed.clear();
@@ -731,10 +734,59 @@ impl UnitRunner {
             return Ok(());
         }
         crate::crash_point::hit("unit.before_commit");
-        tx.commit().await.map_err(|e| self.failure(e))?;
+        if let Err(e) = tx.commit().await {
+            // With the memory queue nothing else says whether a commit
+            // that got no reply went through: the progress record does
+            // (rule 10).
+            if !(self.shared.store.records_progress()
+                && crate::queue::progress::commit_outcome_unknown(&e))
+            {
+                return Err(self.failure(e));
+            }
+            self.shared.note_error(&e);
+            if !self.committed(rows).await? {
+                return Err(self.failure(e));
+            }
+            tracing::info!(
+                operator = self.op.name,
+                error = %crate::pg_error::DbError(&e),
+                "a unit's COMMIT got no reply; its progress record says it committed"
+            );
+        }
         crate::crash_point::hit("unit.after_commit");
         self.shared.store.finished(rows);
         Ok(())
+    }
+
+    /// Whether the unit that applied `rows` committed, after its `COMMIT`
+    /// got no reply: asks the progress record until the server answers.
+    async fn committed(&self, rows: &[&Row]) -> Result<bool, Failure> {
+        let mut tries = 0u32;
+        loop {
+            let answer = async {
+                let mut conn = self.shared.pool.acquire().await?;
+                crate::queue::progress::committed(&mut conn, &self.shared.slot, self.op.name, rows)
+                    .await
+            }
+            .await;
+            match answer {
+                Ok(committed) => return Ok(committed),
+                Err(e) => {
+                    self.shared.note_error(&e);
+                    tries += 1;
+                    tracing::warn!(
+                        operator = self.op.name,
+                        error = %crate::pg_error::DbError(&e),
+                        "a unit's COMMIT got no reply and whether it committed cannot be read yet; retrying"
+                    );
+                    let wait = crate::queue::progress::RETRY_EVERY
+                        .max(self.shared.config.restart_delay(tries));
+                    if !self.sleep(wait).await {
+                        return Err(Failure::Stopped);
+                    }
+                }
+            }
+        }
     }
 
     /// A transaction on the pool.

@@ -14,6 +14,8 @@
 //!   the API reports them;
 //! - [`memory`]: the same bookkeeping in memory (`queue_storage = memory`,
 //!   `process_status_storage = memory`);
+//! - [`progress`]: the progress record, which tells a unit whose `COMMIT`
+//!   got no reply whether it committed (rule 10);
 //! - [`store`]: the one place that chooses between the two;
 //! - [`handover`]: the consumer ↔ executor hand-over (inboxes, pending
 //!   hosts, covered runs, the flush counter).
@@ -176,6 +178,36 @@
 //! request. *Crash* of the server after a commit returned: the commit is
 //! in the WAL on disk and survives it.
 //!
+//! **10. A commit without a reply (the memory queue).** A unit sends
+//! `COMMIT` and the connection breaks before the reply: the server may have
+//! committed or not. With the durable queue the next attempt finds out by
+//! itself (rule 4: a committed unit deleted its rows, and a unit that
+//! deletes fewer rows than it holds rolls back). With the memory queue no
+//! queue row says it, so each unit also writes, in its own transaction, the
+//! *progress record* ([`progress`]): per operator and mapped id, the key of
+//! the last event it applied (never moving back). After a `COMMIT` that
+//! failed with an unknown outcome (the connection broke or was terminated;
+//! not an error the server reported for the commit, which means it rolled
+//! back), the unit reads its record on another connection before running
+//! again: at or past its own last event means it committed. *Why the read
+//! is sound*: the unit's session may still be running the transaction (the
+//! commit under way, or the session not yet aware its client left). The
+//! read is an `INSERT … ON CONFLICT` on the record's key, rolled back: it
+//! waits until a transaction holding that key ends, then sees its outcome;
+//! a plain `SELECT` would take "not yet" for "no" and apply the unit twice.
+//! Every id of a unit is written by the one transaction, so one id answers
+//! for all. Records untouched for an hour are pruned (the question is asked
+//! within seconds of the `COMMIT`). This record is what the stream storage
+//! extends: per operator and id, what a redelivered event must be checked
+//! against.
+//!
+//! The memory queue's rows are acknowledged when handed over and live only
+//! in their executor: an executor whose own loop dies (units catch their
+//! panics; the loop should not) takes them with it, so the flow fails
+//! (health `failed` naming the operator) and stops instead of running on.
+//! With the durable queue the executor is restarted and reads its rows
+//! back.
+//!
 //! These rules are exercised by `tests/test_convergence.rs`: a random
 //! multi-statement workload with one and four writers, `coalesce` on and
 //! off, `kill -9` at random moments and during start-up, the process
@@ -187,6 +219,7 @@ pub(crate) mod dequeue;
 pub(crate) mod enqueue;
 pub(crate) mod handover;
 pub(crate) mod memory;
+pub(crate) mod progress;
 pub(crate) mod status;
 pub(crate) mod store;
 

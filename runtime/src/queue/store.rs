@@ -159,7 +159,16 @@ impl Store {
         if !self.memory_status {
             dequeue::release_status(&shared.slot, rows, tx).await?;
         }
+        if self.memory_queue {
+            super::progress::record(&shared.slot, operator, rows, tx).await?;
+        }
         Ok(true)
+    }
+
+    /// Whether units write the progress record (rule 10): with the memory
+    /// queue, where no queue row says whether a unit committed.
+    pub fn records_progress(&self) -> bool {
+        self.memory_queue
     }
 
     /// After the transaction that finished `rows` committed: the memory

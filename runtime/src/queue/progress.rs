@@ -1,0 +1,156 @@
+//! The progress record (rule 10): per operator and mapped id, the position
+//! of the last event a committed unit applied, written in the unit's own
+//! transaction. It answers one question: did this unit commit?
+//!
+//! With the durable queue the answer is in the queue itself (a committed
+//! unit deleted its rows, rule 4). With the memory queue nothing else in
+//! the database says it, so a unit whose `COMMIT` got no reply (the
+//! connection broke after the server received it) reads the record before
+//! running again: at or past its last event means the commit went through.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sqlx::PgConnection;
+
+use super::{Row, RowKey};
+
+/// Records, in the unit's transaction `tx`, that `rows` of `operator` are
+/// applied: per mapped id, the largest key among them. A record never moves
+/// back (an id's units run in commit order; the guard keeps it so even if
+/// a unit were re-run by hand).
+pub(crate) async fn record(
+    slot: &str,
+    operator: &str,
+    rows: &[&Row],
+    tx: &mut PgConnection,
+) -> sqlx::Result<()> {
+    let last = last_per_id(rows);
+    if last.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO walflow.progress AS p (slot, operator, id_key, commit_lsn, seq, part)
+         SELECT $1, $2, k, l, s, pt
+         FROM UNNEST($3::text[], $4::int8[], $5::int4[], $6::int2[]) AS x(k, l, s, pt)
+         ON CONFLICT (slot, operator, id_key) DO UPDATE
+           SET commit_lsn = EXCLUDED.commit_lsn, seq = EXCLUDED.seq, part = EXCLUDED.part,
+               recorded_at = now()
+           WHERE (p.commit_lsn, p.seq, p.part)
+                 < (EXCLUDED.commit_lsn, EXCLUDED.seq, EXCLUDED.part)",
+    )
+    .bind(slot)
+    .bind(operator)
+    .bind(last.keys().map(|k| k.as_str()).collect::<Vec<_>>())
+    .bind(last.values().map(|k| k.0).collect::<Vec<_>>())
+    .bind(last.values().map(|k| k.1).collect::<Vec<_>>())
+    .bind(last.values().map(|k| k.2).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Whether the unit that applied `rows` committed, read on a connection of
+/// its own after its `COMMIT` got no reply.
+///
+/// The unit's transaction may still be running in its server session (the
+/// commit under way, or the session not yet aware that its client left).
+/// A plain read would not wait for it, and would take "not yet" for "no".
+/// So the read is an `INSERT … ON CONFLICT` of the record's key in a
+/// transaction that is rolled back: it waits, as every such insert does,
+/// until a transaction holding that key ends, then sees its outcome. A
+/// placeholder position (-1) comes back when no record exists.
+pub(crate) async fn committed(
+    conn: &mut PgConnection,
+    slot: &str,
+    operator: &str,
+    rows: &[&Row],
+) -> sqlx::Result<bool> {
+    let last = last_per_id(rows);
+    let Some((id_key, key)) = last.iter().next() else {
+        return Ok(true);
+    };
+    // One transaction wrote every id of the unit: one id answers for all.
+    sqlx::raw_sql("BEGIN; SET LOCAL lock_timeout = '10s'")
+        .execute(&mut *conn)
+        .await?;
+    let found: sqlx::Result<(i64, i32, i16)> = sqlx::query_as(
+        "INSERT INTO walflow.progress AS p (slot, operator, id_key, commit_lsn, seq, part)
+         VALUES ($1, $2, $3, -1, 0, 0)
+         ON CONFLICT (slot, operator, id_key) DO UPDATE SET commit_lsn = p.commit_lsn
+         RETURNING commit_lsn, seq, part",
+    )
+    .bind(slot)
+    .bind(operator)
+    .bind(id_key)
+    .fetch_one(&mut *conn)
+    .await;
+    let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+    let found = found?;
+    rolled_back?;
+    Ok(found >= *key)
+}
+
+/// How long a record is kept after it was last written: [`committed`] is
+/// asked within seconds of the `COMMIT` it is about.
+pub(crate) const KEEP: Duration = Duration::from_secs(3600);
+
+/// Deletes `slot`'s records older than [`KEEP`], every ten minutes, until
+/// `stop` turns true.
+pub(crate) async fn prune(
+    pool: sqlx::PgPool,
+    slot: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let pruned = sqlx::query(
+            "DELETE FROM walflow.progress
+             WHERE slot = $1 AND recorded_at < now() - make_interval(secs => $2)",
+        )
+        .bind(&slot)
+        .bind(KEEP.as_secs_f64())
+        .execute(&pool)
+        .await;
+        if let Err(e) = pruned {
+            tracing::debug!(error = %crate::pg_error::DbError(&e), "pruning walflow.progress failed; trying again later");
+        }
+    }
+}
+
+/// How long [`committed`] waits between attempts while the server cannot
+/// answer.
+pub(crate) const RETRY_EVERY: Duration = Duration::from_millis(200);
+
+/// Per mapped id, the largest key of `rows`.
+fn last_per_id<'a>(rows: &[&'a Row]) -> BTreeMap<&'a String, RowKey> {
+    let mut last: BTreeMap<&String, RowKey> = BTreeMap::new();
+    for r in rows {
+        let e = last.entry(&r.id_key).or_insert(r.key());
+        *e = (*e).max(r.key());
+    }
+    last
+}
+
+/// Whether the outcome of a `COMMIT` that failed with `e` is unknown: the
+/// server may have committed it (the connection broke, or the session was
+/// terminated, after the command left), as opposed to an error the server
+/// reported for the commit itself (a serialization failure, a deferred
+/// constraint), which means it rolled back.
+pub(crate) fn commit_outcome_unknown(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}
