@@ -565,13 +565,28 @@ async fn without_the_schema_or_behind_it_the_error_says_what_to_do() {
          nor WALFLOW_SLOT_NAME is given); its slots: none; pass --slot NAME",
     );
     walflow::migrate::migrate(&pool).await.unwrap();
-    exec(&pool, "DELETE FROM walflow.migrations WHERE version = 5").await;
+    let latest = walflow::migrate::LATEST_VERSION;
+    exec(
+        &pool,
+        &format!("DELETE FROM walflow.migrations WHERE version = {latest}"),
+    )
+    .await;
+    let found: i32 = sqlx::query_scalar("SELECT max(version) FROM walflow.migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     fails(
         walflow(db.url(), &["status"]).await,
-        "schema version 4, this walflow needs version 5; run `walflow migrate`",
+        &format!(
+            "schema version {found}, this walflow needs version {latest}; run `walflow migrate`"
+        ),
     );
     // The default slot, which no flow created here.
-    exec(&pool, "INSERT INTO walflow.migrations (version) VALUES (5)").await;
+    exec(
+        &pool,
+        &format!("INSERT INTO walflow.migrations (version) VALUES ({latest})"),
+    )
+    .await;
     fails(
         walflow(db.url(), &["status"]).await,
         "no replication slot `walflow_slot` in this database",
