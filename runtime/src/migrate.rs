@@ -36,6 +36,9 @@
 //! - `walflow.progress (slot, operator, id_key, commit_lsn, seq, part,
 //!   recorded_at)`: per operator and mapped id, the last event a committed
 //!   unit applied (with the memory queue; see the queue module's rule 10).
+//! - `walflow.nodes (slot, node, operators, started_at, heartbeat_at)`: the
+//!   flows running a slot's operators, with the operators each declares and
+//!   a heartbeat; the LSN fence counts only the operators of live ones.
 
 use sqlx::PgPool;
 
@@ -244,6 +247,28 @@ CREATE TABLE walflow.progress (
     recorded_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (slot, operator, id_key)
 );
+"#,
+    ),
+    (
+        7,
+        r#"
+-- The flows running a slot's operators, each with the operators it
+-- declares and a heartbeat. The LSN fence waits only for operators a live
+-- node declares: rows of an operator no running flow declares (removed from
+-- the program, or not deployed yet) stay queued until `walflow operator
+-- drop` moves them to the dead letters.
+CREATE TABLE walflow.nodes (
+    slot text NOT NULL,
+    node uuid NOT NULL DEFAULT gen_random_uuid(),
+    operators text[] NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (slot, node)
+);
+-- The fence looks for each counted operator's rows at or before a position.
+CREATE INDEX queue_operator_first_position
+    ON walflow.queue (slot, operator, (coalesce(first_lsn, commit_lsn)));
+DROP INDEX walflow.queue_first_position;
 "#,
     ),
 ];
