@@ -4,8 +4,9 @@
 //! what a crash between any two steps leaves behind.
 //!
 //! Every statement on walflow's own tables (`walflow.queue`,
-//! `pending_status`, `process_status`, `dead_letters`, `streams`) is in
-//! this module:
+//! `pending_status`, `process_status`, `dead_letters`, `streams`,
+//! `progress`) is in this module, except the registration of running flows in
+//! `walflow.nodes` (`crate::flow`'s nodes module), which the fence reads:
 //! - [`enqueue`]: queueing a batch (one statement) and what a start needs
 //!   to read the position safely;
 //! - [`dequeue`]: reading an operator's rows back, deleting a unit's rows
@@ -148,11 +149,40 @@
 //! connection at once; what it received is queued once the server is back
 //! (rules 1 and 2), and it streams again from the confirmed position.
 //!
-//! **8. The fence through chains.** `wait_processed(lsn)` waits until the
-//! queue's position has passed `lsn` and no row at or before it remains,
-//! then, for a chain of `n` levels, `n - 1` more times for the WAL insert
-//! position read once the previous round is done: the upstream units that
-//! applied events up to `lsn` have committed before that position.
+//! **8. The fence through chains.** `wait_processed(lsn)` is given
+//! `current_lsn()`, the WAL *insert* position
+//! (`pg_current_wal_insert_lsn()`): every transaction committed before it,
+//! whatever its `synchronous_commit`, has its commit record before it. (The
+//! write position, `pg_current_wal_lsn()`, can lie before a commit made
+//! with `synchronous_commit = off`; that transaction's rows then have
+//! `commit_lsn > lsn` and would not be waited for.) It waits until the
+//! queue's position has passed `lsn` and no row of a *counted* operator at
+//! or before it remains. Then, for a chain of `n` levels, it waits `n - 1`
+//! more times for the WAL insert position read once the previous round is
+//! done: the upstream units that applied events up to `lsn` have committed
+//! before that position. An operator is one level below another when it
+//! listens to a table the other writes: a query operator's target, or a
+//! table a handler declares in `writes: [..]`. A handler's writes to tables
+//! it does not declare are not waited through. While the queue has not
+//! reached `lsn`, the fence writes a transactional logical message that
+//! commits with `synchronous_commit = local`, so that asynchronous commits
+//! before it are flushed and reach the slot.
+//!
+//! *Counted operators*: those declared by a flow running on the slot, and
+//! the asking flow's own. Each flow records its operators in
+//! `walflow.nodes` once it holds the slot, refreshes a heartbeat every 5 s,
+//! and removes its row at shutdown; a row counts while its heartbeat is
+//! under 30 s old. When no flow of the slot is live, every operator counts:
+//! nothing applies those rows, so they are not done. Rows of an operator
+//! that no running flow declares (removed from the program, or not yet
+//! deployed in a rolling deploy) are never dropped at start. They stay
+//! queued for a flow that declares the operator again, until
+//! `walflow operator drop NAME` moves them to `walflow.dead_letters`, with
+//! the error `operator NAME dropped`, and releases the process status
+//! waiting on them, in one transaction. That command is refused while a
+//! live flow declares the operator. With the memory queue every
+//! outstanding row belongs to the running flow's operators, so there are
+//! no such rows.
 //!
 //! **9. Durable before acknowledged, whatever the server's default.**
 //! Rule 1 acknowledges `e(T)` once the flush that queued `T` returned, and
