@@ -117,6 +117,11 @@
 //! each; by rule 3 that run sees every collapsed transaction (they are in
 //! the same or earlier flushes). A delete stays in order: an id's events
 //! after a delete run after it.
+//! The old id of an update that moves a `delete_with` entity's mapped
+//! column is queued (part 1) as a delete of that id: its derived row goes
+//! as on a delete (the query would find nothing for it, and a `MERGE`
+//! cannot delete), and as a delete it is a barrier here and never left out
+//! by rule 6.
 //!
 //! **6. Events without rows (coalescing query operators, durable queue).**
 //! An event gets no row of its own when one of these holds, and never when
@@ -237,6 +242,37 @@
 //! (health `failed` naming the operator) and stops instead of running on.
 //! With the durable queue the executor is restarted and reads its rows
 //! back.
+//!
+//! **11. Refused, never dropped: events without the old row they need.**
+//! An operator that maps a table by column `c` needs `c`'s old value from
+//! the table's deletes (any operator running on them) and, for a query
+//! operator, from its updates (the id a moved row left). The old row
+//! carries `c` exactly when `c` is in the replica identity the change was
+//! decoded with: each Relation message flags the identity's columns (all
+//! of them with `REPLICA IDENTITY FULL`), and an update carries an old row
+//! only when the identity's columns changed (always with `FULL`). So
+//! dispatch decides from the event alone: an update without an old `c`
+//! while `c` is outside the announced identity (a possible move), or a
+//! delete whose old row lacks `c`, is a *refusal*, not a row; the event's
+//! other rows (an update's new id) are queued as usual. A refusal is a
+//! dead letter (operator, position, part, `null` id, 0 attempts, a reason
+//! naming the table, its identity and `ALTER TABLE … REPLICA IDENTITY
+//! FULL`). It is inserted by the statement that queues the batch's rows
+//! and position; with the memory queue, by the statement that writes the
+//! batch's status marks, before the batch counts as queued. So by rule 1
+//! it is durable before `e(T)` is acknowledged, and by rule 2 it is
+//! recorded once; the insert also skips a dead letter already recorded at
+//! the same operator and position, for the memory queue, whose
+//! transactions come again after a crash. A refusal has no queue row: it
+//! holds no fence and no process status (an event's mark counts only its
+//! rows). The consumer reads each table's announced identity once per
+//! announcement (events share their table's columns until the next
+//! Relation message), and keeps the health `degraded`, naming the table
+//! and the fix, while it falls short of what an operator needs. walflow
+//! never alters the table itself (that takes an `ACCESS EXCLUSIVE` lock on
+//! the application's table and needs its ownership). *Crash*: before the
+//! flush commits, neither rows nor dead letters stand and `T` comes again;
+//! after, both do.
 //!
 //! These rules are exercised by `tests/test_convergence.rs`: a random
 //! multi-statement workload with one and four writers, `coalesce` on and
