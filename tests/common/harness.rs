@@ -48,25 +48,45 @@ pub fn child(body: impl Future<Output = ()>) -> ExitCode {
 }
 
 /// Runs the selected `tests`; the exit status is 101 when one fails.
+///
+/// `WALFLOW_REPEAT=<n>` runs each selected test `n` times in a row (in a
+/// fresh runtime each time); it fails at the first failing run, and says
+/// which.
 pub fn run(tests: &[Test]) -> ExitCode {
     let args = libtest_mimic::Arguments::from_args();
+    let repeat: u32 = std::env::var("WALFLOW_REPEAT")
+        .ok()
+        .map(|v| v.parse().expect("WALFLOW_REPEAT is a number of runs"))
+        .unwrap_or(1)
+        .max(1);
     let trials = tests
         .iter()
         .map(|&(name, test)| {
             libtest_mimic::Trial::test(name, move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a runtime");
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(test())))
-                    .map_err(|panic| {
-                        let message = panic
-                            .downcast_ref::<String>()
-                            .map(String::as_str)
-                            .or_else(|| panic.downcast_ref::<&str>().copied())
-                            .unwrap_or("the test panicked");
-                        message.into()
-                    })
+                for run in 1..=repeat {
+                    if repeat > 1 {
+                        eprintln!("{name}: run {run} of {repeat}");
+                    }
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a runtime");
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(test())))
+                        .map_err(|panic| {
+                            let message = panic
+                                .downcast_ref::<String>()
+                                .map(String::as_str)
+                                .or_else(|| panic.downcast_ref::<&str>().copied())
+                                .unwrap_or("the test panicked");
+                            let failed: libtest_mimic::Failed = if repeat > 1 {
+                                format!("run {run} of {repeat}: {message}").into()
+                            } else {
+                                message.into()
+                            };
+                            failed
+                        })?;
+                }
+                Ok(())
             })
         })
         .collect();
