@@ -278,8 +278,14 @@
 //! multi-statement workload with one and four writers, `coalesce` on and
 //! off, `kill -9` at random moments and during start-up, the process
 //! killing itself at each crash point of [`crate::crash_point`], and
-//! PostgreSQL restarted fast and immediately; a synchronous standby that
-//! never answers makes rule 3 deterministic.
+//! PostgreSQL restarted fast and immediately (also while it commits
+//! asynchronously, for rule 9); a synchronous standby that never answers
+//! makes rule 3 deterministic. Rule 8 is exercised by `tests/test_fence.rs`
+//! (an asynchronous-commit writer, a handler chain, an operator no flow
+//! declares), rule 10 by `tests/test_commit_lost.rs` (a proxy that loses
+//! `COMMIT` replies) and `tests/test_executor_death.rs`, rule 11 by
+//! `tests/test_replica_identity.rs`, and the moved `delete_with` entity of
+//! rule 5 by `tests/test_operator_chain.rs`.
 
 pub(crate) mod dequeue;
 pub(crate) mod enqueue;
