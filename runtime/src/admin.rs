@@ -42,6 +42,7 @@ use sqlx::{PgPool, Row};
 
 use crate::lsn::Lsn;
 use crate::migrate::LATEST_VERSION;
+use crate::queue;
 
 /// The channel a tool notifies, with the slot as payload, after inserting
 /// a request.
@@ -360,68 +361,33 @@ pub async fn status(pool: &PgPool, slot: &str) -> Result<Status, AdminError> {
         .map_err(sql(format!("reading the process holding slot `{slot}`")))?,
     };
 
-    let enqueued: Option<Lsn> =
-        sqlx::query_scalar("SELECT enqueued_lsn FROM walflow.streams WHERE slot = $1")
-            .bind(slot)
-            .fetch_optional(pool)
-            .await
-            .map_err(sql(format!("reading the queue position of slot `{slot}`")))?;
+    let enqueued: Option<Lsn> = queue::admin::enqueued_lsn(pool, slot)
+        .await
+        .map_err(sql(format!("reading the queue position of slot `{slot}`")))?;
 
-    let rows = sqlx::query(
-        "WITH names AS (
-             SELECT operator FROM walflow.operators WHERE slot = $1
-             UNION SELECT DISTINCT operator FROM walflow.queue WHERE slot = $1
-             UNION SELECT DISTINCT operator FROM walflow.dead_letters WHERE slot = $1
-         )
-         SELECT n.operator,
-                EXISTS (SELECT 1 FROM walflow.operators o
-                        WHERE o.slot = $1 AND o.operator = n.operator) AS in_flow,
-                q.queued, q.oldest, coalesce(d.dead, 0) AS dead
-         FROM names n
-         CROSS JOIN LATERAL (
-             SELECT count(*) AS queued,
-                    extract(epoch FROM now() - min(queued_at))::float8 AS oldest
-             FROM walflow.queue WHERE slot = $1 AND operator = n.operator) q
-         LEFT JOIN LATERAL (
-             SELECT count(*) AS dead FROM walflow.dead_letters
-             WHERE slot = $1 AND operator = n.operator) d ON true
-         ORDER BY n.operator",
-    )
-    .bind(slot)
-    .fetch_all(pool)
-    .await
-    .map_err(sql(format!("reading the operators of slot `{slot}`")))?;
-    let operators = rows
-        .iter()
-        .map(|r| -> Result<OperatorStatus, sqlx::Error> {
-            let queued: i64 = r.try_get("queued")?;
-            let dead_letters: i64 = r.try_get("dead")?;
-            Ok(OperatorStatus {
-                name: r.try_get("operator")?,
-                in_flow: r.try_get("in_flow")?,
-                queued,
-                oldest_queued_secs: r.try_get("oldest")?,
-                dead_letters,
-                state: if dead_letters > 0 {
-                    OperatorState::DeadLetters
-                } else if queued > 0 {
-                    OperatorState::Behind
-                } else {
-                    OperatorState::CaughtUp
-                },
-            })
+    let operators = queue::admin::operator_figures(pool, slot)
+        .await
+        .map_err(sql(format!("reading the operators of slot `{slot}`")))?
+        .into_iter()
+        .map(|r| OperatorStatus {
+            name: r.operator,
+            in_flow: r.in_flow,
+            queued: r.queued,
+            oldest_queued_secs: r.oldest,
+            dead_letters: r.dead,
+            state: if r.dead > 0 {
+                OperatorState::DeadLetters
+            } else if r.queued > 0 {
+                OperatorState::Behind
+            } else {
+                OperatorState::CaughtUp
+            },
         })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(sql(format!("reading the operators of slot `{slot}`")))?;
+        .collect();
 
-    let tables: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT schema_name, table_name, updated_at FROM walflow.process_status
-         WHERE slot = $1 ORDER BY schema_name, table_name",
-    )
-    .bind(slot)
-    .fetch_all(pool)
-    .await
-    .map_err(sql(format!("reading the process status of slot `{slot}`")))?;
+    let tables = queue::admin::process_status(pool, slot)
+        .await
+        .map_err(sql(format!("reading the process status of slot `{slot}`")))?;
     let tables = tables
         .into_iter()
         .map(|(schema, table, updated_at)| TableStatus {
@@ -461,17 +427,9 @@ fn read_slot(slot: &str, row: &sqlx::postgres::PgRow) -> Result<SlotStatus, sqlx
 
 /// Whether walflow's tables have rows for the slot (a flow ran on it).
 async fn recorded(pool: &PgPool, slot: &str) -> Result<bool, AdminError> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM walflow.operators WHERE slot = $1)
-             OR EXISTS (SELECT 1 FROM walflow.streams WHERE slot = $1)
-             OR EXISTS (SELECT 1 FROM walflow.queue WHERE slot = $1)
-             OR EXISTS (SELECT 1 FROM walflow.dead_letters WHERE slot = $1)
-             OR EXISTS (SELECT 1 FROM walflow.process_status WHERE slot = $1)",
-    )
-    .bind(slot)
-    .fetch_one(pool)
-    .await
-    .map_err(sql(format!("looking for walflow's rows of slot `{slot}`")))
+    queue::admin::recorded(pool, slot)
+        .await
+        .map_err(sql(format!("looking for walflow's rows of slot `{slot}`")))
 }
 
 /// A replication slot of the database, or a slot walflow's tables have
@@ -495,22 +453,9 @@ pub struct SlotSummary {
 /// tables record a flow on, by name.
 pub async fn slots(pool: &PgPool) -> Result<Vec<SlotSummary>, AdminError> {
     check_schema(pool).await?;
-    let rows: Vec<(String, bool, bool, bool)> = sqlx::query_as(
-        "WITH live AS (
-             SELECT slot_name::text AS name, active FROM pg_replication_slots
-             WHERE database = current_database()
-         ), walflow AS (
-             SELECT slot AS name FROM walflow.operators
-             UNION SELECT slot FROM walflow.streams
-         )
-         SELECT coalesce(l.name, w.name), l.name IS NOT NULL, coalesce(l.active, false),
-                w.name IS NOT NULL
-         FROM live l FULL JOIN walflow w ON w.name = l.name
-         ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(sql("listing the replication slots"))?;
+    let rows = queue::admin::slots(pool)
+        .await
+        .map_err(sql("listing the replication slots"))?;
     Ok(rows
         .into_iter()
         .map(|(name, exists, active, walflow)| SlotSummary {
@@ -543,16 +488,9 @@ async fn unknown_slot(pool: &PgPool, slot: &str) -> AdminError {
 /// The operators known on the slot: those of the flow that last started
 /// on it, and any with queue rows or dead letters.
 async fn known_operators(pool: &PgPool, slot: &str) -> Result<Vec<String>, AdminError> {
-    sqlx::query_scalar(
-        "SELECT operator FROM walflow.operators WHERE slot = $1
-         UNION SELECT operator FROM walflow.queue WHERE slot = $1
-         UNION SELECT operator FROM walflow.dead_letters WHERE slot = $1
-         ORDER BY 1",
-    )
-    .bind(slot)
-    .fetch_all(pool)
-    .await
-    .map_err(sql(format!("reading the operators of slot `{slot}`")))
+    queue::admin::known_operators(pool, slot)
+        .await
+        .map_err(sql(format!("reading the operators of slot `{slot}`")))
 }
 
 /// [`AdminError::UnknownOperator`] unless `operator` is known on the slot.
@@ -611,31 +549,23 @@ pub struct DeadLetterDetail {
     pub event: Option<serde_json::Value>,
 }
 
-const DEAD_LETTER_COLUMNS: &str = "id, operator, commit_lsn, seq, kind, schema_name, table_name,
-     mapped_id, error, attempts, failed_at, event";
-
-fn dead_letter(r: &sqlx::postgres::PgRow) -> Result<DeadLetterDetail, sqlx::Error> {
-    let lsn: Lsn = r.try_get("commit_lsn")?;
-    let seq: i32 = r.try_get("seq")?;
-    let mapped: String = r.try_get("mapped_id")?;
-    Ok(DeadLetterDetail {
-        summary: DeadLetterSummary {
-            id: r.try_get("id")?,
-            operator: r.try_get("operator")?,
-            position: format!("{lsn}#{seq}"),
-            kind: r.try_get("kind")?,
-            table: format!(
-                "{}.{}",
-                r.try_get::<String, _>("schema_name")?,
-                r.try_get::<String, _>("table_name")?
-            ),
-            mapped_id: crate::dispatch::id_display(&mapped),
-            error: r.try_get("error")?,
-            attempts: r.try_get("attempts")?,
-            failed_at: r.try_get("failed_at")?,
-        },
-        event: r.try_get("event")?,
-    })
+impl From<queue::admin::DeadLetterRecord> for DeadLetterDetail {
+    fn from(r: queue::admin::DeadLetterRecord) -> DeadLetterDetail {
+        DeadLetterDetail {
+            summary: DeadLetterSummary {
+                id: r.id,
+                operator: r.operator,
+                position: format!("{}#{}", r.commit_lsn, r.seq),
+                kind: r.kind,
+                table: format!("{}.{}", r.schema_name, r.table_name),
+                mapped_id: crate::dispatch::id_display(&r.mapped_id),
+                error: r.error,
+                attempts: r.attempts,
+                failed_at: r.failed_at,
+            },
+            event: r.event,
+        }
+    }
 }
 
 /// The dead letters of the slot (of `operator` only, when given), oldest
@@ -650,25 +580,16 @@ pub async fn dead_letters(
     if let Some(op) = operator {
         check_operator(pool, slot, op).await?;
     }
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {DEAD_LETTER_COLUMNS} FROM walflow.dead_letters
-         WHERE slot = $1 AND ($2::text IS NULL OR operator = $2) ORDER BY id"
-    )))
-    .bind(slot)
-    .bind(operator)
-    .fetch_all(pool)
-    .await
-    .map_err(sql(format!(
-        "reading the dead letters {}",
-        scope(slot, operator)
-    )))?;
-    rows.iter()
-        .map(|r| dead_letter(r).map(|d| d.summary))
-        .collect::<Result<_, _>>()
+    let rows = queue::admin::dead_letters(pool, slot, operator)
+        .await
         .map_err(sql(format!(
             "reading the dead letters {}",
             scope(slot, operator)
-        )))
+        )))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| DeadLetterDetail::from(r).summary)
+        .collect())
 }
 
 /// Dead letter `id` of the slot, with its event and whole error.
@@ -678,46 +599,16 @@ pub async fn dead_letter_detail(
     id: i64,
 ) -> Result<DeadLetterDetail, AdminError> {
     check_schema(pool).await?;
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {DEAD_LETTER_COLUMNS} FROM walflow.dead_letters WHERE slot = $1 AND id = $2"
-    )))
-    .bind(slot)
-    .bind(id)
-    .fetch_optional(pool)
-    .await
-    .map_err(sql(format!("reading dead letter {id}")))?;
+    let row = queue::admin::dead_letter(pool, slot, id)
+        .await
+        .map_err(sql(format!("reading dead letter {id}")))?;
     match row {
-        Some(r) => dead_letter(&r).map_err(sql(format!("reading dead letter {id}"))),
+        Some(r) => Ok(r.into()),
         None => Err(AdminError::UnknownDeadLetters {
             ids: vec![id],
             scope: scope(slot, None),
         }),
     }
-}
-
-/// The ids of `ids` that are not dead letters of the slot (of `operator`,
-/// when given).
-async fn missing_dead_letters<'c, E>(
-    conn: E,
-    slot: &str,
-    operator: Option<&str>,
-    ids: &[i64],
-) -> Result<Vec<i64>, sqlx::Error>
-where
-    E: sqlx::PgExecutor<'c>,
-{
-    sqlx::query_scalar(
-        "SELECT i FROM unnest($3::int8[]) AS i
-         WHERE NOT EXISTS (SELECT 1 FROM walflow.dead_letters d
-                           WHERE d.slot = $1 AND d.id = i
-                             AND ($2::text IS NULL OR d.operator = $2))
-         ORDER BY i",
-    )
-    .bind(slot)
-    .bind(operator)
-    .bind(ids)
-    .fetch_all(conn)
-    .await
 }
 
 /// Whether [`discard_dead_letters`] would find every one of `ids` now:
@@ -734,7 +625,7 @@ pub async fn check_dead_letters(
     if let Some(op) = operator {
         check_operator(pool, slot, op).await?;
     }
-    let missing = missing_dead_letters(pool, slot, operator, ids)
+    let missing = queue::admin::missing_dead_letters(pool, slot, operator, ids)
         .await
         .map_err(sql("looking up the dead letters"))?;
     if !missing.is_empty() {
@@ -761,19 +652,12 @@ pub async fn discard_dead_letters(
         check_operator(pool, slot, op).await?;
     }
     let step = || format!("discarding dead letters {}", join_ids(ids));
-    let mut tx = crate::queue::begin(pool).await.map_err(sql(step()))?;
+    let mut tx = queue::begin(pool).await.map_err(sql(step()))?;
     // Locks them, so the check holds until the commit.
-    sqlx::query(
-        "SELECT id FROM walflow.dead_letters
-         WHERE slot = $1 AND id = ANY($2) AND ($3::text IS NULL OR operator = $3) FOR UPDATE",
-    )
-    .bind(slot)
-    .bind(ids)
-    .bind(operator)
-    .execute(&mut *tx)
-    .await
-    .map_err(sql(step()))?;
-    let missing = missing_dead_letters(&mut *tx, slot, operator, ids)
+    queue::admin::lock_dead_letters(&mut tx, slot, operator, ids)
+        .await
+        .map_err(sql(step()))?;
+    let missing = queue::admin::missing_dead_letters(&mut *tx, slot, operator, ids)
         .await
         .map_err(sql(step()))?;
     if !missing.is_empty() {
@@ -782,17 +666,9 @@ pub async fn discard_dead_letters(
             scope: scope(slot, operator),
         });
     }
-    let deleted = sqlx::query(
-        "DELETE FROM walflow.dead_letters
-         WHERE slot = $1 AND id = ANY($2) AND ($3::text IS NULL OR operator = $3)",
-    )
-    .bind(slot)
-    .bind(ids)
-    .bind(operator)
-    .execute(&mut *tx)
-    .await
-    .map_err(sql(step()))?
-    .rows_affected();
+    let deleted = queue::admin::delete_dead_letters(&mut tx, slot, operator, ids)
+        .await
+        .map_err(sql(step()))?;
     tx.commit().await.map_err(sql(step()))?;
     Ok(deleted)
 }
@@ -911,7 +787,7 @@ pub async fn check_retry(
         }
     }
     if let Some(ids) = ids {
-        let missing = missing_dead_letters(pool, slot, operator, ids)
+        let missing = queue::admin::missing_dead_letters(pool, slot, operator, ids)
             .await
             .map_err(sql("looking up the dead letters to retry"))?;
         if !missing.is_empty() {
@@ -940,7 +816,7 @@ pub async fn request_retry(
 ) -> Result<i64, AdminError> {
     check_retry(pool, slot, operator, ids).await?;
     let step = format!("asking the flow of slot `{slot}` to retry dead letters");
-    let mut tx = crate::queue::begin(pool).await.map_err(sql(step.clone()))?;
+    let mut tx = queue::begin(pool).await.map_err(sql(step.clone()))?;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO walflow.requests (slot, kind, operator, dead_letter_ids)
          VALUES ($1, $2, $3, $4) RETURNING id",
@@ -1090,10 +966,7 @@ pub async fn check_droppable_operator(
             slot: slot.to_owned(),
         });
     }
-    sqlx::query_scalar("SELECT count(*) FROM walflow.queue WHERE slot = $1 AND operator = $2")
-        .bind(slot)
-        .bind(operator)
-        .fetch_one(pool)
+    queue::admin::queued_rows(pool, slot, operator)
         .await
         .map_err(sql(format!(
             "counting the queued rows of operator `{operator}` on slot `{slot}`"
@@ -1103,16 +976,9 @@ pub async fn check_droppable_operator(
 /// The operators the running flows of the slot declare (a heartbeat in
 /// `walflow.nodes` within the time a node counts as running).
 async fn running_operators(pool: &PgPool, slot: &str) -> Result<Vec<String>, AdminError> {
-    sqlx::query_scalar(
-        "SELECT DISTINCT unnest(operators) FROM walflow.nodes
-         WHERE slot = $1 AND heartbeat_at > now() - make_interval(secs => $2)
-         ORDER BY 1",
-    )
-    .bind(slot)
-    .bind(crate::queue::status::NODE_LIVE_FOR.as_secs_f64())
-    .fetch_all(pool)
-    .await
-    .map_err(sql(format!("reading the flows running on slot `{slot}`")))
+    queue::nodes::running_operators(pool, slot)
+        .await
+        .map_err(sql(format!("reading the flows running on slot `{slot}`")))
 }
 
 /// Drops an operator that no running flow declares: moves its queued rows
@@ -1129,47 +995,12 @@ pub async fn drop_operator(pool: &PgPool, slot: &str, operator: &str) -> Result<
         .begin_with("BEGIN; SET LOCAL synchronous_commit = local")
         .await
         .map_err(sql(step()))?;
-    let moved: i64 = sqlx::query_scalar(
-        "WITH moved AS (
-             DELETE FROM walflow.queue WHERE slot = $1 AND operator = $2
-             RETURNING commit_lsn, seq, part, id, kind, schema_name, table_name, event,
-                       updated_at, cover_lsns, cover_seqs),
-         dead AS (
-             INSERT INTO walflow.dead_letters
-               (slot, operator, commit_lsn, seq, part, mapped_id, kind, schema_name,
-                table_name, event, updated_at, error, attempts)
-             SELECT $1, $2, commit_lsn, seq, part, id, kind, schema_name, table_name, event,
-                    updated_at, $3, 0
-             FROM moved ORDER BY commit_lsn, seq, part),
-         events AS (
-             SELECT commit_lsn AS l, seq AS s FROM moved
-             UNION ALL
-             SELECT c.l, c.s FROM moved, unnest(cover_lsns, cover_seqs) AS c(l, s)),
-         released AS (
-             UPDATE walflow.pending_status p SET remaining = p.remaining - e.n
-             FROM (SELECT l, s, count(*)::int AS n FROM events GROUP BY l, s) e
-             WHERE p.slot = $1 AND p.commit_lsn = e.l AND p.seq = e.s)
-         SELECT count(*) FROM moved",
+    let moved = queue::admin::dead_letter_operator(
+        &mut tx,
+        slot,
+        operator,
+        &format!("operator {operator} dropped"),
     )
-    .bind(slot)
-    .bind(operator)
-    .bind(format!("operator {operator} dropped"))
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(sql(step()))?;
-    // The events no other row waits on are processed.
-    sqlx::query(
-        "WITH done AS (
-             DELETE FROM walflow.pending_status WHERE slot = $1 AND remaining <= 0
-             RETURNING schema_name, table_name, updated_at)
-         INSERT INTO walflow.process_status (slot, schema_name, table_name, updated_at)
-         SELECT $1, schema_name, table_name, max(updated_at) FROM done
-         GROUP BY schema_name, table_name
-         ON CONFLICT (slot, schema_name, table_name)
-         DO UPDATE SET updated_at = GREATEST(walflow.process_status.updated_at, EXCLUDED.updated_at)",
-    )
-    .bind(slot)
-    .execute(&mut *tx)
     .await
     .map_err(sql(step()))?;
     tx.commit().await.map_err(sql(step()))?;

@@ -1,6 +1,7 @@
 //! Several nodes: the broadcaster of the node holding the slot, the
-//! subscriber-only node, and the record of the flows running a slot's
-//! operators (`walflow.nodes`, with a heartbeat) that the LSN fence reads.
+//! subscriber-only node, and keeping this flow's record among the flows
+//! running a slot's operators (`walflow.nodes`, with a heartbeat) that the
+//! LSN fence reads: the statements are in [`crate::queue::nodes`].
 
 use std::sync::Arc;
 
@@ -184,31 +185,6 @@ pub(super) async fn start_subscriber(builder: WalflowBuilder) -> Result<Walflow,
     })
 }
 
-/// Records a flow running `operators` on `slot` as a node of it in
-/// `walflow.nodes`, in `tx`, and returns its id. Nodes of the slot whose
-/// heartbeat stopped long ago (killed without shutting down) are removed.
-pub(super) async fn register(
-    tx: &mut sqlx::PgConnection,
-    slot: &str,
-    operators: &[&str],
-) -> Result<String, sqlx::Error> {
-    sqlx::query(
-        "DELETE FROM walflow.nodes
-         WHERE slot = $1 AND heartbeat_at < now() - make_interval(secs => $2)",
-    )
-    .bind(slot)
-    .bind(crate::queue::status::NODE_LIVE_FOR.as_secs_f64())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query_scalar(
-        "INSERT INTO walflow.nodes (slot, operators) VALUES ($1, $2) RETURNING node::text",
-    )
-    .bind(slot)
-    .bind(operators)
-    .fetch_one(&mut *tx)
-    .await
-}
-
 /// Records every [`NODE_HEARTBEAT`](crate::queue::status::NODE_HEARTBEAT)
 /// that node `node` still runs, until `stop` (recording it again should
 /// its row be gone: removed as stale after a long outage).
@@ -223,15 +199,8 @@ pub(super) async fn heartbeat(
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(crate::queue::status::NODE_HEARTBEAT) => {}
         }
-        if let Err(e) = sqlx::query(
-            "INSERT INTO walflow.nodes (slot, node, operators) VALUES ($1, $2::uuid, $3)
-             ON CONFLICT (slot, node) DO UPDATE SET heartbeat_at = now()",
-        )
-        .bind(&shared.slot)
-        .bind(node)
-        .bind(operators)
-        .execute(&shared.pool)
-        .await
+        if let Err(e) =
+            crate::queue::nodes::heartbeat(&shared.pool, &shared.slot, node, operators).await
         {
             shared.note_error(&e);
             tracing::warn!(
@@ -246,12 +215,7 @@ pub(super) async fn heartbeat(
 /// Removes node `node`: the flow has stopped, its operators no longer
 /// count for the LSN fence unless another running flow declares them.
 pub(super) async fn deregister(shared: &Shared, node: &str) {
-    if let Err(e) = sqlx::query("DELETE FROM walflow.nodes WHERE slot = $1 AND node = $2::uuid")
-        .bind(&shared.slot)
-        .bind(node)
-        .execute(&shared.pool)
-        .await
-    {
+    if let Err(e) = crate::queue::nodes::deregister(&shared.pool, &shared.slot, node).await {
         // Its heartbeat stops: it stops counting after NODE_LIVE_FOR.
         tracing::warn!(
             slot = %shared.slot,

@@ -45,7 +45,7 @@ pub(crate) async fn register(
     .bind(slot)
     .execute(&mut *tx)
     .await?;
-    let node = super::nodes::register(&mut tx, slot, operators).await?;
+    let node = crate::queue::nodes::register(&mut tx, slot, operators).await?;
     tx.commit().await?;
     Ok(node)
 }
@@ -197,14 +197,12 @@ async fn retry(
     }
     let ids: Vec<i64> = match &request.dead_letter_ids {
         Some(ids) => {
-            let found: Vec<i64> = sqlx::query_scalar(
-                "SELECT id FROM walflow.dead_letters
-                 WHERE slot = $1 AND id = ANY($2) AND ($3::text IS NULL OR operator = $3)",
+            let found: Vec<i64> = crate::queue::admin::found_dead_letters(
+                &shared.pool,
+                slot,
+                request.operator.as_deref(),
+                ids,
             )
-            .bind(slot)
-            .bind(ids)
-            .bind(&request.operator)
-            .fetch_all(&shared.pool)
             .await
             .map_err(|e| format!("reading the dead letters: {}", crate::pg_error::DbError(&e)))?;
             let missing: Vec<String> = ids
@@ -225,15 +223,12 @@ async fn retry(
             }
             ids.clone()
         }
-        None => sqlx::query_scalar(
-            "SELECT id FROM walflow.dead_letters
-             WHERE slot = $1 AND operator = ANY($2) AND ($3::text IS NULL OR operator = $3)
-             ORDER BY id",
+        None => crate::queue::admin::dead_letters_of(
+            &shared.pool,
+            slot,
+            operators,
+            request.operator.as_deref(),
         )
-        .bind(slot)
-        .bind(operators)
-        .bind(&request.operator)
-        .fetch_all(&shared.pool)
         .await
         .map_err(|e| format!("reading the dead letters: {}", crate::pg_error::DbError(&e)))?,
     };

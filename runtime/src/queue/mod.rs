@@ -5,14 +5,21 @@
 //!
 //! Every statement on walflow's own tables (`walflow.queue`,
 //! `pending_status`, `process_status`, `dead_letters`, `streams`,
-//! `progress`) is in this module, except the registration of running flows in
-//! `walflow.nodes` (`crate::flow`'s nodes module), which the fence reads:
+//! `progress`, `nodes`) is in this module, those of the flow and those of
+//! the tools beside it (the `walflow` command) alike; only their
+//! definitions are elsewhere ([`crate::migrate`]):
 //! - [`enqueue`]: queueing a batch (one statement) and what a start needs
 //!   to read the position safely;
 //! - [`dequeue`]: reading an operator's rows back, deleting a unit's rows
 //!   with the process status they release, dead letters in and out;
 //! - [`status`]: the LSN fence, the process status and the dead letters as
 //!   the API reports them;
+//! - [`nodes`]: the flows running a slot's operators (`walflow.nodes`),
+//!   registered at start, kept alive by a heartbeat, which the fence reads;
+//! - [`admin`]: what the tools read and change ([`crate::admin`]): the
+//!   status figures, the dead letters listed, shown, discarded and looked
+//!   up for a retry request, and an operator's rows moved to the dead letters
+//!   when it is dropped;
 //! - [`memory`]: the same bookkeeping in memory (`queue_storage = memory`,
 //!   `process_status_storage = memory`);
 //! - [`progress`]: the progress record, which tells a unit whose `COMMIT`
@@ -287,10 +294,12 @@
 //! `tests/test_replica_identity.rs`, and the moved `delete_with` entity of
 //! rule 5 by `tests/test_operator_chain.rs`.
 
+pub(crate) mod admin;
 pub(crate) mod dequeue;
 pub(crate) mod enqueue;
 pub(crate) mod handover;
 pub(crate) mod memory;
+pub(crate) mod nodes;
 pub(crate) mod progress;
 pub(crate) mod status;
 pub(crate) mod store;
