@@ -59,19 +59,26 @@ fn b(id: i64, badge: &str) -> (i64, String) {
     (id, badge.to_owned())
 }
 
-#[tokio::test]
-async fn two_level_chain() {
+/// A database with the blog and the badges table, and a flow running the
+/// two-level chain on it.
+async fn chain(slot: &str) -> (common::Db, Walflow) {
     let db = common::db().await;
     db.exec(blog::SCHEMA).await;
     db.exec("CREATE TABLE post_badges (id bigint PRIMARY KEY, badge text NOT NULL)")
         .await;
     let flow = Walflow::builder()
         .database_url(&db.url)
-        .slot_name(db.slot("chain"))
+        .slot_name(db.slot(slot))
         .operators(["Counts", "Badges"])
         .start()
         .await
         .unwrap();
+    (db, flow)
+}
+
+#[tokio::test]
+async fn two_level_chain() {
+    let (db, flow) = chain("chain").await;
     db.exec("INSERT INTO posts (id, title) VALUES (1, 'a'), (2, 'b')")
         .await;
     db.exec("INSERT INTO comments (id, post_id) VALUES (1, 1)")
@@ -107,17 +114,7 @@ async fn count_ids(db: &common::Db) -> Vec<i64> {
 /// cannot remove its target row), and the second level follows.
 #[tokio::test]
 async fn a_delete_with_entity_whose_id_changes_leaves_no_row_under_its_old_id() {
-    let db = common::db().await;
-    db.exec(blog::SCHEMA).await;
-    db.exec("CREATE TABLE post_badges (id bigint PRIMARY KEY, badge text NOT NULL)")
-        .await;
-    let flow = Walflow::builder()
-        .database_url(&db.url)
-        .slot_name(db.slot("chain_moved"))
-        .operators(["Counts", "Badges"])
-        .start()
-        .await
-        .unwrap();
+    let (db, flow) = chain("chain_moved").await;
     db.exec("INSERT INTO posts (id, title) VALUES (1, 'a'), (2, 'b')")
         .await;
     db.exec("INSERT INTO comments (id, post_id) VALUES (1, 1), (2, 1)")
