@@ -339,7 +339,7 @@ pub(crate) async fn dead_letter_operator(
              RETURNING schema_name, table_name, updated_at)
          INSERT INTO walflow.process_status (slot, schema_name, table_name, updated_at)
          SELECT $1, schema_name, table_name, max(updated_at) FROM done
-         GROUP BY schema_name, table_name
+         GROUP BY schema_name, table_name ORDER BY schema_name, table_name
          ON CONFLICT (slot, schema_name, table_name)
          DO UPDATE SET updated_at = GREATEST(walflow.process_status.updated_at, EXCLUDED.updated_at)",
     )

@@ -108,6 +108,21 @@ pub(crate) async fn release_status(
         lsns.push(*l);
         seqs.push(*s);
     }
+    // Units of several operators release the same events, each its own
+    // set in its own order: the rows are locked in key order first, so two
+    // units wait for each other instead of deadlocking (a deadlock would
+    // roll the unit back and run its handler again).
+    sqlx::query(
+        "SELECT 1 FROM walflow.pending_status
+         WHERE slot = $1 AND commit_lsn = ANY($2::int8[]) AND seq = ANY($3::int4[])
+           AND (commit_lsn, seq) IN (SELECT * FROM UNNEST($2::int8[], $3::int4[]))
+         ORDER BY commit_lsn, seq FOR UPDATE",
+    )
+    .bind(slot)
+    .bind(&lsns)
+    .bind(&seqs)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "UPDATE walflow.pending_status p SET remaining = p.remaining - u.n
          FROM (SELECT l, s, count(*)::int AS n FROM UNNEST($2::int8[], $3::int4[]) AS x(l, s)
@@ -128,7 +143,8 @@ pub(crate) async fn release_status(
                AND (commit_lsn, seq) IN (SELECT * FROM UNNEST($2::int8[], $3::int4[]))
              RETURNING schema_name, table_name, updated_at)
          INSERT INTO walflow.process_status (slot, schema_name, table_name, updated_at)
-         SELECT $1, schema_name, table_name, max(updated_at) FROM done GROUP BY schema_name, table_name
+         SELECT $1, schema_name, table_name, max(updated_at) FROM done
+         GROUP BY schema_name, table_name ORDER BY schema_name, table_name
          ON CONFLICT (slot, schema_name, table_name)
          DO UPDATE SET updated_at = GREATEST(walflow.process_status.updated_at, EXCLUDED.updated_at)",
     )

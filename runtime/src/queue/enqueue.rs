@@ -4,7 +4,7 @@
 //! the batch's transactions are visible (rules 1 to 3 of the
 //! [protocol](super)).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -246,8 +246,9 @@ async fn flush(
     // (With the memory process status, the store took the marks out.)
     let (pending, done): (Vec<&StatusMark>, Vec<_>) =
         batch.status.iter().partition(|s| s.remaining > 0);
-    // Events no operator runs on are done as soon as they are seen.
-    let mut max: HashMap<(&str, &str), i64> = HashMap::new();
+    // Events no operator runs on are done as soon as they are seen; in key
+    // order, the order units upsert the same rows in (no deadlock).
+    let mut max: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     for s in &done {
         let e = max.entry((&*s.schema, &*s.table)).or_insert(s.updated_at);
         *e = (*e).max(s.updated_at);
