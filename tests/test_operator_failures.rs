@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use walflow::Position;
 use walflow::config::{ErrorLogger, FailureInfo, RetryInfo};
 use walflow::prelude::*;
 
@@ -81,10 +82,20 @@ static POISONED: Mutex<Option<HashSet<i64>>> = Mutex::new(None);
 static FLAKY_CALLS: Mutex<Option<HashMap<i64, Vec<Instant>>>> = Mutex::new(None);
 /// When `flaky` succeeded, per id.
 static FLAKY_DONE: Mutex<Option<HashMap<i64, Instant>>> = Mutex::new(None);
+/// The event id `flaky` was called with, per job id and call.
+static FLAKY_IDS: Mutex<Option<HashMap<i64, Vec<Position>>>> = Mutex::new(None);
 static PANICKY_DONE: Mutex<Vec<i64>> = Mutex::new(Vec::new());
 
-async fn flaky(event: Event<Job>, _ctx: Ctx) -> Result<(), std::io::Error> {
+async fn flaky(event: Event<Job>, ctx: Ctx) -> Result<(), std::io::Error> {
     let id = event.record().unwrap().id;
+    assert_eq!(event.id(), ctx.position());
+    FLAKY_IDS
+        .lock()
+        .unwrap()
+        .get_or_insert_default()
+        .entry(id)
+        .or_default()
+        .push(event.id());
     FLAKY_CALLS
         .lock()
         .unwrap()
@@ -242,6 +253,13 @@ async fn poison_event_follows_the_retry_schedule_then_is_dead_lettered_and_repla
             .contains_key(&1)
     );
     assert!(flow.dead_letters("Flaky").await.unwrap().is_empty());
+
+    // Every delivery of job 1's insert, the retries and the replay read
+    // back from the dead letters, carried one id: the dead letter's.
+    let ids = FLAKY_IDS.lock().unwrap().clone().unwrap();
+    assert_eq!(ids[&1].len(), 5, "{ids:?}");
+    assert!(ids[&1].iter().all(|id| *id == dead[0].position), "{ids:?}");
+    assert!(ids[&2][0] != dead[0].position && ids[&2][0] != ids[&3][0]);
     flow.shutdown().await.unwrap();
 }
 

@@ -15,7 +15,10 @@ type SharedTx = Arc<Mutex<Option<Transaction<'static, Postgres>>>>;
 /// Handlers run at least once: after a crash an event whose handler ran but
 /// whose completion was not recorded runs again. Two ways to make that
 /// harmless:
-/// - use [`position`](Self::position) as an idempotency key;
+/// - pass the event's stable id ([`position`](Self::position), equal to
+///   [`Event::id`](crate::Event::id)) as an idempotency key to what the
+///   handler calls outside the database (an HTTP call, an email, a
+///   payment);
 /// - write through [`transaction`](Self::transaction): the runtime commits
 ///   that transaction together with the operator's progress, so the writes
 ///   and the event's completion happen exactly once, together.
@@ -30,7 +33,6 @@ pub struct Ctx {
 impl Ctx {
     /// Built by the runtime for each handler call.
     #[doc(hidden)]
-    #[doc(hidden)]
     pub fn new(operator: &'static str, position: Position, pool: sqlx::PgPool) -> Self {
         Ctx {
             operator,
@@ -40,7 +42,9 @@ impl Ctx {
         }
     }
 
-    /// The position of the event being handled: an idempotency key.
+    /// The stable id of the event being handled: equal to its
+    /// [`Event::id`](crate::Event::id) (see there), the same on every run
+    /// of the handler for this event, so usable as an idempotency key.
     pub fn position(&self) -> Position {
         self.position
     }

@@ -21,7 +21,7 @@ pub struct EventMeta {
     pub table: Arc<str>,
     /// Position of the change in the WAL.
     pub lsn: Lsn,
-    /// Commit position of the enclosing transaction.
+    /// LSN of the enclosing transaction's commit record.
     pub commit_lsn: Lsn,
     /// Commit time of the enclosing transaction.
     pub commit_time: DateTime<Utc>,
@@ -45,7 +45,8 @@ impl EventMeta {
         }
     }
 
-    /// The change's [`Position`], usable as an idempotency key.
+    /// The change's [`Position`]: its stable id, the same as
+    /// [`Event::id`] (see there).
     pub fn position(&self) -> Position {
         Position {
             commit_lsn: self.commit_lsn,
@@ -130,6 +131,63 @@ impl<T> Event<T> {
             Event::Delete { .. } => EventKind::Delete,
             Event::Truncate { .. } => EventKind::Truncate,
         }
+    }
+
+    /// The stable id of this change: the LSN of its transaction's commit
+    /// record and its index in the transaction ([`Position`], the same as
+    /// [`EventMeta::position`]).
+    ///
+    /// It is the change's place in the WAL, not a count kept by the
+    /// process, so it is the same every time walflow delivers the change:
+    /// a handler's retry, a replayed dead letter, a redelivery after a crash
+    /// or a restart, and on every node of the flow (the events a node
+    /// receives from another carry it too). No two changes share it, and it
+    /// orders like the WAL: commit order, then order within the
+    /// transaction. (The index counts the changes the flow's publication
+    /// sends, so flows publishing different tables can number one
+    /// transaction's changes differently.)
+    ///
+    /// Its [`Display`](std::fmt::Display) form is `16/B374D848#3`: the
+    /// commit LSN as PostgreSQL writes it, `#`, the index in decimal (at
+    /// most 28 characters); it reads back with [`FromStr`](std::str::FromStr).
+    /// That text is the `id` of the change in Server-Sent Events (what a
+    /// browser sends back as `Last-Event-ID`) and the CloudEvents `id`
+    /// (`subscribe::sse`, feature `axum`). In a handler it equals
+    /// [`Ctx::position`](crate::ctx::Ctx::position).
+    ///
+    /// # Idempotency keys
+    ///
+    /// Handlers run at least once: after a crash, an event whose handler
+    /// ran but whose completion was not recorded runs again, on this node
+    /// or another. A handler whose effects leave the database (an HTTP
+    /// call, an email, a payment) should pass the id as the idempotency key
+    /// the other side deduplicates on (an `Idempotency-Key` header, a
+    /// payment provider's idempotency key), as a consumer of Sequin passes
+    /// on its `idempotency_key`, so that the effect happens once however
+    /// often the handler runs. Writes to the database need no key: made
+    /// through [`Ctx::transaction`](crate::ctx::Ctx::transaction) they
+    /// commit together with the event's completion, exactly once.
+    ///
+    /// ```
+    /// # #![allow(dead_code)]
+    /// use walflow_runtime::{Ctx, Event};
+    /// # #[derive(serde::Deserialize)] struct Order { id: i64, email: String }
+    /// # struct Mailer;
+    /// # impl Mailer {
+    /// #     async fn send(&self, _to: &str, _body: String, _key: &str) -> std::io::Result<()> { Ok(()) }
+    /// # }
+    /// # static MAILER: Mailer = Mailer;
+    ///
+    /// async fn send_receipt(event: Event<Order>, ctx: Ctx) -> std::io::Result<()> {
+    ///     let order = event.record().expect("an insert");
+    ///     // The same key however often this runs for this change: `16/B374D848#3`.
+    ///     let key = event.id().to_string();
+    ///     assert_eq!(event.id(), ctx.position());
+    ///     MAILER.send(&order.email, format!("order {}", order.id), &key).await
+    /// }
+    /// ```
+    pub fn id(&self) -> Position {
+        self.meta().position()
     }
 
     /// Where and when it happened.
@@ -291,6 +349,10 @@ pub trait EventEnum: FromRawEvent {
     fn kind(&self) -> EventKind;
     /// Where and when it happened.
     fn meta(&self) -> &EventMeta;
+    /// The stable id of the change: [`Event::id`] of the variant's event.
+    fn id(&self) -> Position {
+        self.meta().position()
+    }
 }
 
 #[cfg(test)]
@@ -422,6 +484,52 @@ mod tests {
                     seq: 0
                 }
         );
+    }
+
+    #[test]
+    fn the_id_is_the_position_and_reads_back_from_its_text() {
+        let raw = raw(EventKind::Insert, Some(record(1, "a")), None);
+        let event = Event::<Post>::from_raw(&raw).unwrap();
+        let id = event.id();
+        assert_eq!(id, event.meta().position());
+        assert_eq!(id, raw.position());
+        assert_eq!(
+            id,
+            Position {
+                commit_lsn: Lsn(0x1_0000_0020),
+                seq: 3
+            }
+        );
+        // The text of the SSE and CloudEvents `id`: the commit LSN as
+        // PostgreSQL writes it, `#`, the index.
+        assert_eq!(id.to_string(), "1/20#3");
+        assert_eq!("1/20#3".parse::<Position>().unwrap(), id);
+        let widest = Position {
+            commit_lsn: Lsn(u64::MAX),
+            seq: u32::MAX,
+        };
+        assert_eq!(widest.to_string(), "FFFFFFFF/FFFFFFFF#4294967295");
+        assert_eq!(widest.to_string().len(), 28);
+
+        // Decoded again (a redelivery reads the queued raw event back), the
+        // same id; an event enum gives its variant's.
+        let queued: RawEvent = serde_json::from_str(&serde_json::to_string(&raw).unwrap()).unwrap();
+        assert_eq!(Event::<Post>::from_raw(&queued).unwrap().id(), id);
+        struct Posts(Event<Post>);
+        impl FromRawEvent for Posts {
+            fn from_raw_event(raw: &RawEvent) -> Result<Self, EventDecodeError> {
+                Event::from_raw(raw).map(Posts)
+            }
+        }
+        impl EventEnum for Posts {
+            fn kind(&self) -> EventKind {
+                self.0.kind()
+            }
+            fn meta(&self) -> &EventMeta {
+                self.0.meta()
+            }
+        }
+        assert_eq!(EventEnum::id(&Posts::from_raw_event(&queued).unwrap()), id);
     }
 
     #[test]

@@ -88,18 +88,26 @@ impl FromStr for Lsn {
     }
 }
 
-/// A stable identifier of one change: the commit position of its transaction
-/// and its index within the transaction.
+/// A stable identifier of one change: the LSN of its transaction's commit
+/// record and its index within the transaction.
 ///
-/// Ordered like the WAL (commit order, then order within the transaction), so
-/// it can be stored as an idempotency key: a handler that records the
-/// position of the last event it applied can skip events at or before it.
-/// Displayed as `16/B374D848#3`.
+/// What [`Event::id`](crate::Event::id) returns: the same on every delivery
+/// of the change (retries, a replayed dead letter, a redelivery after a
+/// crash) and on every node, so it serves as an idempotency key (see
+/// there). Ordered like the WAL (commit order, then order within the
+/// transaction). To skip changes already applied, record the ids applied
+/// (a unique column) rather than only the highest: the events of one id run
+/// in commit order, but a replayed dead letter comes after later events.
+///
+/// Displayed as `16/B374D848#3` (the commit LSN as PostgreSQL writes it,
+/// `#`, the index in decimal; at most 28 characters), the SSE and
+/// CloudEvents `id` of the change; [`FromStr`] reads that form back.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct Position {
-    /// Commit position (`end_lsn`) of the enclosing transaction.
+    /// LSN of the enclosing transaction's commit record (the `commit_lsn`
+    /// of PostgreSQL's Commit message, just before its `end_lsn`).
     pub commit_lsn: Lsn,
     /// Index of the change within its transaction, from 0.
     pub seq: u32,

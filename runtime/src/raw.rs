@@ -134,8 +134,9 @@ pub struct RawEvent {
     pub columns: Arc<[ColumnType]>,
     /// Position of this change in the WAL.
     pub lsn: Lsn,
-    /// Commit position of the enclosing transaction (the transaction's
-    /// `end_lsn`: what is acknowledged once the transaction is handed on).
+    /// LSN of the enclosing transaction's commit record (the `commit_lsn`
+    /// of PostgreSQL's Commit message; the transaction's `end_lsn`, what is
+    /// acknowledged once the transaction is handed on, is just past it).
     pub commit_lsn: Lsn,
     /// Commit time of the enclosing transaction.
     pub commit_time: DateTime<Utc>,
@@ -147,9 +148,11 @@ pub struct RawEvent {
 }
 
 impl RawEvent {
-    /// A stable identifier of this change: its transaction's commit
-    /// position and its index in it. Usable as an idempotency key;
-    /// increases in commit order.
+    /// The stable id of this change: the LSN of its transaction's commit
+    /// record and its index in it. The same as [`Event::id`](crate::Event::id)
+    /// of the typed event (see there: the same on every delivery and every
+    /// node, the SSE and CloudEvents `id`, an idempotency key); increases
+    /// in commit order.
     pub fn position(&self) -> Position {
         Position::from(self)
     }

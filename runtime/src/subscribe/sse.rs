@@ -27,18 +27,27 @@
 //! }
 //! ```
 //!
-//! Each change is one SSE event whose `id` is the change's [`Position`]
-//! (`0/16B3F20#0`): a browser's `EventSource` sends it back as
-//! `Last-Event-ID` when it reconnects, and the stream resumes after it from
-//! the hub's retained window. The `data` is JSON: the [`Delivery`]
+//! Each change is one SSE event whose `id` is the change's stable id,
+//! [`Event::id`](crate::Event::id), as [`Position`] displays it
+//! (`0/16B3F20#0`: the LSN of the transaction's commit record, `#`, the
+//! change's index in the transaction): a browser's `EventSource` sends it
+//! back as `Last-Event-ID` when it reconnects, and the stream resumes after
+//! it from the hub's retained window. The same change has the same id on
+//! every node and in every stream, and a handler sees it as
+//! [`Event::id`](crate::Event::id) and [`Ctx::position`](crate::Ctx::position).
+//! The `data` is JSON: the [`Delivery`]
 //! (`{"action": "insert", "event": {"kind": "insert", "new": {...}, "meta": {...}}}`;
 //! an update has `old`, `new` and `changes`, all plain JSON:
 //! `"changes": {"title": {"old": "a", "new": "b"}}`, see [`Event`](crate::Event)),
 //! or, with [`SseOptions::cloud_events`], a CloudEvents 1.0 event in
-//! structured mode (`specversion`, `id`, `source`, `type` =
+//! structured mode (`specversion`, `id` = the same text as the SSE `id`,
+//! `source`, `type` =
 //! `{prefix}.{schema}.{table}.{action}` with the names encoded as
 //! [`cloudevents`](super::cloudevents) describes, `subject` = the row's id,
-//! `time`, `datacontenttype`, `data` = the delivery).
+//! `time`, `datacontenttype`, `data` = the delivery). `source` and `id`
+//! identify the change, as CloudEvents asks: a change sent twice (in a
+//! stream resumed after a reconnect, by another node) has the same pair
+//! (see [`CloudEvents`] for streams of several scopes).
 //!
 //! # Resuming, and `reload`
 //!
@@ -56,7 +65,7 @@
 //!   the subscription fell behind further than the window (a lag the window
 //!   still covers is resumed without the page noticing);
 //! - the position does not read as one
-//!   ([`UnreadablePosition`](super::UnreadablePosition): `garbage`, `-1`,
+//!   ([`UnreadablePosition`]: `garbage`, `-1`,
 //!   `FFFFFFFFF/0`, an index past 4,294,967,295, 50 KB of text; the reason
 //!   quotes at most its first 40 characters);
 //! - the position is after everything the hub has published
@@ -127,6 +136,15 @@ impl SseOptions {
 }
 
 /// CloudEvents attributes shared by every event of a stream.
+///
+/// Each event's `id` is the change's [`Event::id`](crate::Event::id) as
+/// [`Position`] displays it (`16/B374D848#3`), the same text as the SSE
+/// `id`: a consumer deduplicating on `source` and `id` drops a change sent
+/// twice (a stream resumed after a reconnect, another node's stream). The
+/// `id` names the change, not the stream: streams of two scopes send one
+/// change with the same `id` (a row that moves is `left` in one and
+/// `entered` in the other), so give them different `source`s when one
+/// consumer reads both.
 #[derive(Debug, Clone)]
 pub struct CloudEvents {
     /// `source` attribute.
@@ -333,46 +351,117 @@ where
     Sse::new(events.boxed()).keep_alive(keep_alive)
 }
 
-/// One delivery as an SSE event.
+/// One delivery as an SSE event: its `id` is the change's
+/// [`Event::id`](crate::Event::id) as text, and so is the CloudEvents `id`.
 pub fn encode<T>(delivery: &Delivery<T>, options: &SseOptions) -> SseEvent
 where
     T: EventSource + Serialize,
     T::Id: Serialize,
 {
-    let id = delivery.position().to_string();
+    let id = delivery.event.id().to_string();
     let data = match &options.cloud_events {
         None => serde_json::to_string(delivery),
-        Some(ce) => {
-            let meta = delivery.event.meta();
-            let action = serde_json::to_value(delivery.action).unwrap_or_default();
-            let subject = delivery
-                .row()
-                .and_then(|row| serde_json::to_value(row.id()).ok())
-                .map(|v| match v {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
-                });
-            let mut event = serde_json::json!({
-                "specversion": "1.0",
-                "id": id,
-                "source": ce.source,
-                "type": super::cloudevents::event_type(
-                    &ce.type_prefix,
-                    &meta.schema,
-                    &meta.table,
-                    action.as_str().unwrap_or("change"),
-                ),
-                "time": meta.commit_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                "datacontenttype": "application/json",
-                "data": delivery,
-            });
-            if let Some(subject) = subject {
-                event["subject"] = subject.into();
-            }
-            serde_json::to_string(&event)
-        }
+        Some(ce) => serde_json::to_string(&cloud_event(delivery, ce)),
     };
     SseEvent::default()
         .id(id)
         .data(data.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string()))
+}
+
+/// The CloudEvents 1.0 structured form of one delivery.
+fn cloud_event<T>(delivery: &Delivery<T>, ce: &CloudEvents) -> serde_json::Value
+where
+    T: EventSource + Serialize,
+    T::Id: Serialize,
+{
+    let meta = delivery.event.meta();
+    let action = serde_json::to_value(delivery.action).unwrap_or_default();
+    let subject = delivery
+        .row()
+        .and_then(|row| serde_json::to_value(row.id()).ok())
+        .map(|v| match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        });
+    let mut event = serde_json::json!({
+        "specversion": "1.0",
+        "id": delivery.event.id().to_string(),
+        "source": ce.source,
+        "type": super::cloudevents::event_type(
+            &ce.type_prefix,
+            &meta.schema,
+            &meta.table,
+            action.as_str().unwrap_or("change"),
+        ),
+        "time": meta.commit_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "datacontenttype": "application/json",
+        "data": delivery,
+    });
+    if let Some(subject) = subject {
+        event["subject"] = subject.into();
+    }
+    event
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::DateTime;
+
+    use super::*;
+    use crate::event::{Event, EventMeta};
+    use crate::lsn::Lsn;
+    use crate::subscribe::Action;
+
+    #[derive(Debug, serde::Deserialize, serde::Serialize)]
+    struct Post {
+        id: i64,
+    }
+
+    impl EventSource for Post {
+        const RUST_NAME: &'static str = "Post";
+        const SCHEMA: &'static str = "public";
+        const TABLE: &'static str = "posts";
+        const ID_COLUMN: &'static str = "id";
+        const COLUMNS: &'static [&'static str] = &["id"];
+        const FIELDS: &'static [(&'static str, &'static str)] = &[("id", "id")];
+        const REPLICA_IDENTITY_FULL: bool = true;
+        type Id = i64;
+        fn id(&self) -> &i64 {
+            &self.id
+        }
+    }
+
+    #[test]
+    fn the_cloud_events_id_is_the_event_id_as_displayed() {
+        let event = Event::Insert {
+            new: Post { id: 7 },
+            meta: EventMeta {
+                schema: "public".into(),
+                table: "posts".into(),
+                lsn: Lsn(0x16_B374_D800),
+                commit_lsn: Lsn(0x16_B374_D848),
+                commit_time: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+                xid: 9,
+                seq: 3,
+            },
+        };
+        let delivery = Delivery {
+            action: Action::Insert,
+            event: Arc::new(event),
+        };
+        let ce = CloudEvents {
+            source: "/walflow/blog".into(),
+            type_prefix: "com.example.blog".into(),
+        };
+        let json = cloud_event(&delivery, &ce);
+        assert_eq!(json["id"], "16/B374D848#3");
+        assert_eq!(json["id"], delivery.event.id().to_string());
+        assert_eq!(json["id"], delivery.position().to_string());
+        let id: Position = json["id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(id, delivery.event.id());
+        assert_eq!(json["subject"], "7");
+        assert_eq!(json["source"], "/walflow/blog");
+    }
 }
