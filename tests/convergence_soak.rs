@@ -52,6 +52,8 @@ fn main() -> ExitCode {
                 restarts: false,
                 async_commit: false,
                 crash_at: None,
+                // `WALFLOW_SOAK_STREAM=1`: with the stream storage.
+                stream: env("WALFLOW_SOAK_STREAM", 0) == 1,
             }
             .go()
             .await;

@@ -50,15 +50,21 @@ fn main() -> ExitCode {
         postgres_restarted_immediately_with_async_commit,
         crash_points,
         operators_wait_until_the_transaction_is_visible,
+        stream_four_writers_killed_coalescing,
+        stream_four_writers_killed_one_event_at_a_time,
+        stream_four_writers_postgres_restarted_one_event_at_a_time,
+        stream_crash_points,
     ])
 }
 
 const TXNS: u64 = 600;
 
 /// One test per configuration: writers, kills, `coalesce`, PostgreSQL
-/// restarts.
+/// restarts, the stream storage (`QueueStorage::Stream`; the others run on
+/// the storage `WALFLOW_QUEUE_STORAGE` names, the durable queue by
+/// default).
 macro_rules! runs {
-    ($($name:ident: $writers:expr, $kills:expr, $coalesce:expr, $restarts:expr;)*) => {$(
+    ($($name:ident: $writers:expr, $kills:expr, $coalesce:expr, $restarts:expr, $stream:expr;)*) => {$(
         async fn $name() {
             Run {
                 writers: $writers,
@@ -68,6 +74,7 @@ macro_rules! runs {
                 restarts: $restarts,
                 async_commit: false,
                 crash_at: None,
+                stream: $stream,
             }
             .go()
             .await;
@@ -76,14 +83,17 @@ macro_rules! runs {
 }
 
 runs! {
-    one_writer_coalescing: 1, 0, true, false;
-    one_writer_one_event_at_a_time: 1, 0, false, false;
-    four_writers_coalescing: 4, 0, true, false;
-    four_writers_killed_coalescing: 4, 4, true, false;
-    four_writers_killed_one_event_at_a_time: 4, 4, false, false;
-    one_writer_killed_coalescing: 1, 4, true, false;
-    four_writers_postgres_restarted_coalescing: 4, 0, true, true;
-    four_writers_postgres_restarted_one_event_at_a_time: 4, 0, false, true;
+    one_writer_coalescing: 1, 0, true, false, false;
+    one_writer_one_event_at_a_time: 1, 0, false, false, false;
+    four_writers_coalescing: 4, 0, true, false, false;
+    four_writers_killed_coalescing: 4, 4, true, false, false;
+    four_writers_killed_one_event_at_a_time: 4, 4, false, false, false;
+    one_writer_killed_coalescing: 1, 4, true, false, false;
+    four_writers_postgres_restarted_coalescing: 4, 0, true, true, false;
+    four_writers_postgres_restarted_one_event_at_a_time: 4, 0, false, true, false;
+    stream_four_writers_killed_coalescing: 4, 4, true, false, true;
+    stream_four_writers_killed_one_event_at_a_time: 4, 8, false, false, true;
+    stream_four_writers_postgres_restarted_one_event_at_a_time: 4, 0, false, true, true;
 }
 
 /// The server commits asynchronously (`synchronous_commit = off`, a 10 s
@@ -99,6 +109,7 @@ async fn postgres_restarted_immediately_with_async_commit() {
         restarts: true,
         async_commit: true,
         crash_at: None,
+        stream: false,
     }
     .go()
     .await;
@@ -107,10 +118,46 @@ async fn postgres_restarted_immediately_with_async_commit() {
 /// Each crash point of the queue protocol, under the random workload: the
 /// flow dies there (as `kill -9` would) three times, on a random hit.
 async fn crash_points() {
+    let stream = std::env::var("WALFLOW_QUEUE_STORAGE").is_ok_and(|s| s == "stream");
+    crash_points_of(stream, walflow::crash_point::POINTS).await;
+}
+
+/// The crash points whose meaning the stream storage changes, with it:
+/// around a unit's commit (nothing but the progress record says it
+/// applied), the acknowledgements (the slot's position is what units
+/// applied), and the skip of what is delivered again. The whole list runs
+/// with `WALFLOW_QUEUE_STORAGE=stream` (every test of this file then uses
+/// the stream storage).
+async fn stream_crash_points() {
+    crash_points_of(
+        true,
+        &[
+            "unit.before_commit",
+            "unit.after_commit",
+            "queue.acked",
+            "stream.acked",
+            "stream.skipped",
+        ],
+    )
+    .await;
+}
+
+/// The crash points the storage meets: the stream storage reads nothing
+/// back from the queue, and acknowledges and skips what the durable queue
+/// does not.
+async fn crash_points_of(stream: bool, points: &[&'static str]) {
     // `WALFLOW_CRASH_POINT=<point>` runs that one alone.
     let only = std::env::var("WALFLOW_CRASH_POINT").ok();
-    for point in walflow::crash_point::POINTS {
+    for point in points {
         if only.as_deref().is_some_and(|p| p != *point) {
+            continue;
+        }
+        let met = if stream {
+            *point != "executor.fetched"
+        } else {
+            !point.starts_with("stream.")
+        };
+        if !met {
             continue;
         }
         eprintln!("crash point `{point}`");
@@ -130,6 +177,7 @@ async fn crash_points() {
                 restarts: false,
                 async_commit: false,
                 crash_at: Some(point),
+                stream,
             }
             .go()
             .await;

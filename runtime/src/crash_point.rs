@@ -20,6 +20,8 @@
 //! | `queue.acked` | a batch acknowledged to the listener |
 //! | `unit.before_commit` | a unit's statements run, its transaction not committed |
 //! | `unit.after_commit` | a unit committed, the executor not yet told |
+//! | `stream.acked` | the stream storage acknowledged what units applied |
+//! | `stream.skipped` | the stream storage skipped rows delivered again, applied before |
 
 /// Every crash point, for tests to pick from.
 pub const POINTS: &[&str] = &[
@@ -32,6 +34,8 @@ pub const POINTS: &[&str] = &[
     "queue.acked",
     "unit.before_commit",
     "unit.after_commit",
+    "stream.acked",
+    "stream.skipped",
 ];
 
 /// Reached `point`: with the feature and `WALFLOW_CRASH_AT` naming it, the

@@ -190,7 +190,8 @@ pub async fn child() {
     let url = std::env::var("URL").unwrap();
     let slot = std::env::var("SLOT").unwrap();
     let coalesce = std::env::var("COALESCE").unwrap() == "1";
-    let _flow = start(&url, &slot, coalesce).await;
+    let stream = std::env::var("STREAM").is_ok_and(|s| s == "1");
+    let _flow = start_with(&url, &slot, coalesce, stream).await;
     println!("READY");
     std::future::pending::<()>().await;
 }
@@ -198,8 +199,18 @@ pub async fn child() {
 /// Starts the flow once a killed predecessor's session has let go of the
 /// slot.
 pub async fn start(url: &str, slot: &str, coalesce: bool) -> Walflow {
+    start_with(url, slot, coalesce, false).await
+}
+
+/// [`start`], with the stream storage when `stream` (otherwise the storage
+/// `WALFLOW_QUEUE_STORAGE` names, the durable queue by default).
+pub async fn start_with(url: &str, slot: &str, coalesce: bool, stream: bool) -> Walflow {
     common::wait_slot_released(url, slot).await;
-    Walflow::builder()
+    let mut builder = Walflow::builder();
+    if stream {
+        builder = builder.queue_storage(walflow::config::QueueStorage::Stream);
+    }
+    builder
         .database_url(url)
         .slot_name(slot)
         .min_restart_time(Duration::from_millis(20))
@@ -369,15 +380,22 @@ async fn check(flow: &Walflow, pool: &sqlx::PgPool, coalesce: bool) {
 
 /// Runs [`child`] in a child process; with `wait`, until its flow has
 /// started (bounded).
-async fn spawn_child(url: &str, slot: &str, coalesce: bool, wait: bool) -> Child {
-    spawn_child_crashing(url, slot, coalesce, wait, None).await
+async fn spawn_child(url: &str, slot: &str, mode: Mode, wait: bool) -> Child {
+    spawn_child_crashing(url, slot, mode, wait, None).await
+}
+
+/// What a child flow runs with: `coalesce`, and the stream storage.
+#[derive(Clone, Copy)]
+struct Mode {
+    coalesce: bool,
+    stream: bool,
 }
 
 /// [`spawn_child`], whose flow kills itself at `crash_at` (`point:hit`).
 async fn spawn_child_crashing(
     url: &str,
     slot: &str,
-    coalesce: bool,
+    mode: Mode,
     wait: bool,
     crash_at: Option<String>,
 ) -> Child {
@@ -385,7 +403,8 @@ async fn spawn_child_crashing(
         .env(CHILD, "1")
         .env("URL", url)
         .env("SLOT", slot)
-        .env("COALESCE", if coalesce { "1" } else { "0" })
+        .env("COALESCE", if mode.coalesce { "1" } else { "0" })
+        .env("STREAM", if mode.stream { "1" } else { "0" })
         .envs(crash_at.map(|at| ("WALFLOW_CRASH_AT", at)))
         .stdout(Stdio::piped())
         .spawn()
@@ -416,6 +435,9 @@ pub struct Run {
     /// With `kills`: each kill is followed by a flow that dies by itself at
     /// this crash point (see `walflow::crash_point`), on a random hit.
     pub crash_at: Option<&'static str>,
+    /// The stream storage (`QueueStorage::Stream`) rather than the storage
+    /// `WALFLOW_QUEUE_STORAGE` names (the durable queue by default).
+    pub stream: bool,
 }
 
 impl Run {
@@ -453,10 +475,14 @@ impl Run {
         // The first flow creates the slot before anything is written.
         let mut child = None;
         let mut flow = None;
+        let mode = Mode {
+            coalesce: self.coalesce,
+            stream: self.stream,
+        };
         if self.kills == 0 {
-            flow = Some(start(&db.url, &slot, self.coalesce).await);
+            flow = Some(start_with(&db.url, &slot, self.coalesce, self.stream).await);
         } else {
-            child = Some(spawn_child(&db.url, &slot, self.coalesce, true).await);
+            child = Some(spawn_child(&db.url, &slot, mode, true).await);
         }
 
         let done = Arc::new(AtomicU64::new(0));
@@ -495,7 +521,7 @@ impl Run {
                 // after a random moment, the next spawned and killed soon.
                 c.kill().unwrap();
                 c.wait().unwrap();
-                let mut next = spawn_child(&db.url, &slot, self.coalesce, false).await;
+                let mut next = spawn_child(&db.url, &slot, mode, false).await;
                 tokio::time::sleep(Duration::from_millis(50 + rng.below(1500))).await;
                 next.kill().unwrap(); // SIGKILL, maybe still starting
                 next.wait().unwrap();
@@ -515,8 +541,7 @@ impl Run {
                     || matches!(point, "queue.partial" | "executor.fetched");
                 let hit = if once { 1 } else { 1 + rng.below(3) };
                 let at = format!("{point}:{hit}");
-                let mut c =
-                    spawn_child_crashing(&db.url, &slot, self.coalesce, false, Some(at)).await;
+                let mut c = spawn_child_crashing(&db.url, &slot, mode, false, Some(at)).await;
                 if point == "queue.partial" {
                     big_transaction(&db.pool).await;
                 }
@@ -532,7 +557,7 @@ impl Run {
                 }
                 eprintln!("crashed at `{point}` (hit {hit}) at {:?}", t0.elapsed());
             }
-            child = Some(spawn_child(&db.url, &slot, self.coalesce, true).await);
+            child = Some(spawn_child(&db.url, &slot, mode, true).await);
         }
         if let (Some(pg), true) = (&pg, self.async_commit) {
             for k in 0..3u64 {
@@ -577,7 +602,7 @@ impl Run {
         if let Some(mut c) = child.take() {
             c.kill().unwrap();
             c.wait().unwrap();
-            flow = Some(start(&db.url, &slot, self.coalesce).await);
+            flow = Some(start_with(&db.url, &slot, self.coalesce, self.stream).await);
         }
         let flow = flow.expect("a flow");
         check(&flow, &db.pool, self.coalesce).await;

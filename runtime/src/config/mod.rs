@@ -57,6 +57,17 @@ pub enum QueueStorage {
     Postgres,
     /// In memory: lost when the process stops.
     Memory,
+    /// Straight from the replication stream: rows are handed to the
+    /// executors in memory and no queue row is written; each unit records,
+    /// in its own transaction, how far its operator got for its id
+    /// (`walflow.progress`), and the slot is acknowledged only up to the
+    /// oldest event some operator has not applied. After a crash the slot
+    /// delivers the rest again and each operator skips what its record
+    /// says it applied: query operators apply every event exactly once,
+    /// handlers at least once (exactly once with
+    /// [`Ctx::transaction`](crate::Ctx::transaction)). See the queue
+    /// protocol's rule 12 (`runtime/src/queue/mod.rs`).
+    Stream,
 }
 
 /// Where the process status registry (what has been processed up to when)
@@ -98,7 +109,14 @@ fn parse_choice<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
 impl FromStr for QueueStorage {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        parse_choice(s, &[("postgres", Self::Postgres), ("memory", Self::Memory)])
+        parse_choice(
+            s,
+            &[
+                ("postgres", Self::Postgres),
+                ("memory", Self::Memory),
+                ("stream", Self::Stream),
+            ],
+        )
     }
 }
 

@@ -170,7 +170,7 @@ macro_rules! with_options {
                 set(storage: $crate::config::QueueStorage) => storage;
                 get(c) -> $crate::config::QueueStorage => c.queue_storage;
                 show(c) => c.queue_storage;
-                env("WALFLOW_QUEUE_STORAGE", choice, "`postgres` or `memory`");
+                env("WALFLOW_QUEUE_STORAGE", choice, "`postgres`, `memory` or `stream`");
                 default("`QueueStorage::Postgres`"), esx("`queue_storage_adapter`");
 
             /// Where the process status is kept.

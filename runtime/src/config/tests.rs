@@ -462,7 +462,7 @@ fn from_env_errors_name_the_variable() {
     let err = ConfigBuilder::from_lookup(env(&[("WALFLOW_QUEUE_STORAGE", "redis")])).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "invalid environment variable `WALFLOW_QUEUE_STORAGE`=\"redis\": expected one of `postgres`, `memory`; fix or unset it"
+        "invalid environment variable `WALFLOW_QUEUE_STORAGE`=\"redis\": expected one of `postgres`, `memory`, `stream`; fix or unset it"
     );
     let err = ConfigBuilder::from_lookup(env(&[("WALFLOW_DURABLE_SLOT", "maybe")])).unwrap_err();
     assert!(err.to_string().contains("WALFLOW_DURABLE_SLOT"), "{err}");

@@ -109,6 +109,9 @@ impl Consumer {
         // before the listener (re)starts are past.
         let mut gone = self.shared.server_gone.subscribe();
         gone.mark_unchanged();
+        // With the stream storage, what is applied moves the acknowledged
+        // position as units finish (rule 12).
+        let mut applied = self.shared.store.safe_position().map(|(_, rx)| rx);
         loop {
             let Some(l) = listener.as_mut() else {
                 match self.start_listener().await {
@@ -143,6 +146,14 @@ impl Consumer {
                 biased;
                 _ = stop.wait_for(|s| *s) => break,
                 _ = gone.changed() => Err(None),
+                Ok(()) = async { applied.as_mut().expect("stream storage").changed().await },
+                    if applied.is_some() => {
+                    if let Some((safe, _)) = self.shared.store.safe_position() {
+                        l.ack(safe);
+                        crate::crash_point::hit("stream.acked");
+                    }
+                    continue;
+                }
                 done = async { (&mut inflight.as_mut().expect("a flush").task).await },
                     if inflight.is_some() => Err(Some(done)),
                 r = l.recv_many(&mut buf, ROUND), if room => Ok(r),
@@ -276,8 +287,11 @@ impl Consumer {
                             self.hub.commit(c.end_lsn);
                         } else {
                             // Already queued before a crash: only the
-                            // acknowledgement was missing.
-                            l.ack(c.end_lsn);
+                            // acknowledgement was missing. (With the
+                            // stream storage, handed over before the
+                            // listener restarted: acknowledged once
+                            // applied.)
+                            l.ack(self.shared.store.ack_position(c.end_lsn));
                         }
                     }
                 }
@@ -366,7 +380,7 @@ impl Consumer {
         // Without a listener (let go of), the next one starts from the
         // slot's confirmed position and acknowledges it when it comes again.
         if let (Some(end), Some(l)) = (f.end, l) {
-            l.ack(end);
+            l.ack(self.shared.store.ack_position(end));
             crate::crash_point::hit("queue.acked");
         }
         true

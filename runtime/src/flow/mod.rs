@@ -71,6 +71,19 @@
 //! own loop, not in a unit) takes its held rows with it: the flow then
 //! fails (health `failed`) and stops.
 //!
+//! [`QueueStorage::Stream`](crate::config::QueueStorage::Stream) runs
+//! operators straight from the replication stream without losing anything:
+//! rows are handed over in memory and no queue row is written, each unit
+//! records its operator's progress for its id (`walflow.progress`) in its
+//! own transaction, and the slot is acknowledged only up to the oldest
+//! event not yet applied. After a crash or a stop the slot delivers the
+//! rest again and each operator skips what its record says it applied
+//! (query operators exactly once; handlers at least once, exactly once
+//! with [`Ctx::transaction`](crate::Ctx::transaction)). An operator that
+//! falls behind or keeps failing is not yet spilled to `walflow.queue`: its
+//! oldest held event holds the acknowledgement for every operator. The
+//! argument is rule 12 of the queue protocol (`runtime/src/queue/mod.rs`).
+//!
 //! [`ProcessStatusStorage::Memory`](crate::config::ProcessStatusStorage::Memory) keeps the process status
 //! ([`Walflow::processed`]) in memory: it starts empty at each start and
 //! covers the events seen since.
@@ -567,13 +580,26 @@ impl WalflowBuilder {
                 "reading the queue's position for slot `{slot}`"
             )))?;
         crate::crash_point::hit("start.streams_read");
+        let store = Store::new(&config, false);
+        let left = store
+            .start(&pool, &slot)
+            .await
+            .map_err(FlowError::sql(format!(
+                "starting the stream storage of slot `{slot}`"
+            )))?;
+        if left > 0 {
+            return Err(FlowError::Unsupported(format!(
+                "slot `{slot}` has {left} rows in walflow.queue, queued by the durable queue \
+                 (`QueueStorage::Postgres`), which the stream storage does not read: run the \
+                 durable queue until they are applied, then switch"
+            )));
+        }
         let watermark = position.map(|p| p.enqueued.0 as i64);
         let partial = position.and_then(|p| p.partial);
 
         let mut options = ListenerOptions::new(&slot, config.publication());
         options.durable_slot = config.durable_slot();
         options.heartbeat_interval = Some(config.heartbeat_interval());
-        let store = Store::new(&config, false);
         let handover = Handover::new(&operators, store.durable_queue());
         let shared = Arc::new(Shared {
             pool: pool.clone(),
@@ -633,7 +659,13 @@ impl WalflowBuilder {
             stop_rx.clone(),
         ));
 
-        if shared.store.records_progress() {
+        if shared.store.stream() {
+            tokio::spawn(crate::queue::progress::prune_confirmed(
+                shared.pool.clone(),
+                shared.slot.clone(),
+                stop_rx.clone(),
+            ));
+        } else if shared.store.records_progress() {
             tokio::spawn(crate::queue::progress::prune(
                 shared.pool.clone(),
                 shared.slot.clone(),
@@ -727,11 +759,20 @@ async fn supervise(
         match run.await {
             Ok(()) => return,
             Err(e) if !shared.store.durable_queue() => {
-                let why = format!(
-                    "operator `{}`'s executor died ({e}); with the memory queue the events it held \
-                     are lost, so the flow stopped: restart the process",
-                    op.name
-                );
+                let why = if shared.store.stream() {
+                    format!(
+                        "operator `{}`'s executor died ({e}); the events it held are not \
+                         acknowledged and come again once the process restarts, so the flow \
+                         stopped: restart the process",
+                        op.name
+                    )
+                } else {
+                    format!(
+                        "operator `{}`'s executor died ({e}); with the memory queue the events it \
+                         held are lost, so the flow stopped: restart the process",
+                        op.name
+                    )
+                };
                 tracing::error!(operator = op.name, error = %e, "{why}");
                 shared.health.fail(why);
                 let _ = stop_flow.send(true);

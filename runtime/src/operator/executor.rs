@@ -501,6 +501,11 @@ impl UnitRunner {
         if !self.queued(&rows.iter().collect::<Vec<_>>()).await {
             return;
         }
+        // Delivered again after a restart: what an earlier run applied is
+        // skipped (rule 12).
+        let Some(rows) = self.not_applied(rows).await else {
+            return;
+        };
         let cfg = &self.shared.config;
         let last = &rows[rows.len() - 1];
         let table = format!("{}.{}", last.schema, last.table);
@@ -587,6 +592,56 @@ impl UnitRunner {
         }
     }
 
+    /// With the stream storage, `rows` without those an earlier run applied
+    /// (rule 12): rows that commit before the redelivery horizon are checked
+    /// against the operator's progress record, and those at or before it
+    /// are finished without running. `None` when none is left, or when the
+    /// flow stops first.
+    async fn not_applied(&self, rows: Vec<Row>) -> Option<Vec<Row>> {
+        let store = &self.shared.store;
+        if !rows.iter().any(|r| store.maybe_applied(r)) {
+            return Some(rows);
+        }
+        let mut tries = 0u32;
+        loop {
+            let refs: Vec<&Row> = rows.iter().collect();
+            let done = async {
+                let records = store.applied(&self.shared, self.op.name, &refs).await?;
+                let (applied, rest): (Vec<&Row>, Vec<&Row>) = refs.iter().partition(|r| {
+                    store.maybe_applied(r) && records.get(&r.id_key).is_some_and(|k| *k >= r.key())
+                });
+                if !applied.is_empty() {
+                    store.finish_applied(&self.shared, &applied).await?;
+                    crate::crash_point::hit("stream.skipped");
+                    tracing::debug!(
+                        operator = self.op.name,
+                        rows = applied.len(),
+                        "delivered again, applied before: skipped"
+                    );
+                }
+                Ok::<_, sqlx::Error>(rest.iter().map(|r| r.key()).collect::<Vec<_>>())
+            }
+            .await;
+            match done {
+                Ok(rest) => {
+                    let rest: Vec<Row> = rows
+                        .into_iter()
+                        .filter(|r| rest.contains(&r.key()))
+                        .collect();
+                    return (!rest.is_empty()).then_some(rest);
+                }
+                Err(e) => {
+                    self.shared.note_error(&e);
+                    tries += 1;
+                    tracing::warn!(operator = self.op.name, error = %crate::pg_error::DbError(&e), "reading the progress record failed; retrying");
+                    if !self.sleep(self.shared.config.restart_delay(tries)).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     async fn attempt(&self, rows: &[Row]) -> Result<(), Failure> {
         match self.op.action {
             OperatorAction::Query(sql) => {
@@ -611,6 +666,11 @@ impl UnitRunner {
         let all: Vec<&Row> = units.iter().flat_map(|(_, rows)| rows).collect();
         if !self.queued(&all).await {
             // Stopping: the caller's split runs each, which stop as well.
+            return false;
+        }
+        // Rows an earlier run may have applied are checked one unit at a
+        // time (rule 12).
+        if all.iter().any(|r| self.shared.store.maybe_applied(r)) {
             return false;
         }
         let last = &all[all.len() - 1];
@@ -704,6 +764,22 @@ impl UnitRunner {
             .finish(&self.shared, self.op.name, rows, &mut tx)
             .await
             .map_err(|e| self.failure(e))?;
+        if !finished && self.shared.store.stream() {
+            // The progress record says another run applied these rows (an
+            // earlier run's unit that committed after this one read the
+            // record): its work stands, this unit's is undone (rule 12).
+            tx.rollback().await.map_err(|e| self.failure(e))?;
+            tracing::info!(
+                operator = self.op.name,
+                "delivered again and applied meanwhile by an earlier run: this run was rolled back"
+            );
+            self.shared
+                .store
+                .finish_applied(&self.shared, rows)
+                .await
+                .map_err(|e| self.failure(e))?;
+            return Ok(());
+        }
         if !finished {
             // Another executor finished (some of) these rows meanwhile: a
             // second flow on the slot, say one still shutting down while

@@ -241,3 +241,39 @@ pub(crate) async fn take_dead_letter(
     .fetch_optional(&mut *tx)
     .await
 }
+
+/// Reads dead letter `id` without taking it (the stream storage takes it
+/// in the transaction of the unit that replays it).
+pub(crate) async fn peek_dead_letter(
+    tx: &mut PgConnection,
+    slot: &str,
+    id: i64,
+) -> sqlx::Result<Option<DeadLetterRow>> {
+    sqlx::query_as(
+        "SELECT operator, commit_lsn, seq, part, mapped_id AS id, kind, schema_name,
+                table_name, event::text AS event, updated_at,
+                NULL::int8[] AS cover_lsns, NULL::int4[] AS cover_seqs
+         FROM walflow.dead_letters WHERE slot = $1 AND id = $2",
+    )
+    .bind(slot)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await
+}
+
+/// Takes the dead letters `ids`, replayed by the unit whose transaction
+/// `tx` is; returns how many were still there.
+pub(crate) async fn forget_dead_letters(
+    slot: &str,
+    ids: &[i64],
+    tx: &mut PgConnection,
+) -> sqlx::Result<u64> {
+    Ok(
+        sqlx::query("DELETE FROM walflow.dead_letters WHERE slot = $1 AND id = ANY($2)")
+            .bind(slot)
+            .bind(ids)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+    )
+}

@@ -38,11 +38,24 @@ struct Inner {
 }
 
 /// Shared by the consumer, the executors and the flow.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct MemoryState {
     inner: Mutex<Inner>,
     /// Told whenever rows finish: the consumer may be waiting for room.
     pub room: Notify,
+    /// Bumped whenever rows finish: the stream storage's consumer then
+    /// acknowledges the new [`safe`](Self::safe) position.
+    pub progress: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for MemoryState {
+    fn default() -> Self {
+        MemoryState {
+            inner: Mutex::default(),
+            room: Notify::new(),
+            progress: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 /// One finished row, as far as the bookkeeping is concerned.
@@ -84,6 +97,21 @@ impl MemoryState {
     /// Rows outstanding in the memory queue.
     pub fn outstanding(&self) -> usize {
         self.lock().rows
+    }
+
+    /// What the stream storage may acknowledge (rule 12): the end of the
+    /// last transaction handed over when no row is outstanding, else the
+    /// commit position of the oldest outstanding row's (first)
+    /// transaction. The slot skips, when it delivers again, exactly the
+    /// transactions that commit before its confirmed position, so that
+    /// transaction and every later one come again; every earlier one has
+    /// no row left.
+    pub fn safe(&self) -> Lsn {
+        let inner = self.lock();
+        match inner.outstanding.first_key_value() {
+            None => inner.enqueued,
+            Some((first, _)) => inner.enqueued.min(Lsn(*first as u64)),
+        }
     }
 
     /// Status marks of events just seen (the memory process status).
@@ -135,6 +163,7 @@ impl MemoryState {
         }
         drop(inner);
         self.room.notify_waiters();
+        self.progress.send_modify(|n| *n += 1);
     }
 
     /// The memory queue's LSN fence: `None` until every transaction up to

@@ -23,7 +23,8 @@
 //! - [`memory`]: the same bookkeeping in memory (`queue_storage = memory`,
 //!   `process_status_storage = memory`);
 //! - [`progress`]: the progress record, which tells a unit whose `COMMIT`
-//!   got no reply whether it committed (rule 10);
+//!   got no reply whether it committed (rule 10), and the stream storage
+//!   which events delivered again are applied (rule 12);
 //! - [`store`]: the one place that chooses between the two;
 //! - [`handover`]: the consumer ↔ executor hand-over (inboxes, pending
 //!   hosts, covered runs, the flush counter).
@@ -281,6 +282,81 @@
 //! flush commits, neither rows nor dead letters stand and `T` comes again;
 //! after, both do.
 //!
+//! **12. The stream storage (`QueueStorage::Stream`): the slot as the
+//! queue.** No queue row is written; the slot holds what is not applied.
+//! - *Hand-over*: as the memory queue's (rule 3): a batch's rows go to the
+//!   executors tagged with its flush; the flush waits until the batch's
+//!   transactions are visible, writes its process status marks and
+//!   refusals (rule 11) in one statement, then counts the rows as
+//!   outstanding (by the commit position of their first transaction) and
+//!   publishes its number; no unit starts before.
+//! - *Acknowledged: what is applied.* The consumer acknowledges the *safe
+//!   position*: the end of the last transaction counted when no row is
+//!   outstanding, else the commit position `c(T0)` of the oldest
+//!   outstanding row's first transaction; again whenever units finish. A
+//!   slot that delivers again from confirmed position `p` skips exactly
+//!   the transactions whose commit record is before `p` (PostgreSQL's
+//!   `SnapBuildXactNeedsSkip`: `commit LSN < start`): `T0` and every later
+//!   transaction come again, and every earlier one has no row outstanding
+//!   (rows are counted before their flush's number is published and stay
+//!   outstanding until their unit committed). The listener's keepalive
+//!   acknowledgement (rule 1) needs everything delivered acknowledged, so
+//!   it never passes an outstanding row either.
+//! - *The progress record* ([`progress`], rule 10's record): per operator
+//!   and mapped id, the key `(commit_lsn, seq, part)` of the last event a
+//!   committed unit applied or dead-lettered, written by the unit's own
+//!   transaction with an upsert that never moves it back. An id's units
+//!   run one at a time in commit order, and a delivery after a crash
+//!   dispatches the same rows in the same order, so a row is applied
+//!   exactly when the record is at or past its key.
+//! - *Delivered again.* At start, before anything is received, the flow
+//!   reads the WAL insert position, the *redelivery horizon* `H`: every
+//!   event an earlier run could have received commits before it. A unit
+//!   whose rows commit before `H` reads the record first; rows at or
+//!   before it are finished without running (their process status
+//!   released) and the rest run. Rows at or after `H` skip the read.
+//! - *An earlier run still committing.* A killed run's unit whose `COMMIT`
+//!   was already sent may commit after that read. It wrote the record
+//!   before sending `COMMIT`, so it holds the record's row lock: the new
+//!   unit's upsert waits for it, then finds the record at or past its
+//!   rows, and the unit rolls back and finishes them as applied (a unit
+//!   whose `COMMIT` was not sent never commits). So query operators apply
+//!   each event exactly once; a handler ran, but what it wrote through
+//!   `ctx.transaction()` rolls back with the unit (handlers are at least
+//!   once, exactly once with `ctx.transaction()`).
+//! - *Process status in PostgreSQL.* At start, after waiting for the
+//!   predecessor's queue session (rule 2), the slot's `pending_status` is
+//!   deleted: every event it counts is delivered again (its rows were
+//!   outstanding, so the position is before it), its marks are written
+//!   afresh, and each of its rows releases once, applied or skipped. An
+//!   earlier run's unit still committing holds the pending rows it
+//!   releases, so the delete waits for it.
+//! - *Dead letters.* A dead letter and its record commit together: a
+//!   dead-lettered event delivered again is skipped, not dead-lettered
+//!   twice. `retry_dead_letter` hands the row over as a *replay*: it
+//!   skips the record's check, and the dead letter is deleted by the
+//!   transaction of the unit that applies it, so a crash before leaves it
+//!   a dead letter; a replay whose dead letter is gone (replayed twice)
+//!   rolls back.
+//! - *Bounded records.* Every ten seconds the records of events before the
+//!   slot's confirmed position are deleted: the slot never delivers those
+//!   again, and a unit whose `COMMIT` got no reply keeps its rows
+//!   outstanding, so the position stays before them until rule 10's read
+//!   is done. The records are at most one per id touched since the
+//!   confirmed position.
+//! - *Not yet*: an operator that falls behind or fails is not spilled to
+//!   `walflow.queue`; the consumer waits while 100,000 rows are
+//!   outstanding, and the oldest outstanding row holds the acknowledgement
+//!   of every operator. The fence and the process status are answered by
+//!   the flow holding the slot (a subscriber-only node cannot). A slot
+//!   with rows the durable queue left in `walflow.queue` is refused at
+//!   start. An executor whose loop dies fails the flow (its rows are not
+//!   acknowledged: they come again at the next start).
+//!
+//! *Crash* at any step: nothing outstanding was acknowledged, so the slot
+//! delivers it again; what a committed unit applied is skipped by its
+//! record; what no unit committed runs.
+//!
 //! These rules are exercised by `tests/test_convergence.rs`: a random
 //! multi-statement workload with one and four writers, `coalesce` on and
 //! off, `kill -9` at random moments and during start-up, the process
@@ -291,8 +367,11 @@
 //! (an asynchronous-commit writer, a handler chain, an operator no flow
 //! declares), rule 10 by `tests/test_commit_lost.rs` (a proxy that loses
 //! `COMMIT` replies) and `tests/test_executor_death.rs`, rule 11 by
-//! `tests/test_replica_identity.rs`, and the moved `delete_with` entity of
-//! rule 5 by `tests/test_operator_chain.rs`.
+//! `tests/test_replica_identity.rs`, the moved `delete_with` entity of
+//! rule 5 by `tests/test_operator_chain.rs`, and rule 12 by the
+//! convergence suite's `stream_*` cases (kills, PostgreSQL restarts, the
+//! crash points around units, acknowledgements and skips; the whole suite
+//! with `WALFLOW_QUEUE_STORAGE=stream`) and `tests/test_stream.rs`.
 
 pub(crate) mod admin;
 pub(crate) mod dequeue;
@@ -385,6 +464,9 @@ pub(crate) struct Row {
     pub(crate) committed_at: Option<i64>,
     /// The span of its transaction, when handed over in memory.
     pub(crate) span: tracing::Span,
+    /// With the stream storage, the dead letter this row replays (taken
+    /// by the unit that applies it).
+    pub(crate) replay: Option<i64>,
 }
 
 impl Row {
@@ -410,6 +492,7 @@ impl Row {
             flush: 0,
             committed_at: None,
             span: tracing::Span::none(),
+            replay: None,
         }
     }
 
@@ -433,6 +516,7 @@ impl Row {
             flush,
             committed_at: r.committed_at,
             span: r.span.clone(),
+            replay: None,
         }
     }
 

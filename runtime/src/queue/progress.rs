@@ -8,7 +8,7 @@
 //! connection broke after the server received it) reads the record before
 //! running again: at or past its last event means the commit went through.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use sqlx::PgConnection;
@@ -19,17 +19,22 @@ use super::{Row, RowKey};
 /// applied: per mapped id, the largest key among them. A record never moves
 /// back (an id's units run in commit order; the guard keeps it so even if
 /// a unit were re-run by hand).
+///
+/// Returns whether every id's record moved: with the stream storage, a
+/// record that did not says another run applied the rows (rule 12). The
+/// upsert waits for a transaction that holds the same record (another
+/// run's unit still committing), then sees its outcome.
 pub(crate) async fn record(
     slot: &str,
     operator: &str,
     rows: &[&Row],
     tx: &mut PgConnection,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<bool> {
     let last = last_per_id(rows);
     if last.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
-    sqlx::query(
+    let moved = sqlx::query(
         "INSERT INTO walflow.progress AS p (slot, operator, id_key, commit_lsn, seq, part)
          SELECT $1, $2, k, l, s, pt
          FROM UNNEST($3::text[], $4::int8[], $5::int4[], $6::int2[]) AS x(k, l, s, pt)
@@ -46,9 +51,70 @@ pub(crate) async fn record(
     .bind(last.values().map(|k| k.1).collect::<Vec<_>>())
     .bind(last.values().map(|k| k.2).collect::<Vec<_>>())
     .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(moved == last.len() as u64)
 }
+
+/// The records of `operator` for the ids of `rows`: per id key, the key of
+/// the last event a committed unit applied (rule 12).
+pub(crate) async fn read(
+    pool: &sqlx::PgPool,
+    slot: &str,
+    operator: &str,
+    rows: &[&Row],
+) -> sqlx::Result<HashMap<String, RowKey>> {
+    let ids: Vec<&str> = last_per_id(rows).keys().map(|k| k.as_str()).collect();
+    let found: Vec<(String, i64, i32, i16)> = sqlx::query_as(
+        "SELECT id_key, commit_lsn, seq, part FROM walflow.progress
+         WHERE slot = $1 AND operator = $2 AND id_key = ANY($3)",
+    )
+    .bind(slot)
+    .bind(operator)
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(found
+        .into_iter()
+        .map(|(k, l, s, p)| (k, (l, s, p)))
+        .collect())
+}
+
+/// With the stream storage, deletes `slot`'s records of events before the
+/// slot's confirmed position every ten seconds, until `stop` turns true:
+/// the slot never delivers such an event again, so no redelivery asks
+/// about it, and a unit whose `COMMIT` got no reply holds the position
+/// below its rows until it has asked (its rows are outstanding). So the
+/// records are at most one per id touched since the confirmed position.
+pub(crate) async fn prune_confirmed(
+    pool: sqlx::PgPool,
+    slot: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(PRUNE_CONFIRMED_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let pruned = sqlx::query(
+            "DELETE FROM walflow.progress
+             WHERE slot = $1
+               AND commit_lsn < (SELECT (confirmed_flush_lsn - '0/0')::numeric::int8
+                                 FROM pg_replication_slots WHERE slot_name = $1)",
+        )
+        .bind(&slot)
+        .execute(&pool)
+        .await;
+        if let Err(e) = pruned {
+            tracing::debug!(error = %crate::pg_error::DbError(&e), "pruning walflow.progress failed; trying again later");
+        }
+    }
+}
+
+/// How often [`prune_confirmed`] runs.
+pub(crate) const PRUNE_CONFIRMED_EVERY: Duration = Duration::from_secs(10);
 
 /// Whether the unit that applied `rows` committed, read on a connection of
 /// its own after its `COMMIT` got no reply.

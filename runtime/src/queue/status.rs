@@ -250,3 +250,15 @@ pub(crate) async fn depths(
     }
     Ok(out)
 }
+
+/// Deletes `slot`'s pending process status (the stream storage's start,
+/// rule 12): every event it counts comes again and is counted afresh. A
+/// unit of an earlier run still committing holds the rows it releases, so
+/// the delete waits for it.
+pub(crate) async fn clear_pending(slot: &str, tx: &mut sqlx::PgConnection) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM walflow.pending_status WHERE slot = $1")
+        .bind(slot)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}

@@ -22,7 +22,16 @@ const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 /// The storage of one flow's queue and process status.
 #[derive(Debug)]
 pub(crate) struct Store {
+    /// Rows live in the executors' memory: the memory queue, or the
+    /// stream storage.
     memory_queue: bool,
+    /// The stream storage (rule 12): acknowledged only up to what is
+    /// applied, redelivered events skipped by the progress record.
+    stream: bool,
+    /// With the stream storage, the WAL insert position read at start,
+    /// before anything was received: every event the previous run could
+    /// have applied commits before it.
+    horizon: std::sync::atomic::AtomicU64,
     memory_status: bool,
     /// A subscriber-only node: the queue and status are another process's;
     /// only what is in the database can be read.
@@ -60,7 +69,9 @@ impl Store {
     /// The storage `config` asks for; `remote`: on a subscriber-only node.
     pub fn new(config: &Config, remote: bool) -> Store {
         Store {
-            memory_queue: config.queue_storage() == QueueStorage::Memory,
+            memory_queue: config.queue_storage() != QueueStorage::Postgres,
+            stream: config.queue_storage() == QueueStorage::Stream,
+            horizon: std::sync::atomic::AtomicU64::new(0),
             memory_status: config.process_status_storage() == ProcessStatusStorage::Memory,
             remote,
             memory: MemoryState::default(),
@@ -70,6 +81,70 @@ impl Store {
     /// Whether the queue is in PostgreSQL (rows can be read back).
     pub fn durable_queue(&self) -> bool {
         !self.memory_queue
+    }
+
+    /// Whether this is the stream storage (rule 12).
+    pub fn stream(&self) -> bool {
+        self.stream
+    }
+
+    /// The stream storage's start (rule 12), before the listener starts:
+    /// waits until no unit of an earlier run still holds a process status
+    /// row, clears the slot's pending process status (every event it
+    /// counted comes again, and is counted afresh), and reads the
+    /// redelivery horizon. Returns the rows the durable queue left in
+    /// `walflow.queue` for the slot, which this storage does not read (the
+    /// flow then refuses to start).
+    pub async fn start(&self, pool: &PgPool, slot: &str) -> sqlx::Result<i64> {
+        if !self.stream {
+            return Ok(0);
+        }
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM walflow.queue WHERE slot = $1")
+            .bind(slot)
+            .fetch_one(pool)
+            .await?;
+        if left > 0 {
+            return Ok(left);
+        }
+        if !self.memory_status {
+            let mut tx = super::begin(pool).await?;
+            status::clear_pending(slot, &mut tx).await?;
+            tx.commit().await?;
+        }
+        let horizon: i64 =
+            sqlx::query_scalar("SELECT (pg_current_wal_insert_lsn() - '0/0')::numeric::int8")
+                .fetch_one(pool)
+                .await?;
+        self.horizon
+            .store(horizon as u64, std::sync::atomic::Ordering::Release);
+        Ok(0)
+    }
+
+    /// With the stream storage, whether `row` may have been applied by an
+    /// earlier run (it commits before the redelivery horizon), so that its
+    /// progress record must be read before it runs.
+    pub fn maybe_applied(&self, row: &Row) -> bool {
+        self.stream
+            && row.replay.is_none()
+            && (row.commit_lsn as u64) < self.horizon.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// What the consumer may acknowledge once the transactions up to `end`
+    /// are handed on: `end`, or with the stream storage what is applied
+    /// (rule 12).
+    pub fn ack_position(&self, end: Lsn) -> Lsn {
+        if self.stream {
+            end.min(self.memory.safe())
+        } else {
+            end
+        }
+    }
+
+    /// With the stream storage, the position safe to acknowledge now and a
+    /// receiver told when it may have moved.
+    pub fn safe_position(&self) -> Option<(Lsn, watch::Receiver<u64>)> {
+        self.stream
+            .then(|| (self.memory.safe(), self.memory.progress.subscribe()))
     }
 
     /// Queues `batch` (its rows already handed over, tagged with this
@@ -156,19 +231,60 @@ impl Store {
         if !self.memory_queue && !dequeue::delete_rows(&shared.slot, operator, rows, tx).await? {
             return Ok(false);
         }
+        if self.memory_queue {
+            let advanced = super::progress::record(&shared.slot, operator, rows, tx).await?;
+            // With the stream storage, a record already at or past a row
+            // says another run applied it (rule 12); a dead letter put
+            // back is the exception, and is taken from the dead letters
+            // here (none taken: another run replayed it).
+            if self.stream {
+                let replays: Vec<i64> = rows.iter().filter_map(|r| r.replay).collect();
+                let fresh = rows.iter().filter(|r| r.replay.is_none()).count();
+                if fresh > 0 && !advanced {
+                    return Ok(false);
+                }
+                if !replays.is_empty()
+                    && dequeue::forget_dead_letters(&shared.slot, &replays, tx).await?
+                        < replays.len() as u64
+                {
+                    return Ok(false);
+                }
+            }
+        }
         if !self.memory_status {
             dequeue::release_status(&shared.slot, rows, tx).await?;
         }
-        if self.memory_queue {
-            super::progress::record(&shared.slot, operator, rows, tx).await?;
-        }
         Ok(true)
+    }
+
+    /// Finishes `rows` that another run applied (rule 12): their process
+    /// status released (the pending status was counted afresh at start)
+    /// and the memory bookkeeping done. Returns once that committed.
+    pub async fn finish_applied(&self, shared: &Shared, rows: &[&Row]) -> sqlx::Result<()> {
+        if !self.memory_status {
+            let mut tx = super::begin(&shared.pool).await?;
+            dequeue::release_status(&shared.slot, rows, &mut tx).await?;
+            tx.commit().await?;
+        }
+        self.finished(rows);
+        Ok(())
     }
 
     /// Whether units write the progress record (rule 10): with the memory
     /// queue, where no queue row says whether a unit committed.
     pub fn records_progress(&self) -> bool {
         self.memory_queue
+    }
+
+    /// With the stream storage: the progress records of `operator` for the
+    /// ids of `rows` (rule 12).
+    pub async fn applied(
+        &self,
+        shared: &Shared,
+        operator: &str,
+        rows: &[&Row],
+    ) -> sqlx::Result<std::collections::HashMap<String, super::RowKey>> {
+        super::progress::read(&shared.pool, &shared.slot, operator, rows).await
     }
 
     /// After the transaction that finished `rows` committed: the memory
@@ -193,6 +309,8 @@ impl Store {
     /// What finishing `row` needs when its unit wrote nothing.
     pub fn completion(&self, row: &Row) -> Completion {
         match (self.memory_queue, self.memory_status) {
+            // The stream storage records every unit's progress.
+            _ if self.stream => Completion::Transaction,
             (true, true) => Completion::Memory,
             (false, _) if row.updated_at.is_none() && row.covers.is_empty() => {
                 Completion::Statement
@@ -260,14 +378,25 @@ impl Store {
             shared.handover.rescan(&operator);
             return Ok(true);
         }
-        let Some(dead) = dequeue::take_dead_letter(&mut tx, &shared.slot, id).await? else {
+        // With the stream storage the dead letter stays until the unit that
+        // replays it commits (it is taken in that unit's transaction): a
+        // crash before then leaves it a dead letter, not lost.
+        let dead = if self.stream {
+            dequeue::peek_dead_letter(&mut tx, &shared.slot, id).await?
+        } else {
+            dequeue::take_dead_letter(&mut tx, &shared.slot, id).await?
+        };
+        let Some(dead) = dead else {
             return Ok(false);
         };
         if shared.handover.signals(&dead.operator).is_none() {
             return Ok(false);
         }
         tx.commit().await?;
-        let row = Row::from_queued(dead.row);
+        let mut row = Row::from_queued(dead.row);
+        if self.stream {
+            row.replay = Some(id);
+        }
         self.memory.requeued(row.commit_lsn);
         shared.handover.push(&dead.operator, row);
         Ok(true)

@@ -1,0 +1,305 @@
+//! The stream storage (`QueueStorage::Stream`, rule 12 of the queue
+//! protocol): no queue row is written, the slot is acknowledged only up to
+//! what the operators applied, events held when a flow stops come again
+//! and are applied once, what was applied before is not run again, the
+//! progress records are pruned once the slot is past them, and a slot with
+//! rows the durable queue left is refused.
+//!
+//! Kills, crash points and PostgreSQL restarts with this storage are in
+//! `tests/test_convergence.rs` (its `stream_*` cases).
+
+#![allow(dead_code)] // struct fields are read through serde
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use walflow::config::QueueStorage;
+use walflow::prelude::*;
+
+/// A row whose handler waits at the gate.
+#[event_source(table = "held")]
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Held {
+    /// Its id.
+    pub id: i64,
+}
+
+on_event! {
+    /// Waits at the gate, then records the row in `applied` through the
+    /// unit's own transaction (exactly once).
+    operator HeldAtTheGate {
+        events: [insert],
+        entities: [Held],
+        id: [Held.id],
+        handler: held_at_the_gate,
+    }
+}
+
+/// Opened by `acknowledged_only_once_applied`.
+static GATE: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(false).0);
+
+async fn held_at_the_gate(event: Event<Held>, ctx: Ctx) -> Result<(), walflow::BoxError> {
+    let _ = GATE.subscribe().wait_for(|open| *open).await;
+    let id = event.record().expect("row").id;
+    let mut tx = ctx.transaction().await?;
+    sqlx::query("INSERT INTO applied (id, n) VALUES ($1, 1) ON CONFLICT (id) DO UPDATE SET n = applied.n + 1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// A job, failing while `FAILING` says so when its id is odd.
+#[event_source(table = "jobs")]
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Job {
+    /// Its id.
+    pub id: i64,
+}
+
+on_event! {
+    /// Fails on odd ids while `FAILING` is set; records each run that
+    /// succeeds in `done`, through the unit's transaction.
+    operator Jobs {
+        events: [insert],
+        entities: [Job],
+        id: [Job.id],
+        handler: run_job,
+    }
+}
+
+static FAILING: AtomicBool = AtomicBool::new(true);
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+async fn run_job(event: Event<Job>, ctx: Ctx) -> Result<(), walflow::BoxError> {
+    let id = event.record().expect("row").id;
+    RUNS.fetch_add(1, Ordering::SeqCst);
+    if id % 2 == 1 && FAILING.load(Ordering::SeqCst) {
+        return Err(format!("job {id} fails for now").into());
+    }
+    let mut tx = ctx.transaction().await?;
+    sqlx::query(
+        "INSERT INTO done (id, n) VALUES ($1, 1) ON CONFLICT (id) DO UPDATE SET n = done.n + 1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn confirmed_before(db: &common::Db, slot: &str, lsn: &str) -> bool {
+    sqlx::query_scalar(
+        "SELECT confirmed_flush_lsn < $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(slot)
+    .bind(lsn)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn count(db: &common::Db, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// While a handler holds its events, the slot's confirmed position stays
+/// before them, even as the server's keepalives are answered; once they
+/// are applied it moves past them, no queue row was ever written, and the
+/// progress records are pruned once the slot is past them.
+#[tokio::test]
+async fn acknowledged_only_once_applied() {
+    let pg = walflow::embedded::EmbeddedPostgres::builder()
+        // Idle, the WAL sender sends a keepalive every 2.5 s: the flow
+        // answers with its position.
+        .setting("wal_sender_timeout", "5s")
+        .start()
+        .await
+        .unwrap();
+    let db = common::Db::connect(&pg.create_database("stream").await.unwrap()).await;
+    db.exec(
+        "CREATE TABLE held (id bigint PRIMARY KEY);
+         CREATE TABLE applied (id bigint PRIMARY KEY, n int NOT NULL);",
+    )
+    .await;
+    let slot = db.slot("stream");
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(&slot)
+        .queue_storage(QueueStorage::Stream)
+        .operators(["HeldAtTheGate"])
+        .start()
+        .await
+        .expect("the flow starts");
+    let before: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    db.exec("INSERT INTO held SELECT generate_series(1, 3)")
+        .await;
+    let after: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    // The transaction was sent, and the flow has answered the server
+    // since (a standby status update after the send).
+    common::wait_until(Duration::from_secs(60), || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT coalesce(bool_or(r.sent_lsn >= $2::pg_lsn), false)
+             FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+             WHERE s.slot_name = $1",
+        )
+        .bind(&slot)
+        .bind(&after)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    let sent_seen: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    common::wait_until(Duration::from_secs(60), || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT coalesce(bool_or(r.reply_time > $2), false)
+             FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+             WHERE s.slot_name = $1",
+        )
+        .bind(&slot)
+        .bind(sent_seen)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert!(
+        confirmed_before(&db, &slot, &after).await,
+        "the slot is not acknowledged past events not applied"
+    );
+    assert!(
+        !confirmed_before(&db, &slot, &before).await,
+        "what came before is acknowledged"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM walflow.queue").await, 0);
+
+    GATE.send_replace(true);
+    let lsn = flow.current_lsn().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM applied WHERE n = 1").await,
+        3,
+        "each event applied once"
+    );
+    common::wait_until(Duration::from_secs(60), || async {
+        !confirmed_before(&db, &slot, &after).await
+    })
+    .await;
+    assert_eq!(count(&db, "SELECT count(*) FROM walflow.queue").await, 0);
+    // Pruned once the slot is past them (every ten seconds).
+    common::wait_until(Duration::from_secs(60), || async {
+        count(&db, "SELECT count(*) FROM walflow.progress").await == 0
+    })
+    .await;
+    flow.shutdown().await.unwrap();
+}
+
+/// Events in retry backoff when the flow stops were not acknowledged: the
+/// next flow on the slot gets them again and applies them once, and does
+/// not run again what the first one applied.
+#[tokio::test]
+async fn events_held_at_a_stop_come_again_and_apply_once() {
+    let db = common::db().await;
+    db.exec(
+        "CREATE TABLE jobs (id bigint PRIMARY KEY);
+         CREATE TABLE done (id bigint PRIMARY KEY, n int NOT NULL);",
+    )
+    .await;
+    let slot = db.slot("jobs");
+    let start = || {
+        Walflow::builder()
+            .database_url(&db.url)
+            .slot_name(&slot)
+            .queue_storage(QueueStorage::Stream)
+            .min_restart_time(Duration::from_secs(3600))
+            .max_restart_time(Duration::from_secs(3600))
+            .max_retries(100)
+            .operators(["Jobs"])
+            .start()
+    };
+    let flow = start().await.expect("the flow starts");
+    db.exec("INSERT INTO jobs SELECT generate_series(1, 10)")
+        .await;
+    // The even jobs are applied; the odd ones wait an hour to try again.
+    common::wait_until(Duration::from_secs(30), || async {
+        count(&db, "SELECT count(*) FROM done").await == 5 && RUNS.load(Ordering::SeqCst) >= 10
+    })
+    .await;
+    flow.shutdown().await.unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM walflow.queue").await, 0);
+
+    FAILING.store(false, Ordering::SeqCst);
+    let runs = RUNS.load(Ordering::SeqCst);
+    let flow = start().await.expect("the flow starts again");
+    let lsn = flow.current_lsn().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let done: Vec<(i64, i32)> = sqlx::query_as("SELECT id, n FROM done ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(done, (1..=10).map(|id| (id, 1)).collect::<Vec<_>>());
+    assert_eq!(
+        RUNS.load(Ordering::SeqCst) - runs,
+        5,
+        "only the odd jobs ran again: the even ones were skipped by their progress record"
+    );
+    flow.shutdown().await.unwrap();
+}
+
+/// Rows the durable queue left in `walflow.queue` are not read by the
+/// stream storage: a flow that would strand them is refused.
+#[tokio::test]
+async fn a_slot_with_rows_of_the_durable_queue_is_refused() {
+    let db = common::db().await;
+    db.exec("CREATE TABLE jobs (id bigint PRIMARY KEY);").await;
+    let slot = db.slot("left");
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(&slot)
+        .operators(["Jobs"])
+        .start()
+        .await
+        .expect("the durable queue starts");
+    flow.shutdown().await.unwrap();
+    sqlx::query(
+        "INSERT INTO walflow.queue (slot, operator, commit_lsn, seq, part, id, kind, schema_name, table_name)
+         VALUES ($1, 'Jobs', 1, 0, 0, '1', 'insert', 'public', 'jobs')",
+    )
+    .bind(&slot)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let refused = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(&slot)
+        .queue_storage(QueueStorage::Stream)
+        .operators(["Jobs"])
+        .start()
+        .await
+        .map(|_| ())
+        .expect_err("refused");
+    let text = refused.to_string();
+    assert!(
+        text.contains(&slot) && text.contains("1 rows in walflow.queue"),
+        "{text}"
+    );
+}
