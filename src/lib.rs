@@ -144,7 +144,7 @@
 //!
 //! `#[event_enum]` on `enum BlogEvent { Comment(Event<Comment>), Post(Event<Post>) }`
 //! generates `From<Event<T>>` per variant, decoding from a raw event by table
-//! and [`EventEnum`] (`kind()`, `meta()`).
+//! and [`EventEnum`] (`kind()`, `meta()`, `id()`).
 //!
 //! [`Registry::from_inventory`] collects every declaration linked into the
 //! program and reports tables declared twice, operators named twice, query

@@ -194,3 +194,39 @@ fn raise(status: &mut HashMap<(String, String), i64>, schema: &str, table: &str,
         .or_insert(micros);
     *e = (*e).max(micros);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(first_lsn: i64) -> Finished {
+        Finished {
+            first_lsn,
+            commit_lsn: first_lsn,
+            seq: 0,
+            covers: Vec::new(),
+        }
+    }
+
+    /// The stream storage's safe position (rule 12): the last end handed
+    /// over when nothing is outstanding, else never past the oldest
+    /// outstanding row's commit position; each finish is signalled.
+    #[test]
+    fn the_safe_position_stops_at_the_oldest_outstanding_row() {
+        let m = MemoryState::default();
+        let progress = m.progress.subscribe();
+        assert_eq!(m.safe(), Lsn(0));
+        m.queued(&[], Some(Lsn(100)));
+        assert_eq!(m.safe(), Lsn(100));
+        m.requeued(40);
+        m.requeued(70);
+        assert_eq!(m.safe(), Lsn(40), "held at the oldest outstanding row");
+        m.finished(&[finished(70)], true, false);
+        assert_eq!(m.safe(), Lsn(40), "a later row finishing does not move it");
+        m.finished(&[finished(40)], true, false);
+        assert_eq!(m.safe(), Lsn(100), "nothing outstanding: the last end");
+        m.requeued(150);
+        assert_eq!(m.safe(), Lsn(100), "never past what was handed over");
+        assert!(progress.has_changed().unwrap());
+    }
+}
