@@ -9,10 +9,19 @@
 //! written while the flow is stopped; then the time for the blog operator
 //! (the seed's MERGE) to drain that backlog (a) with `coalesce: true`,
 //! (b) with `coalesce: false` (one query per event), and (c) the time
-//! `pg_recvlogical` takes to read the same backlog on its own slot. Then the
-//! commit-to-handler latency of single-row commits beside a LISTEN/NOTIFY
-//! round trip and beside the commit-to-listener time of a bare listener,
-//! measured in the same run. Figures, not assertions.
+//! `pg_recvlogical` takes to read the same backlog on its own slot; (b) runs
+//! with each queue storage: the durable queue (`QueueStorage::Postgres`),
+//! the memory queue and the stream storage (no queue rows; a progress
+//! record per unit). The stream storage's drain is a restart's: the
+//! backlog commits before the flow's redelivery horizon (rule 12 of the
+//! queue protocol), so each unit reads its progress record before it runs.
+//! Each drain measures the WAL of walflow's own tables against the
+//! application's WAL for the backlog (`walflow WAL / app WAL`), with the
+//! progress record's share per unit, and counts the transactions
+//! committed. Then the commit-to-handler latency of single-row commits
+//! with each storage, beside a LISTEN/NOTIFY round trip and beside the
+//! commit-to-listener time of a bare listener, measured in the same run.
+//! Figures, not assertions.
 //!
 //! `WALFLOW_BENCH_COMMENTS` changes the number of comments; `WALFLOW_SEED`
 //! their order (by default the same every run);
@@ -130,7 +139,8 @@ async fn async_main() {
         latency(&base).await;
         return;
     }
-    let (coalesced, recv) = drain(&base, "a", "Counts", comments, true).await;
+    let a = drain(&base, "a", "Counts", comments, true, QueueStorage::Postgres).await;
+    let (coalesced, recv) = (a.time, a.recv);
     if std::env::var_os("WALFLOW_BENCH_COALESCED_ONLY").is_some() {
         println!(
             "  (a) {coalesced:.2?}, (c) {:.2?}",
@@ -138,20 +148,44 @@ async fn async_main() {
         );
         return;
     }
-    let (every, _) = drain(&base, "b", "EveryEvent", comments, false).await;
+    // (b) with each storage, the same backlog.
+    let mut every = Vec::new();
+    for (suffix, storage) in [
+        ("b", QueueStorage::Postgres),
+        ("b_memory", QueueStorage::Memory),
+        ("b_stream", QueueStorage::Stream),
+    ] {
+        let drained = drain(&base, suffix, "EveryEvent", comments, false, storage).await;
+        every.push((storage, drained));
+    }
     let events = (POSTS + comments) as f64;
     let rate = |d: Duration| events / d.as_secs_f64();
+    let time = |storage: QueueStorage| {
+        every
+            .iter()
+            .find(|(s, _)| *s == storage)
+            .map(|(_, d)| d.time)
+            .expect("drained")
+    };
+    let durable = time(QueueStorage::Postgres);
     println!("backlog drain ({} events):", events as u64);
     println!(
         "  (a) coalesce: true    {:>10.2?}  {:>9.0} events/s",
         coalesced,
         rate(coalesced)
     );
-    println!(
-        "  (b) coalesce: false   {:>10.2?}  {:>9.0} events/s",
-        every,
-        rate(every)
-    );
+    for (storage, drained) in &every {
+        let label = match storage {
+            QueueStorage::Postgres => "(b) coalesce: false",
+            QueueStorage::Memory => "    (memory queue) ",
+            QueueStorage::Stream => "    (stream)       ",
+        };
+        println!(
+            "  {label}   {:>10.2?}  {:>9.0} events/s",
+            drained.time,
+            rate(drained.time)
+        );
+    }
     let recv = recv.expect("pg_recvlogical timing");
     println!(
         "  (c) pg_recvlogical    {:>10.2?}  {:>9.0} events/s",
@@ -161,21 +195,87 @@ async fn async_main() {
     println!(
         "  (a)/(c) = {:.2}x (target <= 2)   (b)/(a) = {:.1}x (target >= 20)",
         coalesced.as_secs_f64() / recv.as_secs_f64(),
-        every.as_secs_f64() / coalesced.as_secs_f64()
+        durable.as_secs_f64() / coalesced.as_secs_f64()
     );
+    println!(
+        "  (b) durable/stream = {:.2}x (target >= 2)   durable/memory = {:.2}x",
+        durable.as_secs_f64() / time(QueueStorage::Stream).as_secs_f64(),
+        durable.as_secs_f64() / time(QueueStorage::Memory).as_secs_f64()
+    );
+    if every.iter().all(|(_, d)| d.wal.is_some()) {
+        println!(
+            "walflow WAL / app WAL during (b) (walflow's tables per byte of the backlog's WAL):"
+        );
+        for (storage, drained) in &every {
+            let wal = drained.wal.as_ref().expect("measured");
+            let mut line = format!(
+                "  {:<14} {:>6.3}   ({:.1} MiB of {:.1} MiB; {:.0} B per event",
+                storage_name(*storage),
+                wal.walflow as f64 / wal.app as f64,
+                mib(wal.walflow),
+                mib(wal.app),
+                wal.walflow as f64 / events,
+            );
+            if drained.progress_writes > 0 {
+                line.push_str(&format!(
+                    "; progress record {:.0} B per unit, {} units",
+                    wal.progress as f64 / drained.progress_writes as f64,
+                    drained.progress_writes
+                ));
+            }
+            println!("{line})");
+        }
+    }
 
     latency(&base).await;
 }
 
-/// Writes the backlog with the flow stopped, then times the drain. With
-/// `recv`, also times `pg_recvlogical` over the same backlog.
+/// What one drain measured.
+struct Drained {
+    /// Start of the flow to the whole backlog applied.
+    time: Duration,
+    /// `pg_recvlogical` over the same backlog, when asked.
+    recv: Option<Duration>,
+    /// WAL bytes, when `pg_walinspect` is available.
+    wal: Option<DrainWal>,
+    /// Progress records written (inserted or moved): one per unit.
+    progress_writes: i64,
+}
+
+/// WAL bytes of one drain.
+struct DrainWal {
+    /// The application's backlog.
+    app: i64,
+    /// walflow's tables during the drain.
+    walflow: i64,
+    /// `walflow.progress` (its index included) during the drain.
+    progress: i64,
+}
+
+/// How the output names a queue storage.
+fn storage_name(storage: QueueStorage) -> &'static str {
+    match storage {
+        QueueStorage::Postgres => "durable queue",
+        QueueStorage::Memory => "memory queue",
+        QueueStorage::Stream => "stream",
+    }
+}
+
+fn mib(bytes: i64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Writes the backlog with the flow stopped, then times the drain with
+/// `storage`. With `recv`, also times `pg_recvlogical` over the same
+/// backlog.
 async fn drain(
     base: &str,
     suffix: &str,
     operator: &str,
     comments: i64,
     recv: bool,
-) -> (Duration, Option<Duration>) {
+    storage: QueueStorage,
+) -> Drained {
     let (url, pool) = support::fresh_database(
         base,
         &format!("walflow_opbench_{}_{suffix}", std::process::id()),
@@ -188,6 +288,7 @@ async fn drain(
             .database_url(&url)
             .slot_name(&slot)
             .operators([operator])
+            .queue_storage(storage)
             .max_connections(20)
     };
     // Creates the publication and the slot, then stops.
@@ -237,7 +338,8 @@ async fn drain(
     let t = Instant::now();
     let flow = builder().start().await.unwrap();
     // When the backlog is all in the queue (polled: a figure, not a gate).
-    let queued = {
+    // Only the durable queue says it: the others hand rows over in memory.
+    let queued = (storage == QueueStorage::Postgres).then(|| {
         let pool = pool.clone();
         let slot = slot.clone();
         tokio::spawn(async move {
@@ -254,61 +356,115 @@ async fn drain(
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
-    };
+    });
     flow.wait_processed(end_lsn, Duration::from_secs(3600))
         .await
         .unwrap();
     let drained = t.elapsed();
-    let queued = queued.await.unwrap();
+    let queued = match queued {
+        Some(queued) => format!("all queued after {:.2?}", queued.await.unwrap()),
+        None => "handed over in memory".to_owned(),
+    };
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM walflow.queue")
         .fetch_one(&pool)
         .await
         .unwrap();
     flow.shutdown().await.unwrap();
-    // Each run of the MERGE inserts or updates one row. Closed sessions
-    // report their counts as they exit, so they are awaited (bounded).
+    // Each run of the MERGE inserts or updates one row; each unit of the
+    // memory queue and the stream storage inserts or moves one progress
+    // record. Closed sessions report their counts as they exit, so they
+    // are awaited (bounded): every event's run without coalescing, at
+    // least one per post with it.
+    let expected = if operator == "EveryEvent" {
+        POSTS + comments
+    } else {
+        POSTS
+    };
     let asked = Instant::now();
-    let (queued_rows, runs) = loop {
-        let (queued_rows, runs): (i64, i64) = sqlx::query_as(
+    let (queued_rows, progress_writes, runs) = loop {
+        let (queued_rows, progress_writes, runs): (i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT n_tup_ins FROM pg_stat_user_tables
                      WHERE schemaname = 'walflow' AND relname = 'queue'),
+                    (SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables
+                     WHERE schemaname = 'walflow' AND relname = 'progress'),
                     (SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables
                      WHERE relname = 'post_with_comments_counts')",
         )
         .fetch_one(&pool)
         .await
         .unwrap();
-        if (queued_rows >= POSTS && runs >= POSTS) || asked.elapsed() > Duration::from_secs(5) {
-            break (queued_rows, runs);
+        let written = match storage {
+            QueueStorage::Postgres => queued_rows,
+            QueueStorage::Memory | QueueStorage::Stream => progress_writes,
+        };
+        if (written >= expected && runs >= expected) || asked.elapsed() > Duration::from_secs(5) {
+            break (queued_rows, progress_writes, runs);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let label = format!("[{operator}, {}]", storage_name(storage));
+    let written = match storage {
+        QueueStorage::Postgres => format!("{queued_rows} queue rows"),
+        QueueStorage::Memory | QueueStorage::Stream => {
+            format!("{queued_rows} queue rows, {progress_writes} progress records written")
+        }
+    };
     println!(
-        "  [{operator}] all queued after {queued:.2?}, drained after {drained:.2?}; \
-         {queued_rows} queue rows, {runs} query runs, {rows} rows left"
+        "  {label} {queued}, drained after {drained:.2?}; \
+         {written}, {runs} query runs, {rows} rows left"
     );
-    if walinspect {
+    let wal = if walinspect {
         let drain_end = flush_lsn(&pool).await;
-        let app = wal_by_schema(&pool, &backlog_start, &drain_start).await;
-        let during = wal_by_schema(&pool, &drain_start, &drain_end).await;
-        let total = |m: &std::collections::BTreeMap<String, i64>| m.values().sum::<i64>();
-        let of =
-            |m: &std::collections::BTreeMap<String, i64>, k: &str| m.get(k).copied().unwrap_or(0);
-        let app_bytes = total(&app) as f64;
-        let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
+        let app = wal_by_relation(&pool, &backlog_start, &drain_start).await;
+        let during = wal_by_relation(&pool, &drain_start, &drain_end).await;
+        let total = |m: &Wal| m.values().sum::<i64>();
+        let schema = |m: &Wal, k: &str| {
+            m.iter()
+                .filter(|((s, _), _)| s == k)
+                .map(|(_, b)| b)
+                .sum::<i64>()
+        };
+        let walflow = schema(&during, "walflow");
+        // walflow's tables one by one, largest first.
+        let mut tables: Vec<(&str, i64)> = during
+            .iter()
+            .filter(|((s, _), _)| s == "walflow")
+            .map(|((_, t), b)| (t.as_str(), *b))
+            .collect();
+        tables.sort_by_key(|(_, b)| -b);
+        let tables: Vec<String> = tables
+            .iter()
+            .map(|(t, b)| format!("{t} {:.2}", mib(*b)))
+            .collect();
         println!(
-            "  [{operator}] WAL: the application's backlog {:.1} MiB; during the drain \
-             walflow's tables {:.1} MiB ({:.2}x the application's), the derived table \
-             {:.1} MiB, records of no table (commits, messages) {:.1} MiB",
+            "  {label} WAL: the application's backlog {:.1} MiB; during the drain \
+             walflow's tables {:.1} MiB ({:.2}x the application's: {}), the derived table \
+             {:.1} MiB, records of no table (commits, messages) {:.1} MiB; {} transactions \
+             committed",
             mib(total(&app)),
-            mib(of(&during, "walflow")),
-            of(&during, "walflow") as f64 / app_bytes,
-            mib(of(&during, "public")),
-            mib(of(&during, "-")),
+            mib(walflow),
+            walflow as f64 / total(&app) as f64,
+            if tables.is_empty() {
+                "none".to_owned()
+            } else {
+                tables.join(", ")
+            },
+            mib(schema(&during, "public")),
+            mib(schema(&during, "-")),
+            commits(&pool, &drain_start, &drain_end).await,
         );
+        Some(DrainWal {
+            app: total(&app),
+            walflow,
+            progress: during
+                .get(&("walflow".to_owned(), "progress".to_owned()))
+                .copied()
+                .unwrap_or(0),
+        })
     } else {
-        println!("  [{operator}] WAL: pg_walinspect is not available (PostgreSQL 15 or newer)");
-    }
+        println!("  {label} WAL: pg_walinspect is not available (PostgreSQL 15 or newer)");
+        None
+    };
     let (n, total): (i64, i64) = sqlx::query_as(
         "SELECT count(*), coalesce(sum(comments_count), 0)::int8 FROM post_with_comments_counts",
     )
@@ -337,7 +493,12 @@ async fn drain(
         None
     };
     walflow::setup::drop_slot(&pool, &slot).await.unwrap();
-    (drained, recv_time)
+    Drained {
+        time: drained,
+        recv: recv_time,
+        wal,
+        progress_writes,
+    }
 }
 
 /// Commit-to-handler latency of single-row commits, beside a LISTEN/NOTIFY
@@ -371,7 +532,20 @@ async fn latency(base: &str) {
         ProcessStatusStorage::Memory,
     )
     .await;
-    let next = 2 * N as i64;
+    // The stream storage: nothing queued, a progress record per unit, the
+    // slot acknowledged up to what is applied; the process status in
+    // PostgreSQL, as with the durable queue.
+    let mut stream = handler_latency(
+        &url,
+        &pool,
+        &mut conn,
+        &mut rx,
+        2 * N as i64,
+        QueueStorage::Stream,
+        ProcessStatusStorage::Postgres,
+    )
+    .await;
+    let next = 3 * N as i64;
 
     // The floor of any WAL consumer: commit to the commit message arriving
     // on a bare listener (no queue, no operator).
@@ -425,17 +599,32 @@ async fn latency(base: &str) {
     };
     let (h50, h99) = (p(&mut durable, 0.50), p(&mut durable, 0.99));
     let (m50, m99) = (p(&mut memory, 0.50), p(&mut memory, 0.99));
+    let (s50, s99) = (p(&mut stream, 0.50), p(&mut stream, 0.99));
     let (n50, n99) = (p(&mut notify, 0.50), p(&mut notify, 0.99));
     let (w50, w99) = (p(&mut wal, 0.50), p(&mut wal, 0.99));
+    let x = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!("latency ({N} single-row commits):");
-    println!("  commit → handler   p50 {h50:>10.2?}  p99 {h99:>10.2?}");
+    println!("  commit → handler   p50 {h50:>10.2?}  p99 {h99:>10.2?}   (durable queue)");
     println!("    (memory queue)   p50 {m50:>10.2?}  p99 {m99:>10.2?}   (lost on a crash)");
+    println!("    (stream)         p50 {s50:>10.2?}  p99 {s99:>10.2?}   (no queue rows)");
     println!("  commit → listener  p50 {w50:>10.2?}  p99 {w99:>10.2?}   (WAL sender floor)");
     println!("  LISTEN/NOTIFY      p50 {n50:>10.2?}  p99 {n99:>10.2?}");
     println!(
         "  ratio              p50 {:.2}x (target <= 2)   p99 {:.2}x (target <= 5)",
-        h50.as_secs_f64() / n50.as_secs_f64(),
-        h99.as_secs_f64() / n99.as_secs_f64()
+        x(h50, n50),
+        x(h99, n99)
+    );
+    println!(
+        "  handler / listener p50: durable {:.2}x, memory {:.2}x, stream {:.2}x (target <= 1.5)",
+        x(h50, w50),
+        x(m50, w50),
+        x(s50, w50)
+    );
+    println!(
+        "  handler / listener p99: durable {:.2}x, memory {:.2}x, stream {:.2}x (target <= 3)",
+        x(h99, w99),
+        x(m99, w99),
+        x(s99, w99)
     );
 }
 
@@ -491,25 +680,41 @@ async fn flush_lsn(pool: &sqlx::PgPool) -> String {
         .unwrap()
 }
 
-/// Bytes of WAL records between two positions by the schema of the first
-/// relation each record touches (`-`: no relation, such as commit records;
-/// `?`: a relation of another database), read with `pg_walinspect`.
-async fn wal_by_schema(
-    pool: &sqlx::PgPool,
-    from: &str,
-    to: &str,
-) -> std::collections::BTreeMap<String, i64> {
-    sqlx::query_as::<_, (String, i64)>(
+/// Commit records between two positions (transactions that wrote).
+async fn commits(pool: &sqlx::PgPool, from: &str, to: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_get_wal_records_info($1::pg_lsn, $2::pg_lsn)
+         WHERE resource_manager = 'Transaction' AND record_type = 'COMMIT'",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// WAL bytes by `(schema, table)`.
+type Wal = std::collections::BTreeMap<(String, String), i64>;
+
+/// Bytes of WAL records between two positions by the schema and table of
+/// the first relation each record touches, an index counted with its table
+/// (`-`: no relation, such as commit records; `?`: a relation of another
+/// database), read with `pg_walinspect`.
+async fn wal_by_relation(pool: &sqlx::PgPool, from: &str, to: &str) -> Wal {
+    sqlx::query_as::<_, (String, String, i64)>(
         "WITH r AS (
              SELECT record_length,
                     (regexp_match(block_ref, 'rel [0-9]+/[0-9]+/([0-9]+)'))[1]::oid AS node
              FROM pg_get_wal_records_info($1::pg_lsn, $2::pg_lsn))
          SELECT CASE WHEN r.node IS NULL THEN '-'
                      ELSE coalesce(n.nspname::text, '?') END,
+                coalesce(t.relname::text, ''),
                 sum(r.record_length)::int8
          FROM r LEFT JOIN pg_class c ON c.relfilenode = r.node
-                LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
-         GROUP BY 1",
+                LEFT JOIN pg_index i ON i.indexrelid = c.oid
+                LEFT JOIN pg_class t ON t.oid = coalesce(i.indrelid, c.oid)
+                LEFT JOIN pg_namespace n ON n.oid = t.relnamespace
+         GROUP BY 1, 2",
     )
     .bind(from)
     .bind(to)
@@ -517,5 +722,6 @@ async fn wal_by_schema(
     .await
     .unwrap()
     .into_iter()
+    .map(|(schema, table, bytes)| ((schema, table), bytes))
     .collect()
 }
