@@ -92,6 +92,10 @@ async fn seen(db: &common::Db) -> Vec<i64> {
 }
 
 async fn run(queue: QueueStorage, status: ProcessStatusStorage) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let db = common::db().await;
     db.exec(blog::SCHEMA).await;
     db.exec(SCHEMA).await;

@@ -1,9 +1,11 @@
 //! The stream storage (`QueueStorage::Stream`, rule 12 of the queue
-//! protocol): no queue row is written, the slot is acknowledged only up to
-//! what the operators applied, events held when a flow stops come again
-//! and are applied once, what was applied before is not run again, the
-//! progress records are pruned once the slot is past them, and a slot with
-//! rows the durable queue left is refused.
+//! protocol): no queue row is written for an operator that keeps up, the
+//! slot is acknowledged only up to what the operators applied or spilled,
+//! events held when a flow stops come again and are applied once, what was
+//! applied before is not run again, the progress records are pruned once
+//! the slot is past them, a slow operator spills to `walflow.queue`
+//! without holding back the slot, and rows the durable queue left run
+//! after a switch.
 //!
 //! Kills, crash points and PostgreSQL restarts with this storage are in
 //! `tests/test_convergence.rs` (its `stream_*` cases).
@@ -211,9 +213,9 @@ async fn acknowledged_only_once_applied() {
     flow.shutdown().await.unwrap();
 }
 
-/// Events in retry backoff when the flow stops were not acknowledged: the
-/// next flow on the slot gets them again and applies them once, and does
-/// not run again what the first one applied.
+/// Events in retry backoff are spilled to the queue; when the flow stops,
+/// the next flow on the slot runs them from there once, and does not run
+/// again what the first one applied (delivered again or not).
 #[tokio::test]
 async fn events_held_at_a_stop_come_again_and_apply_once() {
     let db = common::db().await;
@@ -237,13 +239,15 @@ async fn events_held_at_a_stop_come_again_and_apply_once() {
     let flow = start().await.expect("the flow starts");
     db.exec("INSERT INTO jobs SELECT generate_series(1, 10)")
         .await;
-    // The even jobs are applied; the odd ones wait an hour to try again.
+    // The even jobs are applied; the odd ones wait an hour to try again,
+    // their rows spilled to the queue (a failing id does not hold back the
+    // slot).
     common::wait_until(Duration::from_secs(30), || async {
-        count(&db, "SELECT count(*) FROM done").await == 5 && RUNS.load(Ordering::SeqCst) >= 10
+        count(&db, "SELECT count(*) FROM done").await == 5
+            && count(&db, "SELECT count(*) FROM walflow.queue").await == 5
     })
     .await;
     flow.shutdown().await.unwrap();
-    assert_eq!(count(&db, "SELECT count(*) FROM walflow.queue").await, 0);
 
     FAILING.store(false, Ordering::SeqCst);
     let runs = RUNS.load(Ordering::SeqCst);
@@ -265,41 +269,199 @@ async fn events_held_at_a_stop_come_again_and_apply_once() {
     flow.shutdown().await.unwrap();
 }
 
-/// Rows the durable queue left in `walflow.queue` are not read by the
-/// stream storage: a flow that would strand them is refused.
+on_event! {
+    /// Fails while `park.ok` is false (state in each test's own database).
+    operator Parked {
+        events: [insert],
+        entities: [Job],
+        id: [Job.id],
+        handler: parked,
+    }
+}
+
+async fn parked(event: Event<Job>, ctx: Ctx) -> Result<(), walflow::BoxError> {
+    let id = event.record().expect("row").id;
+    let mut tx = ctx.transaction().await?;
+    let ok: bool = sqlx::query_scalar("SELECT ok FROM park")
+        .fetch_one(&mut *tx)
+        .await?;
+    if !ok {
+        return Err(format!("job {id} is parked").into());
+    }
+    sqlx::query(
+        "INSERT INTO done (id, n) VALUES ($1, 1) ON CONFLICT (id) DO UPDATE SET n = done.n + 1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Rows the durable queue left in `walflow.queue` are what the stream
+/// storage spills: a flow that switches storage runs them from there, once,
+/// in order with what the slot delivers again.
 #[tokio::test]
-async fn a_slot_with_rows_of_the_durable_queue_is_refused() {
+async fn rows_the_durable_queue_left_run_after_a_switch() {
     let db = common::db().await;
-    db.exec("CREATE TABLE jobs (id bigint PRIMARY KEY);").await;
+    db.exec(
+        "CREATE TABLE jobs (id bigint PRIMARY KEY);
+         CREATE TABLE done (id bigint PRIMARY KEY, n int NOT NULL);
+         CREATE TABLE park (ok bool NOT NULL);
+         INSERT INTO park VALUES (false);",
+    )
+    .await;
     let slot = db.slot("left");
     let flow = Walflow::builder()
         .database_url(&db.url)
         .slot_name(&slot)
-        .operators(["Jobs"])
+        .min_restart_time(Duration::from_secs(3600))
+        .max_restart_time(Duration::from_secs(3600))
+        .max_retries(100)
+        .operators(["Parked"])
         .start()
         .await
         .expect("the durable queue starts");
+    db.exec("INSERT INTO jobs SELECT generate_series(1, 5)")
+        .await;
+    common::wait_until(Duration::from_secs(30), || async {
+        count(&db, "SELECT count(*) FROM walflow.queue").await == 5
+    })
+    .await;
     flow.shutdown().await.unwrap();
-    sqlx::query(
-        "INSERT INTO walflow.queue (slot, operator, commit_lsn, seq, part, id, kind, schema_name, table_name)
-         VALUES ($1, 'Jobs', 1, 0, 0, '1', 'insert', 'public', 'jobs')",
-    )
-    .bind(&slot)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let refused = Walflow::builder()
+    db.exec("UPDATE park SET ok = true").await;
+    let flow = Walflow::builder()
         .database_url(&db.url)
         .slot_name(&slot)
         .queue_storage(QueueStorage::Stream)
-        .operators(["Jobs"])
+        .operators(["Parked"])
         .start()
         .await
-        .map(|_| ())
-        .expect_err("refused");
-    let text = refused.to_string();
+        .expect("the stream storage starts");
+    db.exec("INSERT INTO jobs SELECT generate_series(6, 8)")
+        .await;
+    let lsn = flow.current_lsn().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let done: Vec<(i64, i32)> = sqlx::query_as("SELECT id, n FROM done ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(done, (1..=8).map(|id| (id, 1)).collect::<Vec<_>>());
+    assert_eq!(count(&db, "SELECT count(*) FROM walflow.queue").await, 0);
+    flow.shutdown().await.unwrap();
+}
+
+/// A row of the spill test's table.
+#[event_source(table = "work")]
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Work {
+    /// Its id.
+    pub id: i64,
+}
+
+on_event! {
+    /// Takes its time: falls behind and spills.
+    operator Slow {
+        events: [insert],
+        entities: [Work],
+        id: [Work.id],
+        handler: slow,
+    }
+}
+
+on_event! {
+    /// Keeps up.
+    operator Fast {
+        events: [insert],
+        entities: [Work],
+        id: [Work.id],
+        handler: fast,
+    }
+}
+
+async fn slow(event: Event<Work>, ctx: Ctx) -> Result<(), walflow::BoxError> {
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    record(&ctx, "slow_done", event.record().expect("row").id).await
+}
+
+async fn fast(event: Event<Work>, ctx: Ctx) -> Result<(), walflow::BoxError> {
+    record(&ctx, "fast_done", event.record().expect("row").id).await
+}
+
+async fn record(ctx: &Ctx, table: &str, id: i64) -> Result<(), walflow::BoxError> {
+    let mut tx = ctx.transaction().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} (id, n) VALUES ($1, 1) ON CONFLICT (id) DO UPDATE SET n = {table}.n + 1"
+    )))
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// One operator falls behind while another keeps up: the slow one's held
+/// events are spilled to `walflow.queue`, so the slot's confirmed position
+/// passes them while they wait; the fast one has applied everything long
+/// before; the slow one catches up, each event applied once, and leaves
+/// nothing in the queue.
+#[tokio::test]
+async fn a_slow_operator_spills_and_does_not_hold_back_the_slot() {
+    let db = common::db().await;
+    db.exec(
+        "CREATE TABLE work (id bigint PRIMARY KEY);
+         CREATE TABLE slow_done (id bigint PRIMARY KEY, n int NOT NULL);
+         CREATE TABLE fast_done (id bigint PRIMARY KEY, n int NOT NULL);",
+    )
+    .await;
+    let slot = db.slot("spill");
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(&slot)
+        .queue_storage(QueueStorage::Stream)
+        .spill_rows(20)
+        .spill_after(Duration::from_millis(500))
+        .operator_concurrency("Slow", 1)
+        .operators(["Slow", "Fast"])
+        .start()
+        .await
+        .expect("the flow starts");
+    const N: i64 = 150;
+    for i in 1..=N {
+        db.exec(&format!("INSERT INTO work VALUES ({i})")).await;
+    }
+    let written: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    // The fast operator is done, the slot's position is past every event,
+    // and the slow one still has some to do, in the queue.
+    common::wait_until(Duration::from_secs(60), || async {
+        count(&db, "SELECT count(*) FROM fast_done").await == N
+            && !confirmed_before(&db, &slot, &written).await
+    })
+    .await;
+    let slow_done = count(&db, "SELECT count(*) FROM slow_done").await;
+    let spilled = count(
+        &db,
+        "SELECT count(*) FROM walflow.queue WHERE operator = 'Slow'",
+    )
+    .await;
     assert!(
-        text.contains(&slot) && text.contains("1 rows in walflow.queue"),
-        "{text}"
+        slow_done < N && spilled > 0,
+        "the slow operator is behind ({slow_done} of {N} done) with its events spilled ({spilled} rows)"
     );
+    let lsn = flow.current_lsn().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(120))
+        .await
+        .unwrap();
+    for table in ["slow_done", "fast_done"] {
+        assert_eq!(
+            count(&db, &format!("SELECT count(*) FROM {table} WHERE n = 1")).await,
+            N,
+            "{table}: each event once"
+        );
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM walflow.queue").await, 0);
+    flow.shutdown().await.unwrap();
 }

@@ -22,6 +22,8 @@
 //! | `unit.after_commit` | a unit committed, the executor not yet told |
 //! | `stream.acked` | the stream storage acknowledged what units applied |
 //! | `stream.skipped` | the stream storage skipped rows delivered again, applied before |
+//! | `stream.spilled` | the stream storage wrote held rows to the queue, not yet counted as spilled |
+//! | `stream.returned` | a spilled operator caught up and runs from memory again |
 
 /// Every crash point, for tests to pick from.
 pub const POINTS: &[&str] = &[
@@ -36,6 +38,8 @@ pub const POINTS: &[&str] = &[
     "unit.after_commit",
     "stream.acked",
     "stream.skipped",
+    "stream.spilled",
+    "stream.returned",
 ];
 
 /// Reached `point`: with the feature and `WALFLOW_CRASH_AT` naming it, the

@@ -203,12 +203,17 @@ pub async fn start(url: &str, slot: &str, coalesce: bool) -> Walflow {
 }
 
 /// [`start`], with the stream storage when `stream` (otherwise the storage
-/// `WALFLOW_QUEUE_STORAGE` names, the durable queue by default).
+/// `WALFLOW_QUEUE_STORAGE` names, the durable queue by default). Its spill
+/// bounds are small here (25 rows, 300 ms), so that operators spill and
+/// come back from the queue all the time.
 pub async fn start_with(url: &str, slot: &str, coalesce: bool, stream: bool) -> Walflow {
     common::wait_slot_released(url, slot).await;
     let mut builder = Walflow::builder();
     if stream {
-        builder = builder.queue_storage(walflow::config::QueueStorage::Stream);
+        builder = builder
+            .queue_storage(walflow::config::QueueStorage::Stream)
+            .spill_rows(25)
+            .spill_after(Duration::from_millis(300));
     }
     builder
         .database_url(url)
@@ -355,15 +360,18 @@ async fn check(flow: &Walflow, pool: &sqlx::PgPool, coalesce: bool) {
             .unwrap();
         diffs.push((table, n));
     }
-    let rows: (i64, i64, i64, i64) = sqlx::query_as(
+    let rows: (i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM posts), (SELECT count(*) FROM comments),
-                (SELECT count(*) FROM ratings), (SELECT coalesce(sum(n), 0)::int8 FROM post_events_truth)",
+                (SELECT count(*) FROM ratings), (SELECT coalesce(sum(n), 0)::int8 FROM post_events_truth),
+                (SELECT coalesce(sum(n), 0)::int8 FROM post_events)",
     )
     .fetch_one(&mut *tx)
     .await
     .unwrap();
     tx.commit().await.unwrap();
-    eprintln!("posts, comments, ratings, post events: {rows:?}; rows differing: {diffs:?}");
+    eprintln!(
+        "posts, comments, ratings, post events (true, counted): {rows:?}; rows differing: {diffs:?}"
+    );
     for (table, n) in &diffs {
         assert_eq!(*n, 0, "`{table}` differs from the recompute in {n} rows");
     }
@@ -538,7 +546,10 @@ impl Run {
                 // read of the backlog and the one chunk of the big
                 // transaction may be met only once per flow.)
                 let once = point.starts_with("start.")
-                    || matches!(point, "queue.partial" | "executor.fetched");
+                    || matches!(
+                        point,
+                        "queue.partial" | "executor.fetched" | "stream.returned"
+                    );
                 let hit = if once { 1 } else { 1 + rng.below(3) };
                 let at = format!("{point}:{hit}");
                 let mut c = spawn_child_crashing(&db.url, &slot, mode, false, Some(at)).await;

@@ -65,8 +65,11 @@ pub enum QueueStorage {
     /// delivers the rest again and each operator skips what its record
     /// says it applied: query operators apply every event exactly once,
     /// handlers at least once (exactly once with
-    /// [`Ctx::transaction`](crate::Ctx::transaction)). See the queue
-    /// protocol's rule 12 (`runtime/src/queue/mod.rs`).
+    /// [`Ctx::transaction`](crate::Ctx::transaction)). An operator that
+    /// falls behind (`spill_rows`, `spill_after`) or whose id waits to try
+    /// again spills its held events to `walflow.queue` and runs from there
+    /// until it has caught up. See the queue protocol's rule 12
+    /// (`runtime/src/queue/mod.rs`).
     Stream,
 }
 
@@ -397,6 +400,13 @@ impl Config {
                 option: "pubsub_channel",
                 value: format!("{:?}", self.pubsub_channel),
                 reason: format!("{reason}; use lower-case letters, digits and `_`"),
+            });
+        }
+        if self.spill_rows == 0 {
+            return Err(ConfigError::InvalidValue {
+                option: "spill_rows",
+                value: "0".into(),
+                reason: "must be at least 1; use e.g. 10000".into(),
             });
         }
         if self.pubsub_retain_transactions == 0 {

@@ -173,6 +173,26 @@ macro_rules! with_options {
                 env("WALFLOW_QUEUE_STORAGE", choice, "`postgres`, `memory` or `stream`");
                 default("`QueueStorage::Postgres`"), esx("`queue_storage_adapter`");
 
+            /// With the stream storage: held rows of one operator past which
+            /// its held events are written to `walflow.queue` and it runs
+            /// from there until it has caught up (at least 1).
+            spill_rows: usize = 50_000;
+                set(n: usize) => n;
+                get(c) -> usize => c.spill_rows;
+                show(c) => c.spill_rows;
+                env("WALFLOW_SPILL_ROWS", number, "a positive integer");
+                default("`50000`"), esx("—");
+
+            /// With the stream storage: how long an operator holds an event
+            /// in memory (since it was handed over) before its held events
+            /// are written to `walflow.queue`.
+            spill_after: std::time::Duration = std::time::Duration::from_secs(30);
+                set(d: std::time::Duration) => d;
+                get(c) -> std::time::Duration => c.spill_after;
+                show(c) => c.spill_after;
+                env("WALFLOW_SPILL_AFTER_MS", ms, "milliseconds");
+                default("30 s"), esx("—");
+
             /// Where the process status is kept.
             process_status_storage: $crate::config::ProcessStatusStorage =
                 $crate::config::ProcessStatusStorage::Postgres;

@@ -80,9 +80,12 @@
 //! rest again and each operator skips what its record says it applied
 //! (query operators exactly once; handlers at least once, exactly once
 //! with [`Ctx::transaction`](crate::Ctx::transaction)). An operator that
-//! falls behind or keeps failing is not yet spilled to `walflow.queue`: its
-//! oldest held event holds the acknowledgement for every operator. The
-//! argument is rule 12 of the queue protocol (`runtime/src/queue/mod.rs`).
+//! falls behind ([`spill_rows`](WalflowBuilder::spill_rows),
+//! [`spill_after`](WalflowBuilder::spill_after)) or whose id waits to try
+//! again spills its held events to `walflow.queue` and runs from there
+//! until it has caught up, so it holds back neither the others nor the
+//! slot's acknowledgement. The argument is rule 12 of the queue protocol
+//! (`runtime/src/queue/mod.rs`).
 //!
 //! [`ProcessStatusStorage::Memory`](crate::config::ProcessStatusStorage::Memory) keeps the process status
 //! ([`Walflow::processed`]) in memory: it starts empty at each start and
@@ -581,19 +584,12 @@ impl WalflowBuilder {
             )))?;
         crate::crash_point::hit("start.streams_read");
         let store = Store::new(&config, false);
-        let left = store
+        store
             .start(&pool, &slot)
             .await
             .map_err(FlowError::sql(format!(
                 "starting the stream storage of slot `{slot}`"
             )))?;
-        if left > 0 {
-            return Err(FlowError::Unsupported(format!(
-                "slot `{slot}` has {left} rows in walflow.queue, queued by the durable queue \
-                 (`QueueStorage::Postgres`), which the stream storage does not read: run the \
-                 durable queue until they are applied, then switch"
-            )));
-        }
         let watermark = position.map(|p| p.enqueued.0 as i64);
         let partial = position.and_then(|p| p.partial);
 

@@ -134,18 +134,53 @@ pub(crate) async fn run(
     let mut held = 0usize;
     // With the memory queue: the rows held per commit position (how many,
     // and the commit time), for the age of the oldest.
-    let mut ages: std::collections::BTreeMap<i64, (usize, i64)> = Default::default();
+    // (And when the first of them was admitted, for the stream storage's
+    // spill.)
+    let mut ages: std::collections::BTreeMap<i64, (usize, i64, std::time::Instant)> =
+        Default::default();
     // Rows handed over while the queue was being read, left for the read
     // to bring: their transaction's span and commit time, which the read
     // rows take up (the queue keeps neither). Bounded; cleared once the
     // read is done.
     let mut handed: HashMap<RowKey, (tracing::Span, Option<i64>)> = HashMap::new();
+    let mut fetch_failures = 0u32;
     let mut cursor = (i64::MIN, i32::MIN, i16::MIN);
     // Without a durable queue the inbox is the queue: nothing to read back.
     let memory_queue = !shared.handover.backed();
     let mut more = !memory_queue;
+    // The stream storage (rule 12): the operator runs from memory, or,
+    // spilled, from `walflow.queue`, where it writes what it is handed until
+    // it has caught up. One that starts with spilled rows runs nothing
+    // before everything the slot delivers again is in the queue too
+    // (`gated`): an id's earlier event may be among what comes again.
+    let stream = shared.store.stream();
+    let mut spilled = false;
+    let mut gated = false;
+    // Admitted rows held in memory only (not spilled).
+    let mut in_memory: HashSet<RowKey> = HashSet::new();
+    if stream {
+        loop {
+            match crate::queue::spill::any(&shared.pool, &shared.slot, op.name).await {
+                Ok(any) => {
+                    spilled = any;
+                    gated = any;
+                    more = any;
+                    break;
+                }
+                Err(e) => {
+                    shared.note_error(&e);
+                    fetch_failures += 1;
+                    tracing::warn!(operator = op.name, error = %crate::pg_error::DbError(&e), "reading the operator's spilled rows failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(shared.config.restart_delay(fetch_failures)) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        }
+        fetch_failures = 0;
+    }
     let mut need_flush = 0u64;
-    let mut fetch_failures = 0u32;
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     let grouping = matches!(op.action, OperatorAction::Query(_));
     let unit = Arc::new(UnitRunner {
@@ -161,7 +196,7 @@ pub(crate) async fn run(
     loop {
         if memory_queue {
             signals.held.rows.store(held as u64, Ordering::Relaxed);
-            let oldest = ages.first_key_value().map_or(0, |(_, (_, t))| *t);
+            let oldest = ages.first_key_value().map_or(0, |(_, (_, t, _))| *t);
             signals.held.oldest.store(oldest, Ordering::Relaxed);
         }
         let stopping = *stop.borrow();
@@ -174,10 +209,84 @@ pub(crate) async fn run(
             // Rows queued behind the read position are not admitted yet.
             signals.inbox.lock().expect("inbox lock").set_reading(true);
         }
+        if stream && !stopping {
+            if gated
+                && shared.store.handed_up_to() >= shared.store.horizon()
+                && signals
+                    .inbox
+                    .lock()
+                    .expect("inbox lock")
+                    .handed()
+                    .is_empty()
+            {
+                // Everything delivered again is in the queue: read it all,
+                // in order, from the start.
+                gated = false;
+                more = true;
+            }
+            // Held longer than `spill_after` (since handed over: a backlog
+            // delivered at start is not behind by its commit time alone).
+            let aged = ages
+                .values()
+                .map(|(_, _, since)| *since)
+                .min()
+                .is_some_and(|since| since.elapsed() >= shared.config.spill_after());
+            let behind = in_memory.len() >= shared.config.spill_rows()
+                || aged
+                || unit.waiting.load(Ordering::Acquire) > 0;
+            if behind && !in_memory.is_empty() {
+                // Behind, or an id waits to try again: what is held in
+                // memory and not running goes to the queue, and so does
+                // what comes next, until the operator has caught up.
+                let n = pending
+                    .values()
+                    .flatten()
+                    .filter(|r| !r.spilled)
+                    .map(|r| r.flush)
+                    .max()
+                    .unwrap_or(0);
+                if shared.handover.wait_flushed(n, &stop).await {
+                    let mut rows: Vec<&mut Row> = pending
+                        .values_mut()
+                        .flatten()
+                        .filter(|r| !r.spilled)
+                        .collect();
+                    if rows.is_empty() {
+                        spilled = true;
+                    } else {
+                        match shared.store.spill(&shared, op.name, &mut rows).await {
+                            Ok(()) => {
+                                for r in &rows {
+                                    forget_age(&mut ages, &mut in_memory, r.key());
+                                }
+                                tracing::info!(
+                                    operator = op.name,
+                                    rows = rows.len(),
+                                    "behind: held rows spilled to walflow.queue"
+                                );
+                                spilled = true;
+                            }
+                            Err(e) => {
+                                shared.note_error(&e);
+                                tracing::warn!(operator = op.name, error = %crate::pg_error::DbError(&e), "spilling held rows failed; trying again");
+                            }
+                        }
+                    }
+                }
+            } else if spilled && !gated && !more && !behind && held < shared.config.spill_rows() / 2
+            {
+                // Caught up: every spilled row is read (an id's spilled
+                // rows come before what is handed over next), so what
+                // comes next runs from memory again.
+                spilled = false;
+                crate::crash_point::hit("stream.returned");
+                tracing::info!(operator = op.name, "caught up: running from memory again");
+            }
+        }
         let mut fetch_error = false;
         // Read everything available (up to the bound) before starting units:
         // the more an id has pending, the more a coalescing operator merges.
-        while !stopping && more && held < MAX_PENDING && !fetch_error {
+        while !stopping && more && held < MAX_PENDING && !fetch_error && !gated {
             // Rows handed over while their flush was under way and dropped
             // here: the read must see them, or the cursor would pass them.
             if !shared.handover.wait_flushed(need_flush, &stop).await {
@@ -227,6 +336,7 @@ pub(crate) async fn run(
             handed.clear();
         }
         while !stopping
+            && !gated
             && tasks.len() - unit.waiting.load(Ordering::Acquire).min(tasks.len()) < concurrency
             && !ready.is_empty()
         {
@@ -318,11 +428,15 @@ pub(crate) async fn run(
                             for k in keys {
                                 known.remove(&k);
                                 held = held.saturating_sub(1);
-                                if let Some(e) = ages.get_mut(&k.0) {
-                                    e.0 -= 1;
-                                    if e.0 == 0 {
-                                        ages.remove(&k.0);
+                                if !stream {
+                                    if let Some(e) = ages.get_mut(&k.0) {
+                                        e.0 -= 1;
+                                        if e.0 == 0 {
+                                            ages.remove(&k.0);
+                                        }
                                     }
+                                } else {
+                                    forget_age(&mut ages, &mut in_memory, k);
                                 }
                             }
                             in_flight.remove(&key);
@@ -354,6 +468,58 @@ pub(crate) async fn run(
                 }
             }
             _ = signals.notify.notified(), if !stopping => {
+                if stream && spilled {
+                    // Spilled: what is handed over goes to the queue first
+                    // (a flush at a time, once it is queued), then is
+                    // admitted as a row read from there.
+                    let (rows, _, _) = signals.inbox.lock().expect("inbox lock").take();
+                    let Some(rows) = spill_handed(&shared, op.name, rows, &stop).await else {
+                        continue;
+                    };
+                    // Dead letters put back are not spilled: admitted as
+                    // they come, as from memory.
+                    let (replays, rows): (Vec<Row>, Vec<Row>) =
+                        rows.into_iter().partition(|r| r.replay.is_some());
+                    if !replays.is_empty() {
+                        let mut inbox = signals.inbox.lock().expect("inbox lock");
+                        for row in replays {
+                            if known.insert(row.key()) {
+                                held += 1;
+                                admit(row, &mut pending, &mut ready, &in_flight, &mut inbox);
+                            }
+                        }
+                    }
+                    // A dead letter put back lies behind the read position:
+                    // read again from the start should it be left to the
+                    // read (rows held are known, and not admitted twice).
+                    let behind_cursor = rows.iter().any(|r| r.key() <= cursor);
+                    if gated || more {
+                        // Read from the queue, in order, with the rest.
+                        if behind_cursor {
+                            cursor = (i64::MIN, i32::MIN, i16::MIN);
+                        }
+                        more = !gated || more;
+                        continue;
+                    }
+                    let mut inbox = signals.inbox.lock().expect("inbox lock");
+                    for row in rows {
+                        if !known.insert(row.key()) {
+                            continue;
+                        }
+                        if held >= MAX_PENDING {
+                            known.remove(&row.key());
+                            if behind_cursor {
+                                cursor = (i64::MIN, i32::MIN, i16::MIN);
+                            }
+                            more = true;
+                            break;
+                        }
+                        cursor = cursor.max(row.key());
+                        held += 1;
+                        admit(row, &mut pending, &mut ready, &in_flight, &mut inbox);
+                    }
+                    continue;
+                }
                 // Admitted under the inbox's lock, so the consumer sees the
                 // rows either in the inbox or admitted (with their hosts).
                 let mut inbox = signals.inbox.lock().expect("inbox lock");
@@ -397,8 +563,15 @@ pub(crate) async fn run(
                         cursor = cursor.max(row.key());
                         held += 1;
                         if memory_queue {
-                            let committed = row.committed_at.unwrap_or(0);
-                            ages.entry(row.commit_lsn).or_insert((0, committed)).0 += 1;
+                            // (A dead letter put back has no commit time.)
+                            if let Some(committed) = row.committed_at {
+                                ages.entry(row.commit_lsn)
+                                    .or_insert((0, committed, std::time::Instant::now()))
+                                    .0 += 1;
+                                if stream {
+                                    in_memory.insert(row.key());
+                                }
+                            }
                         }
                         admit(row, &mut pending, &mut ready, &in_flight, &mut inbox);
                     }
@@ -407,9 +580,71 @@ pub(crate) async fn run(
             }
             _ = unit.wake.notified(), if !stopping => {}
             _ = stop.changed(), if !stopping => {}
-            _ = tokio::time::sleep(wait_fetch) => { if !fetch_error && !memory_queue { more = true; } }
+            _ = tokio::time::sleep(wait_fetch) => {
+                if !fetch_error && (!memory_queue || (spilled && !gated)) { more = true; }
+            }
         }
     }
+}
+
+/// A row held in memory is no longer (spilled, or finished): its age and
+/// count go.
+fn forget_age(
+    ages: &mut std::collections::BTreeMap<i64, (usize, i64, std::time::Instant)>,
+    in_memory: &mut HashSet<RowKey>,
+    key: RowKey,
+) {
+    if !in_memory.remove(&key) {
+        return;
+    }
+    if let Some(e) = ages.get_mut(&key.0) {
+        e.0 -= 1;
+        if e.0 == 0 {
+            ages.remove(&key.0);
+        }
+    }
+}
+
+/// With the stream storage, spilled: writes rows handed over to the queue,
+/// a flush at a time once it is queued (so that a flush waiting for room
+/// is never waited for here while the rows of an earlier one could make
+/// it), retrying until it is done. `None` when the flow stops first (the
+/// rows are not acknowledged: they come again at the next start).
+async fn spill_handed(
+    shared: &Shared,
+    operator: &'static str,
+    mut rows: Vec<Row>,
+    stop: &watch::Receiver<bool>,
+) -> Option<Vec<Row>> {
+    rows.sort_by_key(|r| r.flush);
+    let mut failures = 0u32;
+    let mut from = 0;
+    while from < rows.len() {
+        let flush = rows[from].flush;
+        let to = from + rows[from..].iter().take_while(|r| r.flush == flush).count();
+        if !shared.handover.wait_flushed(flush, stop).await {
+            return None;
+        }
+        let mut group: Vec<&mut Row> = rows[from..to].iter_mut().collect();
+        match shared.store.spill(shared, operator, &mut group).await {
+            Ok(()) => from = to,
+            Err(e) => {
+                shared.note_error(&e);
+                failures += 1;
+                tracing::warn!(operator, error = %crate::pg_error::DbError(&e), "spilling handed rows failed; retrying");
+                let mut stop = stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(shared.config.restart_delay(failures)) => {}
+                    _ = stop.wait_for(|s| *s) => return None,
+                }
+            }
+        }
+    }
+    for r in &mut rows {
+        r.flush = 0;
+    }
+    rows.sort_by_key(Row::key);
+    Some(rows)
 }
 
 /// Adds a row to its id's pending events; the id becomes ready unless it
@@ -503,7 +738,7 @@ impl UnitRunner {
         }
         // Delivered again after a restart: what an earlier run applied is
         // skipped (rule 12).
-        let Some(rows) = self.not_applied(rows).await else {
+        let Some(mut rows) = self.not_applied(rows).await else {
             return;
         };
         let cfg = &self.shared.config;
@@ -527,6 +762,7 @@ impl UnitRunner {
                 Failure::Transient(error) => {
                     transient += 1;
                     let wait = cfg.restart_delay(transient);
+                    self.spill_waiting(&mut rows).await;
                     tracing::warn!(
                         operator = self.op.name,
                         table,
@@ -551,6 +787,7 @@ impl UnitRunner {
                         next_wait,
                         error,
                     });
+                    self.spill_waiting(&mut rows).await;
                     if !self.sleep(next_wait).await {
                         return;
                     }
@@ -611,7 +848,9 @@ impl UnitRunner {
                     store.maybe_applied(r) && records.get(&r.id_key).is_some_and(|k| *k >= r.key())
                 });
                 if !applied.is_empty() {
-                    store.finish_applied(&self.shared, &applied).await?;
+                    store
+                        .finish_applied(&self.shared, self.op.name, &applied)
+                        .await?;
                     crate::crash_point::hit("stream.skipped");
                     tracing::debug!(
                         operator = self.op.name,
@@ -639,6 +878,26 @@ impl UnitRunner {
                     }
                 }
             }
+        }
+    }
+
+    /// With the stream storage, the rows of a unit about to wait before
+    /// trying again go to the queue (rule 12): a failing id does not hold
+    /// back the slot's acknowledgement. Best effort: should the database
+    /// be unreachable, they stay held and are spilled at the next wait.
+    async fn spill_waiting(&self, rows: &mut [Row]) {
+        if !self.shared.store.stream() || rows.iter().all(|r| r.spilled) {
+            return;
+        }
+        let mut refs: Vec<&mut Row> = rows.iter_mut().collect();
+        if let Err(e) = self
+            .shared
+            .store
+            .spill(&self.shared, self.op.name, &mut refs)
+            .await
+        {
+            self.shared.note_error(&e);
+            tracing::debug!(operator = self.op.name, error = %crate::pg_error::DbError(&e), "spilling a waiting unit's rows failed");
         }
     }
 
@@ -769,13 +1028,20 @@ impl UnitRunner {
             // earlier run's unit that committed after this one read the
             // record): its work stands, this unit's is undone (rule 12).
             tx.rollback().await.map_err(|e| self.failure(e))?;
+            if rows.iter().any(|r| r.id_key != rows[0].id_key) {
+                // Several ids in one transaction: each is told apart on its
+                // own (the caller runs them one by one).
+                return Err(Failure::Failed(
+                    "a grouped run found rows applied by another run".to_owned(),
+                ));
+            }
             tracing::info!(
                 operator = self.op.name,
                 "delivered again and applied meanwhile by an earlier run: this run was rolled back"
             );
             self.shared
                 .store
-                .finish_applied(&self.shared, rows)
+                .finish_applied(&self.shared, self.op.name, rows)
                 .await
                 .map_err(|e| self.failure(e))?;
             return Ok(());

@@ -277,3 +277,27 @@ pub(crate) async fn forget_dead_letters(
             .rows_affected(),
     )
 }
+
+/// Deletes those of `rows` still in `operator`'s queue in `tx`, returning
+/// the keys of the rows deleted.
+pub(crate) async fn delete_rows_returning(
+    slot: &str,
+    operator: &str,
+    rows: &[&Row],
+    tx: &mut PgConnection,
+) -> sqlx::Result<Vec<super::RowKey>> {
+    sqlx::query_as(
+        "DELETE FROM walflow.queue q
+         USING UNNEST($3::int8[], $4::int4[], $5::int2[]) AS x(l, s, p)
+         WHERE q.slot = $1 AND q.operator = $2
+           AND q.commit_lsn = x.l AND q.seq = x.s AND q.part = x.p
+         RETURNING q.commit_lsn, q.seq, q.part",
+    )
+    .bind(slot)
+    .bind(operator)
+    .bind(rows.iter().map(|r| r.commit_lsn).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.part).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await
+}

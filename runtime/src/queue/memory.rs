@@ -94,6 +94,11 @@ impl MemoryState {
         inner.rows += 1;
     }
 
+    /// The end of the last transaction handed over.
+    pub fn enqueued(&self) -> Lsn {
+        self.lock().enqueued
+    }
+
     /// Rows outstanding in the memory queue.
     pub fn outstanding(&self) -> usize {
         self.lock().rows

@@ -283,17 +283,19 @@
 //! after, both do.
 //!
 //! **12. The stream storage (`QueueStorage::Stream`): the slot as the
-//! queue.** No queue row is written; the slot holds what is not applied.
+//! queue.** No queue row is written for an operator that keeps up; the
+//! slot holds what is not applied, and `walflow.queue` what is spilled.
 //! - *Hand-over*: as the memory queue's (rule 3): a batch's rows go to the
 //!   executors tagged with its flush; the flush waits until the batch's
 //!   transactions are visible, writes its process status marks and
 //!   refusals (rule 11) in one statement, then counts the rows as
 //!   outstanding (by the commit position of their first transaction) and
 //!   publishes its number; no unit starts before.
-//! - *Acknowledged: what is applied.* The consumer acknowledges the *safe
-//!   position*: the end of the last transaction counted when no row is
-//!   outstanding, else the commit position `c(T0)` of the oldest
-//!   outstanding row's first transaction; again whenever units finish. A
+//! - *Acknowledged: what is applied or spilled.* The consumer
+//!   acknowledges the *safe position*: the end of the last transaction
+//!   counted when no row is outstanding (handed over, neither applied nor
+//!   spilled), else the commit position `c(T0)` of the oldest outstanding
+//!   row's first transaction; again whenever rows stop being outstanding. A
 //!   slot that delivers again from confirmed position `p` skips exactly
 //!   the transactions whose commit record is before `p` (PostgreSQL's
 //!   `SnapBuildXactNeedsSkip`: `commit LSN < start`): `T0` and every later
@@ -324,38 +326,73 @@
 //!   each event exactly once; a handler ran, but what it wrote through
 //!   `ctx.transaction()` rolls back with the unit (handlers are at least
 //!   once, exactly once with `ctx.transaction()`).
+//! - *Spill.* An operator falls behind when its executor holds
+//!   `spill_rows` rows in memory (default 50,000), or has held one for
+//!   `spill_after` (default 30 s, since it was handed over: a backlog
+//!   delivered at start is not behind by its commit time alone), or one of
+//!   its ids waits to try again. Its held rows that no unit is running are then written to
+//!   `walflow.queue` exactly as the durable queue writes them, in one
+//!   transaction, once their flush has committed (so they are visible);
+//!   a unit about to wait before trying again writes its own. Only after
+//!   that commit do they stop counting as outstanding: the safe position
+//!   moves past them. From then on the executor writes what it is handed
+//!   to the queue too (a flush at a time, in commit order) before
+//!   admitting it, reads back what it dropped past its memory bound, and
+//!   a unit of a spilled row deletes it in its own transaction, as rule 4
+//!   says (and rolls back should it be gone). It runs from memory again
+//!   once it has read every spilled row back (nothing left to read below
+//!   what it holds), holds fewer than half `spill_rows` and no id waits:
+//!   an id's spilled rows are then all before anything handed over next. A slow
+//!   or failing operator so holds back the slot's acknowledgement only by
+//!   its rows that are running, and for at most the spill bounds.
+//! - *Spilled rows after a crash.* A spill's insert skips rows already in
+//!   the queue. An operator that starts with spilled rows runs nothing
+//!   until the flow has received a transaction past the redelivery horizon
+//!   (the start writes one: a logical message), and writes everything
+//!   delivered again to the queue meanwhile; then it reads the queue from
+//!   the start, so an id's events, spilled or delivered again, run in
+//!   commit order. Spilled rows before the horizon read the progress
+//!   record first, like those delivered again: a row spilled and then
+//!   applied from the queue is gone, one applied from memory before a
+//!   crash that came back is skipped and its queue row deleted. Rows the
+//!   durable queue left (a switch of storage) are read the same way.
 //! - *Process status in PostgreSQL.* At start, after waiting for the
-//!   predecessor's queue session (rule 2), the slot's `pending_status` is
-//!   deleted: every event it counts is delivered again (its rows were
-//!   outstanding, so the position is before it), its marks are written
-//!   afresh, and each of its rows releases once, applied or skipped. An
-//!   earlier run's unit still committing holds the pending rows it
-//!   releases, so the delete waits for it.
+//!   predecessor's queue session (rule 2), the slot's `pending_status` at
+//!   or after its confirmed position is deleted: every such event is
+//!   delivered again, its marks are written afresh, and each of its rows
+//!   releases once, applied or skipped (a spilled copy and the copy
+//!   delivered again are one queue row). Events before the confirmed
+//!   position are not delivered again; their pending rows are spilled and
+//!   release their status as they run. An earlier run's unit still
+//!   committing holds the pending rows it releases, so the delete waits
+//!   for it. A skipped spilled row releases only if its queue row was
+//!   still there (the run that deleted it released it).
 //! - *Dead letters.* A dead letter and its record commit together: a
 //!   dead-lettered event delivered again is skipped, not dead-lettered
 //!   twice. `retry_dead_letter` hands the row over as a *replay*: it
-//!   skips the record's check, and the dead letter is deleted by the
-//!   transaction of the unit that applies it, so a crash before leaves it
-//!   a dead letter; a replay whose dead letter is gone (replayed twice)
-//!   rolls back.
+//!   skips the record's check, is never spilled, and the dead letter is
+//!   deleted by the transaction of the unit that applies it, so a crash
+//!   before leaves it a dead letter; a replay whose dead letter is gone
+//!   (replayed twice) rolls back.
 //! - *Bounded records.* Every ten seconds the records of events before the
 //!   slot's confirmed position are deleted: the slot never delivers those
 //!   again, and a unit whose `COMMIT` got no reply keeps its rows
 //!   outstanding, so the position stays before them until rule 10's read
-//!   is done. The records are at most one per id touched since the
+//!   is done; a spilled row's unit deletes its queue row, which rule 4
+//!   checks. The records are at most one per id touched since the
 //!   confirmed position.
-//! - *Not yet*: an operator that falls behind or fails is not spilled to
-//!   `walflow.queue`; the consumer waits while 100,000 rows are
-//!   outstanding, and the oldest outstanding row holds the acknowledgement
-//!   of every operator. The fence and the process status are answered by
-//!   the flow holding the slot (a subscriber-only node cannot). A slot
-//!   with rows the durable queue left in `walflow.queue` is refused at
-//!   start. An executor whose loop dies fails the flow (its rows are not
-//!   acknowledged: they come again at the next start).
+//! - *The fence* waits until the memory fence holds and no spilled row of
+//!   the flow's operators at or before `lsn` is left in the queue (a row
+//!   leaves the memory count only once its spill has committed). It and
+//!   the process status are answered by the flow holding the slot (a
+//!   subscriber-only node cannot). An executor whose loop dies fails the
+//!   flow (its held rows are not acknowledged: they come again at the
+//!   next start).
 //!
 //! *Crash* at any step: nothing outstanding was acknowledged, so the slot
-//! delivers it again; what a committed unit applied is skipped by its
-//! record; what no unit committed runs.
+//! delivers it again; what was spilled is in the queue; what a committed
+//! unit applied is skipped by its record, or gone from the queue; what no
+//! unit committed runs.
 //!
 //! These rules are exercised by `tests/test_convergence.rs`: a random
 //! multi-statement workload with one and four writers, `coalesce` on and
@@ -380,6 +417,7 @@ pub(crate) mod handover;
 pub(crate) mod memory;
 pub(crate) mod nodes;
 pub(crate) mod progress;
+pub(crate) mod spill;
 pub(crate) mod status;
 pub(crate) mod store;
 
@@ -467,6 +505,9 @@ pub(crate) struct Row {
     /// With the stream storage, the dead letter this row replays (taken
     /// by the unit that applies it).
     pub(crate) replay: Option<i64>,
+    /// The row is in `walflow.queue` (read from it, or with the stream
+    /// storage written there by a spill): its unit deletes it.
+    pub(crate) spilled: bool,
 }
 
 impl Row {
@@ -493,6 +534,7 @@ impl Row {
             committed_at: None,
             span: tracing::Span::none(),
             replay: None,
+            spilled: true,
         }
     }
 
@@ -517,6 +559,7 @@ impl Row {
             committed_at: r.committed_at,
             span: r.span.clone(),
             replay: None,
+            spilled: false,
         }
     }
 

@@ -80,12 +80,17 @@ pub(crate) async fn read(
         .collect())
 }
 
-/// With the stream storage, deletes `slot`'s records of events before the
-/// slot's confirmed position every ten seconds, until `stop` turns true:
-/// the slot never delivers such an event again, so no redelivery asks
-/// about it, and a unit whose `COMMIT` got no reply holds the position
-/// below its rows until it has asked (its rows are outstanding). So the
-/// records are at most one per id touched since the confirmed position.
+/// With the stream storage, deletes `slot`'s records of events before both
+/// the slot's confirmed position and the oldest spilled row, every ten
+/// seconds, until `stop` turns true. Every copy of an event that may still
+/// run is at or after that bound: one held in memory is outstanding (the
+/// confirmed position is at or before it; so is that of a unit whose
+/// `COMMIT` got no reply, until it has asked), one in the queue is a
+/// spilled row (a row delivered again and spilled may have been applied
+/// before a crash: its record must stay), and one a killed run's unit may
+/// still commit is delivered again or spilled. So no record below it is
+/// asked about again, and the records are at most one per id touched since
+/// the bound.
 pub(crate) async fn prune_confirmed(
     pool: sqlx::PgPool,
     slot: String,
@@ -102,7 +107,9 @@ pub(crate) async fn prune_confirmed(
             "DELETE FROM walflow.progress
              WHERE slot = $1
                AND commit_lsn < (SELECT (confirmed_flush_lsn - '0/0')::numeric::int8
-                                 FROM pg_replication_slots WHERE slot_name = $1)",
+                                 FROM pg_replication_slots WHERE slot_name = $1)
+               AND commit_lsn < coalesce((SELECT min(coalesce(first_lsn, commit_lsn))
+                                          FROM walflow.queue WHERE slot = $1), 9223372036854775807)",
         )
         .bind(&slot)
         .execute(&pool)

@@ -251,14 +251,41 @@ pub(crate) async fn depths(
     Ok(out)
 }
 
-/// Deletes `slot`'s pending process status (the stream storage's start,
-/// rule 12): every event it counts comes again and is counted afresh. A
-/// unit of an earlier run still committing holds the rows it releases, so
-/// the delete waits for it.
+/// Deletes `slot`'s pending process status of the events at or after the
+/// slot's confirmed position (the stream storage's start, rule 12): the
+/// slot delivers those again, and they are counted afresh. The events
+/// before it are not delivered again; their rows are spilled, in the
+/// queue, and release their status as they run. A unit of an earlier run
+/// still committing holds the rows it releases, so the delete waits for it.
 pub(crate) async fn clear_pending(slot: &str, tx: &mut sqlx::PgConnection) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM walflow.pending_status WHERE slot = $1")
-        .bind(slot)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "DELETE FROM walflow.pending_status
+         WHERE slot = $1
+           AND commit_lsn >= coalesce((SELECT (confirmed_flush_lsn - '0/0')::numeric::int8
+                                       FROM pg_replication_slots WHERE slot_name = $1), 0)",
+    )
+    .bind(slot)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
+}
+
+/// Whether `operators` have spilled rows in the queue standing for events
+/// at or before `lsn` (the stream storage's fence, rule 12).
+pub(crate) async fn spilled_before(
+    pool: &PgPool,
+    slot: &str,
+    lsn: Lsn,
+    operators: &[&str],
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM walflow.queue
+                        WHERE slot = $1 AND operator = ANY($3)
+                          AND coalesce(first_lsn, commit_lsn) <= $2)",
+    )
+    .bind(slot)
+    .bind(lsn.0 as i64)
+    .bind(operators)
+    .fetch_one(pool)
+    .await
 }

@@ -89,22 +89,15 @@ impl Store {
     }
 
     /// The stream storage's start (rule 12), before the listener starts:
-    /// waits until no unit of an earlier run still holds a process status
-    /// row, clears the slot's pending process status (every event it
-    /// counted comes again, and is counted afresh), and reads the
-    /// redelivery horizon. Returns the rows the durable queue left in
-    /// `walflow.queue` for the slot, which this storage does not read (the
-    /// flow then refuses to start).
-    pub async fn start(&self, pool: &PgPool, slot: &str) -> sqlx::Result<i64> {
+    /// deletes the slot's pending process status of the events the slot
+    /// delivers again (at or after its confirmed position: they are counted
+    /// afresh; a unit of an earlier run still committing holds the rows it
+    /// releases, so the delete waits for it), reads the redelivery horizon,
+    /// and writes a transaction past it, so that the flow learns when it
+    /// has received everything delivered again.
+    pub async fn start(&self, pool: &PgPool, slot: &str) -> sqlx::Result<()> {
         if !self.stream {
-            return Ok(0);
-        }
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM walflow.queue WHERE slot = $1")
-            .bind(slot)
-            .fetch_one(pool)
-            .await?;
-        if left > 0 {
-            return Ok(left);
+            return Ok(());
         }
         if !self.memory_status {
             let mut tx = super::begin(pool).await?;
@@ -117,7 +110,10 @@ impl Store {
                 .await?;
         self.horizon
             .store(horizon as u64, std::sync::atomic::Ordering::Release);
-        Ok(0)
+        sqlx::query("SELECT pg_logical_emit_message(true, 'walflow.start', '')")
+            .execute(pool)
+            .await?;
+        Ok(())
     }
 
     /// With the stream storage, whether `row` may have been applied by an
@@ -231,6 +227,18 @@ impl Store {
         if !self.memory_queue && !dequeue::delete_rows(&shared.slot, operator, rows, tx).await? {
             return Ok(false);
         }
+        // The stream storage's spilled rows are deleted by their unit, as
+        // the durable queue's (rule 12).
+        let spilled: Vec<&Row> = if self.stream {
+            rows.iter().copied().filter(|r| r.spilled).collect()
+        } else {
+            Vec::new()
+        };
+        if !spilled.is_empty()
+            && !dequeue::delete_rows(&shared.slot, operator, &spilled, tx).await?
+        {
+            return Ok(false);
+        }
         if self.memory_queue {
             let advanced = super::progress::record(&shared.slot, operator, rows, tx).await?;
             // With the stream storage, a record already at or past a row
@@ -260,10 +268,28 @@ impl Store {
     /// Finishes `rows` that another run applied (rule 12): their process
     /// status released (the pending status was counted afresh at start)
     /// and the memory bookkeeping done. Returns once that committed.
-    pub async fn finish_applied(&self, shared: &Shared, rows: &[&Row]) -> sqlx::Result<()> {
-        if !self.memory_status {
+    /// A spilled row's queue row is deleted, and only a row still there
+    /// releases its status: one already gone was finished, status and all,
+    /// by the run that deleted it.
+    pub async fn finish_applied(
+        &self,
+        shared: &Shared,
+        operator: &str,
+        rows: &[&Row],
+    ) -> sqlx::Result<()> {
+        let mut release: Vec<&Row> = rows.iter().copied().filter(|r| !r.spilled).collect();
+        let spilled: Vec<&Row> = rows.iter().copied().filter(|r| r.spilled).collect();
+        if !self.memory_status || !spilled.is_empty() {
             let mut tx = super::begin(&shared.pool).await?;
-            dequeue::release_status(&shared.slot, rows, &mut tx).await?;
+            if !spilled.is_empty() {
+                let gone =
+                    dequeue::delete_rows_returning(&shared.slot, operator, &spilled, &mut tx)
+                        .await?;
+                release.extend(spilled.iter().copied().filter(|r| gone.contains(&r.key())));
+            }
+            if !self.memory_status {
+                dequeue::release_status(&shared.slot, &release, &mut tx).await?;
+            }
             tx.commit().await?;
         }
         self.finished(rows);
@@ -293,17 +319,76 @@ impl Store {
         if !self.memory_queue && !self.memory_status {
             return;
         }
-        let rows: Vec<Finished> = rows
-            .iter()
-            .map(|r| Finished {
+        let finished = |rows: &mut dyn Iterator<Item = &&Row>| -> Vec<Finished> {
+            rows.map(|r| Finished {
                 first_lsn: r.first_lsn.unwrap_or(r.commit_lsn),
                 commit_lsn: r.commit_lsn,
                 seq: r.seq,
                 covers: r.covers.clone(),
             })
-            .collect();
+            .collect()
+        };
+        // A spilled row left the memory queue's count when it was spilled.
+        let held = finished(&mut rows.iter().filter(|r| !(self.stream && r.spilled)));
         self.memory
-            .finished(&rows, self.memory_queue, self.memory_status);
+            .finished(&held, self.memory_queue, self.memory_status);
+        if self.stream {
+            let spilled = finished(&mut rows.iter().filter(|r| r.spilled));
+            if !spilled.is_empty() {
+                self.memory.finished(&spilled, false, self.memory_status);
+            }
+        }
+    }
+
+    /// With the stream storage, writes those of `rows` not spilled yet to
+    /// `walflow.queue` for `operator` (rule 12), in one transaction, then
+    /// counts them as no longer held: the slot's acknowledgement no longer
+    /// waits for them. Their process status still waits for their unit.
+    pub async fn spill(
+        &self,
+        shared: &Shared,
+        operator: &str,
+        rows: &mut [&mut Row],
+    ) -> sqlx::Result<()> {
+        // A dead letter put back stays a dead letter until its replay
+        // commits: it is never spilled (the queue has no place for the
+        // dead letter it replays).
+        let fresh: Vec<&Row> = rows
+            .iter()
+            .filter(|r| !r.spilled && r.replay.is_none())
+            .map(|r| &**r)
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let mut tx = super::begin(&shared.pool).await?;
+        super::spill::write(&shared.slot, operator, &fresh, &mut tx).await?;
+        tx.commit().await?;
+        crate::crash_point::hit("stream.spilled");
+        let counted: Vec<Finished> = fresh
+            .iter()
+            .map(|r| Finished {
+                first_lsn: r.first_lsn.unwrap_or(r.commit_lsn),
+                commit_lsn: r.commit_lsn,
+                seq: r.seq,
+                covers: Vec::new(),
+            })
+            .collect();
+        self.memory.finished(&counted, true, false);
+        for r in rows.iter_mut().filter(|r| r.replay.is_none()) {
+            r.spilled = true;
+        }
+        Ok(())
+    }
+
+    /// The end of the last transaction handed over in memory.
+    pub fn handed_up_to(&self) -> Lsn {
+        self.memory.enqueued()
+    }
+
+    /// With the stream storage, the redelivery horizon read at start.
+    pub fn horizon(&self) -> Lsn {
+        Lsn(self.horizon.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// What finishing `row` needs when its unit wrote nothing.
@@ -335,6 +420,16 @@ impl Store {
             (true, true) => Err(StoreError::Unavailable(
                 "wait_processed with queue_storage = memory",
             )),
+            (true, false) if self.stream => match self.memory.fence(lsn) {
+                // What is spilled is in the queue, no longer held.
+                Some(true) => Ok(Some(
+                    !crate::pg_error::transient_retried(|| {
+                        status::spilled_before(pool, slot, lsn, operators)
+                    })
+                    .await?,
+                )),
+                other => Ok(other),
+            },
             (true, false) => Ok(self.memory.fence(lsn)),
             (false, _) => Ok(crate::pg_error::transient_retried(|| {
                 status::fence_reached(pool, slot, lsn, operators)
@@ -396,6 +491,8 @@ impl Store {
         let mut row = Row::from_queued(dead.row);
         if self.stream {
             row.replay = Some(id);
+            // Not in the queue: in the dead letters.
+            row.spilled = false;
         }
         self.memory.requeued(row.commit_lsn);
         shared.handover.push(&dead.operator, row);
