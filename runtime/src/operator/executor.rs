@@ -927,10 +927,26 @@ impl UnitRunner {
             // Stopping: the caller's split runs each, which stop as well.
             return false;
         }
-        // Rows an earlier run may have applied are checked one unit at a
-        // time (rule 12).
-        if all.iter().any(|r| self.shared.store.maybe_applied(r)) {
-            return false;
+        // Rows an earlier run may have applied (rule 12): their records are
+        // read for the whole group; should any say applied, each unit is
+        // run (and skipped) on its own.
+        let store = &self.shared.store;
+        if all.iter().any(|r| store.maybe_applied(r)) {
+            match store.applied(&self.shared, self.op.name, &all).await {
+                Ok(records) => {
+                    let applied = all.iter().any(|r| {
+                        store.maybe_applied(r)
+                            && records.get(&r.id_key).is_some_and(|k| *k >= r.key())
+                    });
+                    if applied {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    self.shared.note_error(&e);
+                    return false;
+                }
+            }
         }
         let last = &all[all.len() - 1];
         let ids: Vec<String> = units

@@ -316,7 +316,9 @@
 //!   event an earlier run could have received commits before it. A unit
 //!   whose rows commit before `H` reads the record first; rows at or
 //!   before it are finished without running (their process status
-//!   released) and the rest run. Rows at or after `H` skip the read.
+//!   released) and the rest run. Rows at or after `H` skip the read. (A
+//!   group of ids in one transaction reads their records at once, and
+//!   runs as a group when none says applied.)
 //! - *An earlier run still committing.* A killed run's unit whose `COMMIT`
 //!   was already sent may commit after that read. It wrote the record
 //!   before sending `COMMIT`, so it holds the record's row lock: the new
