@@ -226,11 +226,11 @@ pub(crate) async fn run(
             }
             // Held longer than `spill_after` (since handed over: a backlog
             // delivered at start is not behind by its commit time alone).
+            // Rows are handed over in commit order, so the oldest commit
+            // position held is the longest held.
             let aged = ages
-                .values()
-                .map(|(_, _, since)| *since)
-                .min()
-                .is_some_and(|since| since.elapsed() >= shared.config.spill_after());
+                .first_key_value()
+                .is_some_and(|(_, (_, _, since))| since.elapsed() >= shared.config.spill_after());
             let behind = in_memory.len() >= shared.config.spill_rows()
                 || aged
                 || unit.waiting.load(Ordering::Acquire) > 0;
