@@ -543,12 +543,13 @@ impl Run {
             drop(held);
             if let Some(point) = self.crash_at {
                 // A hit soon, but not always the first. (Start-up points, a
-                // read of the backlog and the one chunk of the big
-                // transaction may be met only once per flow.)
+                // read of the backlog, the one chunk of the big transaction,
+                // the skip of what came again applied and the return from
+                // the queue may be met only once per flow.)
                 let once = point.starts_with("start.")
                     || matches!(
                         point,
-                        "queue.partial" | "executor.fetched" | "stream.returned"
+                        "queue.partial" | "executor.fetched" | "stream.returned" | "stream.skipped"
                     );
                 let hit = if once { 1 } else { 1 + rng.below(3) };
                 let at = format!("{point}:{hit}");
