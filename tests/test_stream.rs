@@ -381,7 +381,7 @@ on_event! {
 }
 
 async fn slow(event: Event<Work>, ctx: Ctx) -> Result<(), walflow::BoxError> {
-    tokio::time::sleep(Duration::from_millis(40)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     record(&ctx, "slow_done", event.record().expect("row").id).await
 }
 
