@@ -233,16 +233,7 @@ async fn flush(
     partial: Option<(Lsn, u32)>,
 ) -> sqlx::Result<()> {
     let (rows, dead) = (&batch.rows, &batch.refused);
-    let covers = |f: fn(&(i64, i32)) -> String| -> Vec<Option<String>> {
-        rows.iter()
-            .map(|r| {
-                (!r.covers.is_empty()).then(|| {
-                    let items: Vec<String> = r.covers.iter().map(f).collect();
-                    format!("{{{}}}", items.join(","))
-                })
-            })
-            .collect()
-    };
+    let covers = |f: fn(&(i64, i32)) -> String| covers_text(rows.iter().map(|r| &r.covers), f);
     // (With the memory process status, the store took the marks out.)
     let (pending, done): (Vec<&StatusMark>, Vec<_>) =
         batch.status.iter().partition(|s| s.remaining > 0);
@@ -347,6 +338,22 @@ async fn flush(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Per row, the events collapsed into it as an array literal (one part of
+/// each, by `f`), `NULL` for a row that collapsed none: how the queue's
+/// `cover_lsns` and `cover_seqs` are bound.
+pub(crate) fn covers_text<'a>(
+    rows: impl Iterator<Item = &'a Vec<(i64, i32)>>,
+    f: fn(&(i64, i32)) -> String,
+) -> Vec<Option<String>> {
+    rows.map(|covers| {
+        (!covers.is_empty()).then(|| {
+            let items: Vec<String> = covers.iter().map(f).collect();
+            format!("{{{}}}", items.join(","))
+        })
+    })
+    .collect()
 }
 
 /// Whether queueing failed because a transaction of the batch is not yet

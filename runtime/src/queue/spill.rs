@@ -15,15 +15,8 @@ pub(crate) async fn write(
     rows: &[&Row],
     tx: &mut PgConnection,
 ) -> sqlx::Result<()> {
-    let covers = |f: fn(&(i64, i32)) -> String| -> Vec<Option<String>> {
-        rows.iter()
-            .map(|r| {
-                (!r.covers.is_empty()).then(|| {
-                    let items: Vec<String> = r.covers.iter().map(f).collect();
-                    format!("{{{}}}", items.join(","))
-                })
-            })
-            .collect()
+    let covers = |f: fn(&(i64, i32)) -> String| {
+        super::enqueue::covers_text(rows.iter().map(|r| &r.covers), f)
     };
     sqlx::query(
         "INSERT INTO walflow.queue
