@@ -94,30 +94,21 @@ pub(crate) async fn read(
 pub(crate) async fn prune_confirmed(
     pool: sqlx::PgPool,
     slot: String,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(PRUNE_CONFIRMED_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tick.tick() => {}
-        }
-        let pruned = sqlx::query(
-            "DELETE FROM walflow.progress
-             WHERE slot = $1
-               AND commit_lsn < (SELECT (confirmed_flush_lsn - '0/0')::numeric::int8
-                                 FROM pg_replication_slots WHERE slot_name = $1)
-               AND commit_lsn < coalesce((SELECT min(coalesce(first_lsn, commit_lsn))
-                                          FROM walflow.queue WHERE slot = $1), 9223372036854775807)",
-        )
-        .bind(&slot)
-        .execute(&pool)
-        .await;
-        if let Err(e) = pruned {
-            tracing::debug!(error = %crate::pg_error::DbError(&e), "pruning walflow.progress failed; trying again later");
-        }
-    }
+    prune_every(
+        pool,
+        slot,
+        stop,
+        PRUNE_CONFIRMED_EVERY,
+        "DELETE FROM walflow.progress
+         WHERE slot = $1
+           AND commit_lsn < (SELECT (confirmed_flush_lsn - '0/0')::numeric::int8
+                             FROM pg_replication_slots WHERE slot_name = $1)
+           AND commit_lsn < coalesce((SELECT min(coalesce(first_lsn, commit_lsn))
+                                      FROM walflow.queue WHERE slot = $1), 9223372036854775807)",
+    )
+    .await;
 }
 
 /// How often [`prune_confirmed`] runs.
@@ -164,33 +155,42 @@ pub(crate) async fn committed(
     Ok(found >= *key)
 }
 
-/// How long a record is kept after it was last written: [`committed`] is
-/// asked within seconds of the `COMMIT` it is about.
-pub(crate) const KEEP: Duration = Duration::from_secs(3600);
-
-/// Deletes `slot`'s records older than [`KEEP`], every ten minutes, until
-/// `stop` turns true.
+/// Deletes `slot`'s records last written more than an hour ago, every ten
+/// minutes, until `stop` turns true ([`committed`] is asked within seconds
+/// of the `COMMIT` it is about).
 pub(crate) async fn prune(
     pool: sqlx::PgPool,
     slot: String,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    prune_every(
+        pool,
+        slot,
+        stop,
+        Duration::from_secs(600),
+        "DELETE FROM walflow.progress
+         WHERE slot = $1 AND recorded_at < now() - interval '3600 seconds'",
+    )
+    .await;
+}
+
+/// Runs `delete` (on `slot`'s records, bound as `$1`) every `every` until
+/// `stop` turns true; a failure is tried again at the next turn.
+async fn prune_every(
+    pool: sqlx::PgPool,
+    slot: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    every: Duration,
+    delete: &'static str,
+) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
         }
-        let pruned = sqlx::query(
-            "DELETE FROM walflow.progress
-             WHERE slot = $1 AND recorded_at < now() - make_interval(secs => $2)",
-        )
-        .bind(&slot)
-        .bind(KEEP.as_secs_f64())
-        .execute(&pool)
-        .await;
-        if let Err(e) = pruned {
+        if let Err(e) = sqlx::query(delete).bind(&slot).execute(&pool).await {
             tracing::debug!(error = %crate::pg_error::DbError(&e), "pruning walflow.progress failed; trying again later");
         }
     }
