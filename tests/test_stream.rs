@@ -4,8 +4,9 @@
 //! events held when a flow stops come again and are applied once, what was
 //! applied before is not run again, the progress records are pruned once
 //! the slot is past them, a slow operator spills to `walflow.queue`
-//! without holding back the slot, and rows the durable queue left run
-//! after a switch.
+//! without holding back the slot, rows the durable queue left run after a
+//! switch, and a backlog delivered at start larger than `spill_rows` runs
+//! from memory while rows held past it while running spill.
 //!
 //! Kills, crash points and PostgreSQL restarts with this storage are in
 //! `tests/test_convergence.rs` (its `stream_*` cases).
@@ -462,6 +463,118 @@ async fn a_slow_operator_spills_and_does_not_hold_back_the_slot() {
             "{table}: each event once"
         );
     }
+    assert_eq!(count(&db, "SELECT count(*) FROM walflow.queue").await, 0);
+    flow.shutdown().await.unwrap();
+}
+
+/// A row of a table filled while no flow ran.
+#[event_source(table = "backlog")]
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Backlog {
+    /// Its id.
+    pub id: i64,
+}
+
+on_event! {
+    /// Waits at `BACKLOG_GATE`, then records the row in `backlog_done`.
+    operator Backlogged {
+        events: [insert],
+        entities: [Backlog],
+        id: [Backlog.id],
+        handler: backlogged,
+    }
+}
+
+/// Open, except while `a_backlog_at_start_is_not_falling_behind` makes the
+/// operator fall behind.
+static BACKLOG_GATE: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(true).0);
+
+async fn backlogged(event: Event<Backlog>, ctx: Ctx) -> Result<(), walflow::BoxError> {
+    let _ = BACKLOG_GATE.subscribe().wait_for(|open| *open).await;
+    record(&ctx, "backlog_done", event.record().expect("row").id).await
+}
+
+/// The operator's `walflow_operator_spilled_rows_total`.
+async fn spilled_rows(flow: &Walflow, operator: &str) -> u64 {
+    let addr = flow.metrics_addr().expect("an endpoint");
+    let (status, body) = common::http::get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    let prefix = format!("walflow_operator_spilled_rows_total{{operator=\"{operator}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {prefix}in {body}"))
+        .parse()
+        .expect("a count")
+}
+
+/// Rows written while no flow ran, many more than `spill_rows`, are the
+/// backlog the slot delivers at start: the operator runs them from memory
+/// (spilling them would only copy the WAL into a table) and each applies
+/// once. Rows that pile up while it runs do spill past `spill_rows`.
+#[tokio::test]
+async fn a_backlog_at_start_is_not_falling_behind() {
+    let db = common::db().await;
+    db.exec(
+        "CREATE TABLE backlog (id bigint PRIMARY KEY);
+         CREATE TABLE backlog_done (id bigint PRIMARY KEY, n int NOT NULL);",
+    )
+    .await;
+    let slot = db.slot("backlog");
+    let start = || {
+        Walflow::builder()
+            .database_url(&db.url)
+            .slot_name(&slot)
+            .queue_storage(QueueStorage::Stream)
+            .spill_rows(20)
+            .spill_after(Duration::from_secs(600))
+            .operators(["Backlogged"])
+            .metrics_endpoint(([127, 0, 0, 1], 0))
+            .start()
+    };
+    // The slot exists; then 400 rows arrive while nothing runs.
+    start().await.unwrap().shutdown().await.unwrap();
+    const N: i64 = 400;
+    for i in 0..4 {
+        db.exec(&format!(
+            "INSERT INTO backlog SELECT generate_series({} + 1, {} + 100)",
+            i * 100,
+            i * 100
+        ))
+        .await;
+    }
+    let flow = start().await.expect("the flow starts");
+    let lsn = flow.current_lsn().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM backlog_done WHERE n = 1").await,
+        N
+    );
+    assert_eq!(
+        spilled_rows(&flow, "Backlogged").await,
+        0,
+        "the backlog ran from memory"
+    );
+
+    // Held while running: past `spill_rows`, the rows spill.
+    BACKLOG_GATE.send_replace(false);
+    db.exec("INSERT INTO backlog SELECT generate_series(1001, 1100)")
+        .await;
+    common::wait_until(Duration::from_secs(60), || async {
+        spilled_rows(&flow, "Backlogged").await > 0
+    })
+    .await;
+    BACKLOG_GATE.send_replace(true);
+    let lsn = flow.current_lsn().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM backlog_done WHERE n = 1").await,
+        N + 100
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM walflow.queue").await, 0);
     flow.shutdown().await.unwrap();
 }

@@ -67,6 +67,9 @@ pub const OPERATOR_RETRIES: &str = "walflow_operator_retries_total";
 pub const OPERATOR_FAILURES: &str = "walflow_operator_failures_total";
 /// Events an operator gave up on, moved to `walflow.dead_letters`.
 pub const OPERATOR_DEAD_LETTERED: &str = "walflow_operator_dead_letters_total";
+/// Rows an operator wrote to `walflow.queue` because it fell behind or
+/// waits to try again (the stream storage).
+pub const OPERATOR_SPILLED: &str = "walflow_operator_spilled_rows_total";
 /// Dead letters of an operator now in `walflow.dead_letters`.
 pub const DEAD_LETTERS: &str = "walflow_dead_letters";
 /// Open realtime subscriptions.
@@ -154,6 +157,12 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "counter",
         "`operator`",
         "Events the operator gave up on (moved to the dead letters).",
+    ),
+    (
+        OPERATOR_SPILLED,
+        "counter",
+        "`operator`",
+        "Rows the operator wrote to `walflow.queue` because it fell behind or waits to try again (the stream storage).",
     ),
     (
         DEAD_LETTERS,
@@ -245,6 +254,7 @@ pub(crate) fn flow_started<'a>(
             OPERATOR_RETRIES,
             OPERATOR_FAILURES,
             OPERATOR_DEAD_LETTERED,
+            OPERATOR_SPILLED,
         ] {
             metrics::counter!(name, "operator" => *operator).increment(0);
         }
@@ -312,6 +322,11 @@ pub(crate) fn applied(operator: &'static str, committed: impl Iterator<Item = Op
     for t in committed.flatten() {
         histogram.record((now - t).max(0) as f64 / 1e6);
     }
+}
+
+/// `operator` spilled `rows` rows to `walflow.queue`.
+pub(crate) fn spilled(operator: &str, rows: usize) {
+    metrics::counter!(OPERATOR_SPILLED, "operator" => operator.to_owned()).increment(rows as u64);
 }
 
 /// A failed attempt of `operator`: retried or given up.

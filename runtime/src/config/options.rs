@@ -174,8 +174,11 @@ macro_rules! with_options {
                 default("`QueueStorage::Postgres`"), esx("`queue_storage_adapter`");
 
             /// With the stream storage: held rows of one operator past which
-            /// its held events are written to `walflow.queue` and it runs
-            /// from there until it has caught up (at least 1).
+            /// it has fallen behind: its held events are written to
+            /// `walflow.queue` and it runs from there until it has caught up
+            /// (at least 1). The backlog the slot delivers at start (events
+            /// committed before the flow started) does not count: it runs
+            /// from memory, unless held longer than `spill_after`.
             spill_rows: usize = 50_000;
                 set(n: usize) => n;
                 get(c) -> usize => c.spill_rows;

@@ -158,6 +158,9 @@ pub(crate) async fn run(
     let mut gated = false;
     // Admitted rows held in memory only (not spilled).
     let mut in_memory: HashSet<RowKey> = HashSet::new();
+    // Of those, rows that commit before the redelivery horizon: the backlog
+    // delivered at start, which is not falling behind by its size alone.
+    let mut backlog = 0usize;
     if stream {
         loop {
             match crate::queue::spill::any(&shared.pool, &shared.slot, op.name).await {
@@ -231,7 +234,7 @@ pub(crate) async fn run(
             let aged = ages
                 .first_key_value()
                 .is_some_and(|(_, (_, _, since))| since.elapsed() >= shared.config.spill_after());
-            let behind = in_memory.len() >= shared.config.spill_rows()
+            let behind = in_memory.len() - backlog >= shared.config.spill_rows()
                 || aged
                 || unit.waiting.load(Ordering::Acquire) > 0;
             if behind && !in_memory.is_empty() {
@@ -257,7 +260,13 @@ pub(crate) async fn run(
                         match shared.store.spill(&shared, op.name, &mut rows).await {
                             Ok(()) => {
                                 for r in &rows {
-                                    forget_age(&mut ages, &mut in_memory, r.key());
+                                    forget_age(
+                                        &mut ages,
+                                        &mut in_memory,
+                                        &mut backlog,
+                                        &shared,
+                                        r.key(),
+                                    );
                                 }
                                 tracing::info!(
                                     operator = op.name,
@@ -436,7 +445,7 @@ pub(crate) async fn run(
                                         }
                                     }
                                 } else {
-                                    forget_age(&mut ages, &mut in_memory, k);
+                                    forget_age(&mut ages, &mut in_memory, &mut backlog, &shared, k);
                                 }
                             }
                             in_flight.remove(&key);
@@ -568,8 +577,11 @@ pub(crate) async fn run(
                                 ages.entry(row.commit_lsn)
                                     .or_insert((0, committed, std::time::Instant::now()))
                                     .0 += 1;
-                                if stream {
-                                    in_memory.insert(row.key());
+                                if stream
+                                    && in_memory.insert(row.key())
+                                    && (row.commit_lsn as u64) < shared.store.horizon().0
+                                {
+                                    backlog += 1;
                                 }
                             }
                         }
@@ -592,10 +604,15 @@ pub(crate) async fn run(
 fn forget_age(
     ages: &mut std::collections::BTreeMap<i64, (usize, i64, std::time::Instant)>,
     in_memory: &mut HashSet<RowKey>,
+    backlog: &mut usize,
+    shared: &Shared,
     key: RowKey,
 ) {
     if !in_memory.remove(&key) {
         return;
+    }
+    if (key.0 as u64) < shared.store.horizon().0 {
+        *backlog -= 1;
     }
     if let Some(e) = ages.get_mut(&key.0) {
         e.0 -= 1;

@@ -329,10 +329,14 @@
 //!   `ctx.transaction()` rolls back with the unit (handlers are at least
 //!   once, exactly once with `ctx.transaction()`).
 //! - *Spill.* An operator falls behind when its executor holds
-//!   `spill_rows` rows in memory (default 50,000), or has held one for
-//!   `spill_after` (default 30 s, since it was handed over: a backlog
-//!   delivered at start is not behind by its commit time alone), or one of
-//!   its ids waits to try again. Its held rows that no unit is running are then written to
+//!   `spill_rows` rows in memory (default 50,000) that commit at or after
+//!   the redelivery horizon, or has held one for `spill_after` (default
+//!   30 s, since it was handed over), or one of its ids waits to try
+//!   again. The backlog delivered at start (rows before the horizon) is not
+//!   behind by its size or its commit time alone: spilling it would copy
+//!   WAL the slot keeps anyway into a table; it spills only once held for
+//!   `spill_after`, so an operator slow on it does not hold back the others
+//!   longer than with a live backlog. Its held rows that no unit is running are then written to
 //!   `walflow.queue` exactly as the durable queue writes them, in one
 //!   transaction, once their flush has committed (so they are visible);
 //!   a unit about to wait before trying again writes its own. Only after

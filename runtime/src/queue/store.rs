@@ -365,6 +365,7 @@ impl Store {
         super::spill::write(&shared.slot, operator, &fresh, &mut tx).await?;
         tx.commit().await?;
         crate::crash_point::hit("stream.spilled");
+        crate::telemetry::spilled(operator, fresh.len());
         let counted: Vec<Finished> = fresh
             .iter()
             .map(|r| Finished {
