@@ -12,13 +12,13 @@
 //! `pg_recvlogical` takes to read the same backlog on its own slot; (b) runs
 //! with each queue storage: the durable queue (`QueueStorage::Postgres`),
 //! the memory queue and the stream storage (no queue rows; a progress
-//! record per unit). The stream storage's drain is a restart's: the
-//! backlog commits before the flow's redelivery horizon (rule 12 of the
-//! queue protocol), so each unit reads its progress record before it runs.
-//! Each drain measures the WAL of walflow's own tables against the
-//! application's WAL for the backlog (`walflow WAL / app WAL`), with the
-//! progress record's share per unit, and counts the transactions
-//! committed. Then the commit-to-handler latency of single-row commits
+//! record per unit transaction). The stream storage's drain is a
+//! restart's: the backlog commits before the flow's redelivery horizon
+//! (rule 12 of the queue protocol), so each unit looks its rows up in the
+//! records read at start before it runs. Each drain measures the WAL of
+//! walflow's own tables against the application's WAL for the backlog
+//! (`walflow WAL / app WAL`), with the progress record's share per event,
+//! and counts the transactions committed. Then the commit-to-handler latency of single-row commits
 //! with each storage, beside a LISTEN/NOTIFY round trip and beside the
 //! commit-to-listener time of a bare listener, measured in the same run.
 //! Figures, not assertions.
@@ -218,8 +218,8 @@ async fn async_main() {
             );
             if drained.progress_writes > 0 {
                 line.push_str(&format!(
-                    "; progress record {:.0} B per unit, {} units",
-                    wal.progress as f64 / drained.progress_writes as f64,
+                    "; progress record {:.1} B per event, {} records",
+                    wal.progress as f64 / events,
                     drained.progress_writes
                 ));
             }
@@ -248,7 +248,7 @@ struct DrainWal {
     app: i64,
     /// walflow's tables during the drain.
     walflow: i64,
-    /// `walflow.progress` (its index included) during the drain.
+    /// `walflow.applied` (the progress record) during the drain.
     progress: i64,
 }
 
@@ -370,11 +370,11 @@ async fn drain(
         .await
         .unwrap();
     flow.shutdown().await.unwrap();
-    // Each run of the MERGE inserts or updates one row; each unit of the
-    // memory queue and the stream storage inserts or moves one progress
-    // record. Closed sessions report their counts as they exit, so they
-    // are awaited (bounded): every event's run without coalescing, at
-    // least one per post with it.
+    // Each run of the MERGE inserts or updates one row; each unit
+    // transaction of the stream storage inserts one progress record (a
+    // group of units, one). Closed sessions report their counts as they
+    // exit, so they are awaited (bounded): every event's run without
+    // coalescing, at least one per post with it.
     let expected = if operator == "EveryEvent" {
         POSTS + comments
     } else {
@@ -385,8 +385,8 @@ async fn drain(
         let (queued_rows, progress_writes, runs): (i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT n_tup_ins FROM pg_stat_user_tables
                      WHERE schemaname = 'walflow' AND relname = 'queue'),
-                    (SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables
-                     WHERE schemaname = 'walflow' AND relname = 'progress'),
+                    (SELECT n_tup_ins FROM pg_stat_user_tables
+                     WHERE schemaname = 'walflow' AND relname = 'applied'),
                     (SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables
                      WHERE relname = 'post_with_comments_counts')",
         )
@@ -395,7 +395,7 @@ async fn drain(
         .unwrap();
         let written = match storage {
             QueueStorage::Postgres => queued_rows,
-            QueueStorage::Memory | QueueStorage::Stream => progress_writes,
+            QueueStorage::Memory | QueueStorage::Stream => runs,
         };
         if (written >= expected && runs >= expected) || asked.elapsed() > Duration::from_secs(5) {
             break (queued_rows, progress_writes, runs);
@@ -457,7 +457,7 @@ async fn drain(
             app: total(&app),
             walflow,
             progress: during
-                .get(&("walflow".to_owned(), "progress".to_owned()))
+                .get(&("walflow".to_owned(), "applied".to_owned()))
                 .copied()
                 .unwrap_or(0),
         })

@@ -1,5 +1,6 @@
-//! A unit whose `COMMIT` gets no reply: with the memory queue, nothing in
-//! the database but the unit's progress record says whether it committed.
+//! A unit whose `COMMIT` gets no reply: with the memory queue and the
+//! stream storage, nothing in walflow's tables but the server's status of
+//! the unit's transaction (`pg_xact_status`) says whether it committed.
 //! A proxy between walflow and PostgreSQL breaks every third `COMMIT` of
 //! the flow's units, half of them after forwarding it (the server commits,
 //! the reply is lost), half before (the server never commits). A
@@ -29,12 +30,17 @@ async fn counted(db: &common::Db) -> Vec<(i64, i64)> {
 
 #[tokio::test]
 async fn a_commit_whose_reply_is_lost_is_applied_once() {
-    for status in [ProcessStatusStorage::Memory, ProcessStatusStorage::Postgres] {
-        run(status).await;
+    for (queue, status) in [
+        (QueueStorage::Memory, ProcessStatusStorage::Memory),
+        (QueueStorage::Memory, ProcessStatusStorage::Postgres),
+        (QueueStorage::Stream, ProcessStatusStorage::Postgres),
+    ] {
+        run(queue, status).await;
     }
 }
 
-async fn run(status: ProcessStatusStorage) {
+async fn run(queue: QueueStorage, status: ProcessStatusStorage) {
+    eprintln!("queue storage {queue:?}, process status {status:?}");
     let db = common::db().await;
     db.exec(blog::SCHEMA).await;
     let server = url::Url::parse(&db.url).unwrap();
@@ -48,7 +54,7 @@ async fn run(status: ProcessStatusStorage) {
     let flow = Walflow::builder()
         .database_url(proxy.url(&db.url))
         .slot_name(db.slot("lostcommit"))
-        .queue_storage(QueueStorage::Memory)
+        .queue_storage(queue)
         .process_status_storage(status)
         .min_restart_time(Duration::from_millis(10))
         .max_restart_time(Duration::from_millis(50))

@@ -208,7 +208,7 @@ async fn acknowledged_only_once_applied() {
     assert_eq!(count(&db, "SELECT count(*) FROM walflow.queue").await, 0);
     // Pruned once the slot is past them (every ten seconds).
     common::wait_until(Duration::from_secs(60), || async {
-        count(&db, "SELECT count(*) FROM walflow.progress").await == 0
+        count(&db, "SELECT count(*) FROM walflow.applied").await == 0
     })
     .await;
     flow.shutdown().await.unwrap();

@@ -33,9 +33,10 @@
 //!   flow of a slot (retrying dead letters), with their progress.
 //! - `walflow.operators (slot, operator, started_at)`: the operators of the
 //!   flow that last started on a slot.
-//! - `walflow.progress (slot, operator, id_key, commit_lsn, seq, part,
-//!   recorded_at)`: per operator and mapped id, the last event a committed
-//!   unit applied (with the memory queue; see the queue module's rule 10).
+//! - `walflow.applied (slot, operator, lo, hi, positions)`: the progress
+//!   record, one row per committed unit transaction of the stream
+//!   storage: the positions of the rows it applied (see the queue module's
+//!   rule 12).
 //! - `walflow.nodes (slot, node, operators, started_at, heartbeat_at)`: the
 //!   flows running a slot's operators, with the operators each declares and
 //!   a heartbeat; the LSN fence counts only the operators of live ones.
@@ -269,6 +270,23 @@ CREATE TABLE walflow.nodes (
 CREATE INDEX queue_operator_first_position
     ON walflow.queue (slot, operator, (coalesce(first_lsn, commit_lsn)));
 DROP INDEX walflow.queue_first_position;
+"#,
+    ),
+    (
+        8,
+        r#"
+-- The progress record, per committed unit transaction instead of per id:
+-- the positions (commit_lsn, seq, part) of the rows it applied, encoded as
+-- varints, with their lowest and highest commit LSN (pruning). Read whole
+-- at start and pruned every ten seconds, so neither needs an index.
+CREATE TABLE walflow.applied (
+    slot text NOT NULL,
+    operator text NOT NULL,
+    lo bigint NOT NULL,
+    hi bigint NOT NULL,
+    positions bytea NOT NULL
+);
+DROP TABLE walflow.progress;
 "#,
     ),
 ];

@@ -58,9 +58,9 @@ pub enum QueueStorage {
     /// In memory: lost when the process stops.
     Memory,
     /// Straight from the replication stream: rows are handed to the
-    /// executors in memory and no queue row is written; each unit records,
-    /// in its own transaction, how far its operator got for its id
-    /// (`walflow.progress`), and the slot is acknowledged only up to the
+    /// executors in memory and no queue row is written; each unit
+    /// transaction records in itself the positions of the events it
+    /// applied (`walflow.applied`), and the slot is acknowledged only up to the
     /// oldest event some operator has not applied. After a crash the slot
     /// delivers the rest again and each operator skips what its record
     /// says it applied: query operators apply every event exactly once,

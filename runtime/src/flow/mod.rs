@@ -63,9 +63,8 @@
 //! executors, so **events not yet applied when the process stops or
 //! crashes are lost** (the slot has moved past them). Within one run a
 //! query operator applies each event exactly once, also when a `COMMIT`'s
-//! reply is lost: each unit records its progress in `walflow.progress` in
-//! its own transaction, and a unit whose commit outcome is unknown reads
-//! it before running again. It saves the queue's writes; the consumer
+//! reply is lost: a unit whose commit outcome is unknown asks the server
+//! for its transaction's status before running again. It saves the queue's writes; the consumer
 //! waits when 100,000 rows are outstanding. Dead letters are still kept in
 //! `walflow.dead_letters`. An operator's executor that dies (a panic in its
 //! own loop, not in a unit) takes its held rows with it: the flow then
@@ -74,8 +73,8 @@
 //! [`QueueStorage::Stream`](crate::config::QueueStorage::Stream) runs
 //! operators straight from the replication stream without losing anything:
 //! rows are handed over in memory and no queue row is written, each unit
-//! records its operator's progress for its id (`walflow.progress`) in its
-//! own transaction, and the slot is acknowledged only up to the oldest
+//! transaction records the positions of the events it applied
+//! (`walflow.applied`) in itself, and the slot is acknowledged only up to the oldest
 //! event not yet applied. After a crash or a stop the slot delivers the
 //! rest again and each operator skips what its record says it applied
 //! (query operators exactly once; handlers at least once, exactly once
@@ -655,14 +654,8 @@ impl WalflowBuilder {
             stop_rx.clone(),
         ));
 
-        if shared.store.stream() {
+        if shared.store.records_progress() {
             tokio::spawn(crate::queue::progress::prune_confirmed(
-                shared.pool.clone(),
-                shared.slot.clone(),
-                stop_rx.clone(),
-            ));
-        } else if shared.store.records_progress() {
-            tokio::spawn(crate::queue::progress::prune(
                 shared.pool.clone(),
                 shared.slot.clone(),
                 stop_rx.clone(),

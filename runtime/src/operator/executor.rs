@@ -46,7 +46,7 @@ use crate::dispatch::id_display;
 use crate::pg_error::is_transient;
 use crate::queue::dequeue::{FETCH, fetch};
 use crate::queue::handover::{Inbox, RunSnapshot, Signals};
-use crate::queue::store::Completion;
+use crate::queue::store::{Completion, Finish};
 use crate::queue::{Row, RowKey, Shared};
 /// Upper bound of rows held in memory per operator.
 const MAX_PENDING: usize = 20_000;
@@ -847,23 +847,22 @@ impl UnitRunner {
     }
 
     /// With the stream storage, `rows` without those an earlier run applied
-    /// (rule 12): rows that commit before the redelivery horizon are checked
-    /// against the operator's progress record, and those at or before it
-    /// are finished without running. `None` when none is left, or when the
+    /// (rule 12): rows that commit before the redelivery horizon are looked
+    /// up in the progress records read at start, and those found are
+    /// finished without running. `None` when none is left, or when the
     /// flow stops first.
     async fn not_applied(&self, rows: Vec<Row>) -> Option<Vec<Row>> {
         let store = &self.shared.store;
-        if !rows.iter().any(|r| store.maybe_applied(r)) {
+        if !rows.iter().any(|r| store.was_applied(self.op.name, r)) {
             return Some(rows);
         }
         let mut tries = 0u32;
         loop {
             let refs: Vec<&Row> = rows.iter().collect();
             let done = async {
-                let records = store.applied(&self.shared, self.op.name, &refs).await?;
-                let (applied, rest): (Vec<&Row>, Vec<&Row>) = refs.iter().partition(|r| {
-                    store.maybe_applied(r) && records.get(&r.id_key).is_some_and(|k| *k >= r.key())
-                });
+                let (applied, rest): (Vec<&Row>, Vec<&Row>) = refs
+                    .iter()
+                    .partition(|r| store.was_applied(self.op.name, r));
                 if !applied.is_empty() {
                     store
                         .finish_applied(&self.shared, self.op.name, &applied)
@@ -889,7 +888,7 @@ impl UnitRunner {
                 Err(e) => {
                     self.shared.note_error(&e);
                     tries += 1;
-                    tracing::warn!(operator = self.op.name, error = %crate::pg_error::DbError(&e), "reading the progress record failed; retrying");
+                    tracing::warn!(operator = self.op.name, error = %crate::pg_error::DbError(&e), "finishing rows applied before failed; retrying");
                     if !self.sleep(self.shared.config.restart_delay(tries)).await {
                         return None;
                     }
@@ -944,26 +943,13 @@ impl UnitRunner {
             // Stopping: the caller's split runs each, which stop as well.
             return false;
         }
-        // Rows an earlier run may have applied (rule 12): their records are
-        // read for the whole group; should any say applied, each unit is
-        // run (and skipped) on its own.
-        let store = &self.shared.store;
-        if all.iter().any(|r| store.maybe_applied(r)) {
-            match store.applied(&self.shared, self.op.name, &all).await {
-                Ok(records) => {
-                    let applied = all.iter().any(|r| {
-                        store.maybe_applied(r)
-                            && records.get(&r.id_key).is_some_and(|k| *k >= r.key())
-                    });
-                    if applied {
-                        return false;
-                    }
-                }
-                Err(e) => {
-                    self.shared.note_error(&e);
-                    return false;
-                }
-            }
+        // Rows an earlier run applied (rule 12): should any be, each unit
+        // is run (and skipped) on its own.
+        if all
+            .iter()
+            .any(|r| self.shared.store.was_applied(self.op.name, r))
+        {
+            return false;
         }
         let last = &all[all.len() - 1];
         let ids: Vec<String> = units
@@ -1056,10 +1042,14 @@ impl UnitRunner {
             .finish(&self.shared, self.op.name, rows, &mut tx)
             .await
             .map_err(|e| self.failure(e))?;
+        let (finished, xid) = match finished {
+            Finish::Done { xid } => (true, xid),
+            Finish::Gone => (false, None),
+        };
         if !finished && self.shared.store.stream() {
-            // The progress record says another run applied these rows (an
-            // earlier run's unit that committed after this one read the
-            // record): its work stands, this unit's is undone (rule 12).
+            // Another run finished these rows (a dead letter put back
+            // twice, a spilled row's queue row gone): its work stands,
+            // this unit's is undone (rule 12).
             tx.rollback().await.map_err(|e| self.failure(e))?;
             if rows.iter().any(|r| r.id_key != rows[0].id_key) {
                 // Several ids in one transaction: each is told apart on its
@@ -1070,7 +1060,7 @@ impl UnitRunner {
             }
             tracing::info!(
                 operator = self.op.name,
-                "delivered again and applied meanwhile by an earlier run: this run was rolled back"
+                "finished meanwhile by another run: this run was rolled back"
             );
             self.shared
                 .store
@@ -1111,21 +1101,20 @@ impl UnitRunner {
         crate::crash_point::hit("unit.before_commit");
         if let Err(e) = tx.commit().await {
             // With the memory queue nothing else says whether a commit
-            // that got no reply went through: the progress record does
-            // (rule 10).
-            if !(self.shared.store.records_progress()
-                && crate::queue::progress::commit_outcome_unknown(&e))
-            {
+            // that got no reply went through: the server's status of the
+            // transaction that wrote the progress record does (rule 10).
+            let Some(xid) = xid.filter(|_| crate::queue::progress::commit_outcome_unknown(&e))
+            else {
                 return Err(self.failure(e));
-            }
+            };
             self.shared.note_error(&e);
-            if !self.committed(rows).await? {
+            if !self.committed(xid).await? {
                 return Err(self.failure(e));
             }
             tracing::info!(
                 operator = self.op.name,
                 error = %crate::pg_error::DbError(&e),
-                "a unit's COMMIT got no reply; its progress record says it committed"
+                "a unit's COMMIT got no reply; the server says it committed"
             );
         }
         crate::crash_point::hit("unit.after_commit");
@@ -1133,19 +1122,24 @@ impl UnitRunner {
         Ok(())
     }
 
-    /// Whether the unit that applied `rows` committed, after its `COMMIT`
-    /// got no reply: asks the progress record until the server answers.
-    async fn committed(&self, rows: &[&Row]) -> Result<bool, Failure> {
+    /// Whether the unit's transaction `xid` committed, after its `COMMIT`
+    /// got no reply: asks the server until it knows.
+    async fn committed(&self, xid: u64) -> Result<bool, Failure> {
         let mut tries = 0u32;
         loop {
             let answer = async {
                 let mut conn = self.shared.pool.acquire().await?;
-                crate::queue::progress::committed(&mut conn, &self.shared.slot, self.op.name, rows)
-                    .await
+                crate::queue::progress::committed(&mut conn, xid).await
             }
             .await;
             match answer {
-                Ok(committed) => return Ok(committed),
+                Ok(Some(committed)) => return Ok(committed),
+                Ok(None) => {
+                    // Still in progress: its session has not finished it.
+                    if !self.sleep(crate::queue::progress::RETRY_EVERY).await {
+                        return Err(Failure::Stopped);
+                    }
+                }
                 Err(e) => {
                     self.shared.note_error(&e);
                     tries += 1;
@@ -1290,7 +1284,7 @@ impl UnitRunner {
                     .finish(&self.shared, self.op.name, rows, &mut conn)
                     .await
                     .map_err(|e| self.failure(e))?;
-                if done {
+                if done != Finish::Gone {
                     self.shared.store.finished(rows);
                 }
                 return Ok(());

@@ -22,8 +22,8 @@
 //!   when it is dropped;
 //! - [`memory`]: the same bookkeeping in memory (`queue_storage = memory`,
 //!   `process_status_storage = memory`);
-//! - [`progress`]: the progress record, which tells a unit whose `COMMIT`
-//!   got no reply whether it committed (rule 10), and the stream storage
+//! - [`progress`]: whether a unit whose `COMMIT` got no reply committed
+//!   (rule 10), and the progress record, which tells the stream storage
 //!   which events delivered again are applied (rule 12);
 //! - [`store`]: the one place that chooses between the two;
 //! - [`handover`]: the consumer ↔ executor hand-over (inboxes, pending
@@ -226,23 +226,22 @@
 //! committed or not. With the durable queue the next attempt finds out by
 //! itself (rule 4: a committed unit deleted its rows, and a unit that
 //! deletes fewer rows than it holds rolls back). With the memory queue no
-//! queue row says it, so each unit also writes, in its own transaction, the
-//! *progress record* ([`progress`]): per operator and mapped id, the key of
-//! the last event it applied (never moving back). After a `COMMIT` that
+//! queue row says it, so each unit reads its transaction's id before
+//! `COMMIT` (`pg_current_xact_id()`; with the stream storage the progress
+//! record's insert returns it, no extra statement). After a `COMMIT` that
 //! failed with an unknown outcome (the connection broke or was terminated;
 //! not an error the server reported for the commit, which means it rolled
-//! back), the unit reads its record on another connection before running
-//! again: at or past its own last event means it committed. *Why the read
-//! is sound*: the unit's session may still be running the transaction (the
-//! commit under way, or the session not yet aware its client left). The
-//! read is an `INSERT … ON CONFLICT` on the record's key, rolled back: it
-//! waits until a transaction holding that key ends, then sees its outcome;
-//! a plain `SELECT` would take "not yet" for "no" and apply the unit twice.
-//! Every id of a unit is written by the one transaction, so one id answers
-//! for all. Records untouched for an hour are pruned (the question is asked
-//! within seconds of the `COMMIT`). This record is what the stream storage
-//! extends: per operator and id, what a redelivered event must be checked
-//! against.
+//! back), the unit asks the server on another connection for that
+//! transaction's status (`pg_xact_status`) before running again:
+//! `committed`, `aborted`, or `in progress`, asked again until it is one of
+//! the first two. *Why the answer is sound*: the server keeps every
+//! transaction's outcome in its commit log and reports a transaction as in
+//! progress while its session still runs it (the commit under way, or the
+//! session not yet aware its client left), so "not yet" is never taken for
+//! "no". The same question settles walflow's other transactions whose
+//! outcome its memory must know: a spill (rule 12; rows it believes are not
+//! in the queue would stay there) and the finish of rows applied before
+//! (done twice, it would release their process status twice).
 //!
 //! The memory queue's rows are acknowledged when handed over and live only
 //! in their executor: an executor whose own loop dies (units catch their
@@ -304,28 +303,36 @@
 //!   outstanding until their unit committed). The listener's keepalive
 //!   acknowledgement (rule 1) needs everything delivered acknowledged, so
 //!   it never passes an outstanding row either.
-//! - *The progress record* ([`progress`], rule 10's record): per operator
-//!   and mapped id, the key `(commit_lsn, seq, part)` of the last event a
-//!   committed unit applied or dead-lettered, written by the unit's own
-//!   transaction with an upsert that never moves it back. An id's units
-//!   run one at a time in commit order, and a delivery after a crash
-//!   dispatches the same rows in the same order, so a row is applied
-//!   exactly when the record is at or past its key.
+//! - *The progress record* ([`progress`]): each transaction that applies
+//!   or dead-letters rows of an operator (one unit, or a group of units of
+//!   different ids) inserts one row into `walflow.applied` with the
+//!   positions `(commit_lsn, seq, part)` of all its rows, compactly
+//!   encoded (a few bytes a row), and its lowest and highest commit
+//!   position. The record commits with the effect or not at all. A row
+//!   delivered again after a crash is the same row (same position: the
+//!   same transaction dispatched by the same operators), so it is applied
+//!   exactly when its position is in some record of its operator.
 //! - *Delivered again.* At start, before anything is received, the flow
-//!   reads the WAL insert position, the *redelivery horizon* `H`: every
-//!   event an earlier run could have received commits before it. A unit
-//!   whose rows commit before `H` reads the record first; rows at or
-//!   before it are finished without running (their process status
-//!   released) and the rest run. Rows at or after `H` skip the read. (A
-//!   group of ids in one transaction reads their records at once, and
-//!   runs as a group when none says applied.)
-//! - *An earlier run still committing.* A killed run's unit whose `COMMIT`
-//!   was already sent may commit after that read. It wrote the record
-//!   before sending `COMMIT`, so it holds the record's row lock: the new
-//!   unit's upsert waits for it, then finds the record at or past its
-//!   rows, and the unit rolls back and finishes them as applied (a unit
-//!   whose `COMMIT` was not sent never commits). So query operators apply
-//!   each event exactly once; a handler ran, but what it wrote through
+//!   waits at the *record barrier* (below), reads every record of the slot
+//!   into memory, and reads the WAL insert position, the *redelivery
+//!   horizon* `H`: every event an earlier run could have received commits
+//!   before it. A unit's rows that commit before `H` are looked up in those
+//!   records (no statement): rows found are finished without running
+//!   (their process status released) and the rest run. Rows at or after
+//!   `H` are new to this run. (A group of ids in one transaction runs as a
+//!   group when none is found.)
+//! - *An earlier run still committing: the record barrier.* A killed run's
+//!   unit whose `COMMIT` was already sent may commit after the new run
+//!   started. Every record insert takes the slot's record lock shared
+//!   (`pg_advisory_xact_lock_shared`, in the insert statement itself, held
+//!   to the transaction's end), and the start takes it exclusively before
+//!   reading the records, which waits for every transaction holding it.
+//!   The killed unit's insert ran before its `COMMIT` was sent (each
+//!   statement waits for the previous reply), so it holds the lock: the
+//!   barrier waits for its outcome, and the read after it sees its record
+//!   if it committed. A unit whose insert had not run never commits: its
+//!   client is gone before sending `COMMIT`. So query operators apply each
+//!   event exactly once; a handler ran, but what it wrote through
 //!   `ctx.transaction()` rolls back with the unit (handlers are at least
 //!   once, exactly once with `ctx.transaction()`).
 //! - *Spill.* An operator falls behind when its executor holds
@@ -380,13 +387,18 @@
 //!   deleted by the transaction of the unit that applies it, so a crash
 //!   before leaves it a dead letter; a replay whose dead letter is gone
 //!   (replayed twice) rolls back.
-//! - *Bounded records.* Every ten seconds the records of events before the
-//!   slot's confirmed position are deleted: the slot never delivers those
-//!   again, and a unit whose `COMMIT` got no reply keeps its rows
-//!   outstanding, so the position stays before them until rule 10's read
-//!   is done; a spilled row's unit deletes its queue row, which rule 4
-//!   checks. The records are at most one per id touched since the
-//!   confirmed position.
+//! - *Bounded records.* Every ten seconds the records whose positions are
+//!   all before the slot's confirmed position, and that hold no position of
+//!   a row of their operator still in `walflow.queue` (between their lowest
+//!   and highest commit position), are deleted: the slot never delivers
+//!   those events again (a unit whose `COMMIT` got no reply keeps its rows
+//!   outstanding, so the position stays before them until rule 10's
+//!   question is answered), and a spilled row's unit deletes its queue row,
+//!   which rule 4 checks. The records are so at most one per unit
+//!   transaction since the confirmed position, plus those of spilled rows
+//!   delivered again after a restart; the set read at start is as large.
+//!   *Cost*: one row per transaction, a few bytes per row it applied; a
+//!   group of 64 units writes one row.
 //! - *The fence* waits until the memory fence holds and no spilled row of
 //!   the flow's operators at or before `lsn` is left in the queue (a row
 //!   leaves the memory count only once its spill has committed). It and

@@ -1,213 +1,279 @@
-//! The progress record (rule 10): per operator and mapped id, the position
-//! of the last event a committed unit applied, written in the unit's own
-//! transaction. It answers one question: did this unit commit?
+//! The progress record (rule 12) and the outcome of a `COMMIT` without
+//! reply (rule 10): per committed unit transaction of an operator, the positions `(commit_lsn, seq, part)` of the rows it
+//! applied or dead-lettered, one row of `walflow.applied` written by that
+//! transaction itself. A group of units in one transaction writes one row.
 //!
-//! With the durable queue the answer is in the queue itself (a committed
-//! unit deleted its rows, rule 4). With the memory queue nothing else in
-//! the database says it, so a unit whose `COMMIT` got no reply (the
-//! connection broke after the server received it) reads the record before
-//! running again: at or past its last event means the commit went through.
+//! - It answers "did this unit commit?" after a `COMMIT` got no reply
+//!   (rule 10): the insert returns the transaction's id, whose status the
+//!   server keeps (`pg_xact_status`), asked again while it is still in
+//!   progress. The memory queue, which writes no record, reads the id
+//!   alone ([`xid`]).
+//! - With the stream storage it answers "did an earlier run apply this
+//!   row?" for rows delivered again after a restart (rule 12): the flow
+//!   reads every record of the slot at start, after [`barrier`], and keeps
+//!   the positions in memory.
+//!
+//! The positions are kept as a compact `bytea` (see [`encode`]): a unit of
+//! one event writes one small row, and a group of many units writes a few
+//! bytes per unit, so the record's WAL per event stays a fraction of the
+//! application's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::PgConnection;
 
 use super::{Row, RowKey};
 
+/// The advisory lock every transaction that writes a record holds shared
+/// (`pg_advisory_xact_lock_shared`, taken in the record's own statement)
+/// and the start of a flow takes exclusively ([`barrier`]), keyed by the
+/// slot: `(hashtext('walflow.applied'), hashtext(slot))`.
+const LOCK: &str = "hashtext('walflow.applied'), hashtext($1)";
+
 /// Records, in the unit's transaction `tx`, that `rows` of `operator` are
-/// applied: per mapped id, the largest key among them. A record never moves
-/// back (an id's units run in commit order; the guard keeps it so even if
-/// a unit were re-run by hand).
-///
-/// Returns whether every id's record moved: with the stream storage, a
-/// record that did not says another run applied the rows (rule 12). The
-/// upsert waits for a transaction that holds the same record (another
-/// run's unit still committing), then sees its outcome.
+/// applied (or dead-lettered): their positions, in one row. Holds the
+/// slot's record lock shared until `tx` ends (see [`barrier`]). Returns
+/// the transaction's id, for [`committed`].
 pub(crate) async fn record(
     slot: &str,
     operator: &str,
     rows: &[&Row],
     tx: &mut PgConnection,
-) -> sqlx::Result<bool> {
-    let last = last_per_id(rows);
-    if last.is_empty() {
-        return Ok(true);
-    }
-    let moved = sqlx::query(
-        "INSERT INTO walflow.progress AS p (slot, operator, id_key, commit_lsn, seq, part)
-         SELECT $1, $2, k, l, s, pt
-         FROM UNNEST($3::text[], $4::int8[], $5::int4[], $6::int2[]) AS x(k, l, s, pt)
-         ON CONFLICT (slot, operator, id_key) DO UPDATE
-           SET commit_lsn = EXCLUDED.commit_lsn, seq = EXCLUDED.seq, part = EXCLUDED.part,
-               recorded_at = now()
-           WHERE (p.commit_lsn, p.seq, p.part)
-                 < (EXCLUDED.commit_lsn, EXCLUDED.seq, EXCLUDED.part)",
-    )
+) -> sqlx::Result<u64> {
+    let mut keys: Vec<RowKey> = rows.iter().map(|r| r.key()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let lo = keys.first().map_or(0, |k| k.0);
+    let hi = keys.last().map_or(0, |k| k.0);
+    let xid: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "WITH held AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared({LOCK}))
+         INSERT INTO walflow.applied (slot, operator, lo, hi, positions)
+         SELECT $1, $2, $3, $4, $5 FROM held
+         RETURNING pg_current_xact_id()::text"
+    )))
     .bind(slot)
     .bind(operator)
-    .bind(last.keys().map(|k| k.as_str()).collect::<Vec<_>>())
-    .bind(last.values().map(|k| k.0).collect::<Vec<_>>())
-    .bind(last.values().map(|k| k.1).collect::<Vec<_>>())
-    .bind(last.values().map(|k| k.2).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    Ok(moved == last.len() as u64)
+    .bind(lo)
+    .bind(hi)
+    .bind(encode(&keys))
+    .fetch_one(&mut *tx)
+    .await?;
+    xid.parse()
+        .map_err(|_| sqlx::Error::Protocol(format!("pg_current_xact_id() returned {xid:?}")))
 }
 
-/// The records of `operator` for the ids of `rows`: per id key, the key of
-/// the last event a committed unit applied (rule 12).
-pub(crate) async fn read(
+/// The id of the transaction `tx` (assigned now if it has none), for
+/// [`committed`]: the memory queue's units, which write no record.
+pub(crate) async fn xid(tx: &mut PgConnection) -> sqlx::Result<u64> {
+    let xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut *tx)
+        .await?;
+    xid.parse()
+        .map_err(|_| sqlx::Error::Protocol(format!("pg_current_xact_id() returned {xid:?}")))
+}
+
+/// Waits until no transaction that may write a record of `slot` is still
+/// open: takes the slot's record lock exclusively, which waits for every
+/// transaction holding it shared, then lets it go.
+///
+/// A killed run's unit whose `COMMIT` was already sent may still commit
+/// after the new run started. Its record statement ran before the `COMMIT`
+/// was sent (the client waits for each reply), so it holds the lock: the
+/// barrier waits for it, and a read of the records after the barrier sees
+/// its outcome. A unit whose record statement had not run by then never
+/// commits (its client is gone before sending `COMMIT`).
+pub(crate) async fn barrier(pool: &sqlx::PgPool, slot: &str) -> sqlx::Result<()> {
+    let mut tx = super::begin(pool).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_advisory_xact_lock({LOCK})"
+    )))
+    .bind(slot)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Every record of `slot`: per operator, the positions committed units
+/// applied. Read after [`barrier`].
+pub(crate) async fn load(
     pool: &sqlx::PgPool,
     slot: &str,
-    operator: &str,
-    rows: &[&Row],
-) -> sqlx::Result<HashMap<String, RowKey>> {
-    let ids: Vec<&str> = last_per_id(rows).keys().map(|k| k.as_str()).collect();
-    let found: Vec<(String, i64, i32, i16)> = sqlx::query_as(
-        "SELECT id_key, commit_lsn, seq, part FROM walflow.progress
-         WHERE slot = $1 AND operator = $2 AND id_key = ANY($3)",
-    )
-    .bind(slot)
-    .bind(operator)
-    .bind(&ids)
-    .fetch_all(pool)
-    .await?;
-    Ok(found
-        .into_iter()
-        .map(|(k, l, s, p)| (k, (l, s, p)))
-        .collect())
+) -> sqlx::Result<HashMap<String, HashSet<RowKey>>> {
+    let records: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT operator, positions FROM walflow.applied WHERE slot = $1")
+            .bind(slot)
+            .fetch_all(pool)
+            .await?;
+    let mut applied: HashMap<String, HashSet<RowKey>> = HashMap::new();
+    for (operator, positions) in records {
+        let keys = decode(&positions).ok_or_else(|| {
+            sqlx::Error::Protocol(format!(
+                "walflow.applied holds a record of {operator} that does not decode"
+            ))
+        })?;
+        applied.entry(operator).or_default().extend(keys);
+    }
+    Ok(applied)
 }
 
-/// With the stream storage, deletes `slot`'s records of events before both
-/// the slot's confirmed position and the oldest spilled row, every ten
-/// seconds, until `stop` turns true. Every copy of an event that may still
-/// run is at or after that bound: one held in memory is outstanding (the
-/// confirmed position is at or before it; so is that of a unit whose
-/// `COMMIT` got no reply, until it has asked), one in the queue is a
-/// spilled row (a row delivered again and spilled may have been applied
-/// before a crash: its record must stay), and one a killed run's unit may
-/// still commit is delivered again or spilled. So no record below it is
-/// asked about again, and the records are at most one per id touched since
-/// the bound.
+/// Deletes `slot`'s records no copy of an event may still ask about, every
+/// ten seconds, until `stop` turns true: those whose positions are all
+/// before the slot's confirmed position, unless the operator has a row in
+/// `walflow.queue` among them.
+///
+/// Every copy of an event that may still run is at or after the confirmed
+/// position (one held in memory is outstanding, so is that of a unit whose
+/// `COMMIT` got no reply until it has asked; the slot delivers everything
+/// from there again) or a spilled row in the queue (a row delivered again
+/// and spilled may have been applied before a crash: its record must
+/// stay). So no deleted record is asked about again, and the records are
+/// at most one per unit transaction since the confirmed position, plus
+/// those holding a spilled row's position.
 pub(crate) async fn prune_confirmed(
     pool: sqlx::PgPool,
     slot: String,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    prune_every(
-        pool,
-        slot,
-        stop,
-        PRUNE_CONFIRMED_EVERY,
-        "DELETE FROM walflow.progress
-         WHERE slot = $1
-           AND commit_lsn < (SELECT (confirmed_flush_lsn - '0/0')::numeric::int8
-                             FROM pg_replication_slots WHERE slot_name = $1)
-           AND commit_lsn < coalesce((SELECT min(coalesce(first_lsn, commit_lsn))
-                                      FROM walflow.queue WHERE slot = $1), 9223372036854775807)",
-    )
-    .await;
-}
-
-/// How often [`prune_confirmed`] runs.
-pub(crate) const PRUNE_CONFIRMED_EVERY: Duration = Duration::from_secs(10);
-
-/// Whether the unit that applied `rows` committed, read on a connection of
-/// its own after its `COMMIT` got no reply.
-///
-/// The unit's transaction may still be running in its server session (the
-/// commit under way, or the session not yet aware that its client left).
-/// A plain read would not wait for it, and would take "not yet" for "no".
-/// So the read is an `INSERT … ON CONFLICT` of the record's key in a
-/// transaction that is rolled back: it waits, as every such insert does,
-/// until a transaction holding that key ends, then sees its outcome. A
-/// placeholder position (-1) comes back when no record exists.
-pub(crate) async fn committed(
-    conn: &mut PgConnection,
-    slot: &str,
-    operator: &str,
-    rows: &[&Row],
-) -> sqlx::Result<bool> {
-    let last = last_per_id(rows);
-    let Some((id_key, key)) = last.iter().next() else {
-        return Ok(true);
-    };
-    // One transaction wrote every id of the unit: one id answers for all.
-    sqlx::raw_sql("BEGIN; SET LOCAL lock_timeout = '10s'")
-        .execute(&mut *conn)
-        .await?;
-    let found: sqlx::Result<(i64, i32, i16)> = sqlx::query_as(
-        "INSERT INTO walflow.progress AS p (slot, operator, id_key, commit_lsn, seq, part)
-         VALUES ($1, $2, $3, -1, 0, 0)
-         ON CONFLICT (slot, operator, id_key) DO UPDATE SET commit_lsn = p.commit_lsn
-         RETURNING commit_lsn, seq, part",
-    )
-    .bind(slot)
-    .bind(operator)
-    .bind(id_key)
-    .fetch_one(&mut *conn)
-    .await;
-    let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-    let found = found?;
-    rolled_back?;
-    Ok(found >= *key)
-}
-
-/// Deletes `slot`'s records last written more than an hour ago, every ten
-/// minutes, until `stop` turns true ([`committed`] is asked within seconds
-/// of the `COMMIT` it is about).
-pub(crate) async fn prune(
-    pool: sqlx::PgPool,
-    slot: String,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    prune_every(
-        pool,
-        slot,
-        stop,
-        Duration::from_secs(600),
-        "DELETE FROM walflow.progress
-         WHERE slot = $1 AND recorded_at < now() - interval '3600 seconds'",
-    )
-    .await;
-}
-
-/// Runs `delete` (on `slot`'s records, bound as `$1`) every `every` until
-/// `stop` turns true; a failure is tried again at the next turn.
-async fn prune_every(
-    pool: sqlx::PgPool,
-    slot: String,
     mut stop: tokio::sync::watch::Receiver<bool>,
-    every: Duration,
-    delete: &'static str,
 ) {
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval(PRUNE_CONFIRMED_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = sqlx::query(delete).bind(&slot).execute(&pool).await {
-            tracing::debug!(error = %crate::pg_error::DbError(&e), "pruning walflow.progress failed; trying again later");
+        let pruned = sqlx::query(
+            "DELETE FROM walflow.applied a
+             WHERE slot = $1
+               AND hi < (SELECT (confirmed_flush_lsn - '0/0')::numeric::int8
+                         FROM pg_replication_slots WHERE slot_name = $1)
+               AND NOT EXISTS (SELECT 1 FROM walflow.queue q
+                               WHERE q.slot = $1 AND q.operator = a.operator
+                                 AND q.commit_lsn BETWEEN a.lo AND a.hi)",
+        )
+        .bind(&slot)
+        .execute(&pool)
+        .await;
+        if let Err(e) = pruned {
+            tracing::debug!(error = %crate::pg_error::DbError(&e), "pruning walflow.applied failed; trying again later");
+        }
+    }
+}
+
+/// How often [`prune_confirmed`] runs.
+pub(crate) const PRUNE_CONFIRMED_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether the transaction `xid` (from [`record`]) committed, asked on a
+/// connection of its own after its `COMMIT` got no reply: `None` while it
+/// is still in progress (the commit under way, or its session not yet
+/// aware that its client left); ask again.
+pub(crate) async fn committed(conn: &mut PgConnection, xid: u64) -> sqlx::Result<Option<bool>> {
+    let status: Option<String> = sqlx::query_scalar("SELECT pg_xact_status($1::text::xid8)")
+        .bind(xid.to_string())
+        .fetch_one(&mut *conn)
+        .await?;
+    match status.as_deref() {
+        Some("committed") => Ok(Some(true)),
+        Some("aborted") => Ok(Some(false)),
+        Some("in progress") => Ok(None),
+        other => Err(sqlx::Error::Protocol(format!(
+            "pg_xact_status({xid}) returned {other:?}"
+        ))),
+    }
+}
+
+/// Commits `tx`, and should its `COMMIT` get no reply, asks the server
+/// whether it committed (on another connection, until it knows): `Ok` when
+/// it did. For walflow's own transactions whose effect its memory must
+/// know (a spill: rows it wrote to the queue are deleted by their unit
+/// only if it knows they are there; the finish of rows applied before:
+/// done twice, it would release their status twice).
+pub(crate) async fn commit(
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    pool: &sqlx::PgPool,
+) -> sqlx::Result<()> {
+    let xid = xid(&mut tx).await?;
+    let e = match tx.commit().await {
+        Ok(()) => return Ok(()),
+        Err(e) if commit_outcome_unknown(&e) => e,
+        Err(e) => return Err(e),
+    };
+    loop {
+        let answer = async {
+            let mut conn = pool.acquire().await?;
+            committed(&mut conn, xid).await
+        }
+        .await;
+        match answer {
+            Ok(Some(true)) => return Ok(()),
+            Ok(Some(false)) => return Err(e),
+            Ok(None) | Err(_) => tokio::time::sleep(RETRY_EVERY).await,
         }
     }
 }
 
 /// How long [`committed`] waits between attempts while the server cannot
-/// answer.
+/// answer, or the transaction is still in progress.
 pub(crate) const RETRY_EVERY: Duration = Duration::from_millis(200);
 
-/// Per mapped id, the largest key of `rows`.
-fn last_per_id<'a>(rows: &[&'a Row]) -> BTreeMap<&'a String, RowKey> {
-    let mut last: BTreeMap<&String, RowKey> = BTreeMap::new();
-    for r in rows {
-        let e = last.entry(&r.id_key).or_insert(r.key());
-        *e = (*e).max(r.key());
+/// The positions `keys` (sorted) as bytes: for each, LEB128 varints of
+/// the commit LSN's difference from the previous one's (from 0 for the
+/// first), then of `seq` and `part` zigzag-encoded. Positions of one
+/// transaction differ by 0 and a small `seq`: a few bytes each.
+pub(crate) fn encode(keys: &[RowKey]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(keys.len() * 4);
+    let mut previous = 0i64;
+    for &(lsn, seq, part) in keys {
+        varint(&mut out, lsn.wrapping_sub(previous) as u64);
+        varint(&mut out, zigzag(i64::from(seq)));
+        varint(&mut out, zigzag(i64::from(part)));
+        previous = lsn;
     }
-    last
+    out
+}
+
+/// The positions [`encode`] wrote; `None` when `bytes` are not its output.
+pub(crate) fn decode(bytes: &[u8]) -> Option<Vec<RowKey>> {
+    let mut keys = Vec::new();
+    let mut rest = bytes;
+    let mut previous = 0i64;
+    while !rest.is_empty() {
+        let lsn = previous.wrapping_add(read_varint(&mut rest)? as i64);
+        let seq = i32::try_from(unzigzag(read_varint(&mut rest)?)).ok()?;
+        let part = i16::try_from(unzigzag(read_varint(&mut rest)?)).ok()?;
+        keys.push((lsn, seq, part));
+        previous = lsn;
+    }
+    Some(keys)
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = bytes.split_first()?;
+        *bytes = rest;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
 /// Whether the outcome of a `COMMIT` that failed with `e` is unknown: the
@@ -225,5 +291,41 @@ pub(crate) fn commit_outcome_unknown(e: &sqlx::Error) -> bool {
             .code()
             .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_come_back_as_written() {
+        let cases: Vec<Vec<RowKey>> = vec![
+            vec![],
+            vec![(0, 0, 0)],
+            vec![(1, 2, 1)],
+            vec![(100, 0, 0), (100, 1, 0), (100, 1, 1), (5_000, 63, 0)],
+            vec![(i64::MAX - 1, i32::MAX, i16::MAX), (i64::MAX, 0, 0)],
+            vec![(-5, -1, -1), (3, i32::MIN, i16::MIN)],
+        ];
+        for keys in cases {
+            assert_eq!(decode(&encode(&keys)).as_deref(), Some(&keys[..]));
+        }
+    }
+
+    #[test]
+    fn a_unit_of_one_transaction_costs_a_few_bytes_a_row() {
+        let keys: Vec<RowKey> = (0..64)
+            .map(|i| (0x0100_0000 + (i / 16) * 4096, i as i32 % 16, 0))
+            .collect();
+        let bytes = encode(&keys);
+        assert!(bytes.len() <= keys.len() * 4, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn truncated_bytes_do_not_decode() {
+        let bytes = encode(&[(1 << 40, 3, 0)]);
+        assert_eq!(decode(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(decode(&[0x80]), None);
     }
 }

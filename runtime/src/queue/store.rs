@@ -32,6 +32,11 @@ pub(crate) struct Store {
     /// before anything was received: every event the previous run could
     /// have applied commits before it.
     horizon: std::sync::atomic::AtomicU64,
+    /// With the stream storage, the progress records read at start: per
+    /// operator, the positions an earlier run applied.
+    applied: std::sync::Mutex<
+        std::collections::HashMap<String, std::collections::HashSet<super::RowKey>>,
+    >,
     memory_status: bool,
     /// A subscriber-only node: the queue and status are another process's;
     /// only what is in the database can be read.
@@ -54,6 +59,17 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// What [`Store::finish`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finish {
+    /// The rows are finished in the transaction; `xid` is its id when it
+    /// wrote the progress record (to ask after a `COMMIT` without reply).
+    Done { xid: Option<u64> },
+    /// Fewer rows were found than given: another executor or run finished
+    /// some (or replayed the dead letter).
+    Gone,
+}
+
 /// What finishing a unit's rows needs when the unit wrote nothing itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Completion {
@@ -72,6 +88,7 @@ impl Store {
             memory_queue: config.queue_storage() != QueueStorage::Postgres,
             stream: config.queue_storage() == QueueStorage::Stream,
             horizon: std::sync::atomic::AtomicU64::new(0),
+            applied: std::sync::Mutex::default(),
             memory_status: config.process_status_storage() == ProcessStatusStorage::Memory,
             remote,
             memory: MemoryState::default(),
@@ -89,21 +106,24 @@ impl Store {
     }
 
     /// The stream storage's start (rule 12), before the listener starts:
-    /// deletes the slot's pending process status of the events the slot
-    /// delivers again (at or after its confirmed position: they are counted
-    /// afresh; a unit of an earlier run still committing holds the rows it
-    /// releases, so the delete waits for it), reads the redelivery horizon,
-    /// and writes a transaction past it, so that the flow learns when it
-    /// has received everything delivered again.
+    /// waits until no unit of an earlier run may still commit (the record
+    /// barrier), deletes the slot's pending process status of the events
+    /// the slot delivers again (at or after its confirmed position: they
+    /// are counted afresh), reads the progress records, reads the
+    /// redelivery horizon, and writes a transaction past it, so that the
+    /// flow learns when it has received everything delivered again.
     pub async fn start(&self, pool: &PgPool, slot: &str) -> sqlx::Result<()> {
         if !self.stream {
             return Ok(());
         }
+        super::progress::barrier(pool, slot).await?;
         if !self.memory_status {
             let mut tx = super::begin(pool).await?;
             status::clear_pending(slot, &mut tx).await?;
             tx.commit().await?;
         }
+        let applied = super::progress::load(pool, slot).await?;
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = applied;
         let horizon: i64 =
             sqlx::query_scalar("SELECT (pg_current_wal_insert_lsn() - '0/0')::numeric::int8")
                 .fetch_one(pool)
@@ -118,11 +138,23 @@ impl Store {
 
     /// With the stream storage, whether `row` may have been applied by an
     /// earlier run (it commits before the redelivery horizon), so that its
-    /// progress record must be read before it runs.
+    /// progress record must be asked before it runs.
     pub fn maybe_applied(&self, row: &Row) -> bool {
         self.stream
             && row.replay.is_none()
             && (row.commit_lsn as u64) < self.horizon.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// With the stream storage, whether an earlier run applied `row` of
+    /// `operator`: its position is in the records read at start (rule 12).
+    pub fn was_applied(&self, operator: &str, row: &Row) -> bool {
+        self.maybe_applied(row)
+            && self
+                .applied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(operator)
+                .is_some_and(|keys| keys.contains(&row.key()))
     }
 
     /// What the consumer may acknowledge once the transactions up to `end`
@@ -215,17 +247,17 @@ impl Store {
     }
 
     /// Finishes `rows` in `tx`: their queue rows deleted, the process
-    /// status of events all of whose rows are done moved. `false` when
-    /// fewer rows were found than given (another executor finished some).
+    /// status of events all of whose rows are done moved, and with the
+    /// memory queue and the stream storage the progress record written.
     pub async fn finish(
         &self,
         shared: &Shared,
         operator: &str,
         rows: &[&Row],
         tx: &mut PgConnection,
-    ) -> sqlx::Result<bool> {
+    ) -> sqlx::Result<Finish> {
         if !self.memory_queue && !dequeue::delete_rows(&shared.slot, operator, rows, tx).await? {
-            return Ok(false);
+            return Ok(Finish::Gone);
         }
         // The stream storage's spilled rows are deleted by their unit, as
         // the durable queue's (rule 12).
@@ -237,32 +269,29 @@ impl Store {
         if !spilled.is_empty()
             && !dequeue::delete_rows(&shared.slot, operator, &spilled, tx).await?
         {
-            return Ok(false);
+            return Ok(Finish::Gone);
         }
-        if self.memory_queue {
-            let advanced = super::progress::record(&shared.slot, operator, rows, tx).await?;
-            // With the stream storage, a record already at or past a row
-            // says another run applied it (rule 12); a dead letter put
-            // back is the exception, and is taken from the dead letters
-            // here (none taken: another run replayed it).
-            if self.stream {
-                let replays: Vec<i64> = rows.iter().filter_map(|r| r.replay).collect();
-                let fresh = rows.iter().filter(|r| r.replay.is_none()).count();
-                if fresh > 0 && !advanced {
-                    return Ok(false);
-                }
-                if !replays.is_empty()
-                    && dequeue::forget_dead_letters(&shared.slot, &replays, tx).await?
-                        < replays.len() as u64
-                {
-                    return Ok(false);
-                }
-            }
+        // With the stream storage, a dead letter put back is taken from
+        // the dead letters here (none taken: another run replayed it).
+        let replays: Vec<i64> = rows.iter().filter_map(|r| r.replay).collect();
+        if self.stream
+            && !replays.is_empty()
+            && dequeue::forget_dead_letters(&shared.slot, &replays, tx).await?
+                < replays.len() as u64
+        {
+            return Ok(Finish::Gone);
         }
+        let xid = if self.stream {
+            Some(super::progress::record(&shared.slot, operator, rows, tx).await?)
+        } else if self.memory_queue {
+            Some(super::progress::xid(tx).await?)
+        } else {
+            None
+        };
         if !self.memory_status {
             dequeue::release_status(&shared.slot, rows, tx).await?;
         }
-        Ok(true)
+        Ok(Finish::Done { xid })
     }
 
     /// Finishes `rows` that another run applied (rule 12): their process
@@ -290,27 +319,16 @@ impl Store {
             if !self.memory_status {
                 dequeue::release_status(&shared.slot, &release, &mut tx).await?;
             }
-            tx.commit().await?;
+            super::progress::commit(tx, &shared.pool).await?;
         }
         self.finished(rows);
         Ok(())
     }
 
-    /// Whether units write the progress record (rule 10): with the memory
-    /// queue, where no queue row says whether a unit committed.
+    /// Whether units write the progress record (rule 12): with the stream
+    /// storage.
     pub fn records_progress(&self) -> bool {
-        self.memory_queue
-    }
-
-    /// With the stream storage: the progress records of `operator` for the
-    /// ids of `rows` (rule 12).
-    pub async fn applied(
-        &self,
-        shared: &Shared,
-        operator: &str,
-        rows: &[&Row],
-    ) -> sqlx::Result<std::collections::HashMap<String, super::RowKey>> {
-        super::progress::read(&shared.pool, &shared.slot, operator, rows).await
+        self.stream
     }
 
     /// After the transaction that finished `rows` committed: the memory
@@ -363,7 +381,7 @@ impl Store {
         }
         let mut tx = super::begin(&shared.pool).await?;
         super::spill::write(&shared.slot, operator, &fresh, &mut tx).await?;
-        tx.commit().await?;
+        super::progress::commit(tx, &shared.pool).await?;
         crate::crash_point::hit("stream.spilled");
         crate::telemetry::spilled(operator, fresh.len());
         let counted: Vec<Finished> = fresh
