@@ -426,7 +426,10 @@
 //! rule 5 by `tests/test_operator_chain.rs`, and rule 12 by the
 //! convergence suite's `stream_*` cases (kills, PostgreSQL restarts, the
 //! crash points around units, acknowledgements and skips; the whole suite
-//! with `WALFLOW_QUEUE_STORAGE=stream`) and `tests/test_stream.rs`.
+//! with `WALFLOW_QUEUE_STORAGE=stream`), `tests/test_stream.rs`,
+//! `tests/test_late_commit.rs` (the record barrier: a killed flow's unit
+//! whose `COMMIT` completes after the next flow started) and
+//! `tests/test_commit_lost.rs` (with this storage too).
 
 pub(crate) mod admin;
 pub(crate) mod dequeue;
