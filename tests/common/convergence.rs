@@ -589,7 +589,17 @@ impl Run {
                         tried += 1;
                         deadline = tokio::time::Instant::now() + wait;
                     }
-                    db.exec("INSERT INTO posts (title) VALUES ('more');").await;
+                    if matches!(point, "stream.spilled" | "stream.returned") {
+                        // A burst past the spill bound: what a restart
+                        // delivers again is a backlog, which spills only
+                        // by its age.
+                        db.exec(
+                            "INSERT INTO posts (title) SELECT 'more' FROM generate_series(1, 60);",
+                        )
+                        .await;
+                    } else {
+                        db.exec("INSERT INTO posts (title) VALUES ('more');").await;
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 eprintln!("crashed at `{point}` (hit {hit}) at {:?}", t0.elapsed());
