@@ -38,9 +38,17 @@ pub struct BigRow {
     pub id: i64,
 }
 
+/// A copy.
+#[event_source(table = "big_copies")]
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct BigCopied {
+    /// Its id.
+    pub id: i64,
+}
+
 on_event! {
     /// Copies each id (one query per event).
-    operator BigCopy {
+    operator BigCopy for BigCopied {
         events: [insert],
         entities: [BigRow],
         id: [BigRow.id],
