@@ -9,6 +9,9 @@
 //! WALFLOW_BIG=1 cargo test --release --test stream_memory -- --nocapture
 //! ```
 //!
+//! `WALFLOW_BIG_STORAGE=postgres` (or `memory`) runs the same with
+//! another queue storage, for comparison.
+//!
 //! Without `WALFLOW_BIG` it says so and exits: a `harness = false` target,
 //! so it is no test that passes without running. The binary is also the
 //! child process running the flow; its peak RSS is read from
@@ -78,13 +81,22 @@ async fn child() {
     let _flow = Walflow::builder()
         .database_url(&url)
         .slot_name(&slot)
-        .queue_storage(QueueStorage::Stream)
+        .queue_storage(storage())
         .operators(["BigCopy"])
         .start()
         .await
         .expect("the flow starts");
     println!("READY");
     std::future::pending::<()>().await;
+}
+
+/// The queue storage: `WALFLOW_BIG_STORAGE`, the stream storage by default.
+fn storage() -> QueueStorage {
+    match std::env::var("WALFLOW_BIG_STORAGE").as_deref() {
+        Ok("postgres") => QueueStorage::Postgres,
+        Ok("memory") => QueueStorage::Memory,
+        _ => QueueStorage::Stream,
+    }
 }
 
 fn spawn(db: &common::Db, slot: &str) -> Child {
@@ -152,6 +164,7 @@ async fn a_million_row_transaction_runs_within_the_bound() {
     db.exec(&insert(0)).await;
     wait_copies(&db, ROWS).await;
     let live = peak_rss_mib(&child);
+    eprintln!("{:?}", storage());
     eprintln!("live: peak RSS {live} MiB");
     child.kill().unwrap();
     child.wait().unwrap();
