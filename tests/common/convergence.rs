@@ -319,10 +319,12 @@ async fn connect_retrying(url: &str) -> sqlx::PgConnection {
 }
 
 /// Waits until everything committed is applied (through the chain), then
-/// compares.
+/// compares. (A workload's statements can touch many rows at once: tens of
+/// thousands of events for the durable queue to drain, one query each,
+/// which in a debug build on a loaded 2-core machine takes minutes.)
 async fn check(flow: &Walflow, pool: &sqlx::PgPool, coalesce: bool) {
     let lsn = flow.current_lsn().await.unwrap();
-    if let Err(e) = flow.wait_processed(lsn, Duration::from_secs(180)).await {
+    if let Err(e) = flow.wait_processed(lsn, Duration::from_secs(600)).await {
         let queue: Vec<(String, i64, i64)> = sqlx::query_as(
             "SELECT operator, count(*), min(commit_lsn) FROM walflow.queue GROUP BY 1",
         )
