@@ -536,15 +536,15 @@ async fn every_command_against_a_running_flow() {
 async fn migrate_applies_every_version_once() {
     let (db, pool) = fresh().await;
     let out = ok(walflow(db.url(), &["migrate"]).await);
-    assert_eq!(out, "applied migrations 1, 2, 3, 4, 5, 6, 7\n");
+    assert_eq!(out, "applied migrations 1, 2, 3, 4, 5, 6, 7, 8\n");
     let out = ok(walflow(db.url(), &["migrate"]).await);
-    assert_eq!(out, "the walflow schema is up to date (version 7)\n");
+    assert_eq!(out, "the walflow schema is up to date (version 8)\n");
     let versions: Vec<i32> =
         sqlx::query_scalar("SELECT version FROM walflow.migrations ORDER BY version")
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
