@@ -131,11 +131,7 @@ async fn copies(db: &common::Db) -> i64 {
 async fn wait_copies(db: &common::Db, n: i64) {
     let t = Instant::now();
     common::wait_until(Duration::from_secs(3600), || async {
-        let c = copies(db).await;
-        if c < n {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        c >= n
+        copies(db).await >= n
     })
     .await;
     eprintln!("  {n} copies after {:.1?}", t.elapsed());

@@ -59,8 +59,7 @@ pub(crate) async fn record(
     .bind(encode(&keys))
     .fetch_one(&mut *tx)
     .await?;
-    xid.parse()
-        .map_err(|_| sqlx::Error::Protocol(format!("pg_current_xact_id() returned {xid:?}")))
+    parse_xid(&xid)
 }
 
 /// The id of the transaction `tx` (assigned now if it has none), for
@@ -69,6 +68,11 @@ pub(crate) async fn xid(tx: &mut PgConnection) -> sqlx::Result<u64> {
     let xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
         .fetch_one(&mut *tx)
         .await?;
+    parse_xid(&xid)
+}
+
+/// A transaction id as `pg_current_xact_id()::text` writes it.
+fn parse_xid(xid: &str) -> sqlx::Result<u64> {
     xid.parse()
         .map_err(|_| sqlx::Error::Protocol(format!("pg_current_xact_id() returned {xid:?}")))
 }
