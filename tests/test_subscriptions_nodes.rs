@@ -107,7 +107,10 @@ fn subscriber_node() {
         println!("READY");
         std::io::stdout().flush().unwrap();
         loop {
-            let item = tokio::time::timeout(TIMEOUT, sub.next())
+            // A safety net only: the parent bounds each of its own waits,
+            // and between two changes it may wait for several of them
+            // (a cut connection, the log's pruning, the login allowed).
+            let item = tokio::time::timeout(4 * TIMEOUT, sub.next())
                 .await
                 .expect("no change in time")
                 .expect("the stream goes on");
