@@ -289,10 +289,10 @@ async fn a_full_memory_queue_lets_a_fast_shutdown_finish() {
         .start()
         .await
         .expect("the flow starts");
-    // More than the memory queue holds (100,000 rows) in one transaction:
+    // More than the memory queue holds (20,000 rows) in one transaction:
     // handed over whole (room is checked before each batch), then
     // acknowledged.
-    db.exec("INSERT INTO gated SELECT generate_series(1, 100001)")
+    db.exec("INSERT INTO gated SELECT generate_series(1, 20001)")
         .await;
     let slot = db.slot("gate");
     let first = current_wal_lsn(&db).await;
@@ -302,7 +302,7 @@ async fn a_full_memory_queue_lets_a_fast_shutdown_finish() {
     .await;
     // Behind it, a transaction the flow receives and cannot hand over: it
     // waits for room, unacknowledged, without touching the database.
-    db.exec("INSERT INTO gated SELECT generate_series(100002, 100010)")
+    db.exec("INSERT INTO gated SELECT generate_series(20002, 20010)")
         .await;
     let second = current_wal_lsn(&db).await;
     common::wait_until(Duration::from_secs(60), || async {
@@ -341,7 +341,7 @@ async fn a_full_memory_queue_lets_a_fast_shutdown_finish() {
         .unwrap();
     assert_eq!(
         PASSED.load(std::sync::atomic::Ordering::Relaxed),
-        100_010,
+        20_010,
         "every event once"
     );
     flow.shutdown().await.unwrap();

@@ -178,13 +178,16 @@ macro_rules! with_options {
             /// `walflow.queue` and it runs from there until it has caught up
             /// (at least 1). The backlog the slot delivers at start (events
             /// committed before the flow started) does not count: it runs
-            /// from memory, unless held longer than `spill_after`.
-            spill_rows: usize = 50_000;
+            /// from memory, unless held longer than `spill_after`. The rows
+            /// all operators hold in memory are bounded by twice this (at
+            /// least 20,000): past it the flow stops receiving until units
+            /// or spills make room.
+            spill_rows: usize = 10_000;
                 set(n: usize) => n;
                 get(c) -> usize => c.spill_rows;
                 show(c) => c.spill_rows;
                 env("WALFLOW_SPILL_ROWS", number, "a positive integer");
-                default("`50000`"), esx("—");
+                default("`10000`"), esx("—");
 
             /// With the stream storage: how long an operator holds an event
             /// in memory (since it was handed over) before its held events

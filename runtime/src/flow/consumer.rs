@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::dispatch::{Batch, IdentityWatch, dispatch};
 use crate::listener::{Listener, ListenerMessage, ListenerOptions, PgWireConnector};
 use crate::lsn::Lsn;
-use crate::queue::{Shared, Store};
+use crate::queue::{Handing, Shared, Store};
 use crate::registry::OperatorRegistration;
 use crate::telemetry;
 
@@ -26,6 +26,11 @@ const CHUNK_ROWS: usize = 10_000;
 /// Queue rows received but not yet queued, at most: past it the consumer
 /// waits for the flush under way before it receives more.
 const MAX_HELD: usize = 50_000;
+/// The same with the rows kept in memory (the memory queue, the stream
+/// storage): the executors hold at most
+/// `MAX_OUTSTANDING` (`queue::memory`) rows counted
+/// as outstanding, plus the batch waiting for room, plus this.
+const MAX_HELD_IN_MEMORY: usize = 10_000;
 
 pub(crate) struct Consumer {
     pub shared: Arc<Shared>,
@@ -65,16 +70,17 @@ impl Consumer {
     /// Hands `batch` over as flush number `n` and enqueues it, waiting for
     /// the outcome; `false` when the flow stops first (nothing
     /// acknowledged: delivered again at next start).
-    async fn flush_now(&mut self, mut batch: Batch, end: Option<Lsn>) -> bool {
+    async fn flush_now(&mut self, batch: Batch, end: Option<Lsn>) -> bool {
         self.flushes += 1;
-        self.shared
-            .handover
-            .hand(&self.ops, &mut batch, self.flushes);
         let (conn, ok) = Store::enqueue(
             self.shared.clone(),
             self.stop.clone(),
             self.conn.take(),
-            batch,
+            Handing {
+                ops: self.ops.clone(),
+                number: self.flushes,
+                batch,
+            },
             end,
             None,
         )
@@ -139,7 +145,12 @@ impl Consumer {
             // What is received while a flush is under way is bounded: past
             // the limit, that flush is awaited first.
             let held = ready.rows.len() + ready.status.len() + open_rows;
-            let room = inflight.is_none() || held < MAX_HELD;
+            let max_held = if self.shared.store.durable_queue() {
+                MAX_HELD
+            } else {
+                MAX_HELD_IN_MEMORY
+            };
+            let room = inflight.is_none() || held < max_held;
             buf.clear();
             let mut let_go = false;
             let got = tokio::select! {
@@ -328,17 +339,18 @@ impl Consumer {
             // The executors admit the rows while they are being queued; a
             // unit runs only once they are (and so are visible).
             self.flushes += 1;
-            self.shared
-                .handover
-                .hand(&self.ops, &mut ready, self.flushes);
-            let batch = std::mem::take(&mut ready);
+            let handing = Handing {
+                ops: self.ops.clone(),
+                number: self.flushes,
+                batch: std::mem::take(&mut ready),
+            };
             let (end, conn) = (ready_end.take(), self.conn.take());
             let (shared, stop) = (self.shared.clone(), self.stop.clone());
             inflight = Some(Inflight {
                 number: self.flushes,
                 end,
                 partial,
-                task: tokio::spawn(Store::enqueue(shared, stop, conn, batch, end, partial)),
+                task: tokio::spawn(Store::enqueue(shared, stop, conn, handing, end, partial)),
             });
         }
         // Stopping: the flush under way still completes (or gives up), and

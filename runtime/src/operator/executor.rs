@@ -487,8 +487,8 @@ pub(crate) async fn run(
                     };
                     // Dead letters put back are not spilled: admitted as
                     // they come, as from memory.
-                    let (replays, rows): (Vec<Row>, Vec<Row>) =
-                        rows.into_iter().partition(|r| r.replay.is_some());
+                    let mut rows = rows;
+                    let replays: Vec<Row> = rows.extract_if(.., |r| r.replay.is_some()).collect();
                     if !replays.is_empty() {
                         let mut inbox = signals.inbox.lock().expect("inbox lock");
                         for row in replays {
@@ -675,7 +675,11 @@ fn admit(
 ) {
     let key = row.id_key.clone();
     inbox.admitted(&row);
-    let queue = pending.entry(key.clone()).or_default();
+    // Most ids hold one row: room for one (the default's first allocation
+    // holds four).
+    let queue = pending
+        .entry(key.clone())
+        .or_insert_with(|| VecDeque::with_capacity(1));
     if queue.is_empty() && !in_flight.contains(&key) {
         ready.push_back(key);
     }

@@ -347,7 +347,11 @@ impl Inbox {
 
     /// A row joins its id's pending events: the id now hosts later events,
     /// unless the row is a delete, which also ends what its last run covers.
+    /// (Without a durable queue nothing is absorbed: no host is kept.)
     pub fn admitted(&mut self, row: &Row) {
+        if self.unbounded {
+            return;
+        }
         if row.kind == EventKind::Delete {
             self.hosts.remove(&row.id_key);
             self.covered.remove(&row.id_key);

@@ -18,7 +18,18 @@ use crate::dispatch::{NewRow, StatusMark};
 use crate::lsn::Lsn;
 
 /// Rows handed over and not yet finished, above which the consumer waits.
-pub(crate) const MAX_OUTSTANDING: usize = 100_000;
+/// With the consumer's bound on what it holds meanwhile
+/// (`MAX_HELD_IN_MEMORY` in the consumer), this bounds the rows in memory,
+/// and so the process's memory, whatever the size of a transaction.
+pub(crate) const MAX_OUTSTANDING: usize = 20_000;
+
+/// The first commit LSN each of `rows` stands for: all the memory queue
+/// keeps of rows once they are handed over (the executors hold the rows).
+pub(crate) fn first_lsns(rows: &[NewRow]) -> Vec<i64> {
+    rows.iter()
+        .map(|r| r.first_lsn.unwrap_or(r.commit_lsn))
+        .collect()
+}
 
 /// An event waiting for its rows: its table, its timestamp, rows left.
 type Waiting = (Arc<str>, Arc<str>, i64, i32);
@@ -71,17 +82,15 @@ impl MemoryState {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Rows handed over (the memory queue), and the transactions up to
-    /// `end` with them.
-    pub fn queued(&self, rows: &[NewRow], end: Option<Lsn>) {
+    /// Rows handed over (the memory queue), by the first commit LSN each
+    /// stands for ([`first_lsns`]), and the transactions up to `end` with
+    /// them.
+    pub fn queued(&self, firsts: &[i64], end: Option<Lsn>) {
         let mut inner = self.lock();
-        for r in rows {
-            *inner
-                .outstanding
-                .entry(r.first_lsn.unwrap_or(r.commit_lsn))
-                .or_default() += 1;
+        for first in firsts {
+            *inner.outstanding.entry(*first).or_default() += 1;
         }
-        inner.rows += rows.len();
+        inner.rows += firsts.len();
         if let Some(end) = end {
             inner.enqueued = inner.enqueued.max(end);
         }

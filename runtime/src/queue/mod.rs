@@ -103,7 +103,13 @@
 //! then counts the rows as outstanding, and only then is its number
 //! published; the rows were handed over tagged with it, so no unit starts
 //! on them earlier. It is bounded by waiting for room *before* a batch is
-//! counted (the batch's own rows cannot finish before it is).
+//! handed over (the batch's own rows cannot finish before it is counted).
+//! Not after: rows in an inbox may be what an executor waits for (one that
+//! spills waits until the flush of the rows it spills is published), and a
+//! flush waiting for room that only they can make would never be. So the
+//! rows in memory stay under the room bound, plus one batch, plus what the
+//! consumer receives meanwhile (10,000 rows), whatever the size of a
+//! transaction.
 //!
 //! *Crash*: the check and the inserts are one statement: both or neither.
 //!
@@ -336,7 +342,7 @@
 //!   `ctx.transaction()` rolls back with the unit (handlers are at least
 //!   once, exactly once with `ctx.transaction()`).
 //! - *Spill.* An operator falls behind when its executor holds
-//!   `spill_rows` rows in memory (default 50,000) that commit at or after
+//!   `spill_rows` rows in memory (default 10,000) that commit at or after
 //!   the redelivery horizon, or has held one for `spill_after` (default
 //!   30 s, since it was handed over), or one of its ids waits to try
 //!   again. The backlog delivered at start (rows before the horizon) is not
@@ -467,6 +473,15 @@ pub(crate) async fn begin(
     pool.begin_with(BEGIN_DURABLE).await
 }
 
+/// A batch on its way to the executors and the queue: flush `number`,
+/// handed over to the operators' inboxes by [`Store::enqueue`] (at once
+/// with a durable queue, once there is room with the rows in memory).
+pub(crate) struct Handing {
+    pub ops: Vec<&'static crate::registry::OperatorRegistration>,
+    pub number: u64,
+    pub batch: crate::dispatch::Batch,
+}
+
 /// What the consumer, the executors and the flow of one flow share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -505,8 +520,8 @@ pub(crate) struct Row {
     /// [`id_key`] of `id`.
     pub(crate) id_key: String,
     pub(crate) kind: EventKind,
-    pub(crate) schema: String,
-    pub(crate) table: String,
+    pub(crate) schema: Arc<str>,
+    pub(crate) table: Arc<str>,
     /// A handler row's event as JSON (as queued).
     pub(crate) event: Option<String>,
     /// A handler row's event, when handed over in memory.
@@ -541,8 +556,8 @@ impl Row {
             id_key: crate::dispatch::id_key(&q.id),
             id: q.id,
             kind: q.kind,
-            schema: q.schema_name,
-            table: q.table_name,
+            schema: q.schema_name.into(),
+            table: q.table_name.into(),
             event: q.event,
             raw: None,
             updated_at: q.updated_at,
@@ -569,8 +584,8 @@ impl Row {
             id: r.id.clone(),
             id_key: r.id_key.clone(),
             kind: r.kind,
-            schema: r.schema.to_string(),
-            table: r.table.to_string(),
+            schema: r.schema.clone(),
+            table: r.table.clone(),
             event: r.event.clone(),
             raw: r.raw.clone(),
             updated_at: r.updated_at,

@@ -11,7 +11,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
 use super::memory::{Finished, MAX_OUTSTANDING, MemoryState};
-use super::{Row, Shared, dequeue, enqueue, status};
+use super::{Handing, Row, Shared, dequeue, enqueue, status};
 use crate::config::{Config, ProcessStatusStorage, QueueStorage};
 use crate::dispatch::Batch;
 use crate::lsn::Lsn;
@@ -100,6 +100,19 @@ impl Store {
         !self.memory_queue
     }
 
+    /// Rows handed over and not finished (nor spilled) past which the
+    /// consumer waits before it hands over more: `MAX_OUTSTANDING`, and
+    /// with the stream storage at least twice `spill_rows`, so that an
+    /// operator falls behind (and spills, which makes room) before the
+    /// flow stops receiving.
+    pub fn room(&self, config: &Config) -> usize {
+        if self.stream {
+            MAX_OUTSTANDING.max(config.spill_rows().saturating_mul(2))
+        } else {
+            MAX_OUTSTANDING
+        }
+    }
+
     /// Whether this is the stream storage (rule 12).
     pub fn stream(&self) -> bool {
         self.stream
@@ -184,20 +197,29 @@ impl Store {
         shared: Arc<Shared>,
         stop: watch::Receiver<bool>,
         conn: Option<PgConnection>,
-        mut batch: Batch,
+        handing: Handing,
         end: Option<Lsn>,
         partial: Option<(Lsn, u32)>,
     ) -> (Option<PgConnection>, bool) {
         let store = &shared.store;
+        let Handing {
+            ops,
+            number,
+            mut batch,
+        } = handing;
         if !store.memory_queue {
+            // The executors admit the rows while they are being queued.
+            shared.handover.hand(&ops, &mut batch, number);
             if store.memory_status {
                 store.memory.marks(&batch.status);
                 batch.status.clear();
             }
             return enqueue::queue_retrying(shared.clone(), stop, conn, &batch, end, partial).await;
         }
-        // The memory queue: bounded, by waiting before more is added (rows
-        // of this batch cannot finish before it is "queued"). While it
+        // The memory queue: bounded, by waiting for room before the rows
+        // are handed over. (Handed over first, they could be what an
+        // executor waits for before it frees room: an operator that
+        // spills waits until the rows it spills are counted.) While it
         // waits, the database is probed: should the server shut down, the
         // consumer must let go of the replication connection (rule 7) even
         // if no executor happens to reach the database meanwhile.
@@ -206,7 +228,7 @@ impl Store {
             let room = store.memory.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if store.memory.outstanding() <= MAX_OUTSTANDING {
+            if store.memory.outstanding() <= store.room(&shared.config) {
                 break;
             }
             let probe = tokio::select! {
@@ -218,6 +240,11 @@ impl Store {
                 shared.note_error(&e);
             }
         }
+        shared.handover.hand(&ops, &mut batch, number);
+        // The rows are in the executors' inboxes now: only their positions
+        // are kept here, not a second copy.
+        let firsts = super::memory::first_lsns(&batch.rows);
+        batch.rows = Vec::new();
         // Nothing runs on an event before its transaction is visible.
         if !enqueue::wait_visible(&shared, &stop, None, &batch.xids).await {
             return (conn, false);
@@ -242,7 +269,7 @@ impl Store {
             }
             conn = c;
         }
-        store.memory.queued(&batch.rows, end);
+        store.memory.queued(&firsts, end);
         (conn, true)
     }
 
