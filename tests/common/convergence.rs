@@ -323,7 +323,19 @@ async fn connect_retrying(url: &str) -> sqlx::PgConnection {
 /// thousands of events for the durable queue to drain, one query each,
 /// which in a debug build on a loaded 2-core machine takes minutes.)
 async fn check(flow: &Walflow, pool: &sqlx::PgPool, coalesce: bool) {
-    let lsn = flow.current_lsn().await.unwrap();
+    // Right after PostgreSQL restarted, a pooled connection may still be
+    // one the restart broke: asked again until one answers (bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let lsn = loop {
+        match flow.current_lsn().await {
+            Ok(lsn) => break lsn,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot read the current WAL position: {e}"),
+        }
+    };
     if let Err(e) = flow.wait_processed(lsn, Duration::from_secs(600)).await {
         let queue: Vec<(String, i64, i64)> = sqlx::query_as(
             "SELECT operator, count(*), min(commit_lsn) FROM walflow.queue GROUP BY 1",
