@@ -290,8 +290,10 @@
 //! **12. The stream storage (`QueueStorage::Stream`): the slot as the
 //! queue.** No queue row is written for an operator that keeps up; the
 //! slot holds what is not applied, and `walflow.queue` what is spilled.
-//! - *Hand-over*: as the memory queue's (rule 3): a batch's rows go to the
-//!   executors tagged with its flush; the flush waits until the batch's
+//! - *Hand-over*: as the memory queue's (rule 3): once there is room, a
+//!   batch's rows go to the executors tagged with its flush (room is at
+//!   least twice `spill_rows`, so one operator falls behind and spills,
+//!   which makes room, before the flow stops receiving); the flush waits until the batch's
 //!   transactions are visible, writes its process status marks and
 //!   refusals (rule 11) in one statement, then counts the rows as
 //!   outstanding (by the commit position of their first transaction) and
