@@ -18,7 +18,7 @@
 //! bytes per unit, so the record's WAL per event stays a fraction of the
 //! application's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::PgConnection;
@@ -103,22 +103,84 @@ pub(crate) async fn barrier(pool: &sqlx::PgPool, slot: &str) -> sqlx::Result<()>
 pub(crate) async fn load(
     pool: &sqlx::PgPool,
     slot: &str,
-) -> sqlx::Result<HashMap<String, HashSet<RowKey>>> {
+) -> sqlx::Result<HashMap<String, Applied>> {
     let records: Vec<(String, Vec<u8>)> =
         sqlx::query_as("SELECT operator, positions FROM walflow.applied WHERE slot = $1")
             .bind(slot)
             .fetch_all(pool)
             .await?;
-    let mut applied: HashMap<String, HashSet<RowKey>> = HashMap::new();
+    let mut applied: HashMap<String, Applied> = HashMap::new();
     for (operator, positions) in records {
         let keys = decode(&positions).ok_or_else(|| {
             sqlx::Error::Protocol(format!(
                 "walflow.applied holds a record of {operator} that does not decode"
             ))
         })?;
-        applied.entry(operator).or_default().extend(keys);
+        applied.entry(operator).or_default().add(keys);
+    }
+    for a in applied.values_mut() {
+        a.seal();
     }
     Ok(applied)
+}
+
+/// The positions an earlier run applied, for one operator, as runs of
+/// consecutive `seq` per commit LSN and part: a transaction's events are
+/// numbered in order and applied in groups, so even the million positions
+/// of one big transaction make few runs (a set of them would take tens of
+/// megabytes).
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    /// `(commit_lsn, part, first seq, last seq)`; once [sealed](Self::seal),
+    /// sorted and neither overlapping nor adjacent.
+    runs: Vec<(i64, i16, i32, i32)>,
+}
+
+impl Applied {
+    /// Adds positions (any order; [`seal`](Self::seal) before asking).
+    pub fn add(&mut self, keys: impl IntoIterator<Item = RowKey>) {
+        for (lsn, seq, part) in keys {
+            match self.runs.last_mut() {
+                Some(r) if r.0 == lsn && r.1 == part && r.3.checked_add(1) == Some(seq) => {
+                    r.3 = seq
+                }
+                _ => self.runs.push((lsn, part, seq, seq)),
+            }
+        }
+    }
+
+    /// Sorts the runs and merges those that overlap or touch.
+    pub fn seal(&mut self) {
+        self.runs.sort_unstable();
+        let mut merged: Vec<(i64, i16, i32, i32)> = Vec::with_capacity(self.runs.len());
+        for r in self.runs.drain(..) {
+            match merged.last_mut() {
+                Some(m) if m.0 == r.0 && m.1 == r.1 && i64::from(r.2) <= i64::from(m.3) + 1 => {
+                    m.3 = m.3.max(r.3)
+                }
+                _ => merged.push(r),
+            }
+        }
+        merged.shrink_to_fit();
+        self.runs = merged;
+    }
+
+    /// Whether `key` was applied.
+    pub fn contains(&self, (lsn, seq, part): RowKey) -> bool {
+        let at = self
+            .runs
+            .partition_point(|r| (r.0, r.1, r.2) <= (lsn, part, seq));
+        at > 0 && {
+            let r = self.runs[at - 1];
+            r.0 == lsn && r.1 == part && seq <= r.3
+        }
+    }
+
+    /// Positions held, for tests.
+    #[cfg(test)]
+    fn runs(&self) -> usize {
+        self.runs.len()
+    }
 }
 
 /// Deletes `slot`'s records no copy of an event may still ask about, every
@@ -301,6 +363,39 @@ pub(crate) fn commit_outcome_unknown(e: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn applied_positions_are_found_and_only_they() {
+        // A big transaction applied by groups out of order, another
+        // transaction's scattered positions, and parts 0 and 1 of one
+        // event.
+        let mut a = Applied::default();
+        let mut groups: Vec<Vec<RowKey>> = (0..1000)
+            .map(|g| (g * 64..(g + 1) * 64).map(|s| (100, s, 0)).collect())
+            .collect();
+        groups.reverse();
+        groups.swap(3, 700);
+        for g in groups {
+            a.add(g);
+        }
+        a.add([(50, 7, 0), (50, 9, 0), (50, 8, 1), (50, 8, 0), (50, 7, 0)]);
+        a.seal();
+        assert_eq!(a.runs(), 3, "{a:?}");
+        for s in 0..64_000 {
+            assert!(a.contains((100, s, 0)));
+            assert!(!a.contains((100, s, 1)));
+        }
+        for k in [(100, -1, 0), (100, 64_000, 0), (99, 0, 0), (101, 0, 0)] {
+            assert!(!a.contains(k), "{k:?}");
+        }
+        for k in [(50, 7, 0), (50, 8, 0), (50, 9, 0), (50, 8, 1)] {
+            assert!(a.contains(k), "{k:?}");
+        }
+        for k in [(50, 6, 0), (50, 10, 0), (50, 7, 1), (50, 9, 1)] {
+            assert!(!a.contains(k), "{k:?}");
+        }
+        assert!(!Applied::default().contains((1, 1, 0)));
+    }
 
     #[test]
     fn positions_come_back_as_written() {

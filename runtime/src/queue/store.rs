@@ -34,9 +34,7 @@ pub(crate) struct Store {
     horizon: std::sync::atomic::AtomicU64,
     /// With the stream storage, the progress records read at start: per
     /// operator, the positions an earlier run applied.
-    applied: std::sync::Mutex<
-        std::collections::HashMap<String, std::collections::HashSet<super::RowKey>>,
-    >,
+    applied: std::sync::Mutex<std::collections::HashMap<String, super::progress::Applied>>,
     memory_status: bool,
     /// A subscriber-only node: the queue and status are another process's;
     /// only what is in the database can be read.
@@ -167,7 +165,7 @@ impl Store {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(operator)
-                .is_some_and(|keys| keys.contains(&row.key()))
+                .is_some_and(|keys| keys.contains(row.key()))
     }
 
     /// What the consumer may acknowledge once the transactions up to `end`
