@@ -10,9 +10,9 @@
 //! (the seed's MERGE) to drain that backlog (a) with `coalesce: true`,
 //! (b) with `coalesce: false` (one query per event), and (c) the time
 //! `pg_recvlogical` takes to read the same backlog on its own slot; (b) runs
-//! with each queue storage: the durable queue (`QueueStorage::Postgres`),
-//! the memory queue and the stream storage (no queue rows; a progress
-//! record per unit transaction). The stream storage's drain is a
+//! with each queue storage: the stream storage (the default: no queue rows,
+//! a progress record per unit transaction) and the durable queue
+//! (`QueueStorage::Postgres`); (a) runs with the stream storage. The stream storage's drain is a
 //! restart's: the backlog commits before the flow's redelivery horizon
 //! (rule 12 of the queue protocol), so each unit looks its rows up in the
 //! records read at start before it runs. Each drain measures the WAL of
@@ -139,7 +139,7 @@ async fn async_main() {
         latency(&base).await;
         return;
     }
-    let a = drain(&base, "a", "Counts", comments, true, QueueStorage::Postgres).await;
+    let a = drain(&base, "a", "Counts", comments, true, QueueStorage::Stream).await;
     let (coalesced, recv) = (a.time, a.recv);
     if std::env::var_os("WALFLOW_BENCH_COALESCED_ONLY").is_some() {
         println!(
@@ -151,9 +151,8 @@ async fn async_main() {
     // (b) with each storage, the same backlog.
     let mut every = Vec::new();
     for (suffix, storage) in [
-        ("b", QueueStorage::Postgres),
-        ("b_memory", QueueStorage::Memory),
-        ("b_stream", QueueStorage::Stream),
+        ("b", QueueStorage::Stream),
+        ("b_durable", QueueStorage::Postgres),
     ] {
         let drained = drain(&base, suffix, "EveryEvent", comments, false, storage).await;
         every.push((storage, drained));
@@ -168,6 +167,7 @@ async fn async_main() {
             .expect("drained")
     };
     let durable = time(QueueStorage::Postgres);
+    let stream = time(QueueStorage::Stream);
     println!("backlog drain ({} events):", events as u64);
     println!(
         "  (a) coalesce: true    {:>10.2?}  {:>9.0} events/s",
@@ -176,9 +176,8 @@ async fn async_main() {
     );
     for (storage, drained) in &every {
         let label = match storage {
-            QueueStorage::Postgres => "(b) coalesce: false",
-            QueueStorage::Memory => "    (memory queue) ",
-            QueueStorage::Stream => "    (stream)       ",
+            QueueStorage::Stream => "(b) coalesce: false",
+            QueueStorage::Postgres => "    (durable queue)",
         };
         println!(
             "  {label}   {:>10.2?}  {:>9.0} events/s",
@@ -195,12 +194,11 @@ async fn async_main() {
     println!(
         "  (a)/(c) = {:.2}x (target <= 2)   (b)/(a) = {:.1}x (target >= 20)",
         coalesced.as_secs_f64() / recv.as_secs_f64(),
-        durable.as_secs_f64() / coalesced.as_secs_f64()
+        stream.as_secs_f64() / coalesced.as_secs_f64()
     );
     println!(
-        "  (b) durable/stream = {:.2}x (target >= 2)   durable/memory = {:.2}x",
-        durable.as_secs_f64() / time(QueueStorage::Stream).as_secs_f64(),
-        durable.as_secs_f64() / time(QueueStorage::Memory).as_secs_f64()
+        "  (b) durable/stream = {:.2}x (target >= 2)",
+        durable.as_secs_f64() / stream.as_secs_f64()
     );
     if every.iter().all(|(_, d)| d.wal.is_some()) {
         println!(
@@ -256,7 +254,6 @@ struct DrainWal {
 fn storage_name(storage: QueueStorage) -> &'static str {
     match storage {
         QueueStorage::Postgres => "durable queue",
-        QueueStorage::Memory => "memory queue",
         QueueStorage::Stream => "stream",
     }
 }
@@ -395,7 +392,7 @@ async fn drain(
         .unwrap();
         let written = match storage {
             QueueStorage::Postgres => queued_rows,
-            QueueStorage::Memory | QueueStorage::Stream => runs,
+            QueueStorage::Stream => runs,
         };
         if (written >= expected && runs >= expected) || asked.elapsed() > Duration::from_secs(5) {
             break (queued_rows, progress_writes, runs);
@@ -405,7 +402,7 @@ async fn drain(
     let label = format!("[{operator}, {}]", storage_name(storage));
     let written = match storage {
         QueueStorage::Postgres => format!("{queued_rows} queue rows"),
-        QueueStorage::Memory | QueueStorage::Stream => {
+        QueueStorage::Stream => {
             format!("{queued_rows} queue rows, {progress_writes} progress records written")
         }
     };
@@ -521,17 +518,6 @@ async fn latency(base: &str) {
         ProcessStatusStorage::Postgres,
     )
     .await;
-    // Both kept in memory: nothing written per event, and lost on a crash.
-    let mut memory = handler_latency(
-        &url,
-        &pool,
-        &mut conn,
-        &mut rx,
-        N as i64,
-        QueueStorage::Memory,
-        ProcessStatusStorage::Memory,
-    )
-    .await;
     // The stream storage: nothing queued, a progress record per unit, the
     // slot acknowledged up to what is applied; the process status in
     // PostgreSQL, as with the durable queue.
@@ -598,32 +584,28 @@ async fn latency(base: &str) {
         v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
     };
     let (h50, h99) = (p(&mut durable, 0.50), p(&mut durable, 0.99));
-    let (m50, m99) = (p(&mut memory, 0.50), p(&mut memory, 0.99));
     let (s50, s99) = (p(&mut stream, 0.50), p(&mut stream, 0.99));
     let (n50, n99) = (p(&mut notify, 0.50), p(&mut notify, 0.99));
     let (w50, w99) = (p(&mut wal, 0.50), p(&mut wal, 0.99));
     let x = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!("latency ({N} single-row commits):");
     println!("  commit → handler   p50 {h50:>10.2?}  p99 {h99:>10.2?}   (durable queue)");
-    println!("    (memory queue)   p50 {m50:>10.2?}  p99 {m99:>10.2?}   (lost on a crash)");
     println!("    (stream)         p50 {s50:>10.2?}  p99 {s99:>10.2?}   (no queue rows)");
     println!("  commit → listener  p50 {w50:>10.2?}  p99 {w99:>10.2?}   (WAL sender floor)");
     println!("  LISTEN/NOTIFY      p50 {n50:>10.2?}  p99 {n99:>10.2?}");
     println!(
-        "  ratio              p50 {:.2}x (target <= 2)   p99 {:.2}x (target <= 5)",
-        x(h50, n50),
-        x(h99, n99)
+        "  stream / NOTIFY    p50 {:.2}x (target <= 2)   p99 {:.2}x (target <= 5)",
+        x(s50, n50),
+        x(s99, n99)
     );
     println!(
-        "  handler / listener p50: durable {:.2}x, memory {:.2}x, stream {:.2}x (target <= 1.5)",
+        "  handler / listener p50: durable {:.2}x, stream {:.2}x (target <= 1.5)",
         x(h50, w50),
-        x(m50, w50),
         x(s50, w50)
     );
     println!(
-        "  handler / listener p99: durable {:.2}x, memory {:.2}x, stream {:.2}x (target <= 3)",
+        "  handler / listener p99: durable {:.2}x, stream {:.2}x (target <= 3)",
         x(h99, w99),
-        x(m99, w99),
         x(s99, w99)
     );
 }

@@ -8,7 +8,9 @@
 //! ```
 //!
 //! (`WALFLOW_SOAK_TXNS`, default 20,000 transactions per setting;
-//! `WALFLOW_SOAK_KILLS`, default 30.) It prints its seed;
+//! `WALFLOW_SOAK_KILLS`, default 30; `WALFLOW_SOAK_SPILLING=1`, the stream
+//! storage with small spill bounds; `WALFLOW_QUEUE_STORAGE=postgres`, the
+//! durable queue.) It prints its seed;
 //! `WALFLOW_SEED=<n>` replays the same statement choices. Without
 //! `WALFLOW_SOAK` it says so and exits: a `harness = false` target, so it
 //! is no test that passes without running. The binary is also the child
@@ -22,7 +24,7 @@ mod harness;
 
 use std::process::ExitCode;
 
-use convergence::Run;
+use convergence::{Run, Storage};
 
 fn main() -> ExitCode {
     if harness::is_child(convergence::CHILD) {
@@ -52,8 +54,14 @@ fn main() -> ExitCode {
                 restarts: false,
                 async_commit: false,
                 crash_at: None,
-                // `WALFLOW_SOAK_STREAM=1`: with the stream storage.
-                stream: env("WALFLOW_SOAK_STREAM", 0) == 1,
+                // The default storage (`WALFLOW_QUEUE_STORAGE` chooses);
+                // `WALFLOW_SOAK_SPILLING=1`: the stream storage with small
+                // spill bounds.
+                storage: if env("WALFLOW_SOAK_SPILLING", 0) == 1 {
+                    Storage::Spilling
+                } else {
+                    Storage::Default
+                },
             }
             .go()
             .await;

@@ -94,7 +94,6 @@ async fn child() {
 fn storage() -> QueueStorage {
     match std::env::var("WALFLOW_BIG_STORAGE").as_deref() {
         Ok("postgres") => QueueStorage::Postgres,
-        Ok("memory") => QueueStorage::Memory,
         _ => QueueStorage::Stream,
     }
 }

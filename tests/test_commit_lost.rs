@@ -1,5 +1,5 @@
-//! A unit whose `COMMIT` gets no reply: with the memory queue and the
-//! stream storage, nothing in walflow's tables but the server's status of
+//! A unit whose `COMMIT` gets no reply: with the stream storage,
+//! nothing in walflow's tables but the server's status of
 //! the unit's transaction (`pg_xact_status`) says whether it committed.
 //! A proxy between walflow and PostgreSQL breaks every third `COMMIT` of
 //! the flow's units, half of them after forwarding it (the server commits,
@@ -31,8 +31,7 @@ async fn counted(db: &common::Db) -> Vec<(i64, i64)> {
 #[tokio::test]
 async fn a_commit_whose_reply_is_lost_is_applied_once() {
     for (queue, status) in [
-        (QueueStorage::Memory, ProcessStatusStorage::Memory),
-        (QueueStorage::Memory, ProcessStatusStorage::Postgres),
+        (QueueStorage::Stream, ProcessStatusStorage::Memory),
         (QueueStorage::Stream, ProcessStatusStorage::Postgres),
     ] {
         run(queue, status).await;

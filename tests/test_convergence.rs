@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use sqlx::Connection;
 
-use convergence::{Run, SCHEMA, start};
+use convergence::{Run, SCHEMA, Storage, start};
 
 fn main() -> ExitCode {
     if harness::is_child(convergence::CHILD) {
@@ -50,21 +50,25 @@ fn main() -> ExitCode {
         postgres_restarted_immediately_with_async_commit,
         crash_points,
         operators_wait_until_the_transaction_is_visible,
-        stream_four_writers_killed_coalescing,
-        stream_four_writers_killed_one_event_at_a_time,
-        stream_four_writers_postgres_restarted_one_event_at_a_time,
-        stream_crash_points,
+        spilling_four_writers_killed_coalescing,
+        spilling_four_writers_killed_one_event_at_a_time,
+        spilling_four_writers_postgres_restarted_one_event_at_a_time,
+        spilling_crash_points,
+        durable_four_writers_killed_one_event_at_a_time,
+        durable_four_writers_postgres_restarted_coalescing,
+        durable_crash_points,
     ])
 }
 
 const TXNS: u64 = 600;
 
 /// One test per configuration: writers, kills, `coalesce`, PostgreSQL
-/// restarts, the stream storage (`QueueStorage::Stream`; the others run on
-/// the storage `WALFLOW_QUEUE_STORAGE` names, the durable queue by
-/// default).
+/// restarts, and the queue storage: the default (the stream storage, or
+/// the one `WALFLOW_QUEUE_STORAGE` names), the stream storage with small
+/// spill bounds (`spilling_*`: operators spill and return all the time), or
+/// the durable queue (`durable_*`).
 macro_rules! runs {
-    ($($name:ident: $writers:expr, $kills:expr, $coalesce:expr, $restarts:expr, $stream:expr;)*) => {$(
+    ($($name:ident: $writers:expr, $kills:expr, $coalesce:expr, $restarts:expr, $storage:ident;)*) => {$(
         async fn $name() {
             Run {
                 writers: $writers,
@@ -74,7 +78,7 @@ macro_rules! runs {
                 restarts: $restarts,
                 async_commit: false,
                 crash_at: None,
-                stream: $stream,
+                storage: Storage::$storage,
             }
             .go()
             .await;
@@ -83,17 +87,20 @@ macro_rules! runs {
 }
 
 runs! {
-    one_writer_coalescing: 1, 0, true, false, false;
-    one_writer_one_event_at_a_time: 1, 0, false, false, false;
-    four_writers_coalescing: 4, 0, true, false, false;
-    four_writers_killed_coalescing: 4, 4, true, false, false;
-    four_writers_killed_one_event_at_a_time: 4, 4, false, false, false;
-    one_writer_killed_coalescing: 1, 4, true, false, false;
-    four_writers_postgres_restarted_coalescing: 4, 0, true, true, false;
-    four_writers_postgres_restarted_one_event_at_a_time: 4, 0, false, true, false;
-    stream_four_writers_killed_coalescing: 4, 4, true, false, true;
-    stream_four_writers_killed_one_event_at_a_time: 4, 8, false, false, true;
-    stream_four_writers_postgres_restarted_one_event_at_a_time: 4, 0, false, true, true;
+    one_writer_coalescing: 1, 0, true, false, Default;
+    one_writer_one_event_at_a_time: 1, 0, false, false, Default;
+    four_writers_coalescing: 4, 0, true, false, Default;
+    four_writers_killed_coalescing: 4, 4, true, false, Default;
+    // A non-idempotent counter exact across eight `kill -9`s.
+    four_writers_killed_one_event_at_a_time: 4, 8, false, false, Default;
+    one_writer_killed_coalescing: 1, 4, true, false, Default;
+    four_writers_postgres_restarted_coalescing: 4, 0, true, true, Default;
+    four_writers_postgres_restarted_one_event_at_a_time: 4, 0, false, true, Default;
+    spilling_four_writers_killed_coalescing: 4, 4, true, false, Spilling;
+    spilling_four_writers_killed_one_event_at_a_time: 4, 4, false, false, Spilling;
+    spilling_four_writers_postgres_restarted_one_event_at_a_time: 4, 0, false, true, Spilling;
+    durable_four_writers_killed_one_event_at_a_time: 4, 4, false, false, Durable;
+    durable_four_writers_postgres_restarted_coalescing: 4, 0, true, true, Durable;
 }
 
 /// The server commits asynchronously (`synchronous_commit = off`, a 10 s
@@ -109,37 +116,35 @@ async fn postgres_restarted_immediately_with_async_commit() {
         restarts: true,
         async_commit: true,
         crash_at: None,
-        stream: false,
+        storage: Storage::Default,
     }
     .go()
     .await;
 }
 
-/// Each crash point of the queue protocol, under the random workload: the
-/// flow dies there (as `kill -9` would) three times, on a random hit.
+/// Each crash point of the queue protocol the default storage meets, under
+/// the random workload: the flow dies there (as `kill -9` would) three
+/// times, on a random hit. With the default spill bounds, which this
+/// workload may never reach, the spill's own points are
+/// `spilling_crash_points`'.
 async fn crash_points() {
-    // With `WALFLOW_QUEUE_STORAGE=stream` the spill bounds are the
-    // defaults, which this workload may never reach: the spill's own
-    // points are `stream_crash_points`'.
-    let stream = std::env::var("WALFLOW_QUEUE_STORAGE").is_ok_and(|s| s == "stream");
+    let stream = Storage::Default.stream();
     let points: Vec<&'static str> = walflow::crash_point::POINTS
         .iter()
         .copied()
         .filter(|p| !stream || !matches!(*p, "stream.spilled" | "stream.returned"))
         .collect();
-    crash_points_of(stream, &points).await;
+    crash_points_of(Storage::Default, &points).await;
 }
 
-/// The crash points whose meaning the stream storage changes, with it:
-/// around a unit's commit (nothing but the progress record says it
-/// applied), the acknowledgements (the slot's position is what units
-/// applied or spilled), the skip of what is delivered again, in the middle
-/// of a spill and as an operator returns from the queue to memory. The whole list runs
-/// with `WALFLOW_QUEUE_STORAGE=stream` (every test of this file then uses
-/// the stream storage).
-async fn stream_crash_points() {
+/// The crash points whose meaning the stream storage changes, with small
+/// spill bounds: around a unit's commit (nothing but the progress record
+/// says it applied), the acknowledgements (the slot's position is what
+/// units applied or spilled), the skip of what is delivered again, in the
+/// middle of a spill and as an operator returns from the queue to memory.
+async fn spilling_crash_points() {
     crash_points_of(
-        true,
+        Storage::Spilling,
         &[
             "unit.before_commit",
             "unit.after_commit",
@@ -153,10 +158,16 @@ async fn stream_crash_points() {
     .await;
 }
 
+/// Each crash point the durable queue meets.
+async fn durable_crash_points() {
+    crash_points_of(Storage::Durable, walflow::crash_point::POINTS).await;
+}
+
 /// The crash points the storage meets: the stream storage reads nothing
 /// back from the queue, and acknowledges and skips what the durable queue
 /// does not.
-async fn crash_points_of(stream: bool, points: &[&'static str]) {
+async fn crash_points_of(storage: Storage, points: &[&'static str]) {
+    let stream = storage.stream();
     // `WALFLOW_CRASH_POINT=<point>` runs that one alone.
     let only = std::env::var("WALFLOW_CRASH_POINT").ok();
     for point in points {
@@ -188,7 +199,7 @@ async fn crash_points_of(stream: bool, points: &[&'static str]) {
                 restarts: false,
                 async_commit: false,
                 crash_at: Some(point),
-                stream,
+                storage,
             }
             .go()
             .await;

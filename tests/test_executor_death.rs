@@ -1,7 +1,8 @@
 //! An executor whose own loop dies (not a unit: units catch their panics)
-//! with the memory queue: the rows it held were acknowledged and die with
-//! it, so the flow fails loudly — health `failed` naming the operator, and
-//! the flow stops — instead of running on without them.
+//! with the stream storage: the rows it held die with it, so the flow fails
+//! loudly — health `failed` naming the operator, and the flow stops —
+//! instead of running on without them; they were not acknowledged, so the
+//! next flow on the slot applies them, once.
 //!
 //! Its own test binary: the panic point is armed for the whole process.
 
@@ -18,7 +19,7 @@ use walflow::prelude::*;
 use walflow::telemetry::HealthState;
 
 #[tokio::test]
-async fn an_executor_dying_with_the_memory_queue_fails_the_flow() {
+async fn an_executor_dying_with_the_stream_storage_fails_the_flow() {
     // SAFETY: the only test of this binary, set before anything reads it.
     unsafe { std::env::set_var("WALFLOW_PANIC_AT", "executor.loop") };
     let db = common::db().await;
@@ -26,7 +27,7 @@ async fn an_executor_dying_with_the_memory_queue_fails_the_flow() {
     let flow = Walflow::builder()
         .database_url(&db.url)
         .slot_name(db.slot("death"))
-        .queue_storage(QueueStorage::Memory)
+        .queue_storage(QueueStorage::Stream)
         .process_status_storage(ProcessStatusStorage::Memory)
         .operators(["Tally"])
         .start()
@@ -40,7 +41,8 @@ async fn an_executor_dying_with_the_memory_queue_fails_the_flow() {
     .await;
     let detail = flow.health().detail.unwrap_or_default();
     assert!(
-        detail.contains("operator `Tally`'s executor died") && detail.contains("memory queue"),
+        detail.contains("operator `Tally`'s executor died")
+            && detail.contains("not acknowledged and come again"),
         "{detail}"
     );
     // The flow stopped by itself: shutting it down returns at once.
@@ -48,4 +50,26 @@ async fn an_executor_dying_with_the_memory_queue_fails_the_flow() {
         .await
         .expect("the flow had stopped")
         .unwrap();
+
+    // The panic point fires once per process: the next flow runs, and the
+    // event the dead executor held comes again and is applied once.
+    let flow = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(db.slot("death"))
+        .queue_storage(QueueStorage::Stream)
+        .process_status_storage(ProcessStatusStorage::Memory)
+        .operators(["Tally"])
+        .start()
+        .await
+        .expect("the next flow starts");
+    let lsn = flow.current_lsn().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT n FROM tally WHERE post_id = 1")
+        .fetch_one(&db.pool)
+        .await
+        .expect("the held event was applied after the restart");
+    assert_eq!(n, 1, "applied once");
+    flow.shutdown().await.unwrap();
 }

@@ -5,7 +5,7 @@
 //! - a poison event moves the retry, failure and dead-letter counters and
 //!   the dead-letter gauge;
 //! - the queue depth rises while an operator is held, and falls after (with
-//!   the durable queue and with the memory queue);
+//!   the durable queue and with the stream storage);
 //! - readiness goes false while the flow is behind by more than
 //!   `ready_lag_bytes` (degraded past `max_slot_lag_bytes`), and true once
 //!   caught up; the slot lag falls after the drain;
@@ -493,14 +493,14 @@ async fn during_start_up_the_endpoint_is_alive_but_not_ready() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_memory_queue_the_depth_is_what_the_executor_holds() {
+async fn with_the_stream_storage_the_depth_is_what_the_executor_holds() {
     let db = common::db().await;
     db.exec(SCHEMA).await;
     let flow = Walflow::builder()
         .database_url(&db.url)
         .slot_name(db.slot("memory"))
         .operators(["MetricsHoldMemory"])
-        .queue_storage(walflow::config::QueueStorage::Memory)
+        .queue_storage(walflow::config::QueueStorage::Stream)
         .health_interval(Duration::from_millis(100))
         .metrics_endpoint(([127, 0, 0, 1], 0))
         .start()
@@ -516,7 +516,7 @@ async fn with_the_memory_queue_the_depth_is_what_the_executor_holds() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(queued, 0, "the memory queue writes no queue rows");
+    assert_eq!(queued, 0, "the stream storage writes no queue rows");
     MEMORY_GATE.add_permits(1);
     wait_metric(addr, "walflow_queue_rows", &held, |v| v == 0.0).await;
     wait_metric(addr, "walflow_queue_oldest_age_seconds", &held, |v| {

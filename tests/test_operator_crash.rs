@@ -52,7 +52,8 @@ async fn child() {
     let url = std::env::var("URL").unwrap();
     let slot = std::env::var("SLOT").unwrap();
     let status_field = std::env::var("STATUS_FIELD").ok();
-    let _flow = start(&url, &slot, status_field.as_deref()).await;
+    let durable = std::env::var("DURABLE").is_ok();
+    let _flow = start(&url, &slot, status_field.as_deref(), durable).await;
     println!("READY");
     std::future::pending::<()>().await;
 }
@@ -60,10 +61,16 @@ async fn child() {
 /// Starts the flow once the killed predecessor's session has let go of the
 /// slot. `status_field`: the process status field, if not `updated_at`;
 /// the operators then run one transaction at a time, so more ids wait and
-/// more events are queued without rows of their own.
-async fn start(url: &str, slot: &str, status_field: Option<&str>) -> Walflow {
+/// more events are queued without rows of their own. `durable`: with the
+/// durable queue, rather than the default storage.
+async fn start(url: &str, slot: &str, status_field: Option<&str>, durable: bool) -> Walflow {
     common::wait_slot_released(url, slot).await;
-    Walflow::builder()
+    let builder = if durable {
+        Walflow::builder().queue_storage(walflow::config::QueueStorage::Postgres)
+    } else {
+        Walflow::builder()
+    };
+    builder
         .database_url(url)
         .slot_name(slot)
         .min_restart_time(Duration::from_millis(20))
@@ -229,12 +236,13 @@ async fn check(
 
 /// Runs [`child`] in a child process and waits (bounded) until its flow
 /// has started.
-async fn ready_child(url: &str, slot: &str, status_field: Option<&str>) -> Child {
+async fn ready_child(url: &str, slot: &str, status_field: Option<&str>, durable: bool) -> Child {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .env(CHILD, "1")
         .env("URL", url)
         .env("SLOT", slot)
         .envs(status_field.map(|f| ("STATUS_FIELD", f)))
+        .envs(durable.then_some(("DURABLE", "1")))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -265,7 +273,7 @@ async fn killed_five_times(status_field: Option<&str>) {
 
     // The first child creates the slot before anything is written.
     let t0 = std::time::Instant::now();
-    let mut child = ready_child(&db.url, &slot, status_field).await;
+    let mut child = ready_child(&db.url, &slot, status_field, false).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn({
@@ -287,7 +295,7 @@ async fn killed_five_times(status_field: Option<&str>) {
 
     for round in 0..5 {
         if round > 0 {
-            child = ready_child(&db.url, &slot, status_field).await;
+            child = ready_child(&db.url, &slot, status_field, false).await;
         }
         // A random kill point: not a synchronization.
         tokio::time::sleep(Duration::from_millis(30 + rng.below(400))).await;
@@ -299,7 +307,7 @@ async fn killed_five_times(status_field: Option<&str>) {
     let expected = writer.await.unwrap();
 
     eprintln!("workload done at {:?}", t0.elapsed());
-    let flow = start(&db.url, &slot, status_field).await;
+    let flow = start(&db.url, &slot, status_field, false).await;
     eprintln!("restarted at {:?}", t0.elapsed());
     check(&flow, &db.pool, &expected, status_field.is_none()).await;
     eprintln!("checked at {:?}", t0.elapsed());
@@ -313,7 +321,7 @@ async fn exactly_once_when_postgres_restarts_mid_workload() {
     let db = common::Db::connect(&url).await;
     db.exec(SCHEMA).await;
     let slot = db.slot("oprestart");
-    let flow = start(&url, &slot, None).await;
+    let flow = start(&url, &slot, None, false).await;
     let mut w = Workload::new(common::seed());
 
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
@@ -336,8 +344,8 @@ async fn exactly_once_when_postgres_restarts_mid_workload() {
     flow.shutdown().await.unwrap();
 }
 
-/// A transaction too big to hold is queued in chunks before its commit is
-/// seen. The runtime is killed after a chunk is queued and before the
+/// With the durable queue, a transaction too big to hold is queued in
+/// chunks before its commit is seen. The runtime is killed after a chunk is queued and before the
 /// transaction is: the restarted runtime queues the rest, and nothing is
 /// applied twice or lost.
 async fn exactly_once_when_killed_inside_a_big_transaction() {
@@ -346,7 +354,7 @@ async fn exactly_once_when_killed_inside_a_big_transaction() {
     let db = common::db().await;
     db.exec(SCHEMA).await;
     let slot = db.slot("opchunk");
-    let mut child = ready_child(&db.url, &slot, None).await;
+    let mut child = ready_child(&db.url, &slot, None, true).await;
     db.exec(&format!(
         "INSERT INTO posts SELECT i, 'p' || i FROM generate_series(1, {POSTS}) i;
          INSERT INTO comments SELECT i, 1 + i % {POSTS} FROM generate_series(1, {COMMENTS}) i;"
@@ -378,7 +386,7 @@ async fn exactly_once_when_killed_inside_a_big_transaction() {
     assert!(queued > 0, "a chunk of the transaction was queued");
 
     // Again once the restarted runtime has queued more (or all) of it.
-    let mut child = ready_child(&db.url, &slot, None).await;
+    let mut child = ready_child(&db.url, &slot, None, true).await;
     common::wait_until(Duration::from_secs(60), || async {
         partial().await.is_none_or(|seq| seq > first)
     })
@@ -386,7 +394,7 @@ async fn exactly_once_when_killed_inside_a_big_transaction() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let flow = start(&db.url, &slot, None).await;
+    let flow = start(&db.url, &slot, None, true).await;
     let expected: BTreeMap<i64, i64> = (1..=POSTS).map(|p| (p, COMMENTS / POSTS)).collect();
     check(&flow, &db.pool, &expected, true).await;
     flow.shutdown().await.unwrap();

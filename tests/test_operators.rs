@@ -469,10 +469,13 @@ async fn commit_queued(db: &common::Db, slot: &str, sql: &str) {
     .await;
 }
 
-/// Starts `TopicCounts` on a fresh schema.
+/// Starts `TopicCounts` on a fresh schema, with the durable queue: the
+/// tests that use it look at its queue rows (rules 4 and 6 of the queue
+/// protocol, which are about the durable queue).
 async fn start_topics(db: &common::Db, slot: &str, concurrency: Option<usize>) -> Walflow {
     schema(db).await;
     let builder = Walflow::builder()
+        .queue_storage(walflow::config::QueueStorage::Postgres)
         .database_url(&db.url)
         .slot_name(slot)
         .operators(["TopicCounts"]);

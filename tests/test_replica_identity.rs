@@ -133,10 +133,10 @@ async fn an_identity_changed_while_running_dead_letters_what_it_cannot_follow() 
     identity_changed(QueueStorage::Postgres).await;
 }
 
-/// The memory queue records the dead letters too, before acknowledging.
+/// The stream storage records the dead letters too, before acknowledging.
 #[tokio::test]
-async fn an_identity_changed_while_running_dead_letters_with_the_memory_queue() {
-    identity_changed(QueueStorage::Memory).await;
+async fn an_identity_changed_while_running_dead_letters_with_the_stream_storage() {
+    identity_changed(QueueStorage::Stream).await;
 }
 
 async fn identity_changed(queue: QueueStorage) {

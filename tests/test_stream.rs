@@ -1,6 +1,7 @@
-//! The stream storage (`QueueStorage::Stream`, rule 12 of the queue
-//! protocol): no queue row is written for an operator that keeps up, the
-//! slot is acknowledged only up to what the operators applied or spilled,
+//! The stream storage (`QueueStorage::Stream`, the default; rule 12 of the
+//! queue protocol): no queue row is written for an operator that keeps up,
+//! the slot is acknowledged only up to what the operators applied or
+//! spilled, a node without the slot answers the fence from the database,
 //! events held when a flow stops come again and are applied once, what was
 //! applied before is not run again, the progress records are pruned once
 //! the slot is past them, a slow operator spills to `walflow.queue`
@@ -9,7 +10,7 @@
 //! from memory while rows held past it while running spill.
 //!
 //! Kills, crash points and PostgreSQL restarts with this storage are in
-//! `tests/test_convergence.rs` (its `stream_*` cases).
+//! `tests/test_convergence.rs` (every case but its `durable_*` ones).
 
 #![allow(dead_code)] // struct fields are read through serde
 
@@ -191,16 +192,40 @@ async fn acknowledged_only_once_applied() {
     );
     assert_eq!(count(&db, "SELECT count(*) FROM walflow.queue").await, 0);
 
+    // A node that does not hold the slot answers the fence from the
+    // database alone: the slot's confirmed position, then the spilled
+    // rows. While the events are held it does not pass them.
+    let node = Walflow::builder()
+        .database_url(&db.url)
+        .slot_name(&slot)
+        .pubsub(walflow::config::PubSub::Postgres)
+        .subscriber_only()
+        .start()
+        .await
+        .expect("the subscriber-only node starts");
+    let lsn = flow.current_lsn().await.unwrap();
+    assert!(
+        matches!(
+            node.wait_processed(lsn, Duration::from_secs(3)).await,
+            Err(walflow::FlowError::Timeout { .. })
+        ),
+        "the fence of a node without the slot does not pass events not applied"
+    );
+
     GATE.send_replace(true);
     let lsn = flow.current_lsn().await.unwrap();
-    flow.wait_processed(lsn, Duration::from_secs(30))
+    node.wait_processed(lsn, Duration::from_secs(30))
         .await
-        .unwrap();
+        .expect("the node's fence passes once the events are applied");
     assert_eq!(
         count(&db, "SELECT count(*) FROM applied WHERE n = 1").await,
         3,
-        "each event applied once"
+        "each event applied once, before the node's fence passed"
     );
+    node.shutdown().await.unwrap();
+    flow.wait_processed(lsn, Duration::from_secs(30))
+        .await
+        .unwrap();
     common::wait_until(Duration::from_secs(60), || async {
         !confirmed_before(&db, &slot, &after).await
     })

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
-use walflow::config::{ProcessStatusStorage, PubSub, QueueStorage};
+use walflow::config::{ProcessStatusStorage, PubSub};
 use walflow::prelude::*;
 use walflow::subscribe::{
     Broadcast, HubOptions, PgPubSub, Scope, SubscriptionError, Subscriptions, Transaction,
@@ -544,19 +544,10 @@ async fn a_subscriber_only_node_waits_for_changes_and_runs_no_operators() {
     // here: an error at once, not a wait until the timeout.
     let node = subscriber()
         .pubsub(PubSub::Postgres)
-        .queue_storage(QueueStorage::Memory)
         .process_status_storage(ProcessStatusStorage::Memory)
         .start()
         .await
         .expect("the subscriber-only flow starts");
-    let err = node.wait_processed(lsn, TIMEOUT).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            walflow::FlowError::SubscriberOnly("wait_processed with queue_storage = memory")
-        ),
-        "{err}"
-    );
     let err = node.processed("comments", 0).await.unwrap_err();
     assert!(
         matches!(

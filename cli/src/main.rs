@@ -623,11 +623,12 @@ fn render_status(s: &Status) -> String {
             bytes(slot.retained_wal_bytes),
         ));
     }
-    out.push_str(&format!(
-        "queue: enqueued up to {}\n",
-        s.enqueued_lsn
-            .map_or_else(|| "nothing yet".to_owned(), |l| l.to_string())
-    ));
+    out.push_str(&match s.enqueued_lsn {
+        Some(l) => format!("queue: enqueued up to {l}\n"),
+        None => "queue: no queue position (nothing queued yet, or the stream storage, \
+                 whose position is the slot's)\n"
+            .to_owned(),
+    });
     if s.operators.is_empty() {
         out.push_str("operators: none recorded\n");
     } else {

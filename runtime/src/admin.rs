@@ -10,8 +10,8 @@
 //! # Requests
 //!
 //! Retrying a dead letter puts it back in its operator's queue, which only
-//! the flow holding the slot can do (with the in-memory queue, the queue is
-//! that process's memory; with the durable one, its executors must be told
+//! the flow holding the slot can do (with the stream storage, what is not
+//! spilled is in that process's memory; with the durable one, its executors must be told
 //! to look). So a tool asks: [`request_retry`] inserts a row in
 //! `walflow.requests` (state `pending`) and sends `NOTIFY walflow_requests`
 //! with the slot as payload. The flow holding the slot listens on that
@@ -192,8 +192,10 @@ pub struct Status {
     pub slot: SlotStatus,
     /// The process streaming from the slot, when one is.
     pub holder: Option<Holder>,
-    /// The end of the last transaction whose events are in the queue
-    /// (`walflow.streams`); `None` before anything was queued.
+    /// The end of the last transaction whose events are in the durable
+    /// queue (`walflow.streams`); `None` before anything was queued, and
+    /// with the stream storage, which keeps no such position (the slot's
+    /// confirmed position is how far it has got).
     pub enqueued_lsn: Option<Lsn>,
     /// Per operator, by name.
     pub operators: Vec<OperatorStatus>,
@@ -276,7 +278,7 @@ pub struct OperatorStatus {
     pub name: String,
     /// Whether the flow that last started on the slot runs it.
     pub in_flow: bool,
-    /// Its rows in `walflow.queue` (none with the in-memory queue).
+    /// Its rows in `walflow.queue` (with the stream storage: those spilled).
     pub queued: i64,
     /// Seconds since its oldest queue row was queued.
     pub oldest_queued_secs: Option<f64>,

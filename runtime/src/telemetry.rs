@@ -24,10 +24,10 @@
 //!
 //! The gauges read from the database (slot lag, retained WAL, queue depth,
 //! dead letters) are refreshed every
-//! [`health_interval`](crate::Config::health_interval). With the memory
-//! queue ([`QueueStorage::Memory`](crate::config::QueueStorage::Memory)),
-//! the queue gauges count the rows an executor holds, and the age is that
-//! of the oldest one's commit.
+//! [`health_interval`](crate::Config::health_interval). With the stream
+//! storage ([`QueueStorage::Stream`](crate::config::QueueStorage::Stream)),
+//! the queue gauges count the rows an executor holds in memory, and the
+//! age is that of the oldest one's commit.
 //!
 //! # Health
 //!
@@ -126,7 +126,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         QUEUE_ROWS,
         "gauge",
         "`operator`",
-        "Rows in the operator's queue (with the memory queue: held by its executor).",
+        "Rows in the operator's queue (with the stream storage: the rows its executor holds).",
     ),
     (
         QUEUE_OLDEST_AGE,

@@ -190,8 +190,8 @@ pub async fn child() {
     let url = std::env::var("URL").unwrap();
     let slot = std::env::var("SLOT").unwrap();
     let coalesce = std::env::var("COALESCE").unwrap() == "1";
-    let stream = std::env::var("STREAM").is_ok_and(|s| s == "1");
-    let _flow = start_with(&url, &slot, coalesce, stream).await;
+    let storage = Storage::from_env_value(&std::env::var("STORAGE").unwrap());
+    let _flow = start_with(&url, &slot, coalesce, storage).await;
     println!("READY");
     std::future::pending::<()>().await;
 }
@@ -199,21 +199,66 @@ pub async fn child() {
 /// Starts the flow once a killed predecessor's session has let go of the
 /// slot.
 pub async fn start(url: &str, slot: &str, coalesce: bool) -> Walflow {
-    start_with(url, slot, coalesce, false).await
+    start_with(url, slot, coalesce, Storage::Default).await
 }
 
-/// [`start`], with the stream storage when `stream` (otherwise the storage
-/// `WALFLOW_QUEUE_STORAGE` names, the durable queue by default). Its spill
-/// bounds are small here (25 rows, 300 ms), so that operators spill and
-/// come back from the queue all the time.
-pub async fn start_with(url: &str, slot: &str, coalesce: bool, stream: bool) -> Walflow {
+/// The queue storage a run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// The storage `WALFLOW_QUEUE_STORAGE` names: the stream storage by
+    /// default, with its default spill bounds.
+    Default,
+    /// The stream storage with small spill bounds (25 rows, 300 ms), so
+    /// that operators spill and come back from the queue all the time.
+    Spilling,
+    /// The durable queue (`QueueStorage::Postgres`).
+    Durable,
+}
+
+impl Storage {
+    fn env_value(self) -> &'static str {
+        match self {
+            Storage::Default => "default",
+            Storage::Spilling => "spilling",
+            Storage::Durable => "durable",
+        }
+    }
+
+    fn from_env_value(s: &str) -> Storage {
+        match s {
+            "spilling" => Storage::Spilling,
+            "durable" => Storage::Durable,
+            _ => Storage::Default,
+        }
+    }
+
+    /// Whether the run uses the stream storage.
+    pub fn stream(self) -> bool {
+        match self {
+            Storage::Default => {
+                std::env::var("WALFLOW_QUEUE_STORAGE").map_or(true, |s| s == "stream")
+            }
+            Storage::Spilling => true,
+            Storage::Durable => false,
+        }
+    }
+}
+
+/// [`start`], with `storage`.
+pub async fn start_with(url: &str, slot: &str, coalesce: bool, storage: Storage) -> Walflow {
     common::wait_slot_released(url, slot).await;
     let mut builder = Walflow::builder();
-    if stream {
-        builder = builder
-            .queue_storage(walflow::config::QueueStorage::Stream)
-            .spill_rows(25)
-            .spill_after(Duration::from_millis(300));
+    match storage {
+        Storage::Default => {}
+        Storage::Spilling => {
+            builder = builder
+                .queue_storage(walflow::config::QueueStorage::Stream)
+                .spill_rows(25)
+                .spill_after(Duration::from_millis(300));
+        }
+        Storage::Durable => {
+            builder = builder.queue_storage(walflow::config::QueueStorage::Postgres);
+        }
     }
     builder
         .database_url(url)
@@ -406,11 +451,11 @@ async fn spawn_child(url: &str, slot: &str, mode: Mode, wait: bool) -> Child {
     spawn_child_crashing(url, slot, mode, wait, None).await
 }
 
-/// What a child flow runs with: `coalesce`, and the stream storage.
+/// What a child flow runs with: `coalesce`, and the queue storage.
 #[derive(Clone, Copy)]
 struct Mode {
     coalesce: bool,
-    stream: bool,
+    storage: Storage,
 }
 
 /// [`spawn_child`], whose flow kills itself at `crash_at` (`point:hit`).
@@ -426,7 +471,7 @@ async fn spawn_child_crashing(
         .env("URL", url)
         .env("SLOT", slot)
         .env("COALESCE", if mode.coalesce { "1" } else { "0" })
-        .env("STREAM", if mode.stream { "1" } else { "0" })
+        .env("STORAGE", mode.storage.env_value())
         .envs(crash_at.map(|at| ("WALFLOW_CRASH_AT", at)))
         .stdout(Stdio::piped())
         .spawn()
@@ -457,9 +502,8 @@ pub struct Run {
     /// With `kills`: each kill is followed by a flow that dies by itself at
     /// this crash point (see `walflow::crash_point`), on a random hit.
     pub crash_at: Option<&'static str>,
-    /// The stream storage (`QueueStorage::Stream`) rather than the storage
-    /// `WALFLOW_QUEUE_STORAGE` names (the durable queue by default).
-    pub stream: bool,
+    /// The queue storage.
+    pub storage: Storage,
 }
 
 impl Run {
@@ -499,10 +543,10 @@ impl Run {
         let mut flow = None;
         let mode = Mode {
             coalesce: self.coalesce,
-            stream: self.stream,
+            storage: self.storage,
         };
         if self.kills == 0 {
-            flow = Some(start_with(&db.url, &slot, self.coalesce, self.stream).await);
+            flow = Some(start_with(&db.url, &slot, self.coalesce, self.storage).await);
         } else {
             child = Some(spawn_child(&db.url, &slot, mode, true).await);
         }
@@ -663,7 +707,7 @@ impl Run {
         if let Some(mut c) = child.take() {
             c.kill().unwrap();
             c.wait().unwrap();
-            flow = Some(start_with(&db.url, &slot, self.coalesce, self.stream).await);
+            flow = Some(start_with(&db.url, &slot, self.coalesce, self.storage).await);
         }
         let flow = flow.expect("a flow");
         check(&flow, &db.pool, self.coalesce).await;

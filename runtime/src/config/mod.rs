@@ -50,14 +50,18 @@ pub const MAX_IDENTIFIER_BYTES: usize = 63;
 pub const DEFAULT_APPLICATION_NAME: &str = "walflow";
 
 /// Where operator queues are stored.
+///
+/// Both storages apply every event of a query operator exactly once and
+/// call handlers at least once (exactly once with
+/// [`Ctx::transaction`](crate::Ctx::transaction)), across crashes and
+/// restarts; they differ in what they write per event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum QueueStorage {
-    /// In a PostgreSQL table: the queue survives restarts (default).
-    #[default]
+    /// Every event is written to a PostgreSQL table (`walflow.queue`) before
+    /// the slot is acknowledged, and deleted by the unit that applies it:
+    /// one queue row per event and operator.
     Postgres,
-    /// In memory: lost when the process stops.
-    Memory,
-    /// Straight from the replication stream: rows are handed to the
+    /// Straight from the replication stream (default): rows are handed to the
     /// executors in memory and no queue row is written; each unit
     /// transaction records in itself the positions of the events it
     /// applied (`walflow.applied`), and the slot is acknowledged only up to the
@@ -70,6 +74,7 @@ pub enum QueueStorage {
     /// again spills its held events to `walflow.queue` and runs from there
     /// until it has caught up. See the queue protocol's rule 12
     /// (`runtime/src/queue/mod.rs`).
+    #[default]
     Stream,
 }
 
@@ -112,14 +117,7 @@ fn parse_choice<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
 impl FromStr for QueueStorage {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        parse_choice(
-            s,
-            &[
-                ("postgres", Self::Postgres),
-                ("memory", Self::Memory),
-                ("stream", Self::Stream),
-            ],
-        )
+        parse_choice(s, &[("stream", Self::Stream), ("postgres", Self::Postgres)])
     }
 }
 

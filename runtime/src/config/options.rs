@@ -166,12 +166,12 @@ macro_rules! with_options {
 
             /// Where operator queues are kept (see [Queue and process status
             /// storage](crate::flow#queue-and-process-status-storage)).
-            queue_storage: $crate::config::QueueStorage = $crate::config::QueueStorage::Postgres;
+            queue_storage: $crate::config::QueueStorage = $crate::config::QueueStorage::Stream;
                 set(storage: $crate::config::QueueStorage) => storage;
                 get(c) -> $crate::config::QueueStorage => c.queue_storage;
                 show(c) => c.queue_storage;
-                env("WALFLOW_QUEUE_STORAGE", choice, "`postgres`, `memory` or `stream`");
-                default("`QueueStorage::Postgres`"), esx("`queue_storage_adapter`");
+                env("WALFLOW_QUEUE_STORAGE", choice, "`stream` or `postgres`");
+                default("`QueueStorage::Stream`"), esx("`queue_storage_adapter`");
 
             /// With the stream storage: held rows of one operator past which
             /// it has fallen behind: its held events are written to

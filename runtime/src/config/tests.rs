@@ -31,7 +31,7 @@ fn defaults_match_eventstreamex() {
     assert_eq!(c.max_restart_time(), Duration::from_secs(10));
     assert_eq!(c.max_retries(), 5);
     assert_eq!(c.process_status_entity_field(), "updated_at");
-    assert_eq!(c.queue_storage(), QueueStorage::Postgres);
+    assert_eq!(c.queue_storage(), QueueStorage::Stream);
     assert_eq!(c.process_status_storage(), ProcessStatusStorage::Postgres);
     assert_eq!(c.pubsub(), PubSub::Local);
     assert_eq!(c.pubsub_channel(), "walflow_events");
@@ -400,7 +400,7 @@ fn from_env_reads_every_variable() {
         ("WALFLOW_BACKOFF_MULTIPLICATOR", "1.5"),
         ("WALFLOW_MAX_RETRIES", "7"),
         ("WALFLOW_PROCESS_STATUS_ENTITY_FIELD", "modified_at"),
-        ("WALFLOW_QUEUE_STORAGE", "memory"),
+        ("WALFLOW_QUEUE_STORAGE", "postgres"),
         ("WALFLOW_PROCESS_STATUS_STORAGE", "Memory"),
         ("WALFLOW_PUBSUB", "postgres"),
         ("WALFLOW_PUBSUB_CHANNEL", "shop_events"),
@@ -425,7 +425,7 @@ fn from_env_reads_every_variable() {
     assert_eq!(c.backoff_multiplicator(), 1.5);
     assert_eq!(c.max_retries(), 7);
     assert_eq!(c.process_status_entity_field(), "modified_at");
-    assert_eq!(c.queue_storage(), QueueStorage::Memory);
+    assert_eq!(c.queue_storage(), QueueStorage::Postgres);
     assert_eq!(c.process_status_storage(), ProcessStatusStorage::Memory);
     assert_eq!(c.pubsub(), PubSub::Postgres);
     assert_eq!(c.pubsub_channel(), "shop_events");
@@ -462,7 +462,7 @@ fn from_env_errors_name_the_variable() {
     let err = ConfigBuilder::from_lookup(env(&[("WALFLOW_QUEUE_STORAGE", "redis")])).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "invalid environment variable `WALFLOW_QUEUE_STORAGE`=\"redis\": expected one of `postgres`, `memory`, `stream`; fix or unset it"
+        "invalid environment variable `WALFLOW_QUEUE_STORAGE`=\"redis\": expected one of `stream`, `postgres`; fix or unset it"
     );
     let err = ConfigBuilder::from_lookup(env(&[("WALFLOW_DURABLE_SLOT", "maybe")])).unwrap_err();
     assert!(err.to_string().contains("WALFLOW_DURABLE_SLOT"), "{err}");

@@ -26,8 +26,8 @@ const CHUNK_ROWS: usize = 10_000;
 /// Queue rows received but not yet queued, at most: past it the consumer
 /// waits for the flush under way before it receives more.
 const MAX_HELD: usize = 50_000;
-/// The same with the rows kept in memory (the memory queue, the stream
-/// storage): the executors hold at most
+/// The same with the rows kept in memory (the stream storage): the
+/// executors hold at most
 /// `MAX_OUTSTANDING` (`queue::memory`) rows counted
 /// as outstanding, plus the batch waiting for room, plus this.
 const MAX_HELD_IN_MEMORY: usize = 10_000;

@@ -1,7 +1,7 @@
 //! The readings behind [`Walflow::health`](crate::Walflow::health), the
 //! database gauges and the slot guard: every `health_interval`, the slot's
 //! lag and retained WAL, and each operator's queue depth and dead letters
-//! (with the memory queue, the depth is what its executor holds).
+//! (with the stream storage, the depth is what its executor holds).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -97,7 +97,7 @@ async fn read(shared: &Shared, operators: &[&'static str]) -> Result<(), sqlx::E
     let mut readings = Vec::new();
     let now = Utc::now().timestamp_micros();
     for mut d in crate::queue::status::depths(&shared.pool, slot, operators).await? {
-        // With the memory queue, the queue is what the executor holds.
+        // With the stream storage, the queue is what the executor holds.
         if !shared.store.durable_queue()
             && let Some(signals) = shared.handover.signals(&d.operator)
         {

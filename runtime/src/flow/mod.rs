@@ -9,18 +9,13 @@
 //!
 //! # Guarantees
 //!
-//! With the default durable queue ([`QueueStorage::Postgres`](crate::config::QueueStorage::Postgres)):
+//! With either queue storage ([`QueueStorage`](crate::config::QueueStorage)):
 //!
-//! - A transaction's events are in the durable queue (`walflow.queue`)
-//!   before the listener acknowledges it; a transaction delivered again after
-//!   a crash is recognised by its position and skipped. A transaction too big
-//!   to hold is queued in chunks before its commit arrives, and the queue
-//!   remembers how far into it it got.
 //! - Query operators apply each event exactly once: the query (or the
-//!   `delete_with` delete) and the removal of the event from the queue commit
-//!   in one transaction. Should two flows work the same queue for a moment
-//!   (one still shutting down while its successor starts), a unit that
-//!   finds its queue rows already removed by the other rolls back.
+//!   `delete_with` delete) commits in one transaction with what records
+//!   that the event is done. Should two flows work the same events for a
+//!   moment (one still shutting down while its successor starts), a unit
+//!   that finds them already done by the other rolls back.
 //! - Handler operators run at least once; a handler that writes through
 //!   [`Ctx::transaction`](crate::Ctx::transaction) has its writes committed
 //!   with the event's completion, so exactly once.
@@ -31,10 +26,34 @@
 //!   dead-lettered; it holds up neither other ids nor other operators. A lost
 //!   database connection is retried without counting as an attempt.
 //!
+//! With the default, [`QueueStorage::Stream`](crate::config::QueueStorage::Stream),
+//! the slot is the queue: rows are handed to the executors in memory and
+//! no queue row is written; each unit records the positions of the events
+//! it applied (`walflow.applied`) in its own transaction, and the slot is
+//! acknowledged only up to the oldest event some operator has neither
+//! applied nor spilled. After a crash or a stop the slot delivers the rest
+//! again and each operator skips what its record says it applied. An
+//! operator that falls behind ([`spill_rows`](WalflowBuilder::spill_rows),
+//! [`spill_after`](WalflowBuilder::spill_after)) or whose id waits to try
+//! again spills its held events to `walflow.queue` and runs from there
+//! until it has caught up, so it holds back neither the others nor the
+//! slot's acknowledgement. The argument is rule 12 of the queue protocol
+//! (`runtime/src/queue/mod.rs`).
+//!
+//! With [`QueueStorage::Postgres`](crate::config::QueueStorage::Postgres),
+//! a transaction's events are in the durable queue (`walflow.queue`)
+//! before the listener acknowledges it, and each unit deletes its queue
+//! rows; a transaction delivered again after a crash is recognised by its
+//! position and skipped. A transaction too big to hold is queued in chunks
+//! before its commit arrives, and the queue remembers how far into it it
+//! got. It writes a queue row per event and operator (the README's
+//! benchmarks compare the WAL each storage writes).
+//!
 //! # Throughput
 //!
-//! - Rows are queued with one statement per batch of transactions, and
-//!   handed to the executors in memory as well, so they are not read back.
+//! - Rows are handed to the executors in memory; the durable queue also
+//!   writes them with one statement per batch of transactions, and never
+//!   reads them back while they are held.
 //! - For a `coalesce: true` operator, consecutive events of one id (up to a
 //!   delete, which is a barrier) collapse into one queue row when queued,
 //!   and the executor merges whatever is pending for an id when it gets to
@@ -44,9 +63,12 @@
 //!
 //! # Memory
 //!
-//! The queue rows of a transaction are held until its commit arrives or
-//! 10,000 of them accumulate (then they are queued in part); each executor
-//! holds at most 20,000 queued rows.
+//! With the stream storage, the rows handed over and neither applied nor
+//! spilled are bounded (20,000, and at least twice `spill_rows`): past
+//! that the listener waits, while the operator that fell behind spills.
+//! With the durable queue, the queue rows of a transaction are held until
+//! its commit arrives or 10,000 of them accumulate (then they are queued
+//! in part); each executor holds at most 20,000 queued rows.
 //!
 //! # Selecting operators
 //!
@@ -58,33 +80,7 @@
 //!
 //! # Queue and process status storage
 //!
-//! [`QueueStorage::Memory`](crate::config::QueueStorage::Memory) keeps operator queues in memory: a transaction
-//! is acknowledged to PostgreSQL as soon as its rows are handed to the
-//! executors, so **events not yet applied when the process stops or
-//! crashes are lost** (the slot has moved past them). Within one run a
-//! query operator applies each event exactly once, also when a `COMMIT`'s
-//! reply is lost: a unit whose commit outcome is unknown asks the server
-//! for its transaction's status before running again. It saves the queue's writes; the consumer
-//! waits when 100,000 rows are outstanding. Dead letters are still kept in
-//! `walflow.dead_letters`. An operator's executor that dies (a panic in its
-//! own loop, not in a unit) takes its held rows with it: the flow then
-//! fails (health `failed`) and stops.
-//!
-//! [`QueueStorage::Stream`](crate::config::QueueStorage::Stream) runs
-//! operators straight from the replication stream without losing anything:
-//! rows are handed over in memory and no queue row is written, each unit
-//! transaction records the positions of the events it applied
-//! (`walflow.applied`) in itself, and the slot is acknowledged only up to the oldest
-//! event not yet applied. After a crash or a stop the slot delivers the
-//! rest again and each operator skips what its record says it applied
-//! (query operators exactly once; handlers at least once, exactly once
-//! with [`Ctx::transaction`](crate::Ctx::transaction)). An operator that
-//! falls behind ([`spill_rows`](WalflowBuilder::spill_rows),
-//! [`spill_after`](WalflowBuilder::spill_after)) or whose id waits to try
-//! again spills its held events to `walflow.queue` and runs from there
-//! until it has caught up, so it holds back neither the others nor the
-//! slot's acknowledgement. The argument is rule 12 of the queue protocol
-//! (`runtime/src/queue/mod.rs`).
+//! See [Guarantees](#guarantees) for the two queue storages.
 //!
 //! [`ProcessStatusStorage::Memory`](crate::config::ProcessStatusStorage::Memory) keeps the process status
 //! ([`Walflow::processed`]) in memory: it starts empty at each start and
@@ -376,9 +372,7 @@ impl WalflowBuilder {
     /// [`Walflow::wait_processed`], [`Walflow::processed`] and
     /// [`Walflow::dead_letters`] read the shared tables of the slot named by
     /// [`slot_name`](Self::slot_name); [`Walflow::retry_dead_letter`]
-    /// returns [`FlowError::SubscriberOnly`], and so do `wait_processed`
-    /// with [`QueueStorage::Memory`](crate::config::QueueStorage::Memory)
-    /// and `processed` with
+    /// returns [`FlowError::SubscriberOnly`], and so does `processed` with
     /// [`ProcessStatusStorage::Memory`](crate::config::ProcessStatusStorage::Memory):
     /// that state is only in the memory of the node holding the slot.
     ///
@@ -725,9 +719,10 @@ impl WalflowBuilder {
 /// catch their own panics; this guards the executor's own loop).
 ///
 /// With the durable queue the restarted executor reads its rows back. With
-/// the memory queue the rows it held died with it, already acknowledged:
-/// the flow fails loudly instead (health `failed` naming the operator, an
-/// error, and the flow stops), rather than run on without them.
+/// the stream storage the rows it held died with it (not acknowledged:
+/// the slot delivers them again at the next start): the flow fails loudly
+/// instead (health `failed` naming the operator, an error, and the flow
+/// stops), rather than run on without them.
 async fn supervise(
     op: &'static OperatorRegistration,
     shared: Arc<Shared>,
@@ -748,20 +743,12 @@ async fn supervise(
         match run.await {
             Ok(()) => return,
             Err(e) if !shared.store.durable_queue() => {
-                let why = if shared.store.stream() {
-                    format!(
-                        "operator `{}`'s executor died ({e}); the events it held are not \
-                         acknowledged and come again once the process restarts, so the flow \
-                         stopped: restart the process",
-                        op.name
-                    )
-                } else {
-                    format!(
-                        "operator `{}`'s executor died ({e}); with the memory queue the events it \
-                         held are lost, so the flow stopped: restart the process",
-                        op.name
-                    )
-                };
+                let why = format!(
+                    "operator `{}`'s executor died ({e}); the events it held are not \
+                     acknowledged and come again once the process restarts, so the flow \
+                     stopped: restart the process",
+                    op.name
+                );
                 tracing::error!(operator = op.name, error = %e, "{why}");
                 shared.health.fail(why);
                 let _ = stop_flow.send(true);
@@ -977,8 +964,9 @@ impl Walflow {
     /// operator's rows count.
     ///
     /// On a subscriber-only node: the operators of the node holding the
-    /// slot named by the configuration, through the shared tables
-    /// ([`FlowError::SubscriberOnly`] with the memory queue); the chain is
+    /// slot named by the configuration, through the shared tables (with
+    /// the stream storage, the slot's confirmed position and the spilled
+    /// rows: rule 12 of the queue protocol); the chain is
     /// that of every operator declared in the program.
     pub async fn wait_processed(&self, lsn: Lsn, timeout: Duration) -> Result<(), FlowError> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -1091,7 +1079,10 @@ impl Walflow {
 
     /// Puts dead letter `id` back in its operator's queue, to run again
     /// (after the events of its id queued before it). `false` when there is
-    /// no such dead letter.
+    /// no such dead letter, or when it was put back already and its replay
+    /// has not finished (with the stream storage the dead letter stays
+    /// until its replay commits, so that a crash before leaves it a dead
+    /// letter).
     ///
     /// On a subscriber-only node: [`FlowError::SubscriberOnly`].
     pub async fn retry_dead_letter(&self, id: i64) -> Result<bool, FlowError> {

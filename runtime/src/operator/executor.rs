@@ -132,7 +132,7 @@ pub(crate) async fn run(
     let mut in_flight: HashSet<String> = HashSet::new();
     let mut known: HashSet<(i64, i32, i16)> = HashSet::new();
     let mut held = 0usize;
-    // With the memory queue: the rows held per commit position (how many,
+    // With the stream storage: the rows held per commit position (how many,
     // and the commit time), for the age of the oldest.
     // (And when the first of them was admitted, for the stream storage's
     // spill.)
@@ -1104,7 +1104,7 @@ impl UnitRunner {
         }
         crate::crash_point::hit("unit.before_commit");
         if let Err(e) = tx.commit().await {
-            // With the memory queue nothing else says whether a commit
+            // With the stream storage nothing else says whether a commit
             // that got no reply went through: the server's status of the
             // transaction that wrote the progress record does (rule 10).
             let Some(xid) = xid.filter(|_| crate::queue::progress::commit_outcome_unknown(&e))
@@ -1268,10 +1268,6 @@ impl UnitRunner {
         let rows = &[row][..];
         let tx = match (own, self.shared.store.completion(row)) {
             (Some(tx), _) => tx,
-            (None, Completion::Memory) => {
-                self.shared.store.finished(rows);
-                return Ok(());
-            }
             (None, Completion::Statement) => {
                 if !self.queued(rows).await {
                     return Err(Failure::Stopped);

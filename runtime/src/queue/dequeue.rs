@@ -215,31 +215,12 @@ pub(crate) async fn requeue_dead_letter(
     .await
 }
 
-/// A dead letter taken out to run again (the memory queue).
+/// A dead letter read to run again (the stream storage).
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct DeadLetterRow {
     pub operator: String,
     #[sqlx(flatten)]
     pub row: QueuedRow,
-}
-
-/// Deletes dead letter `id` in `tx` and returns it as a queue row (the
-/// memory queue hands it to its operator's inbox).
-pub(crate) async fn take_dead_letter(
-    tx: &mut PgConnection,
-    slot: &str,
-    id: i64,
-) -> sqlx::Result<Option<DeadLetterRow>> {
-    sqlx::query_as(
-        "DELETE FROM walflow.dead_letters WHERE slot = $1 AND id = $2
-         RETURNING operator, commit_lsn, seq, part, mapped_id AS id, kind, schema_name,
-                   table_name, event::text AS event, updated_at,
-                   NULL::int8[] AS cover_lsns, NULL::int4[] AS cover_seqs",
-    )
-    .bind(slot)
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await
 }
 
 /// Reads dead letter `id` without taking it (the stream storage takes it

@@ -91,8 +91,8 @@ impl Handover {
         }
     }
 
-    /// Hands `row` to `operator`'s inbox alone (a dead letter put back in
-    /// the memory queue); `false` when the operator does not run here.
+    /// Hands `row` to `operator`'s inbox alone (a dead letter put back,
+    /// with the stream storage); `false` when the operator does not run here.
     pub fn push(&self, operator: &str, row: Row) -> bool {
         let Some(s) = self.signals.get(operator) else {
             return false;
@@ -182,7 +182,7 @@ pub(crate) struct Signals {
     pub inbox: Arc<std::sync::Mutex<Inbox>>,
     /// Rows were queued behind the read position (a replayed dead letter).
     pub rescan: Arc<AtomicBool>,
-    /// What the executor holds (with the memory queue, its queue).
+    /// What the executor holds (with the stream storage, its queue).
     pub held: Arc<Held>,
 }
 
@@ -219,7 +219,7 @@ pub(crate) struct Inbox {
     rows: Vec<Row>,
     /// More was queued than the inbox holds: read the queue instead.
     overflow: bool,
-    /// The memory queue: the inbox is the queue, it never overflows (the
+    /// The stream storage: the inbox is the queue, it never overflows (the
     /// consumer waits for room instead).
     unbounded: bool,
     /// The highest flush number among the rows dropped on overflow: reading

@@ -1,13 +1,13 @@
-//! The in-memory queue bookkeeping and process status
-//! (`queue_storage = memory`, `process_status_storage = memory`).
+//! The bookkeeping of the rows held in memory (the stream storage, rule 12)
+//! and the process status in memory (`process_status_storage = memory`).
 //!
-//! With the memory queue, rows go from the consumer to the executors without
-//! touching the database, and a transaction is acknowledged to PostgreSQL as
-//! soon as its rows are handed over: whatever is handed over but not yet
-//! applied when the process stops is lost. What is kept here is what the
-//! `walflow.streams`, `walflow.queue`, `walflow.pending_status` and
-//! `walflow.process_status` tables would otherwise say: how far the queue has
-//! got, which rows are outstanding, and the per-table status.
+//! With the stream storage, rows go from the consumer to the executors
+//! without a queue row, and the slot is acknowledged only up to the oldest
+//! row outstanding (handed over, neither applied nor spilled). What is kept
+//! here is what the `walflow.streams`, `walflow.queue`,
+//! `walflow.pending_status` and `walflow.process_status` tables would
+//! otherwise say: how far the hand-over has got, which rows are
+//! outstanding, and the per-table status.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ use crate::lsn::Lsn;
 /// and so the process's memory, whatever the size of a transaction.
 pub(crate) const MAX_OUTSTANDING: usize = 20_000;
 
-/// The first commit LSN each of `rows` stands for: all the memory queue
+/// The first commit LSN each of `rows` stands for: all the stream storage
 /// keeps of rows once they are handed over (the executors hold the rows).
 pub(crate) fn first_lsns(rows: &[NewRow]) -> Vec<i64> {
     rows.iter()
@@ -82,7 +82,7 @@ impl MemoryState {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Rows handed over (the memory queue), by the first commit LSN each
+    /// Rows handed over (the stream storage), by the first commit LSN each
     /// stands for ([`first_lsns`]), and the transactions up to `end` with
     /// them.
     pub fn queued(&self, firsts: &[i64], end: Option<Lsn>) {
@@ -96,7 +96,7 @@ impl MemoryState {
         }
     }
 
-    /// A dead letter put back in the memory queue.
+    /// A dead letter put back (the stream storage).
     pub fn requeued(&self, commit_lsn: i64) {
         let mut inner = self.lock();
         *inner.outstanding.entry(commit_lsn).or_default() += 1;
@@ -108,7 +108,7 @@ impl MemoryState {
         self.lock().enqueued
     }
 
-    /// Rows outstanding in the memory queue.
+    /// Rows outstanding in memory.
     pub fn outstanding(&self) -> usize {
         self.lock().rows
     }
@@ -144,7 +144,7 @@ impl MemoryState {
     }
 
     /// Rows finished (applied or dead-lettered), after their transaction
-    /// committed. `queue`: they were in the memory queue; `status`: the
+    /// committed. `queue`: they were held in memory; `status`: the
     /// process status is kept here.
     pub fn finished(&self, rows: &[Finished], queue: bool, status: bool) {
         let mut inner = self.lock();
@@ -180,7 +180,7 @@ impl MemoryState {
         self.progress.send_modify(|n| *n += 1);
     }
 
-    /// The memory queue's LSN fence: `None` until every transaction up to
+    /// The LSN fence of the rows in memory: `None` until every transaction up to
     /// `lsn` is handed over, then whether every row standing for an event
     /// at or before it has finished. Every row here is one of this flow's
     /// operators (the queue is its memory), so none is left by an operator

@@ -20,12 +20,13 @@
 //!   status figures, the dead letters listed, shown, discarded and looked
 //!   up for a retry request, and an operator's rows moved to the dead letters
 //!   when it is dropped;
-//! - [`memory`]: the same bookkeeping in memory (`queue_storage = memory`,
-//!   `process_status_storage = memory`);
+//! - [`memory`]: the bookkeeping of the rows held in memory (the stream
+//!   storage: what is outstanding, the position safe to acknowledge) and
+//!   the process status in memory (`process_status_storage = memory`);
 //! - [`progress`]: whether a unit whose `COMMIT` got no reply committed
 //!   (rule 10), and the progress record, which tells the stream storage
 //!   which events delivered again are applied (rule 12);
-//! - [`store`]: the one place that chooses between the two;
+//! - [`store`]: the one place that chooses between the storages;
 //! - [`handover`]: the consumer ↔ executor hand-over (inboxes, pending
 //!   hosts, covered runs, the flush counter).
 //!
@@ -98,7 +99,7 @@
 //!   it applies. A chain is covered the same way: the upstream unit's
 //!   commit is a transaction of the next batch.
 //!
-//! The memory queue keeps the same order: its "flush" waits until the
+//! The stream storage (rule 12) keeps the same order: its "flush" waits until the
 //! batch's transactions are visible (polling `walflow.invisible_xids`),
 //! then counts the rows as outstanding, and only then is its number
 //! published; the rows were handed over tagged with it, so no unit starts
@@ -160,7 +161,7 @@
 //!
 //! **7. A shut-down server.** A WAL sender waits at shutdown until its
 //! client confirms the end of the WAL, which the flow cannot do while the
-//! queue is unreachable (or, with the memory queue, while the executors
+//! queue is unreachable (or, with the stream storage, while the executors
 //! that would make room cannot reach the database). When the server
 //! terminates or refuses walflow's connections (`57P01`, `57P02`,
 //! `57P03`), seen by the consumer's queueing connection, the visibility
@@ -199,9 +200,9 @@
 //! `walflow operator drop NAME` moves them to `walflow.dead_letters`, with
 //! the error `operator NAME dropped`, and releases the process status
 //! waiting on them, in one transaction. That command is refused while a
-//! live flow declares the operator. With the memory queue every
-//! outstanding row belongs to the running flow's operators, so there are
-//! no such rows.
+//! live flow declares the operator. With the stream storage every row
+//! held in memory belongs to the running flow's operators; its spilled
+//! rows are queue rows, counted as here.
 //!
 //! **9. Durable before acknowledged, whatever the server's default.**
 //! Rule 1 acknowledges `e(T)` once the flush that queued `T` returned, and
@@ -227,14 +228,15 @@
 //! request. *Crash* of the server after a commit returned: the commit is
 //! in the WAL on disk and survives it.
 //!
-//! **10. A commit without a reply (the memory queue).** A unit sends
+//! **10. A commit without a reply (the stream storage).** A unit sends
 //! `COMMIT` and the connection breaks before the reply: the server may have
 //! committed or not. With the durable queue the next attempt finds out by
 //! itself (rule 4: a committed unit deleted its rows, and a unit that
-//! deletes fewer rows than it holds rolls back). With the memory queue no
-//! queue row says it, so each unit reads its transaction's id before
-//! `COMMIT` (`pg_current_xact_id()`; with the stream storage the progress
-//! record's insert returns it, no extra statement). After a `COMMIT` that
+//! deletes fewer rows than it holds rolls back). With the stream storage no
+//! queue row says it (the progress records are read once, at start), so
+//! each unit learns its transaction's id before `COMMIT`: the progress
+//! record's insert returns it (`pg_current_xact_id()`), no extra
+//! statement. After a `COMMIT` that
 //! failed with an unknown outcome (the connection broke or was terminated;
 //! not an error the server reported for the commit, which means it rolled
 //! back), the unit asks the server on another connection for that
@@ -249,12 +251,13 @@
 //! in the queue would stay there) and the finish of rows applied before
 //! (done twice, it would release their process status twice).
 //!
-//! The memory queue's rows are acknowledged when handed over and live only
-//! in their executor: an executor whose own loop dies (units catch their
-//! panics; the loop should not) takes them with it, so the flow fails
-//! (health `failed` naming the operator) and stops instead of running on.
-//! With the durable queue the executor is restarted and reads its rows
-//! back.
+//! With the stream storage, rows not spilled live only in their executor
+//! (and in the slot, which is not acknowledged past them): an executor
+//! whose own loop dies (units catch their panics; the loop should not)
+//! takes them with it, so the flow fails (health `failed` naming the
+//! operator) and stops instead of running on without them; the slot
+//! delivers them again after a restart. With the durable queue the
+//! executor is restarted and reads its rows back.
 //!
 //! **11. Refused, never dropped: events without the old row they need.**
 //! An operator that maps a table by column `c` needs `c`'s old value from
@@ -271,11 +274,11 @@
 //! dead letter (operator, position, part, `null` id, 0 attempts, a reason
 //! naming the table, its identity and `ALTER TABLE … REPLICA IDENTITY
 //! FULL`). It is inserted by the statement that queues the batch's rows
-//! and position; with the memory queue, by the statement that writes the
+//! and position; with the stream storage, by the statement that writes the
 //! batch's status marks, before the batch counts as queued. So by rule 1
 //! it is durable before `e(T)` is acknowledged, and by rule 2 it is
 //! recorded once; the insert also skips a dead letter already recorded at
-//! the same operator and position, for the memory queue, whose
+//! the same operator and position, for the stream storage, whose
 //! transactions come again after a crash. A refusal has no queue row: it
 //! holds no fence and no process status (an event's mark counts only its
 //! rows). The consumer reads each table's announced identity once per
@@ -290,7 +293,7 @@
 //! **12. The stream storage (`QueueStorage::Stream`): the slot as the
 //! queue.** No queue row is written for an operator that keeps up; the
 //! slot holds what is not applied, and `walflow.queue` what is spilled.
-//! - *Hand-over*: as the memory queue's (rule 3): once there is room, a
+//! - *Hand-over* (rule 3): once there is room, a
 //!   batch's rows go to the executors tagged with its flush (room is at
 //!   least twice `spill_rows`, so one operator falls behind and spills,
 //!   which makes room, before the flow stops receiving); the flush waits until the batch's
@@ -409,9 +412,16 @@
 //!   group of 64 units writes one row.
 //! - *The fence* waits until the memory fence holds and no spilled row of
 //!   the flow's operators at or before `lsn` is left in the queue (a row
-//!   leaves the memory count only once its spill has committed). It and
-//!   the process status are answered by the flow holding the slot (a
-//!   subscriber-only node cannot). An executor whose loop dies fails the
+//!   leaves the memory count only once its spill has committed). A node
+//!   that does not hold the slot (subscriber-only) answers from the
+//!   database alone: once the slot's `confirmed_flush_lsn` has reached
+//!   `lsn`, every event at or before it is applied or spilled (the safe
+//!   position above), so it waits until that holds and then until no
+//!   spilled row of a counted operator (rule 8) at or before `lsn` is left
+//!   in the queue, read in a later statement than the position (so a spill
+//!   the position already counts is seen). It learns of progress as the
+//!   holder reports its position (every `status_interval`, 1 s by
+//!   default). An executor whose loop dies fails the
 //!   flow (its held rows are not acknowledged: they come again at the
 //!   next start).
 //!
@@ -431,10 +441,11 @@
 //! declares), rule 10 by `tests/test_commit_lost.rs` (a proxy that loses
 //! `COMMIT` replies) and `tests/test_executor_death.rs`, rule 11 by
 //! `tests/test_replica_identity.rs`, the moved `delete_with` entity of
-//! rule 5 by `tests/test_operator_chain.rs`, and rule 12 by the
-//! convergence suite's `stream_*` cases (kills, PostgreSQL restarts, the
-//! crash points around units, acknowledgements and skips; the whole suite
-//! with `WALFLOW_QUEUE_STORAGE=stream`), `tests/test_stream.rs`,
+//! rule 5 by `tests/test_operator_chain.rs`, and rule 12 by the whole
+//! convergence suite, which runs on the stream storage (the default)
+//! except its `durable_*` cases, and whose `spilling_*` cases spill all the
+//! time (kills, PostgreSQL restarts, the crash points around units,
+//! acknowledgements, skips, spills and returns), `tests/test_stream.rs`,
 //! `tests/test_late_commit.rs` (the record barrier: a killed flow's unit
 //! whose `COMMIT` completes after the next flow started) and
 //! `tests/test_commit_lost.rs` (with this storage too).

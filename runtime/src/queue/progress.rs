@@ -6,8 +6,8 @@
 //! - It answers "did this unit commit?" after a `COMMIT` got no reply
 //!   (rule 10): the insert returns the transaction's id, whose status the
 //!   server keeps (`pg_xact_status`), asked again while it is still in
-//!   progress. The memory queue, which writes no record, reads the id
-//!   alone ([`xid`]).
+//!   progress. walflow's own transactions that write no record read the
+//!   id alone ([`xid`]).
 //! - With the stream storage it answers "did an earlier run apply this
 //!   row?" for rows delivered again after a restart (rule 12): the flow
 //!   reads every record of the slot at start, after [`barrier`], and keeps
@@ -63,7 +63,7 @@ pub(crate) async fn record(
 }
 
 /// The id of the transaction `tx` (assigned now if it has none), for
-/// [`committed`]: the memory queue's units, which write no record.
+/// [`committed`]: walflow's own transactions that write no record ([`commit`]).
 pub(crate) async fn xid(tx: &mut PgConnection) -> sqlx::Result<u64> {
     let xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
         .fetch_one(&mut *tx)

@@ -93,6 +93,59 @@ pub(crate) async fn fence_reached(
     }
 }
 
+/// The stream storage's LSN fence read from the database alone (rule 12,
+/// on a node that does not hold the slot): `Ok(None)` until the slot's
+/// confirmed position has reached `lsn`, then whether no spilled row of an
+/// event at or before it is left in `walflow.queue`.
+///
+/// Why this is the fence: the holder acknowledges a position only once
+/// every event of a transaction ending at or before it is applied or
+/// spilled (committed to the queue), so once `confirmed_flush_lsn >= lsn`
+/// the events at or before `lsn` that are not applied are exactly the
+/// spilled rows still queued. The queue is read in a statement after the
+/// one that read the position (a snapshot taken later), so a spill that
+/// the position already counts is seen. The rows counted are those of the
+/// operators as in [`fence_reached`].
+pub(crate) async fn stream_fence_reached(
+    pool: &PgPool,
+    slot: &str,
+    lsn: Lsn,
+    own: &[&str],
+) -> Result<Option<bool>, sqlx::Error> {
+    let confirmed: Option<i64> = sqlx::query_scalar(
+        "SELECT (confirmed_flush_lsn - '0/0')::numeric::int8
+         FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(slot)
+    .fetch_optional(pool)
+    .await?
+    .flatten();
+    if confirmed.is_none_or(|c| (c as u64) < lsn.0) {
+        return Ok(None);
+    }
+    let busy: bool = sqlx::query_scalar(
+        "WITH counted AS (
+             SELECT unnest(operators) AS operator FROM walflow.nodes
+             WHERE slot = $1 AND heartbeat_at > now() - make_interval(secs => $4)
+             UNION SELECT unnest($3::text[]))
+         SELECT CASE WHEN EXISTS (SELECT 1 FROM counted)
+                THEN EXISTS (SELECT 1 FROM counted c WHERE EXISTS (
+                         SELECT 1 FROM walflow.queue q
+                         WHERE q.slot = $1 AND q.operator = c.operator
+                           AND coalesce(q.first_lsn, q.commit_lsn) <= $2))
+                ELSE EXISTS (SELECT 1 FROM walflow.queue q
+                             WHERE q.slot = $1 AND coalesce(q.first_lsn, q.commit_lsn) <= $2)
+                END",
+    )
+    .bind(slot)
+    .bind(lsn.0 as i64)
+    .bind(own)
+    .bind(NODE_LIVE_FOR.as_secs_f64())
+    .fetch_one(pool)
+    .await?;
+    Ok(Some(!busy))
+}
+
 /// An event an operator gave up on, kept in `walflow.dead_letters`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {

@@ -1,7 +1,10 @@
 //! Where the queue and the process status are kept: the one place that
-//! chooses between PostgreSQL (the default: [`enqueue`](super::enqueue),
-//! [`dequeue`](super::dequeue), [`status`](super::status)) and memory
-//! ([`memory`](super::memory)). The two choices are independent
+//! chooses between the stream storage (the default: rows held in memory,
+//! [`memory`](super::memory), with the progress record,
+//! [`progress`](super::progress)) and the durable queue
+//! ([`enqueue`](super::enqueue), [`dequeue`](super::dequeue)), and between
+//! the process status in PostgreSQL ([`status`](super::status)) or in
+//! memory. The two choices are independent
 //! (`queue_storage`, `process_status_storage`); nothing outside this file
 //! asks which was made.
 
@@ -16,17 +19,16 @@ use crate::config::{Config, ProcessStatusStorage, QueueStorage};
 use crate::dispatch::Batch;
 use crate::lsn::Lsn;
 
-/// How often the memory queue probes the database while it waits for room.
+/// How often the stream storage probes the database while it waits for room.
 const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The storage of one flow's queue and process status.
 #[derive(Debug)]
 pub(crate) struct Store {
-    /// Rows live in the executors' memory: the memory queue, or the
-    /// stream storage.
-    memory_queue: bool,
-    /// The stream storage (rule 12): acknowledged only up to what is
-    /// applied, redelivered events skipped by the progress record.
+    /// The stream storage (rule 12): rows live in the executors' memory,
+    /// the slot is acknowledged only up to what is applied or spilled, and
+    /// redelivered events are skipped by the progress record. Otherwise
+    /// the durable queue.
     stream: bool,
     /// With the stream storage, the WAL insert position read at start,
     /// before anything was received: every event the previous run could
@@ -36,6 +38,12 @@ pub(crate) struct Store {
     /// operator, the positions an earlier run applied.
     applied: std::sync::Mutex<std::collections::HashMap<String, super::progress::Applied>>,
     memory_status: bool,
+    /// With the stream storage, the dead letters put back whose replay has
+    /// not committed yet (the dead letter stays until it does): asked
+    /// again meanwhile, [`Store::retry_dead_letter`] answers `false`
+    /// rather than hand the same event over twice. An id leaves once its
+    /// replay committed (the dead letter is gone by then).
+    replaying: std::sync::Mutex<std::collections::HashSet<i64>>,
     /// A subscriber-only node: the queue and status are another process's;
     /// only what is in the database can be read.
     remote: bool,
@@ -71,8 +79,6 @@ pub(crate) enum Finish {
 /// What finishing a unit's rows needs when the unit wrote nothing itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Completion {
-    /// Nothing in the database: memory bookkeeping only.
-    Memory,
     /// One statement (deleting one queue row): no transaction.
     Statement,
     /// A transaction.
@@ -83,11 +89,11 @@ impl Store {
     /// The storage `config` asks for; `remote`: on a subscriber-only node.
     pub fn new(config: &Config, remote: bool) -> Store {
         Store {
-            memory_queue: config.queue_storage() != QueueStorage::Postgres,
             stream: config.queue_storage() == QueueStorage::Stream,
             horizon: std::sync::atomic::AtomicU64::new(0),
             applied: std::sync::Mutex::default(),
             memory_status: config.process_status_storage() == ProcessStatusStorage::Memory,
+            replaying: std::sync::Mutex::default(),
             remote,
             memory: MemoryState::default(),
         }
@@ -95,20 +101,16 @@ impl Store {
 
     /// Whether the queue is in PostgreSQL (rows can be read back).
     pub fn durable_queue(&self) -> bool {
-        !self.memory_queue
+        !self.stream
     }
 
-    /// Rows handed over and not finished (nor spilled) past which the
-    /// consumer waits before it hands over more: `MAX_OUTSTANDING`, and
-    /// with the stream storage at least twice `spill_rows`, so that an
+    /// With the stream storage, rows handed over and not finished (nor
+    /// spilled) past which the consumer waits before it hands over more:
+    /// `MAX_OUTSTANDING`, and at least twice `spill_rows`, so that an
     /// operator falls behind (and spills, which makes room) before the
     /// flow stops receiving.
     pub fn room(&self, config: &Config) -> usize {
-        if self.stream {
-            MAX_OUTSTANDING.max(config.spill_rows().saturating_mul(2))
-        } else {
-            MAX_OUTSTANDING
-        }
+        MAX_OUTSTANDING.max(config.spill_rows().saturating_mul(2))
     }
 
     /// Whether this is the stream storage (rule 12).
@@ -205,7 +207,7 @@ impl Store {
             number,
             mut batch,
         } = handing;
-        if !store.memory_queue {
+        if !store.stream {
             // The executors admit the rows while they are being queued.
             shared.handover.hand(&ops, &mut batch, number);
             if store.memory_status {
@@ -214,7 +216,7 @@ impl Store {
             }
             return enqueue::queue_retrying(shared.clone(), stop, conn, &batch, end, partial).await;
         }
-        // The memory queue: bounded, by waiting for room before the rows
+        // The stream storage: bounded, by waiting for room before the rows
         // are handed over. (Handed over first, they could be what an
         // executor waits for before it frees room: an operator that
         // spills waits until the rows it spills are counted.) While it
@@ -273,7 +275,7 @@ impl Store {
 
     /// Finishes `rows` in `tx`: their queue rows deleted, the process
     /// status of events all of whose rows are done moved, and with the
-    /// memory queue and the stream storage the progress record written.
+    /// stream storage the progress record written.
     pub async fn finish(
         &self,
         shared: &Shared,
@@ -281,7 +283,7 @@ impl Store {
         rows: &[&Row],
         tx: &mut PgConnection,
     ) -> sqlx::Result<Finish> {
-        if !self.memory_queue && !dequeue::delete_rows(&shared.slot, operator, rows, tx).await? {
+        if !self.stream && !dequeue::delete_rows(&shared.slot, operator, rows, tx).await? {
             return Ok(Finish::Gone);
         }
         // The stream storage's spilled rows are deleted by their unit, as
@@ -308,8 +310,6 @@ impl Store {
         }
         let xid = if self.stream {
             Some(super::progress::record(&shared.slot, operator, rows, tx).await?)
-        } else if self.memory_queue {
-            Some(super::progress::xid(tx).await?)
         } else {
             None
         };
@@ -359,7 +359,13 @@ impl Store {
     /// After the transaction that finished `rows` committed: the memory
     /// bookkeeping.
     pub fn finished(&self, rows: &[&Row]) {
-        if !self.memory_queue && !self.memory_status {
+        if rows.iter().any(|r| r.replay.is_some()) {
+            let mut replaying = self.replaying.lock().unwrap_or_else(|e| e.into_inner());
+            for id in rows.iter().filter_map(|r| r.replay) {
+                replaying.remove(&id);
+            }
+        }
+        if !self.stream && !self.memory_status {
             return;
         }
         let finished = |rows: &mut dyn Iterator<Item = &&Row>| -> Vec<Finished> {
@@ -371,10 +377,9 @@ impl Store {
             })
             .collect()
         };
-        // A spilled row left the memory queue's count when it was spilled.
+        // A spilled row left the memory count when it was spilled.
         let held = finished(&mut rows.iter().filter(|r| !(self.stream && r.spilled)));
-        self.memory
-            .finished(&held, self.memory_queue, self.memory_status);
+        self.memory.finished(&held, self.stream, self.memory_status);
         if self.stream {
             let spilled = finished(&mut rows.iter().filter(|r| r.spilled));
             if !spilled.is_empty() {
@@ -437,15 +442,14 @@ impl Store {
 
     /// What finishing `row` needs when its unit wrote nothing.
     pub fn completion(&self, row: &Row) -> Completion {
-        match (self.memory_queue, self.memory_status) {
+        match (self.stream, self.memory_status) {
             // The stream storage records every unit's progress.
-            _ if self.stream => Completion::Transaction,
-            (true, true) => Completion::Memory,
+            (true, _) => Completion::Transaction,
             (false, _) if row.updated_at.is_none() && row.covers.is_empty() => {
                 Completion::Statement
             }
             (false, true) => Completion::Statement,
-            _ => Completion::Transaction,
+            (false, false) => Completion::Transaction,
         }
     }
 
@@ -460,11 +464,8 @@ impl Store {
         lsn: Lsn,
         operators: &[&str],
     ) -> Result<Option<bool>, StoreError> {
-        match (self.memory_queue, self.remote) {
-            (true, true) => Err(StoreError::Unavailable(
-                "wait_processed with queue_storage = memory",
-            )),
-            (true, false) if self.stream => match self.memory.fence(lsn) {
+        match (self.stream, self.remote) {
+            (true, false) => match self.memory.fence(lsn) {
                 // What is spilled is in the queue, no longer held.
                 Some(true) => Ok(Some(
                     !crate::pg_error::transient_retried(|| {
@@ -474,7 +475,11 @@ impl Store {
                 )),
                 other => Ok(other),
             },
-            (true, false) => Ok(self.memory.fence(lsn)),
+            // Another node holds the slot: its position and the queue.
+            (true, true) => Ok(crate::pg_error::transient_retried(|| {
+                status::stream_fence_reached(pool, slot, lsn, operators)
+            })
+            .await?),
             (false, _) => Ok(crate::pg_error::transient_retried(|| {
                 status::fence_reached(pool, slot, lsn, operators)
             })
@@ -501,14 +506,15 @@ impl Store {
     }
 
     /// Puts dead letter `id` back in its operator's queue; `false` when
-    /// there is no such dead letter (or, with the memory queue, its
-    /// operator does not run here: it stays a dead letter).
+    /// there is no such dead letter (or, with the stream storage, its
+    /// operator does not run here, or it was put back already and its
+    /// replay has not committed yet: it stays a dead letter).
     pub async fn retry_dead_letter(&self, shared: &Shared, id: i64) -> Result<bool, StoreError> {
         if self.remote {
             return Err(StoreError::Unavailable("retry_dead_letter"));
         }
         let mut tx = super::begin(&shared.pool).await?;
-        if !self.memory_queue {
+        if !self.stream {
             let operator = dequeue::requeue_dead_letter(&mut tx, &shared.slot, id).await?;
             tx.commit().await?;
             let Some(operator) = operator else {
@@ -520,11 +526,7 @@ impl Store {
         // With the stream storage the dead letter stays until the unit that
         // replays it commits (it is taken in that unit's transaction): a
         // crash before then leaves it a dead letter, not lost.
-        let dead = if self.stream {
-            dequeue::peek_dead_letter(&mut tx, &shared.slot, id).await?
-        } else {
-            dequeue::take_dead_letter(&mut tx, &shared.slot, id).await?
-        };
+        let dead = dequeue::peek_dead_letter(&mut tx, &shared.slot, id).await?;
         let Some(dead) = dead else {
             return Ok(false);
         };
@@ -532,12 +534,19 @@ impl Store {
             return Ok(false);
         }
         tx.commit().await?;
-        let mut row = Row::from_queued(dead.row);
-        if self.stream {
-            row.replay = Some(id);
-            // Not in the queue: in the dead letters.
-            row.spilled = false;
+        if !self
+            .replaying
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id)
+        {
+            // Put back already, its replay not committed yet.
+            return Ok(false);
         }
+        let mut row = Row::from_queued(dead.row);
+        row.replay = Some(id);
+        // Not in the queue: in the dead letters.
+        row.spilled = false;
         self.memory.requeued(row.commit_lsn);
         shared.handover.push(&dead.operator, row);
         Ok(true)
