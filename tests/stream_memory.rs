@@ -9,8 +9,8 @@
 //! WALFLOW_BIG=1 cargo test --release --test stream_memory -- --nocapture
 //! ```
 //!
-//! `WALFLOW_BIG_STORAGE=postgres` (or `memory`) runs the same with
-//! another queue storage, for comparison.
+//! `WALFLOW_BIG_STORAGE=postgres` runs the same with the durable queue,
+//! for comparison.
 //!
 //! Without `WALFLOW_BIG` it says so and exits: a `harness = false` target,
 //! so it is no test that passes without running. The binary is also the
