@@ -156,6 +156,8 @@ async fn a_million_row_transaction_runs_within_the_bound() {
     // While the flow runs: the operator falls behind and spills.
     let mut child = spawn(&db, &slot);
     common::wait_ready(&mut child).await;
+    // What the process takes before any event: the floor of the figures.
+    eprintln!("started: peak RSS {} MiB", peak_rss_mib(&child));
     db.exec(&insert(0)).await;
     wait_copies(&db, ROWS).await;
     let live = peak_rss_mib(&child);
@@ -168,6 +170,8 @@ async fn a_million_row_transaction_runs_within_the_bound() {
     db.exec(&insert(ROWS)).await;
     let mut child = spawn(&db, &slot);
     common::wait_ready(&mut child).await;
+    // Started: the progress records of the killed run read.
+    eprintln!("started again: peak RSS {} MiB", peak_rss_mib(&child));
     wait_copies(&db, 2 * ROWS).await;
     let backlog = peak_rss_mib(&child);
     eprintln!("backlog: peak RSS {backlog} MiB");

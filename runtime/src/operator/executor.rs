@@ -633,7 +633,9 @@ async fn spill_handed(
     mut rows: Vec<Row>,
     stop: &watch::Receiver<bool>,
 ) -> Option<Vec<Row>> {
-    rows.sort_by_key(|r| r.flush);
+    // Keys are unique, so an unstable sort orders the same, in place (a
+    // stable one takes a scratch buffer of half the rows).
+    rows.sort_unstable_by_key(|r| (r.flush, r.key()));
     let mut failures = 0u32;
     let mut from = 0;
     while from < rows.len() {
@@ -660,7 +662,7 @@ async fn spill_handed(
     for r in &mut rows {
         r.flush = 0;
     }
-    rows.sort_by_key(Row::key);
+    rows.sort_unstable_by_key(Row::key);
     Some(rows)
 }
 

@@ -6,10 +6,29 @@ use sqlx::PgConnection;
 
 use super::Row;
 
+/// Rows per statement of a spill. A spill can hold every row an operator
+/// has in memory (up to the room, 20,000 by default); one statement for
+/// all of them would build its arrays and its `Bind` message, several
+/// megabytes, at once. The statements share the spill's transaction, so
+/// the spill still commits whole or not at all.
+const CHUNK: usize = 1_000;
+
 /// Writes `rows` of `operator` to the queue in `tx`; a row already there
 /// (written by an earlier spill of a run that then crashed, and delivered
 /// again) is left as it is.
 pub(crate) async fn write(
+    slot: &str,
+    operator: &str,
+    rows: &[&Row],
+    tx: &mut PgConnection,
+) -> sqlx::Result<()> {
+    for chunk in rows.chunks(CHUNK) {
+        write_chunk(slot, operator, chunk, tx).await?;
+    }
+    Ok(())
+}
+
+async fn write_chunk(
     slot: &str,
     operator: &str,
     rows: &[&Row],
