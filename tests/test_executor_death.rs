@@ -24,15 +24,16 @@ async fn an_executor_dying_with_the_stream_storage_fails_the_flow() {
     unsafe { std::env::set_var("WALFLOW_PANIC_AT", "executor.loop") };
     let db = common::db().await;
     db.exec(blog::SCHEMA).await;
-    let flow = Walflow::builder()
-        .database_url(&db.url)
-        .slot_name(db.slot("death"))
-        .queue_storage(QueueStorage::Stream)
-        .process_status_storage(ProcessStatusStorage::Memory)
-        .operators(["Tally"])
-        .start()
-        .await
-        .expect("the flow starts");
+    let start = || {
+        Walflow::builder()
+            .database_url(&db.url)
+            .slot_name(db.slot("death"))
+            .queue_storage(QueueStorage::Stream)
+            .process_status_storage(ProcessStatusStorage::Memory)
+            .operators(["Tally"])
+            .start()
+    };
+    let flow = start().await.expect("the flow starts");
     db.exec("INSERT INTO comments (id, post_id) VALUES (1, 1)")
         .await;
     common::wait_until(Duration::from_secs(30), || async {
@@ -53,15 +54,7 @@ async fn an_executor_dying_with_the_stream_storage_fails_the_flow() {
 
     // The panic point fires once per process: the next flow runs, and the
     // event the dead executor held comes again and is applied once.
-    let flow = Walflow::builder()
-        .database_url(&db.url)
-        .slot_name(db.slot("death"))
-        .queue_storage(QueueStorage::Stream)
-        .process_status_storage(ProcessStatusStorage::Memory)
-        .operators(["Tally"])
-        .start()
-        .await
-        .expect("the next flow starts");
+    let flow = start().await.expect("the next flow starts");
     let lsn = flow.current_lsn().await.unwrap();
     flow.wait_processed(lsn, Duration::from_secs(30))
         .await

@@ -51,6 +51,32 @@ pub(crate) const NODE_HEARTBEAT: std::time::Duration = std::time::Duration::from
 /// killed without shutting down stops counting after this).
 pub(crate) const NODE_LIVE_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The statement both fences share: whether a queue row of a counted
+/// operator (those some live node declares, and `$3`, the asking flow's;
+/// every row when no node is live) stands for an event at or before `$2`,
+/// in slot `$1` (`$4`: how long a heartbeat counts). `$columns` are read
+/// first, in the same snapshot.
+macro_rules! counted_rows_before {
+    ($columns:literal) => {
+        concat!(
+            "WITH counted AS (
+                 SELECT unnest(operators) AS operator FROM walflow.nodes
+                 WHERE slot = $1 AND heartbeat_at > now() - make_interval(secs => $4)
+                 UNION SELECT unnest($3::text[]))
+             SELECT ",
+            $columns,
+            " CASE WHEN EXISTS (SELECT 1 FROM counted)
+                THEN EXISTS (SELECT 1 FROM counted c WHERE EXISTS (
+                         SELECT 1 FROM walflow.queue q
+                         WHERE q.slot = $1 AND q.operator = c.operator
+                           AND coalesce(q.first_lsn, q.commit_lsn) <= $2))
+                ELSE EXISTS (SELECT 1 FROM walflow.queue q
+                             WHERE q.slot = $1 AND coalesce(q.first_lsn, q.commit_lsn) <= $2)
+                END"
+        )
+    };
+}
+
 /// Whether every transaction committed up to `lsn` is queued and every
 /// queued event at or before it has been applied (or dead-lettered).
 /// `Ok(None)` when the queue has not yet reached `lsn`.
@@ -66,21 +92,9 @@ pub(crate) async fn fence_reached(
     lsn: Lsn,
     own: &[&str],
 ) -> Result<Option<bool>, sqlx::Error> {
-    let row: (Option<i64>, bool) = sqlx::query_as(
-        "WITH counted AS (
-             SELECT unnest(operators) AS operator FROM walflow.nodes
-             WHERE slot = $1 AND heartbeat_at > now() - make_interval(secs => $4)
-             UNION SELECT unnest($3::text[]))
-         SELECT (SELECT enqueued_lsn FROM walflow.streams WHERE slot = $1),
-                CASE WHEN EXISTS (SELECT 1 FROM counted)
-                THEN EXISTS (SELECT 1 FROM counted c WHERE EXISTS (
-                         SELECT 1 FROM walflow.queue q
-                         WHERE q.slot = $1 AND q.operator = c.operator
-                           AND coalesce(q.first_lsn, q.commit_lsn) <= $2))
-                ELSE EXISTS (SELECT 1 FROM walflow.queue q
-                             WHERE q.slot = $1 AND coalesce(q.first_lsn, q.commit_lsn) <= $2)
-                END",
-    )
+    let row: (Option<i64>, bool) = sqlx::query_as(counted_rows_before!(
+        "(SELECT enqueued_lsn FROM walflow.streams WHERE slot = $1),"
+    ))
     .bind(slot)
     .bind(lsn.0 as i64)
     .bind(own)
@@ -123,26 +137,13 @@ pub(crate) async fn stream_fence_reached(
     if confirmed.is_none_or(|c| (c as u64) < lsn.0) {
         return Ok(None);
     }
-    let busy: bool = sqlx::query_scalar(
-        "WITH counted AS (
-             SELECT unnest(operators) AS operator FROM walflow.nodes
-             WHERE slot = $1 AND heartbeat_at > now() - make_interval(secs => $4)
-             UNION SELECT unnest($3::text[]))
-         SELECT CASE WHEN EXISTS (SELECT 1 FROM counted)
-                THEN EXISTS (SELECT 1 FROM counted c WHERE EXISTS (
-                         SELECT 1 FROM walflow.queue q
-                         WHERE q.slot = $1 AND q.operator = c.operator
-                           AND coalesce(q.first_lsn, q.commit_lsn) <= $2))
-                ELSE EXISTS (SELECT 1 FROM walflow.queue q
-                             WHERE q.slot = $1 AND coalesce(q.first_lsn, q.commit_lsn) <= $2)
-                END",
-    )
-    .bind(slot)
-    .bind(lsn.0 as i64)
-    .bind(own)
-    .bind(NODE_LIVE_FOR.as_secs_f64())
-    .fetch_one(pool)
-    .await?;
+    let busy: bool = sqlx::query_scalar(counted_rows_before!(""))
+        .bind(slot)
+        .bind(lsn.0 as i64)
+        .bind(own)
+        .bind(NODE_LIVE_FOR.as_secs_f64())
+        .fetch_one(pool)
+        .await?;
     Ok(Some(!busy))
 }
 
